@@ -1,0 +1,125 @@
+"""The one config model: `datasets_cfg/<name>.yaml`, validated with errors that name file and key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and the problem."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `hflp: true` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    format: Literal["voc", "coco"]
+    images: Path = Field(description="folder with the images (searched recursively)")
+    annotations: Path = Field(description="VOC: folder of XML files; COCO: the JSON file")
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = True
+    vflip: bool = False
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.8, ge=0, le=1)
+    validation: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class PublishConfig(_Strict):
+    target: Literal["local", "hub"] = "local"
+    repo_id: str | None = None
+    private: bool = True
+
+    @model_validator(mode="after")
+    def _hub_needs_repo(self) -> PublishConfig:
+        if self.target == "hub" and not self.repo_id:
+            raise ValueError("target 'hub' needs repo_id (e.g. my-org/defects)")
+        return self
+
+
+class ImageLimits(_Strict):
+    # Pillow's own bomb guard is ~179 MP; factory images are big but never this big.
+    max_pixels: int = Field(100_000_000, gt=0)
+    # JPEG rounding can leave R, G, B a unit or two apart in a gray picture.
+    gray_tolerance: int = Field(2, ge=0, le=255)
+    min_box_size: float = Field(1.0, ge=0, description="boxes narrower or lower (px) are dropped")
+
+
+class DatasetConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: SourceConfig
+    grayscale: Literal["drop", "convert", "keep"] = "drop"
+    augment: AugmentConfig = AugmentConfig()
+    split: SplitConfig = SplitConfig()
+    publish: PublishConfig = PublishConfig()
+    images: ImageLimits = ImageLimits()
+    labels: list[str] | None = Field(
+        None, description="allowed class names; boxes with other names are dropped (unknown_label)"
+    )
+    shard_size: int = Field(256, gt=0, description="images per prep task")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("labels must be unique")
+        return value
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of some sections, for cache keys (paths are part of it)."""
+        data = self.model_dump(mode="json", include=set(sections) if sections else None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid config"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> DatasetConfig:
+    """Read and validate a dataset YAML; relative paths resolve against the YAML's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        config = DatasetConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+    base = path.resolve().parent
+    source = config.source
+    source.images = (base / source.images).resolve()
+    source.annotations = (base / source.annotations).resolve()
+    return config

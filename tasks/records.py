@@ -1,0 +1,147 @@
+"""The record that travels the whole way, quarantine entries, and manifest I/O.
+
+Box convention (written down once, tested in tests/test_records.py):
+float pixel coordinates, 0-based, x2/y2 *exclusive* edges, so width = x2 - x1.
+Pascal VOC stores 1-based *inclusive* pixel indices: xmin..xmax covers xmax - xmin + 1
+pixels, hence x1 = xmin - 1 and x2 = xmax. COCO's [x, y, w, h] is already 0-based: x2 = x + w.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str
+    difficult: bool = False
+    truncated: bool = False
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+
+def voc_to_box(xmin: float, ymin: float, xmax: float, ymax: float, label: str, **attrs) -> Box:
+    """Pascal VOC's 1-based inclusive corners -> our 0-based, exclusive-edge box."""
+    return Box(x1=xmin - 1, y1=ymin - 1, x2=xmax, y2=ymax, label=label, **attrs)
+
+
+def box_to_voc(box: Box) -> tuple[float, float, float, float]:
+    return box.x1 + 1, box.y1 + 1, box.x2, box.y2
+
+
+def coco_to_box(x: float, y: float, w: float, h: float, label: str) -> Box:
+    return Box(x1=x, y1=y, x2=x + w, y2=y + h, label=label)
+
+
+class Sample(BaseModel):
+    """One image with its boxes, from ingest to publish."""
+
+    item: str = Field(description="stable id: the annotation (or image) path relative to the source")
+    image_path: str = Field(description="absolute path of the source image")
+    source: str = Field(description="the annotation this came from (file, or file#image_id)")
+    boxes: list[Box] = []
+    declared_width: int | None = None
+    declared_height: int | None = None
+    file_size: int = 0
+    file_mtime_ns: int = 0
+    # Filled in by the image step, from the real pixels (after EXIF orientation):
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    grayscale: bool = False
+    processed_path: str | None = Field(None, description="the image the dataset uses, if not the source")
+    # Filled in by split / augment / loc targets:
+    split: str | None = None
+    augmentation: str = "none"
+    target: str | None = None
+
+    @property
+    def dataset_image(self) -> str:
+        return self.processed_path or self.image_path
+
+
+class Rejection(BaseModel):
+    """Something that could not be used, with a stable reason code."""
+
+    item: str
+    reason: str
+    detail: str = ""
+
+
+# Stable reason codes, so reports can be compared across nights.
+IMAGE_REASONS = (
+    "image_missing",
+    "image_unreadable",
+    "image_too_large",
+    "not_an_image",
+    "junk_file",
+    "annotation_missing",
+    "xml_malformed",
+    "xml_forbidden",
+    "annotation_invalid",
+    "path_outside_source",
+    "size_mismatch",
+    "duplicate_image",
+    "duplicate_id",
+)
+BOX_REASONS = ("box_degenerate", "box_outside_image", "box_invalid", "unknown_label", "box_too_small")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A JSONL file of records plus the hash of its content: what one step hands the next."""
+
+    path: str
+    digest: str
+    count: int
+
+
+def _dump(record: BaseModel) -> str:
+    return json.dumps(record.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+
+
+def write_manifest(records: Iterable[BaseModel], folder: str | Path, kind: str) -> Manifest:
+    """Write records content-addressed under `folder`; the same records give the same file."""
+    lines = [_dump(record) for record in records]
+    body = "".join(line + "\n" for line in lines).encode("utf-8")
+    digest = hashlib.sha256(body).hexdigest()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}-{digest[:20]}.jsonl"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        tmp.replace(path)  # atomic: a crash never leaves half a manifest behind
+    return Manifest(path=str(path), digest=digest, count=len(lines))
+
+
+def read_records(manifest: Manifest | str | Path, model: type[BaseModel] = Sample) -> Iterator:
+    path = manifest.path if isinstance(manifest, Manifest) else manifest
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield model.model_validate_json(line)
+
+
+def read_samples(manifest: Manifest | str | Path) -> list[Sample]:
+    return list(read_records(manifest, Sample))
+
+
+def read_rejections(manifest: Manifest | str | Path) -> list[Rejection]:
+    return list(read_records(manifest, Rejection))

@@ -1,0 +1,124 @@
+"""Listing a source folder safely: image files, junk, paths that escape, the folder's fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class PathOutsideSource(ValueError):
+    """A name in an annotation (or a symlink) that points outside the source folder."""
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_junk_name(name: str) -> bool:
+    """macOS resource forks (`._x.jpg`) and hidden files: not images, whatever the extension."""
+    return name.startswith("._") or name.startswith(".")
+
+
+def inside(root: Path, candidate: Path) -> Path:
+    """The resolved candidate (symlinks followed) if it stays inside root, else PathOutsideSource."""
+    resolved = candidate.resolve()
+    try:
+        resolved.relative_to(root.resolve())
+    except ValueError:
+        raise PathOutsideSource(f"{candidate} resolves to {resolved}, outside {root}") from None
+    return resolved
+
+
+def check_relative_name(name: str) -> str:
+    """Refuse names that are absolute or climb with `..` (in either slash style)."""
+    for pure in (PurePosixPath(name), PureWindowsPath(name)):
+        if pure.is_absolute() or pure.drive or ".." in pure.parts:
+            raise PathOutsideSource(f"{name!r} is absolute or climbs out with '..'")
+    return name.replace("\\", "/")
+
+
+@dataclass
+class SourceListing:
+    """Every file under the source folders, and one hash of (name, size, mtime) for all of them."""
+
+    images: list[Path] = field(default_factory=list)  # image-named files, junk included
+    annotations: list[Path] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+def _walk(root: Path) -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(folder) / name for name in sorted(files))
+    return found
+
+
+def list_source(images: Path, annotations: Path, annotation_suffix: str) -> SourceListing:
+    """List images and annotation files; the fingerprint changes when any of them changes."""
+    listing = SourceListing()
+    digest = hashlib.sha256()
+    for path in _walk(images) if images.is_dir() else []:
+        if is_image_name(path.name):
+            listing.images.append(path)
+    if annotations.is_dir():
+        listing.annotations = [p for p in _walk(annotations) if p.suffix.lower() == annotation_suffix]
+    elif annotations.is_file():
+        listing.annotations = [annotations]
+    for path in sorted(set(listing.images) | set(listing.annotations)):
+        try:
+            stat = path.lstat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0gone\n".encode())
+    listing.fingerprint = digest.hexdigest()
+    return listing
+
+
+def find_image(
+    images_root: Path, name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, Path]
+) -> Path | None:
+    """Find an annotation's image: by its name (relative to the annotation's folder or the root),
+    by its name plus any image extension, then by the annotation's own stem. Case-insensitive on
+    the extension (LabelImg writes `.JPG`). Raises PathOutsideSource for escaping names."""
+    candidates: list[str] = []
+    if name:
+        name = check_relative_name(name.strip())
+        for base in (rel_folder, ""):
+            candidates.append(str(PurePosixPath(base) / name) if base else name)
+    stems = []
+    if name and not is_image_name(name):
+        stems.append(name)
+    stems.append(str(PurePosixPath(rel_folder) / fallback_stem) if rel_folder else fallback_stem)
+    if rel_folder:
+        stems.append(fallback_stem)
+    for key in candidates:
+        hit = index.get(key.lower())
+        if hit is not None:
+            return hit
+    for stem in stems:
+        for ext in IMAGE_EXTENSIONS:
+            hit = index.get((stem + ext).lower())
+            if hit is not None:
+                return hit
+    return None
+
+
+def index_images(images_root: Path, images: list[Path]) -> dict[str, Path]:
+    """Lower-cased relative path -> file, plus bare file names where they are unambiguous."""
+    index: dict[str, Path] = {}
+    by_name: dict[str, list[Path]] = {}
+    for path in images:
+        if is_junk_name(path.name):
+            continue
+        rel = path.relative_to(images_root).as_posix()
+        index[rel.lower()] = path
+        by_name.setdefault(path.name.lower(), []).append(path)
+    for name, paths in by_name.items():
+        if len(paths) == 1:
+            index.setdefault(name, paths[0])
+    return index

@@ -143,23 +143,22 @@ def ingest_voc(
         except (ParseError, UnicodeDecodeError, ValueError) as exc:
             result.rejected.append(Rejection(item=item, reason="xml_malformed", detail=str(exc)))
             continue
+        result.boxes_found += len(annotation.objects)
         try:
             image = find_image(images_root, annotation.filename, rel_folder, xml_path.stem, index)
             if image is not None:
                 inside(images_root, image)  # a symlink may still point out
         except PathOutsideSource as exc:
-            result.rejected.append(Rejection(item=item, reason="path_outside_source", detail=str(exc)))
+            _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
             continue
-        result.boxes_found += len(annotation.objects)
         if image is None:
-            result.rejected.append(Rejection(
-                item=item, reason="image_missing",
-                detail=f"<filename>{annotation.filename}</filename> and stem {xml_path.stem!r} "
-                f"match no image under {images_root}"))
+            _reject_with_boxes(result, item, annotation, "image_missing",
+                               f"<filename>{annotation.filename}</filename> and stem "
+                               f"{xml_path.stem!r} match no image under {images_root}")
             continue
         if image in claimed:
-            result.rejected.append(Rejection(item=item, reason="duplicate_image",
-                                             detail=f"{image.name} is already annotated by {claimed[image]}"))
+            _reject_with_boxes(result, item, annotation, "duplicate_image",
+                               f"{image.name} is already annotated by {claimed[image]}")
             continue
         claimed[image] = item
         boxes = []
@@ -179,6 +178,14 @@ def ingest_voc(
         ))
     reject_unclaimed_images(images_root, listing, set(claimed), result)
     return result
+
+
+def _reject_with_boxes(result: IngestResult, item: str, annotation: VocAnnotation, reason: str,
+                       detail: str) -> None:
+    result.rejected.append(Rejection(item=item, reason=reason, detail=detail))
+    for number, _ in enumerate(annotation.objects):
+        result.rejected_boxes.append(Rejection(item=f"{item}#{number}", reason="image_rejected",
+                                               detail=reason))
 
 
 def reject_unclaimed_images(

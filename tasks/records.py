@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -65,6 +64,8 @@ class Sample(BaseModel):
     height: int = 0
     mode: str = ""
     grayscale: bool = False
+    image_format: str = ""
+    image_op: str | None = Field(None, description="how the source was re-rendered (see images.render)")
     processed_path: str | None = Field(None, description="the image the dataset uses, if not the source")
     # Filled in by split / augment / loc targets:
     split: str | None = None
@@ -103,9 +104,9 @@ IMAGE_REASONS = (
 BOX_REASONS = ("box_degenerate", "box_outside_image", "box_invalid", "unknown_label", "box_too_small")
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """A JSONL file of records plus the hash of its content: what one step hands the next."""
+class Manifest(BaseModel, frozen=True):
+    """A JSONL file of records plus the hash of its content: what one step hands the next.
+    Tasks take and return these (small, hashable), never images or tensors."""
 
     path: str
     digest: str

@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOME_DIR ?= work/home
+export DEFECTFLOW_HOME := $(abspath $(HOME_DIR))
+export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: venv demo test ui lint bench clean
+
+$(BIN)/defectflow: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --progress-bar off -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/defectflow
+
+demo: venv
+	$(BIN)/defectflow demo --work work/demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check flows tasks tests bench
+
+# The Prefect UI on the database the demo used (http://127.0.0.1:4200).
+ui: venv
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf work .defectflow

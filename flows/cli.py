@@ -1,0 +1,150 @@
+"""`defectflow`: the command line. Each command runs a flow; nothing here does the work itself.
+
+Prefect reads its settings when it is imported, so flows are imported inside the commands, after
+`--home` has pointed PREFECT_HOME at the work folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.config import ConfigError, load_config
+from tasks.workdir import configure_environment, resolve_home
+
+app = typer.Typer(
+    help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+_home: dict[str, str | None] = {"path": None}
+
+ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
+
+
+@app.callback()
+def main(
+    home: Annotated[str | None, typer.Option(
+        help="work folder for Prefect's database, cached results and the content store "
+        "[env: DEFECTFLOW_HOME; default: ./.defectflow]")] = None,
+) -> None:
+    where = resolve_home(home)
+    _home["path"] = str(where.root)
+    configure_environment(where)
+
+
+def _config_or_exit(path: Path):
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def check(config: ConfigArg) -> None:
+    """Validate a dataset config and print it with every default filled in."""
+    cfg = _config_or_exit(config)
+    console.print_json(cfg.model_dump_json())
+
+
+@app.command()
+def prepare(
+    config: ConfigArg,
+    out: Annotated[Path, typer.Option("--out", help="writes OUT/dataset/ and OUT/prepare_report.json")],
+) -> None:
+    """Ingest, check, split, flip and publish a Florence-2 <OD> dataset."""
+    _config_or_exit(config)
+    report, states = run_prepare(config, out)
+    print_prepare_summary(report, states, out)
+
+
+def run_prepare(config: Path, out: Path) -> tuple[dict, list[tuple[str, str]]]:
+    from flows.prepare import prepare as prepare_flow
+    from tasks.run_history import task_run_states
+
+    state = prepare_flow(str(config), str(out), _home["path"], return_state=True)
+    report = state.result()
+    return report, task_run_states(state.state_details.flow_run_id)
+
+
+def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path) -> None:
+    images, boxes = report["images"], report["boxes"]
+    table = Table(title=f"prepare: {report['name']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("images", f"found {images['found']} = kept {images['kept']} + quarantined "
+                  f"{images['quarantined']} + dropped grayscale {images['dropped_grayscale']}")
+    table.add_row("boxes", f"found {boxes['found']}, kept {boxes['kept']}, clipped "
+                  f"{boxes['clipped']}, dropped {sum(boxes['dropped'].values())} "
+                  f"{boxes['dropped'] or ''}")
+    gray = report["grayscale"]
+    table.add_row("grayscale", f"policy {gray['policy']}: detected {gray['detected']}, "
+                  f"converted {gray['converted']}")
+    table.add_row("splits", ", ".join(f"{k} {v}" for k, v in report["splits"].items())
+                  + f"  (+ flipped copies: hflip {report['augmented']['hflip']}, "
+                  f"vflip {report['augmented']['vflip']})")
+    table.add_row("classes", ", ".join(f"{k} {v}" for k, v in report["classes"].items()) or "-")
+    if report["quarantine_reasons"]:
+        table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
+                                              report["quarantine_reasons"].items()))
+    work = report["work"]
+    table.add_row("work this run", f"decoded {work.get('images_decoded', 0)}, reused "
+                  f"{work.get('images_reused', 0)} (content store), encoded "
+                  f"{work.get('images_encoded', 0)}")
+    counts: dict[str, int] = {}
+    for _, state in states:
+        counts[state] = counts.get(state, 0) + 1
+    table.add_row("prefect tasks", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    table.add_row("dataset", f"{report['dataset']['folder']}  rows {report['dataset']['rows']}")
+    table.add_row("report", str(out / "prepare_report.json"))
+    table.add_row("fingerprint", report["fingerprint"])
+    console.print(table)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if images["kept"] == 0:
+        console.print("[yellow]No image was kept: see the quarantine and grayscale lines above "
+                      "(with `grayscale: drop`, a grayscale dataset keeps nothing; use convert).[/yellow]")
+
+
+@app.command()
+def demo(
+    work: Annotated[Path, typer.Option(help="folder for the generated data and outputs")] = Path(
+        "work/demo"),
+    images: Annotated[int, typer.Option(help="synthetic images in the first batch")] = 60,
+) -> None:
+    """Generate a small LabelImg-style defect dataset (with a grayscale image, a broken file and
+    a missing image) and run the pipeline on it, offline."""
+    from tasks.sample_data import demo_config, generate
+
+    source = (work / "source").resolve()
+    if not (source / "annotations").exists():
+        written = generate(source, count=images, seed=0)
+        console.print(f"generated {written['images']} images ({written['grayscale']} grayscale, "
+                      f"{written['boxes']} boxes) + a broken JPEG, a lost image, a junk file "
+                      f"under {source}")
+    config = work / "demo.yaml"
+    config.write_text(demo_config(source), encoding="utf-8")
+    report, states = run_prepare(config, work / "prepared")
+    print_prepare_summary(report, states, work / "prepared")
+    console.print(f"\nPrefect UI with these runs: [bold]make ui[/bold] "
+                  f"(PREFECT_HOME={_home['path']}/prefect)")
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,77 @@
+"""Ingest step: list the source, parse its annotations (VOC or COCO), cut the candidates into shards."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.cache import CACHE_POLICY, SourceState
+from tasks.config import SourceConfig
+from tasks.ingest_coco import ingest_coco
+from tasks.ingest_voc import IngestResult, ingest_voc
+from tasks.records import Manifest, Rejection, read_samples, write_manifest
+from tasks.sources import list_source
+
+
+class IngestOutput(BaseModel, frozen=True):
+    candidates: Manifest
+    rejected: Manifest
+    rejected_boxes: Manifest
+    boxes_found: int
+    images_found: int
+
+
+def source_fingerprint(source: SourceConfig) -> str:
+    """Changes whenever a file under the source is added, removed or modified."""
+    suffix = ".xml" if source.format == "voc" else ".json"
+    return list_source(source.images, source.annotations, suffix).fingerprint
+
+
+def ingest(source: SourceConfig, labels: list[str] | None, manifests_dir: str | Path) -> IngestOutput:
+    suffix = ".xml" if source.format == "voc" else ".json"
+    listing = list_source(source.images, source.annotations, suffix)
+    if source.format == "voc":
+        if not source.annotations.is_dir():
+            result = IngestResult()
+            result.rejected.append(Rejection(item=str(source.annotations), reason="annotation_missing",
+                                             detail="the VOC annotations folder does not exist"))
+        else:
+            result = ingest_voc(source.images, source.annotations, listing, labels)
+    else:
+        result = ingest_coco(source.images, source.annotations, listing, labels)
+    return IngestOutput(
+        candidates=write_manifest(result.samples, manifests_dir, "candidates"),
+        rejected=write_manifest(result.rejected, manifests_dir, "ingest-rejected"),
+        rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "ingest-rejected-boxes"),
+        boxes_found=result.boxes_found,
+        images_found=len(result.samples) + len(result.rejected),
+    )
+
+
+def make_shards(candidates: Manifest, shard_size: int, manifests_dir: str | Path) -> list[Manifest]:
+    """Bucket candidates by a hash of their item id, so one new image changes one shard only."""
+    samples = read_samples(candidates)
+    count = max(1, -(-len(samples) // shard_size))
+    buckets: list[list] = [[] for _ in range(count)]
+    for sample in samples:
+        buckets[zlib.crc32(sample.item.encode()) % count].append(sample)
+    return [write_manifest(bucket, manifests_dir, "shard") for bucket in buckets if bucket]
+
+
+@task(name="source-fingerprint")
+def source_fingerprint_task(source: SourceConfig) -> str:
+    return source_fingerprint(source)
+
+
+# SourceState: a file added, removed or touched under the source means a new ingest.
+@task(name="ingest", cache_policy=CACHE_POLICY + SourceState("source"), persist_result=True)
+def ingest_task(source: SourceConfig, labels: list[str] | None, manifests_dir: str) -> IngestOutput:
+    return ingest(source, labels, manifests_dir)
+
+
+@task(name="shard", cache_policy=CACHE_POLICY, persist_result=True)
+def make_shards_task(candidates: Manifest, shard_size: int, manifests_dir: str) -> list[Manifest]:
+    return make_shards(candidates, shard_size, manifests_dir)

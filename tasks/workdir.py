@@ -1,0 +1,53 @@
+"""Where things live: one home folder holds Prefect's database and results, the content store
+and the manifests (so a cached result never points at a file that was cleaned away alone)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".defectflow"
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @property
+    def prefect(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+
+def resolve_home(home: str | Path | None = None) -> Home:
+    return Home(Path(home or os.environ.get("DEFECTFLOW_HOME") or DEFAULT_HOME).resolve())
+
+
+def configure_environment(home: Home) -> None:
+    """Point Prefect at the home folder before Prefect is imported (its settings load then).
+    Values already set by the user win."""
+    home.root.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(home.prefect),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # The summary table tells the story; per-task lines still reach the Prefect UI.
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -46,6 +46,7 @@ class VocObject:
 @dataclass
 class VocAnnotation:
     filename: str | None
+    path: str | None
     width: int | None
     height: int | None
     depth: int | None
@@ -88,6 +89,7 @@ def parse_voc(xml_bytes: bytes) -> VocAnnotation:
         )
     return VocAnnotation(
         filename=_text(root, "filename"),
+        path=_text(root, "path"),
         width=_int_or_none(_text(size, "width")),
         height=_int_or_none(_text(size, "height")),
         depth=_int_or_none(_text(size, "depth")),
@@ -145,12 +147,18 @@ def ingest_voc(
             continue
         result.boxes_found += len(annotation.objects)
         try:
-            image = find_image(images_root, annotation.filename, rel_folder, xml_path.stem, index)
-            if image is not None:
-                inside(images_root, image)  # a symlink may still point out
+            image = find_image(images_root, annotation.filename, rel_folder, xml_path.stem, index,
+                               annotation.path)
         except PathOutsideSource as exc:
             _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
             continue
+        if image is not None and image not in claimed:
+            try:
+                inside(images_root, image)  # a symlink may still point out
+            except PathOutsideSource as exc:
+                claimed[image] = item  # accounted for by this XML's rejection
+                _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
+                continue
         if image is None:
             _reject_with_boxes(result, item, annotation, "image_missing",
                                f"<filename>{annotation.filename}</filename> and stem "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections import Counter
@@ -75,7 +76,7 @@ def _write_split(rows: Iterable[dict], path: Path) -> int:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 count += len(batch)
                 batch = []
-        if batch or count == 0:
+        if batch:  # an empty split is a file with no row group (datasets rejects empty ones)
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             count += len(batch)
     return count
@@ -85,7 +86,11 @@ def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fin
     configs = {
         "configs": [{
             "config_name": "default",
-            "data_files": [{"split": s, "path": f"data/{s}-*"} for s in SPLITS],
+            # The fingerprint in the file names keeps `datasets`' cache honest: it keys a local
+            # folder's cache on these patterns, so two datasets with equal patterns would share it.
+            # `datasets` cannot load an empty parquet split, so empty splits are left out.
+            "data_files": [{"split": s, "path": f"data/{s}-{fingerprint[:12]}-*"}
+                           for s in SPLITS if counts.get(s)],
         }],
         "task_categories": ["object-detection"],
         "tags": ["defectflow", "florence-2"],
@@ -97,6 +102,8 @@ def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fin
              "`<OD>` prompt; `boxes` are float pixels, 0-based, x2/y2 exclusive.", "",
              "| split | rows |", "|---|---|"]
     lines += [f"| {s} | {counts.get(s, 0)} |" for s in SPLITS]
+    if not all(counts.get(s) for s in SPLITS):
+        lines += ["", "Empty splits have no data file (`datasets` cannot load an empty split)."]
     lines += ["", "| class | boxes |", "|---|---|"]
     lines += [f"| {label} | {n} |" for label, n in sorted(classes.items())]
     lines += ["", f"Fingerprint: `{fingerprint}`", ""]
@@ -113,7 +120,10 @@ def write_local(samples_by_split: dict[str, Callable[[], Iterable[Sample]]], fol
     counts = {}
     for split in SPLITS:
         rows = (to_row(sample) for sample in samples_by_split[split]())
-        counts[split] = _write_split(rows, staging / "data" / f"{split}-00000-of-00001.parquet")
+        path = staging / "data" / f"{split}-{fingerprint[:12]}-00000-of-00001.parquet"
+        counts[split] = _write_split(rows, path)
+        if counts[split] == 0:
+            path.unlink()  # `datasets` cannot load an empty parquet split
     (staging / "README.md").write_text(dataset_card(name, counts, classes, fingerprint),
                                        encoding="utf-8")
     shutil.rmtree(folder, ignore_errors=True)
@@ -205,10 +215,15 @@ def publish(manifest: Manifest, name: str, config: PublishConfig, out_dir: str |
 
 
 def is_published(out_dir: str | Path, fingerprint: str | None = None) -> bool:
+    """The folder holds a complete publication (of that fingerprint, when given)."""
     card = Path(out_dir) / "README.md"
-    if not card.is_file() or len(list((Path(out_dir) / "data").glob("*.parquet"))) != len(SPLITS):
+    if not card.is_file():
         return False
-    return fingerprint is None or fingerprint in card.read_text(encoding="utf-8")
+    text = card.read_text(encoding="utf-8")
+    patterns = re.findall(r'"path": "(data/[^"]+)"', text)
+    if not all(list(Path(out_dir).glob(pattern)) for pattern in patterns):
+        return False
+    return fingerprint is None or fingerprint in text
 
 
 @task(name="publish", cache_policy=CACHE_POLICY, persist_result=True,

@@ -80,16 +80,20 @@ def list_source(images: Path, annotations: Path, annotation_suffix: str) -> Sour
 
 
 def find_image(
-    images_root: Path, name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, Path]
+    images_root: Path, name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, Path],
+    path_hint: str | None = None,
 ) -> Path | None:
     """Find an annotation's image: by its name (relative to the annotation's folder or the root),
-    by its name plus any image extension, then by the annotation's own stem. Case-insensitive on
-    the extension (LabelImg writes `.JPG`). Raises PathOutsideSource for escaping names."""
+    by its name plus any image extension, by the base name of LabelImg's `<path>` (only ever
+    looked up among the source's own files), then by the annotation's own stem.
+    Case-insensitive (LabelImg writes `.JPG`). Raises PathOutsideSource for escaping names."""
     candidates: list[str] = []
     if name:
         name = check_relative_name(name.strip())
         for base in (rel_folder, ""):
             candidates.append(str(PurePosixPath(base) / name) if base else name)
+    if path_hint:
+        candidates.append(path_hint.replace("\\", "/").rsplit("/", 1)[-1])
     stems = []
     if name and not is_image_name(name):
         stems.append(name)

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from tasks.ingest_voc import IngestResult, reject_unclaimed_images
 from tasks.records import Box, Rejection, Sample, coco_to_box
-from tasks.sources import PathOutsideSource, SourceListing, check_relative_name, index_images, inside
+from tasks.sources import (
+    PathOutsideSource,
+    SourceListing,
+    check_relative_name,
+    index_images,
+    inside,
+)
 
 MAX_JSON_BYTES = 2_000_000_000
 
@@ -101,8 +107,8 @@ def ingest_coco(
                 continue
             seen_annotation_ids.add(_key(ann["id"]))
         if _key(ann.get("image_id")) not in images_by_id:
-            result.rejected_boxes.append(Rejection(item=label, reason="annotation_orphan",
-                                                   detail=f"image_id {ann.get('image_id')!r} is not in images"))
+            detail = f"image_id {ann.get('image_id')!r} is not in images"
+            result.rejected_boxes.append(Rejection(item=label, reason="annotation_orphan", detail=detail))
             continue
         boxes_by_image.setdefault(_key(ann["image_id"]), []).append((position, ann))
 

@@ -32,7 +32,7 @@ def advance(n: int = 1, desc: str = "images") -> None:
         return
     with _lock:
         if _bar is None:
-            _bar = tqdm(desc=desc, unit="img", dynamic_ncols=True, leave=False)
+            _bar = tqdm(desc=desc, unit="img", dynamic_ncols=True)
         _bar.update(n)
 
 

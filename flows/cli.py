@@ -115,6 +115,38 @@ def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path
 
 
 @app.command()
+def train(
+    config: ConfigArg,
+    dataset: Annotated[Path, typer.Option(help="the dataset folder written by `prepare` (OUT/dataset)")],
+    out: Annotated[Path, typer.Option(help="writes OUT/model/, OUT/loss_curve.png, OUT/train_summary.json")],
+    model: Annotated[str | None, typer.Option(
+        help="`tiny` (offline, random weights), a Hub id or a local folder; default: the config's")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="stop after N optimizer steps")] = None,
+) -> None:
+    """Fine-tune Florence-2 with LoRA (or a ViT classifier) on a prepared dataset."""
+    from flows.train import train as train_flow
+    from tasks.models import ModelUnavailable
+
+    _config_or_exit(config)
+    state = train_flow(str(config), str(dataset.resolve()), str(out.resolve()), model, max_steps,
+                       return_state=True)
+    try:
+        summary = state.result()
+    except ModelUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title="train", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("kind", "checkpoint", "global_step", "resumed_from_step", "first_train_loss",
+                "last_train_loss", "metric_for_best_model", "best_metric", "best_checkpoint",
+                "model_dir"):
+        table.add_row(key, str(summary.get(key)))
+    table.add_row("loss curve", str(out / "loss_curve.png"))
+    console.print(table)
+
+
+@app.command()
 def demo(
     work: Annotated[Path, typer.Option(help="folder for the generated data and outputs")] = Path(
         "work/demo"),

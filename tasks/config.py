@@ -64,6 +64,41 @@ class ImageLimits(_Strict):
     min_box_size: float = Field(1.0, ge=0, description="boxes narrower or lower (px) are dropped")
 
 
+class LoraConfig(_Strict):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(8, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # The fabric-defect recipe: attention projections and the MLPs (BART's and DaViT's).
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "fc1", "fc2"]
+
+
+class ModelConfig(_Strict):
+    kind: Literal["florence2", "vit"] = "florence2"
+    checkpoint: str = Field("florence-community/Florence-2-base",
+                            description="Hub id, local folder, or `tiny` (offline, random weights)")
+    lora: LoraConfig | None = Field(LoraConfig(), description="null = full fine-tuning")
+    freeze_vision: bool = False
+    merge: bool = Field(False, description="also save the LoRA-merged model (merge_and_unload)")
+    # ViT: what an image's label is. `majority`: its most frequent box class, `passed` if none.
+    image_label: Literal["majority", "first"] = "majority"
+    negative_label: str = "passed"
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(10, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    lr: float = Field(5e-6, gt=0)  # Florence-2 LoRA recipes use 1e-5 .. 5e-6
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
 class DatasetConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     source: SourceConfig
@@ -76,6 +111,8 @@ class DatasetConfig(_Strict):
         None, description="allowed class names; boxes with other names are dropped (unknown_label)"
     )
     shard_size: int = Field(256, gt=0, description="images per prep task")
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
     @field_validator("labels")
     @classmethod

@@ -1,0 +1,19 @@
+"""train = read the prepared dataset's fingerprint -> fine-tune (cached, resumable)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.config import load_config
+from tasks.finetune import dataset_fingerprint_of, train_task
+
+
+@flow(name="train", log_prints=True)
+def train(config_path: str, dataset_dir: str, out_dir: str, model: str | None = None,
+          max_steps: int | None = None) -> dict:
+    """Fine-tune Florence-2 (LoRA) or a ViT classifier on a dataset made by `prepare`."""
+    config = load_config(config_path)
+    model_config = config.model if model is None else config.model.model_copy(
+        update={"checkpoint": model})
+    fingerprint = dataset_fingerprint_of(dataset_dir)
+    return train_task(dataset_dir, fingerprint, model_config, config.train, out_dir, max_steps)

@@ -1,0 +1,193 @@
+"""Models: real checkpoints through transformers' native classes, and tiny offline look-alikes.
+
+`load_detector("florence-community/Florence-2-base")` and `load_detector("/path/to/folder")` go
+through `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained` (no trust_remote_code).
+`load_detector("tiny")` first *builds* a tiny random Florence-2 of the same architecture (small
+DaViT + small BART, a byte-level BPE tokenizer trained on the spot with Florence's special, task
+and `<loc_0>`..`<loc_999>` tokens), saves it to a folder, and then loads that folder through the
+very same `from_pretrained` path. The tiny models are for the demo and the tests: random weights,
+and their model cards say so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+TINY = "tiny"
+DEFAULT_DETECTOR = "florence-community/Florence-2-base"
+DEFAULT_CLASSIFIER = "google/vit-base-patch16-224"
+
+TASK_TOKENS = ("<OCR>", "<OCR_WITH_REGION>", "<CAPTION>", "<DETAILED_CAPTION>",
+               "<MORE_DETAILED_CAPTION>", "<OD>", "<DENSE_REGION_CAPTION>",
+               "<CAPTION_TO_PHRASE_GROUNDING>", "<REFERRING_EXPRESSION_SEGMENTATION>",
+               "<REGION_TO_SEGMENTATION>", "<OPEN_VOCABULARY_DETECTION>", "<REGION_TO_CATEGORY>",
+               "<REGION_TO_DESCRIPTION>", "<REGION_TO_OCR>", "<REGION_PROPOSAL>")
+STRUCTURE_TOKENS = ("<od>", "</od>", "<ocr>", "</ocr>", "<poly>", "</poly>", "<sep>", "<cap>",
+                    "</cap>", "<ground>", "</ground>", "<obj>", "</obj>")
+LOC_TOKENS = tuple(f"<loc_{i}>" for i in range(1000))
+# The parsing rules transformers' Florence2PostProcessor reads (as in the released checkpoints).
+POST_PROCESSOR_CONFIG = {
+    "ocr": {"pattern": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>"
+                       r"<loc_(\d+)><loc_(\d+)>", "area_threshold": 0.0},
+    "phrase_grounding": {"banned_grounding_tokens": ["the image"]},
+    "pure_text": {}, "description_with_bboxes": {}, "description_with_polygons": {},
+    "polygons": {}, "bboxes": {}, "description_with_bboxes_or_polygons": {},
+}
+TINY_CARD = """---
+tags: [defectflow, florence-2, tiny, random-weights]
+---
+# Tiny random Florence-2 (defectflow)
+
+Built offline by `defectflow` for its demo and tests: the Florence-2 architecture
+(`Florence2ForConditionalGeneration`: DaViT vision tower + BART encoder-decoder) at toy size,
+**random weights**, and a byte-level BPE tokenizer trained on a few sentences, with Florence's
+task tokens and `<loc_0>`..`<loc_999>`. It learns a small synthetic task; it knows nothing else.
+Use a real checkpoint (e.g. `florence-community/Florence-2-base`) for real work.
+
+{details}
+"""
+
+
+class ModelUnavailable(RuntimeError):
+    """A checkpoint that cannot be loaded, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class TinyFlorenceSize:
+    image_size: int = 64
+    embed_dim: tuple[int, int] = (32, 64)
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 4
+    ffn_dim: int = 128
+    vocab_size: int = 400  # BPE merges on top of the 256 bytes; added tokens come after
+
+    @property
+    def image_seq_length(self) -> int:
+        grid = self.image_size // 8  # patch strides 4 then 2
+        return 1 + grid * grid  # a pooled token + one per grid cell (Florence2MultiModalProjector)
+
+
+def _tokenizer_corpus(labels: list[str]) -> list[str]:
+    sentences = [
+        "What is the text in the image?", "What is the text in the image, with regions?",
+        "What does the image describe?", "Describe in detail what is shown in the image.",
+        "Describe with a paragraph what is shown in the image.",
+        "Locate the objects with category name in the image.",
+        "Locate the objects in the image, with their descriptions.",
+        "Locate the region proposals in the image.", "Locate the phrases in the caption:",
+        "What is the polygon mask of region", "What is the region", "What text is in the region",
+        "a defect on a steel surface, a scratch, a spot, a patch, a crack, an inclusion",
+    ]
+    return sentences * 20 + [" ".join(labels)] * 50 + labels * 50
+
+
+def build_tiny_tokenizer(labels: list[str], size: TinyFlorenceSize):
+    """A BartTokenizer (fast) trained here, with Florence's added tokens."""
+    from tokenizers import AddedToken, ByteLevelBPETokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import BartTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # BART's ids 0..4
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(_tokenizer_corpus(labels), vocab_size=256 + len(specials) + size.vocab_size,
+                            min_frequency=1, special_tokens=specials, show_progress=False)
+    bpe.add_special_tokens([AddedToken("<image>", special=True, normalized=False)])
+    # Task, structure and location tokens are ordinary added tokens: decoding with
+    # skip_special_tokens=True keeps them, as Florence's post-processor needs.
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t in TASK_TOKENS + STRUCTURE_TOKENS + LOC_TOKENS])
+    bpe.post_processor = TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                            special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = BartTokenizer(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                              pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                              cls_token="<s>", sep_token="</s>",
+                              extra_special_tokens={"image_token": "<image>"},
+                              model_max_length=1024)
+    return tokenizer
+
+
+def build_tiny_florence(folder: str | Path, labels: list[str],
+                        size: TinyFlorenceSize = TinyFlorenceSize(), seed: int = 0) -> Path:
+    """Create a tiny random Florence-2 checkpoint folder (config, weights, processor, card)."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+
+    folder = Path(folder)
+    tokenizer = build_tiny_tokenizer(labels, size)
+    image_processor = CLIPImageProcessor(
+        do_resize=True, size={"height": size.image_size, "width": size.image_size},
+        do_center_crop=False, do_rescale=True, do_normalize=True, do_convert_rgb=True,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], resample=3,
+    )
+    image_processor.image_seq_length = size.image_seq_length
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                   num_additional_image_tokens=0,
+                                   post_processor_config=POST_PROCESSOR_CONFIG)
+    text_config = {
+        "model_type": "bart", "vocab_size": len(tokenizer), "d_model": size.d_model,
+        "encoder_layers": size.layers, "decoder_layers": size.layers,
+        "encoder_attention_heads": size.heads, "decoder_attention_heads": size.heads,
+        "encoder_ffn_dim": size.ffn_dim, "decoder_ffn_dim": size.ffn_dim,
+        "max_position_embeddings": 1024, "dropout": 0.1, "attention_dropout": 0.0,
+        "activation_dropout": 0.0, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+        "decoder_start_token_id": 2, "forced_eos_token_id": 2, "scale_embedding": False,
+    }
+    vision_config = {
+        "depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2], "patch_padding": [3, 1],
+        "patch_prenorm": [False, True], "embed_dim": list(size.embed_dim),
+        "num_heads": [2, 4], "num_groups": [2, 4], "window_size": 4, "drop_path_rate": 0.0,
+        "projection_dim": size.d_model, "max_position_embeddings": 50,
+    }
+    config = Florence2Config(text_config=text_config, vision_config=vision_config,
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(config)
+    model.generation_config.decoder_start_token_id = 2
+    model.generation_config.bos_token_id = 0
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 1
+    model.generation_config.max_new_tokens = 64
+    model.generation_config.num_beams = 1
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    details = json.dumps({"labels": labels, "image_size": size.image_size,
+                          "parameters": sum(p.numel() for p in model.parameters())}, indent=1)
+    (folder / "README.md").write_text(TINY_CARD.format(details=f"```json\n{details}\n```"))
+    return folder
+
+
+def _unavailable(checkpoint: str, exc: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot load {checkpoint!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+        "  - without internet, download it once on a connected machine "
+        f"(`hf download {checkpoint}`) and copy the Hugging Face cache (HF_HOME) here,\n"
+        "  - or pass a local folder in the checkpoint layout (config.json, weights, processor files),\n"
+        "  - or use `--model tiny` for the offline tiny model (demo and tests only).")
+
+
+def load_detector(checkpoint: str, tiny_folder: str | Path | None = None,
+                  labels: list[str] | None = None):
+    """(processor, model) for a Hub id, a local folder, or `tiny` (built into `tiny_folder`)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if checkpoint == TINY:
+        if tiny_folder is None:
+            raise ValueError("the tiny model needs a folder to be built in")
+        if not (Path(tiny_folder) / "config.json").exists():
+            build_tiny_florence(tiny_folder, labels or [])
+        checkpoint = str(tiny_folder)
+    try:
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    except (OSError, ValueError) as exc:
+        raise _unavailable(checkpoint, exc) from exc
+    return processor, model

@@ -38,7 +38,8 @@ def build_tiny_vit(folder: str | Path, labels: list[str], image_size: int = 64, 
 
     config = ViTConfig(image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
                        num_attention_heads=4, intermediate_size=128, num_labels=len(labels),
-                       id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+                       id2label=dict(enumerate(labels)),
+                       label2id={label: i for i, label in enumerate(labels)})
     torch.manual_seed(seed)
     model = ViTForImageClassification(config)
     processor = ViTImageProcessor(size={"height": image_size, "width": image_size},

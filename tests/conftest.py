@@ -15,6 +15,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
+# Tests never reach a model hub: a Hub id fails at once instead of after network time-outs.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -43,3 +46,47 @@ def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_florence(tmp_path_factory) -> Path:
+    """One tiny random Florence-2 checkpoint folder for the session."""
+    from tasks.models import build_tiny_florence
+
+    return build_tiny_florence(tmp_path_factory.mktemp("tiny-florence"), ["scratch", "spot", "patch"])
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A small prepared dataset (published layout) made from generated LabelImg data, no Prefect."""
+    from tasks.sample_data import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root / "source", count=40, size=64, seed=7, troubles=False)
+    return prepare_without_prefect(root / "source", root / "out" / "dataset", root / "home")
+
+
+def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path) -> Path:
+    """The prepare steps called as the plain functions they are (the flow composes the same)."""
+    from tasks.augment import augment_step
+    from tasks.config import DatasetConfig
+    from tasks.ingest import ingest, make_shards
+    from tasks.loc_tokens import targets_step
+    from tasks.process import ImageStepConfig, process_shard_step
+    from tasks.publish import publish
+    from tasks.split import split_step
+
+    config = DatasetConfig.model_validate({
+        "name": "synthetic", "grayscale": "convert",
+        "source": {"format": "voc", "images": source / "images", "annotations": source / "annotations"},
+        "split": {"train": 0.7, "validation": 0.15, "test": 0.15}})
+    manifests, store = home / "manifests", home / "store"
+    ingested = ingest(config.source, None, manifests)
+    step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
+    shards = [process_shard_step(s, step, store, manifests)
+              for s in make_shards(ingested.candidates, 16, manifests)]
+    split = split_step([s.kept for s in shards], config.split, manifests)
+    augmented, _ = augment_step(split.samples, config.augment, config.images.max_pixels, str(store),
+                                manifests)
+    publish(targets_step(augmented, manifests), "synthetic", config.publish, dataset_dir)
+    return dataset_dir

@@ -147,6 +147,53 @@ def train(
 
 
 @app.command()
+def evaluate(
+    config: ConfigArg,
+    dataset: Annotated[Path, typer.Option(help="the dataset folder written by `prepare`")],
+    model: Annotated[Path, typer.Option(help="the model folder written by `train` (OUT/model)")],
+    out: Annotated[Path, typer.Option(help="writes metrics.json, gt.json, dt.json and PNGs here")],
+    split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
+    num_beams: Annotated[int, typer.Option(help="beams for generation")] = 1,
+) -> None:
+    """COCO mAP (12 stats, per class), confusion matrix, PR curves and a prediction grid."""
+    from flows.evaluate import evaluate as evaluate_flow
+
+    cfg = _config_or_exit(config)
+    metrics = evaluate_flow(str(config), str(dataset.resolve()), str(model.resolve()),
+                            str(out.resolve()), split, num_beams)
+    if cfg.model.kind == "vit":
+        console.print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n_images']} {split} images")
+    else:
+        coco = metrics["coco"] or {"map": float("nan"), "map50": float("nan")}
+        console.print(f"mAP {coco['map']:.3f}  mAP50 {coco['map50']:.3f}  on {metrics['n_images']} "
+                      f"{split} images; parse failures {metrics['parse_failures']}, "
+                      f"unknown labels {metrics['unknown_labels']}")
+    console.print(f"written: {out / 'metrics.json'} and PNGs in {out}")
+
+
+@app.command("coco-eval")
+def coco_eval(
+    gt: Annotated[Path, typer.Argument(help="COCO ground truth JSON")],
+    dt: Annotated[Path, typer.Argument(help="COCO detections JSON (a list of results)")],
+    iou_type: Annotated[str, typer.Option(help="bbox | segm")] = "bbox",
+) -> None:
+    """Print COCOeval's 12 stats as JSON: {"stats": [...]} in COCOeval.stats order."""
+    import json
+
+    from tasks.evaluate import CocoInputError, coco_eval_files
+
+    if iou_type not in ("bbox", "segm"):
+        console.print("[red]--iou-type must be bbox or segm[/red]")
+        raise typer.Exit(2)
+    try:
+        stats = coco_eval_files(gt, dt, iou_type)
+    except CocoInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"stats": stats}))
+
+
+@app.command()
 def demo(
     work: Annotated[Path, typer.Option(help="folder for the generated data and outputs")] = Path(
         "work/demo"),

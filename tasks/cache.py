@@ -44,3 +44,15 @@ class SourceState(CachePolicy):
 
         return source_fingerprint(inputs[self.argument])
 
+
+
+def folder_hash(folder: str | Path) -> str:
+    """Content hash of every file in a folder (a model's weights and processor files)."""
+    digest = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:32]

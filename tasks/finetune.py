@@ -143,11 +143,22 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **e
     )
 
 
+def save_checkpoints_in_model_format(model) -> None:
+    """Work around transformers issue #48805: the Trainer reloads checkpoints (resume, best model)
+    with a plain load_state_dict, but save_pretrained writes renamed legacy keys for models whose
+    weights were renamed in v5 (ViT among them), so the reload silently misses every weight.
+    Saving in the model's own key format makes both reloads exact; from_pretrained reads it too."""
+    from functools import partial
+
+    model.save_pretrained = partial(model.save_pretrained, save_original_format=False)
+
+
 def run_trainer(model, args, train_set, eval_set, collator, patience: int, out: Path,
                 compute_metrics=None) -> dict:
     """Train (resuming from the last checkpoint if one exists), keep the best, write the curve."""
     from transformers import EarlyStoppingCallback, Trainer
 
+    save_checkpoints_in_model_format(model)
     resume = last_checkpoint(args.output_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,

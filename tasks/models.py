@@ -42,8 +42,10 @@ tags: [defectflow, florence-2, tiny, random-weights]
 
 Built offline by `defectflow` for its demo and tests: the Florence-2 architecture
 (`Florence2ForConditionalGeneration`: DaViT vision tower + BART encoder-decoder) at toy size,
-**random weights**, and a byte-level BPE tokenizer trained on a few sentences, with Florence's
-task tokens and `<loc_0>`..`<loc_999>`. It learns a small synthetic task; it knows nothing else.
+**random weights** (only the `<loc_N>` embeddings start from a smooth sinusoidal code, so that a
+model this small can learn to localise), and a byte-level BPE tokenizer trained on a few
+sentences, with Florence's task tokens and `<loc_0>`..`<loc_999>`. It learns a small synthetic
+task; it knows nothing else.
 Use a real checkpoint (e.g. `florence-community/Florence-2-base`) for real work.
 
 {details}
@@ -150,6 +152,7 @@ def build_tiny_florence(folder: str | Path, labels: list[str],
                              image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config)
+    smooth_location_embeddings(model, tokenizer)
     model.generation_config.decoder_start_token_id = 2
     model.generation_config.bos_token_id = 0
     model.generation_config.eos_token_id = 2
@@ -163,6 +166,28 @@ def build_tiny_florence(folder: str | Path, labels: list[str],
                           "parameters": sum(p.numel() for p in model.parameters())}, indent=1)
     (folder / "README.md").write_text(TINY_CARD.format(details=f"```json\n{details}\n```"))
     return folder
+
+
+def smooth_location_embeddings(model, tokenizer, scale: float = 0.05) -> None:
+    """Give `<loc_0>`..`<loc_999>` a sinusoidal start (neighbouring bins look alike) instead of
+    independent noise. A pretrained Florence-2 has learnt such an ordering; a tiny model trained
+    from scratch on a few hundred images cannot learn it for 1000 bins, and with the output layer
+    tied to these embeddings, this is what lets it localise at all. Everything else stays random."""
+    import math
+
+    import torch
+
+    embeddings = model.get_input_embeddings().weight
+    width = embeddings.shape[1]
+    ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(LOC_TOKENS)))
+    positions = torch.arange(len(LOC_TOKENS), dtype=torch.float32)[:, None]
+    frequencies = torch.exp(torch.arange(0, width, 2, dtype=torch.float32)
+                            * (-math.log(2000.0) / width))
+    code = torch.zeros(len(LOC_TOKENS), width)
+    code[:, 0::2] = torch.sin(positions * frequencies)
+    code[:, 1::2] = torch.cos(positions * frequencies[: width // 2])
+    with torch.no_grad():
+        embeddings[ids] = code * scale
 
 
 def _unavailable(checkpoint: str, exc: Exception) -> ModelUnavailable:

@@ -193,31 +193,109 @@ def coco_eval(
     typer.echo(json.dumps({"stats": stats}))
 
 
+@app.command("run")
+def run_once(
+    config: ConfigArg,
+    work: Annotated[Path, typer.Option(help="work dir: prepared data, runs, champion copies")] = Path(
+        "work/retrain"),
+    max_steps: Annotated[int | None, typer.Option(help="override train.max_steps")] = None,
+) -> None:
+    """Run the nightly retrain flow once: what is new -> prepare -> train -> evaluate -> register."""
+    _config_or_exit(config)
+    result = run_retrain(config, work, max_steps)
+    print_retrain_summary(result)
+
+
+def run_retrain(config: Path, work: Path, max_steps: int | None) -> dict:
+    from flows.retrain import retrain
+    from tasks.run_history import task_run_states
+
+    state = retrain(str(config.resolve()), str(work.resolve()), _home["path"], max_steps,
+                    return_state=True)
+    states = task_run_states(state.state_details.flow_run_id)
+    summary = state.result(raise_on_failure=True) if state.is_completed() else None
+    return {"state": state, "summary": summary if isinstance(summary, dict) else None,
+            "task_states": states}
+
+
+def print_retrain_summary(result: dict) -> None:
+    state, summary = result["state"], result["summary"]
+    counts: dict[str, int] = {}
+    for _, name in result["task_states"]:
+        counts[name] = counts.get(name, 0) + 1
+    console.print(f"retrain: [bold]{state.name}[/bold] {state.message or ''}  prefect tasks: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if not summary:
+        return
+    report, decision, version = summary["report"], summary["decision"], summary["version"]
+    images = report["images"]
+    table = Table(show_header=False, title="nightly retrain", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("images", f"found {images['found']}, kept {images['kept']}, quarantined "
+                  f"{images['quarantined']} {report['quarantine_reasons'] or ''}, dropped grayscale "
+                  f"{images['dropped_grayscale']}")
+    table.add_row("trained", f"{summary['train']['global_step']} steps from "
+                  f"{summary['train']['checkpoint']} (resumed from step "
+                  f"{summary['train']['resumed_from_step']})")
+    metric = decision["metric"]
+    table.add_row(f"test {metric}", f"challenger v{version['version']}: "
+                  f"{_fmt(decision['challenger_metric'])}   champion "
+                  f"{'v' + str(decision['champion_version']) if decision['champion_version'] else '-'}: "
+                  f"{_fmt(decision['champion_metric'])}")
+    table.add_row("decision", decision["reason"])
+    table.add_row("registry", f"{version['model_name']} v{version['version']} "
+                  f"({'champion' if decision['promoted'] else 'challenger'}) at {summary['tracking_uri']}")
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def serve(
+    config: ConfigArg,
+    cron: Annotated[str, typer.Option(help="when to run (cron, server time zone)")] = "0 2 * * *",
+    work: Annotated[Path, typer.Option(help="work dir of the served runs")] = Path("work/retrain"),
+) -> None:
+    """Serve the retrain flow as a Prefect deployment on a schedule (Ctrl-C stops)."""
+    from flows.retrain import retrain
+
+    cfg = _config_or_exit(config)
+    console.print(f"serving retrain-{cfg.name} with cron {cron!r}; runs appear in the Prefect UI "
+                  "(`make ui`). A run that finds another one active on the work dir exits cleanly.")
+    retrain.serve(name=f"retrain-{cfg.name}", cron=cron, limit=1,
+                  parameters={"config_path": str(config.resolve()), "work_dir": str(work.resolve()),
+                              "home": _home["path"]})
+
+
 @app.command()
 def demo(
-    work: Annotated[Path, typer.Option(help="folder for the generated data and outputs")] = Path(
+    work: Annotated[Path, typer.Option(help="folder for the generated data and the runs")] = Path(
         "work/demo"),
-    images: Annotated[int, typer.Option(help="synthetic images in the first batch")] = 60,
 ) -> None:
-    """Generate a small LabelImg-style defect dataset (with a grayscale image, a broken file and
-    a missing image) and run the pipeline on it, offline."""
-    from tasks.sample_data import demo_config, generate
+    """Generate a synthetic LabelImg defect dataset and run the nightly retrain twice, offline:
+    once on the first batch, once after new images land (tiny Florence-2, no download)."""
+    from tasks.demo import DEMO_FIRST_BATCH, DEMO_SECOND_BATCH, add_batch, demo_summary, write_demo_config
 
-    source = (work / "source").resolve()
+    work = work.resolve()
+    config = write_demo_config(work)
+    source = work / "source"
     if not (source / "annotations").exists():
-        written = generate(source, count=images, seed=0)
-        console.print(f"generated {written['images']} images ({written['grayscale']} grayscale, "
-                      f"{written['boxes']} boxes) + a broken JPEG, a lost image, a junk file "
-                      f"under {source}")
-    config = work / "demo.yaml"
-    config.write_text(demo_config(source), encoding="utf-8")
-    report, states = run_prepare(config, work / "prepared")
-    print_prepare_summary(report, states, work / "prepared")
-    console.print(f"\nPrefect UI with these runs: [bold]make ui[/bold] "
-                  f"(PREFECT_HOME={_home['path']}/prefect)")
+        console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True))
+    console.rule("night 1")
+    first = run_retrain(config, work / "runs", None)
+    print_retrain_summary(first)
+    console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH, troubles=False))
+    console.rule("night 2: new images landed")
+    second = run_retrain(config, work / "runs", None)
+    print_retrain_summary(second)
+    console.rule("summary")
+    console.print(demo_summary(first, second, _home["path"]))
 
 
-def run() -> None:  # pragma: no cover - console entry point
+def main_entry() -> None:  # pragma: no cover - console entry point
     try:
         app()
     except ConfigError as exc:
@@ -226,4 +304,4 @@ def run() -> None:  # pragma: no cover - console entry point
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    main_entry()

@@ -8,7 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.config import ModelConfig, TrainConfig
-from tasks.finetune import load_splits, run_trainer, training_arguments
+from tasks.finetune import (
+    load_splits,
+    run_trainer,
+    save_checkpoints_in_model_format,
+    training_arguments,
+)
 from tasks.models import TINY
 
 TINY_VIT_CARD = """---
@@ -130,6 +135,7 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
                      for row in split["labels"]})
     processor, model = load_classifier(model_config.checkpoint, labels, tiny_folder)
     label_ids = {label: i for i, label in enumerate(labels)}
+    save_checkpoints_in_model_format(model)
     collator = _SplitCollator(model, ClassificationCollator(processor, label_ids, mode, negative, True),
                               ClassificationCollator(processor, label_ids, mode, negative, False))
     args = training_arguments(out, train_config, max_steps, metric_for_best_model="accuracy",

@@ -97,6 +97,26 @@ class TrainConfig(_Strict):
     eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    warm_start: bool = Field(False, description="nightly: start from the champion (full models only)")
+
+
+class PromoteConfig(_Strict):
+    metric: Literal["map", "map50", "map75", "accuracy"] = "map"
+    min_gain: float = Field(0.0, ge=0, description="the challenger must beat the champion by more")
+
+
+class RegistryConfig(_Strict):
+    tracking_uri: str | None = Field(None, description="default: sqlite file in the work dir")
+    model_name: str | None = Field(None, description="default: <name>-<model kind>")
+    promote: PromoteConfig = PromoteConfig()
+    hub_repo: str | None = Field(None, description="push each new champion to this Hub model repo")
+    hub_private: bool = True
+
+
+class PrepConfig(_Strict):
+    runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
+    dask_workers: int = Field(2, gt=0)
 
 
 class DatasetConfig(_Strict):
@@ -113,6 +133,12 @@ class DatasetConfig(_Strict):
     shard_size: int = Field(256, gt=0, description="images per prep task")
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    registry: RegistryConfig = RegistryConfig()
+    prep: PrepConfig = PrepConfig()
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"{self.name}-{self.model.kind}"
 
     @field_validator("labels")
     @classmethod

@@ -21,7 +21,9 @@ from tasks.config import ModelConfig, TrainConfig
 from tasks.loc_tokens import OD_PROMPT
 
 log = logging.getLogger(__name__)
-FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"  # tests only: SIGKILL the run after this step's save
+# Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
+FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"
+FAIL_ENV = "DEFECTFLOW_TEST_FAIL_AFTER_STEP"
 HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
 
 
@@ -98,17 +100,20 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def _fault_callback():
-    """Only when the tests ask for it: kill this process right after a checkpoint is saved."""
+    """Only when the tests ask for it: kill this process, or raise, right after a save."""
     from transformers import TrainerCallback
 
-    step = int(os.environ.get(FAULT_ENV, "0") or 0)
+    kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+    fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
 
-    class KillAfterSave(TrainerCallback):
+    class FaultAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            if step and state.global_step >= step:
+            if kill_at and state.global_step >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if fail_at and state.global_step >= fail_at:
+                raise RuntimeError(f"injected training failure after step {state.global_step}")
 
-    return [KillAfterSave()] if step else []
+    return [FaultAfterSave()] if kill_at or fail_at else []
 
 
 def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **extra):
@@ -158,7 +163,6 @@ def run_trainer(model, args, train_set, eval_set, collator, patience: int, out: 
     """Train (resuming from the last checkpoint if one exists), keep the best, write the curve."""
     from transformers import EarlyStoppingCallback, Trainer
 
-    save_checkpoints_in_model_format(model)
     resume = last_checkpoint(args.output_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,
@@ -307,3 +311,15 @@ def train_task(dataset_dir: str, fingerprint: str, model_config: ModelConfig, tr
     if warning:
         get_run_logger().warning(warning)
     return finetune(dataset_dir, out_dir, model_config, train_config, max_steps)
+
+
+def warm_start_config(model: ModelConfig, train: TrainConfig, champion: dict | None) -> ModelConfig:
+    """With `train.warm_start`, tonight's training starts from the champion's weights (a full
+    model folder; a LoRA adapter starts again from its base checkpoint)."""
+    if not (train.warm_start and champion):
+        return model
+    folder = Path(champion["model_dir"])
+    if not (folder / "config.json").exists():
+        get_run_logger().warning("warm start skipped: the champion is an adapter, not a full model")
+        return model
+    return model.model_copy(update={"checkpoint": str(folder)})

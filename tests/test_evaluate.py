@@ -21,10 +21,11 @@ from tasks.predict import boxes_from_tokens
 from tasks.records import Box
 
 runner = CliRunner()
+VAL2014 = "faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json"
 CASES = {
-    ("cocoapi_val2014_fake100", "bbox"): ("faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json",
+    ("cocoapi_val2014_fake100", "bbox"): (VAL2014,
                                           "cocoapi_results/results/instances_val2014_fakebbox100_results.json"),
-    ("cocoapi_val2014_fake100", "segm"): ("faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json",
+    ("cocoapi_val2014_fake100", "segm"): (VAL2014,
                                           "cocoapi_results/results/instances_val2014_fakesegm100_results.json"),
     ("detectron2_case", "bbox"): ("detectron2_case/gt.json", "detectron2_case/dt.json"),
     ("detectron2_case", "segm"): ("detectron2_case/gt.json", "detectron2_case/dt.json"),

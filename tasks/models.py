@@ -65,11 +65,15 @@ class TinyFlorenceSize:
     heads: int = 4
     ffn_dim: int = 128
     vocab_size: int = 400  # BPE merges on top of the 256 bytes; added tokens come after
+    strides: tuple[int, int] = (4, 2)  # DaViT patch strides of the two stages
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // (self.strides[0] * self.strides[1])
 
     @property
     def image_seq_length(self) -> int:
-        grid = self.image_size // 8  # patch strides 4 then 2
-        return 1 + grid * grid  # a pooled token + one per grid cell (Florence2MultiModalProjector)
+        return 1 + self.grid * self.grid  # a pooled token + one per grid cell (the projector's)
 
 
 def _tokenizer_corpus(labels: list[str]) -> list[str]:
@@ -143,7 +147,8 @@ def build_tiny_florence(folder: str | Path, labels: list[str],
         "decoder_start_token_id": 2, "forced_eos_token_id": 2, "scale_embedding": False,
     }
     vision_config = {
-        "depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2], "patch_padding": [3, 1],
+        "depths": [1, 1], "patch_size": [7, 3], "patch_stride": list(size.strides),
+        "patch_padding": [3, 1],
         "patch_prenorm": [False, True], "embed_dim": list(size.embed_dim),
         "num_heads": [2, 4], "num_groups": [2, 4], "window_size": 4, "drop_path_rate": 0.0,
         "projection_dim": size.d_model, "max_position_embeddings": 50,

@@ -150,7 +150,8 @@ def bench_map(repeats: int) -> list[tuple[str, float, float, str, str]]:
     from tasks.evaluate import coco_evaluate
 
     root = NEU_DET.parent / "cocoeval_ref"
-    gt = json.loads((root / "faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json").read_text())
+    gt_path = root / "faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json"
+    gt = json.loads(gt_path.read_text())
     dt = json.loads((root / "cocoapi_results/results/instances_val2014_fakebbox100_results.json").read_text())
     big_gt, big_dt = _repeat_coco(gt, dt, 20)
 

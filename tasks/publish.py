@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -114,8 +116,8 @@ def write_local(samples_by_split: dict[str, Callable[[], Iterable[Sample]]], fol
                 name: str, classes: dict[str, int], fingerprint: str) -> dict[str, int]:
     """Write the Hub layout into `folder` (replaced atomically). Returns rows per split."""
     folder = Path(folder)
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     (staging / "data").mkdir(parents=True)
     counts = {}
     for split in SPLITS:
@@ -126,9 +128,28 @@ def write_local(samples_by_split: dict[str, Callable[[], Iterable[Sample]]], fol
             path.unlink()  # `datasets` cannot load an empty parquet split
     (staging / "README.md").write_text(dataset_card(name, counts, classes, fingerprint),
                                        encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.replace(folder)
+    swap_in(staging, folder)
     return counts
+
+
+def swap_in(staging: Path, folder: Path, attempts: int = 5) -> None:
+    """Replace `folder` by the finished `staging` folder with renames only, so a reader never
+    sees half a dataset, and two runs publishing at once both end with a complete one."""
+    for _ in range(attempts):
+        if folder.exists():
+            trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            try:
+                folder.rename(trash)
+            except FileNotFoundError:
+                pass
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
+        try:
+            staging.rename(folder)
+            return
+        except OSError:
+            continue  # another run put its folder there first: move it aside and try again
+    raise OSError(f"could not publish into {folder}: it keeps being replaced")
 
 
 def is_transient(exc: BaseException) -> bool:

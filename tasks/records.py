@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -126,9 +128,11 @@ def write_manifest(records: Iterable[BaseModel], folder: str | Path, kind: str) 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{kind}-{digest[:20]}.jsonl"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        # A private temporary name, then an atomic rename: neither a crash nor a second run
+        # writing the same manifest at the same time leaves half a file behind.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(body)
-        tmp.replace(path)  # atomic: a crash never leaves half a manifest behind
+        tmp.replace(path)
     return Manifest(path=str(path), digest=digest, count=len(lines))
 
 

@@ -68,9 +68,9 @@ def _background(rng: random.Random, size: int, tint: tuple[int, int, int]) -> Im
 
 
 def _draw_defect(draw: ImageDraw.ImageDraw, rng: random.Random, label: str,
-                 size: int) -> DrawnBox:
-    w = rng.randint(size // 6, size // 3)
-    h = rng.randint(size // 6, size // 3)
+                 size: int, extent: tuple[float, float] = (1 / 6, 1 / 3)) -> DrawnBox:
+    w = rng.randint(int(size * extent[0]), int(size * extent[1]))
+    h = rng.randint(int(size * extent[0]), int(size * extent[1]))
     x0 = rng.randint(0, size - w - 1)
     y0 = rng.randint(0, size - h - 1)
     x1, y1 = x0 + w, y0 + h  # exclusive edge
@@ -87,18 +87,19 @@ def _draw_defect(draw: ImageDraw.ImageDraw, rng: random.Random, label: str,
     return DrawnBox(label, x0 + 1, y0 + 1, x1, y1)
 
 
-def make_image(rng: random.Random, size: int, max_defects: int) -> tuple[Image.Image, list[DrawnBox]]:
+def make_image(rng: random.Random, size: int, max_defects: int,
+               extent: tuple[float, float] = (1 / 6, 1 / 3)) -> tuple[Image.Image, list[DrawnBox]]:
     tint = (rng.randint(110, 150), rng.randint(110, 150), rng.randint(110, 150))
     image = _background(rng, size, tint)
     draw = ImageDraw.Draw(image)
-    boxes = [_draw_defect(draw, rng, rng.choice(CLASSES), size)
+    boxes = [_draw_defect(draw, rng, rng.choice(CLASSES), size, extent)
              for _ in range(rng.randint(1, max_defects))]
     return image, boxes
 
 
 def generate(folder: str | Path, count: int = 60, size: int = 128, seed: int = 0,
              gray_fraction: float = 0.25, max_defects: int = 2, start: int = 0,
-             troubles: bool = True) -> dict[str, int]:
+             troubles: bool = True, extent: tuple[float, float] = (1 / 6, 1 / 3)) -> dict[str, int]:
     """Write `images/` and `annotations/` under `folder`. Numbering starts at `start`, so a second
     call adds new images next to the old ones (the nightly 'new images landed' case)."""
     folder = Path(folder)
@@ -108,7 +109,7 @@ def generate(folder: str | Path, count: int = 60, size: int = 128, seed: int = 0
     rng = random.Random(seed * 100_003 + start)
     written = {"images": 0, "grayscale": 0, "boxes": 0}
     for number in range(start, start + count):
-        image, boxes = make_image(rng, size, max_defects)
+        image, boxes = make_image(rng, size, max_defects, extent)
         stem = f"defect_{number:05d}"
         gray = rng.random() < gray_fraction
         if gray:

@@ -13,7 +13,7 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="defectflow-test-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the API still gets INFO
 os.environ.pop("PREFECT_API_URL", None)
 # Tests never reach a model hub: a Hub id fails at once instead of after network time-outs.
 os.environ["HF_HUB_OFFLINE"] = "1"

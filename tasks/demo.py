@@ -7,8 +7,9 @@ from pathlib import Path
 from tasks.registry import ui_command
 from tasks.sample_data import generate
 
-DEMO_FIRST_BATCH = 360
-DEMO_SECOND_BATCH = 60
+DEMO_FIRST_BATCH = 800
+DEMO_SECOND_BATCH = 200
+DEFECT_EXTENT = (1 / 3, 1 / 2)  # defect sides as a fraction of the 128 px image
 DEMO_CONFIG = """# Written by `defectflow demo`: synthetic LabelImg-style defects, tiny offline Florence-2.
 name: demo
 source: {{format: voc, images: {images}, annotations: {annotations}}}
@@ -46,7 +47,7 @@ def write_demo_config(work: Path, steps: int = DEMO_STEPS) -> Path:
 
 def add_batch(source: Path, count: int, start: int, troubles: bool) -> str:
     written = generate(source, count=count, size=128, seed=5, start=start, troubles=troubles,
-                       max_defects=1)
+                       max_defects=1, extent=DEFECT_EXTENT)
     extra = " + a truncated JPEG, an XML whose image is missing, a macOS junk file" if troubles else ""
     return (f"{'generated' if start == 0 else 'new images landed:'} {written['images']} images "
             f"({written['grayscale']} grayscale, {written['boxes']} boxes){extra} under {source}")

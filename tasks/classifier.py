@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tasks.config import ModelConfig, TrainConfig
 from tasks.finetune import (
-    load_splits,
     run_trainer,
     save_checkpoints_in_model_format,
+    start_run,
     training_arguments,
 )
 from tasks.models import TINY
@@ -123,12 +123,7 @@ def accuracy(eval_prediction) -> dict:
 def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                         train_config: TrainConfig, tiny_folder: str | Path,
                         max_steps: int | None = None) -> dict:
-    from transformers import set_seed
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    set_seed(train_config.seed)
-    train_set, eval_set = load_splits(dataset_dir)
+    out, train_set, eval_set = start_run(dataset_dir, out_dir, train_config)
     train_set = train_set.filter(lambda aug: aug == "none", input_columns="augmentation")
     mode, negative = model_config.image_label, model_config.negative_label
     labels = sorted({image_label(row, mode, negative) for split in (train_set, eval_set)

@@ -35,6 +35,16 @@ def lr_warning(model: ModelConfig, train: TrainConfig) -> str | None:
     return None
 
 
+def start_run(dataset_dir: str | Path, out_dir: str | Path, train_config: TrainConfig):
+    """(output folder, train split, validation split), with the seed set."""
+    from transformers import set_seed
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(train_config.seed)
+    return (out, *load_splits(dataset_dir))
+
+
 def load_splits(dataset_dir: str | Path):
     """The prepared dataset's splits; validation falls back to test (and then to train) when the
     dataset is too small to have one, so early stopping always has something to look at."""
@@ -228,15 +238,9 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
                       train_config: TrainConfig, tiny_folder: str | Path,
                       max_steps: int | None = None) -> dict:
     """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json)."""
-    import datasets as _datasets  # noqa: F401 - imported for its side effect on PIL decoding
-    from transformers import set_seed
-
     from tasks.models import load_detector
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    set_seed(train_config.seed)
-    train_set, eval_set = load_splits(dataset_dir)
+    out, train_set, eval_set = start_run(dataset_dir, out_dir, train_config)
     labels = sorted({label for row in train_set["labels"] for label in row})
     processor, model = load_detector(model_config.checkpoint, tiny_folder, labels)
     model = wrap_with_lora(model, model_config)

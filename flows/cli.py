@@ -235,6 +235,9 @@ def print_retrain_summary(result: dict) -> None:
     table.add_row("images", f"found {images['found']}, kept {images['kept']}, quarantined "
                   f"{images['quarantined']} {report['quarantine_reasons'] or ''}, dropped grayscale "
                   f"{images['dropped_grayscale']}")
+    work = report["work"]
+    table.add_row("image work", f"decoded {work.get('images_decoded', 0)}, reused "
+                  f"{work.get('images_reused', 0)} from the content store")
     table.add_row("trained", f"{summary['train']['global_step']} steps from "
                   f"{summary['train']['checkpoint']} (resumed from step "
                   f"{summary['train']['resumed_from_step']})")
@@ -285,11 +288,11 @@ def demo(
     if not (source / "annotations").exists():
         console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True))
     console.rule("night 1")
-    first = run_retrain(config, work / "runs", None)
+    first = run_retrain(config, work / "nightly", None)
     print_retrain_summary(first)
     console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH, troubles=False))
     console.rule("night 2: new images landed")
-    second = run_retrain(config, work / "runs", None)
+    second = run_retrain(config, work / "nightly", None)
     print_retrain_summary(second)
     console.rule("summary")
     console.print(demo_summary(first, second, _home["path"]))

@@ -12,7 +12,7 @@ from flows.prepare import prepare
 from tasks.cache import code_version, folder_hash
 from tasks.config import load_config
 from tasks.evaluate_model import evaluate_task
-from tasks.finetune import train_task, warm_start_config
+from tasks.finetune import check_train_config_task, train_task, warm_start_config
 from tasks.ingest import source_fingerprint_task
 from tasks.nightly import (
     champion_task,
@@ -37,6 +37,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
     with work_dir_lock(work) as ours:
         if not ours:
             return Cancelled(message="another retrain holds this work dir: skipped, not waited")
+        check_train_config_task(config.model, config.train)
         source = source_fingerprint_task(config.source)
         if not whats_new_task(str(work), source):
             return Completed(message="no new images: nothing to retrain")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.config import load_config
-from tasks.finetune import dataset_fingerprint_of, train_task
+from tasks.finetune import check_train_config_task, dataset_fingerprint_of, train_task
 
 
 @flow(name="train", log_prints=True)
@@ -15,5 +15,6 @@ def train(config_path: str, dataset_dir: str, out_dir: str, model: str | None = 
     config = load_config(config_path)
     model_config = config.model if model is None else config.model.model_copy(
         update={"checkpoint": model})
+    check_train_config_task(model_config, config.train)
     fingerprint = dataset_fingerprint_of(dataset_dir)
     return train_task(dataset_dir, fingerprint, model_config, config.train, out_dir, max_steps)

@@ -67,7 +67,8 @@ def demo_summary(first: dict, second: dict, home: str | None) -> str:
         lines.append(
             f"{night}: {report['images']['found']} images found, {report['images']['kept']} kept, "
             f"{report['images']['quarantined']} quarantined ({', '.join(report['quarantine_reasons'])}),"
-            f" {cached}/{len(states)} Prefect tasks Cached; trained {summary['train']['global_step']}"
+            f" {report['work'].get('images_decoded', 0)} decoded, {report['work'].get('images_reused', 0)}"
+            f" reused; {cached}/{len(states)} Prefect tasks Cached; trained {summary['train']['global_step']}"
             f" steps; test {metric}: challenger v{version['version']} "
             f"{decision['challenger_metric']:.3f} vs champion "
             + ("-" if decision["champion_metric"] is None else f"{decision['champion_metric']:.3f}")

@@ -311,10 +311,16 @@ def _worth_retrying(task, task_run, state) -> bool:
       retry_condition_fn=_worth_retrying)
 def train_task(dataset_dir: str, fingerprint: str, model_config: ModelConfig, train_config: TrainConfig,
                out_dir: str, max_steps: int | None = None) -> dict:
-    warning = lr_warning(model_config, train_config)
-    if warning:
-        get_run_logger().warning(warning)
     return finetune(dataset_dir, out_dir, model_config, train_config, max_steps)
+
+
+@task(name="check-train-config")
+def check_train_config_task(model_config: ModelConfig, train_config: TrainConfig) -> list[str]:
+    """Warnings about the configured training (before any warm start swaps the checkpoint)."""
+    warnings = [w for w in [lr_warning(model_config, train_config)] if w]
+    for warning in warnings:
+        get_run_logger().warning(warning)
+    return warnings
 
 
 def warm_start_config(model: ModelConfig, train: TrainConfig, champion: dict | None) -> ModelConfig:

@@ -52,13 +52,17 @@ def ingest(source: SourceConfig, labels: list[str] | None, manifests_dir: str | 
 
 
 def make_shards(candidates: Manifest, shard_size: int, manifests_dir: str | Path) -> list[Manifest]:
-    """Bucket candidates by a hash of their item id, so one new image changes one shard only."""
-    samples = read_samples(candidates)
-    count = max(1, -(-len(samples) // shard_size))
-    buckets: list[list] = [[] for _ in range(count)]
+    """Content-defined shards: items in name order, a shard closing after any item whose hash is
+    0 modulo `shard_size` (so `shard_size` on average). A boundary depends only on its own item,
+    so new images change only the shards they fall into and every other shard stays Cached."""
+    samples = sorted(read_samples(candidates), key=lambda s: s.item)
+    shards: list[list] = [[]]
     for sample in samples:
-        buckets[zlib.crc32(sample.item.encode()) % count].append(sample)
-    return [write_manifest(bucket, manifests_dir, "shard") for bucket in buckets if bucket]
+        shards[-1].append(sample)
+        boundary = zlib.crc32(sample.item.encode()) % shard_size == 0
+        if boundary or len(shards[-1]) >= 4 * shard_size:
+            shards.append([])
+    return [write_manifest(shard, manifests_dir, "shard") for shard in shards if shard]
 
 
 @task(name="source-fingerprint")

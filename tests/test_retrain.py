@@ -156,3 +156,38 @@ def test_dask_runner_gives_the_same_dataset_fingerprint(tmp_path):
     assert on_dask["images"] == threads["images"]
     assert json.loads((Path(tmp_path) / "b" / "prepare_report.json").read_text())["fingerprint"] \
         == threads["fingerprint"]
+
+
+def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
+    from tasks.registry import model_card, push_champion_to_hub
+
+    class FlakyHub:
+        def __init__(self):
+            self.failures, self.commits, self.repos = 1, [], []
+
+        def create_repo(self, repo_id, **kwargs):
+            self.repos.append((repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("reset by peer")
+            self.commits.append(kwargs)
+            return type("Commit", (), {"oid": "c0ffee"})()
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    metrics = {"coco": {"map": 0.41, "map50": 0.7, "map75": 0.4}}
+    card = model_card("demo-florence2", metrics, {"dataset_fingerprint": "abc"}, "demo")
+    hub = FlakyHub()
+    revision = push_champion_to_hub(model_dir, "factory/detector", True, card, api=hub,
+                                    sleep=lambda s: None)
+    assert revision == "c0ffee" and len(hub.commits) == 1
+    assert hub.repos[0] == ("factory/detector", {"repo_type": "model", "private": True, "exist_ok": True})
+    import yaml
+
+    header = yaml.safe_load((model_dir / "README.md").read_text().split("---")[1])
+    results = header["model-index"][0]["results"][0]
+    assert {m["type"]: m["value"] for m in results["metrics"]} == {"map": 0.41, "map50": 0.7,
+                                                                  "map75": 0.4}

@@ -20,12 +20,16 @@ _opened: list[str] = []
 _recording = {"on": False}
 
 
-def _audit(event: str, args: tuple) -> None:
-    if _recording["on"] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
-        _opened.append(os.fsdecode(args[0]))
+def _make_audit_hook(opened: list[str], recording: dict):
+    # Closes over its own references: audit hooks outlive the module's globals at shutdown.
+    def hook(event: str, args: tuple) -> None:
+        if recording["on"] and event == "open" and args and isinstance(args[0], str | bytes | os.PathLike):
+            opened.append(os.fsdecode(args[0]))
+
+    return hook
 
 
-sys.addaudithook(_audit)
+sys.addaudithook(_make_audit_hook(_opened, _recording))
 
 
 def jpeg(image: Image.Image, **kwargs) -> bytes:

@@ -122,7 +122,7 @@ def test_detection_confusion_counts_misses_and_hallucinations_in_background():
     assert cell[("scratch", "background")] == 1  # missed true box: background column
     assert cell[("background", "dent")] == 1  # hallucinated box: background row
     assert sum(map(sum, result["matrix"])) == 3
-    low = detection_confusion([(truth, predicted, [0.1, 0.1])], ["dent", "scratch"])
+    low = detection_confusion([(truth, predicted, [0.05, 0.05])], ["dent", "scratch"])
     assert low["matrix"][0][2] == 1 and low["matrix"][2][0] == 0  # below the confidence threshold
 
 

@@ -43,7 +43,8 @@ def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:
 
     code = ("import sys; from flows.prepare import prepare; "
             "prepare(sys.argv[1], sys.argv[2], sys.argv[3])")
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "DEFECTFLOW_QUIET": "1"}
+    (home / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect does not create its home
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect")}
     process = subprocess.Popen([sys.executable, "-c", code, str(config), str(out), str(home)],
                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     handle, peak = psutil.Process(process.pid), 0
@@ -242,6 +243,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     started = time.time()
     rows = []

@@ -123,7 +123,8 @@ def output_op(inspection: Inspection, policy: str) -> str | None:
     if inspection.orientation != 1:
         steps.append("orient")
     if inspection.grayscale and policy == "convert":
-        steps.append("rgb")
+        if inspection.mode != "RGB":  # RGB with gray content (NEU-DET) already has 3 channels
+            steps.append("rgb")
     elif inspection.grayscale and policy == "keep":
         if inspection.mode not in ("L", "RGB"):
             steps.append("gray8")

@@ -106,9 +106,10 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
             _quarantine(sample, "image_unreadable", f"re-encoding failed: {exc}", result)
             return
         progress.record("encodes_reused" if reused_image else "images_encoded")
-        if inspection.grayscale and config.grayscale == "convert":
-            result.counters["grayscale_converted"] += 1
         sample = sample.model_copy(update={"processed_path": path, "image_op": op})
+    if inspection.grayscale and config.grayscale == "convert":
+        # 3-channel in the dataset: re-encoded from L/P/16-bit, or RGB with gray content as is.
+        result.counters["grayscale_converted"] += 1
     result.counters["boxes_clipped"] += clipped
     result.rejected_boxes.extend(box_rejections)
     result.kept.append(sample)

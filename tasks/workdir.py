@@ -39,6 +39,7 @@ def configure_environment(home: Home) -> None:
     """Point Prefect at the home folder before Prefect is imported (its settings load then).
     Values already set by the user win."""
     home.root.mkdir(parents=True, exist_ok=True)
+    home.prefect.mkdir(parents=True, exist_ok=True)  # Prefect does not create its own home
     defaults = {
         "PREFECT_HOME": str(home.prefect),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

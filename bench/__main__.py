@@ -44,9 +44,13 @@ def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:
     code = ("import sys; from flows.prepare import prepare; "
             "prepare(sys.argv[1], sys.argv[2], sys.argv[3])")
     (home / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect does not create its home
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect")}
+    # A process of its own with a Prefect of its own: nothing inherited from this process's
+    # Prefect (its server, its database), so that only prep's own memory is measured.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home / "prefect")
+    log = open(home / "prepare.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen([sys.executable, "-c", code, str(config), str(out), str(home)],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     handle, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
         try:
@@ -54,8 +58,10 @@ def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:
         except psutil.NoSuchProcess:
             break
         time.sleep(0.05)
+    log.close()
     if process.returncode != 0:
-        raise RuntimeError(f"prepare failed in the memory benchmark ({process.returncode})")
+        tail = (home / "prepare.log").read_text()[-2000:]
+        raise RuntimeError(f"prepare failed in the memory benchmark ({process.returncode}):\n{tail}")
     return peak / 2**20
 
 
@@ -92,14 +98,17 @@ def bench_prep(work: Path, scale: int, repeats: int) -> list[tuple[str, float, f
     rows.append(("prep, 24 images of 3.1 MP", big_ours, big_limit, "Pillow decode+re-encode once",
                  "<= 1.3"))
 
-    # Incremental: the same home, 1% new images.
-    home = work / "home-incremental"
-    out = work / "out-incremental"
+    # Incremental: one home (content store + Prefect cache keys) for a full run, an identical
+    # rerun, and a run after 1% new images landed.
+    home = Path(tempfile.mkdtemp(dir=work, prefix="home-incremental-"))
+    out = Path(tempfile.mkdtemp(dir=work, prefix="out-incremental-"))
     full = median_time(lambda: run_prepare(config, out, home), 1)
+    same = median_time(lambda: run_prepare(config, out, home), 1)
     extra = max(1, scale // 100)
     _add_copies(source, extra)
     second = median_time(lambda: run_prepare(config, out, home), 1)
     _remove_copies(source)
+    rows.append(("identical rerun (every working task Cached)", same, full, "the full run", "reported"))
     rows.append((f"incremental work: +{extra} images (1%) after a full run", second - per_run,
                  full - per_run, "the full run's work", "<= 0.05"))
     rows.append(("  (the same with Prefect's fixed per-run cost included)", second, full,
@@ -141,8 +150,10 @@ def bench_memory(work: Path, scale: int) -> list[tuple[str, float, float, str, s
 
     small = config_for(replicate_neu_det(work / "neu_x", scale), work / "mem1.yaml")
     large = config_for(replicate_neu_det(work / "neu_10x", scale * 10), work / "mem10.yaml")
-    one = peak_rss_of_prepare(small, work / "mem-out-1", work / "mem-home-1")
-    ten = peak_rss_of_prepare(large, work / "mem-out-10", work / "mem-home-10")
+    one = peak_rss_of_prepare(small, Path(tempfile.mkdtemp(dir=work, prefix="mem-out-")),
+                              Path(tempfile.mkdtemp(dir=work, prefix="mem-home-")))
+    ten = peak_rss_of_prepare(large, Path(tempfile.mkdtemp(dir=work, prefix="mem-out-")),
+                              Path(tempfile.mkdtemp(dir=work, prefix="mem-home-")))
     return [(f"peak RSS (MiB), prep of {scale * 10} vs {scale} images", ten, one, "1x data", "<= 1.2")]
 
 
@@ -276,6 +287,26 @@ _NOTES = """
 - Memory is the peak RSS of the process running the flow, sampled every 50 ms.
 - No GPU was lent to the session that wrote these figures: the bf16-vs-fp32 throughput of a
   Florence-2-base-sized model is not measured here.
+
+## Where the goals are missed, and why (as of the run above)
+
+- **Prep vs Pillow's decode+re-encode (goal <= 1.3x) and vs the notebook loop (goal >= 3x
+  faster).** On 200x200 JPEGs Pillow needs 0.3 ms an image, so the fixed costs dominate: about
+  1 s of Prefect calls per flow run, and whole-dataset steps that a bare loop does not have
+  (safe XML parsing of every annotation ~0.3 s per 1000, six manifest passes through the record
+  model, the content store's hashing and memo files, the parquet writer). Measured step by step
+  on 1000 images, single-threaded: ingest 0.29 s, shards 0.13, images 0.66, split 0.03, flips
+  0.41, targets 0.06, publish 0.25. On 3 MP images the per-image work dominates and the ratio
+  falls to ~5.7x: we decode each image once to check it (truncation, bombs, grayscale, EXIF) and
+  decode + encode it again for its flipped copy, where the baseline encodes once.
+- **Incremental run (goal <= 0.05 of the full run's work).** Per-image work does scale with what
+  is new (the image step goes from 0.66 s to 0.10 s, and whole shards come back Cached), but the
+  whole-dataset steps still run in full: ingest re-parses every annotation and publish rewrites
+  the parquet files. Getting to 0.05 needs a per-file memo of parsed annotations and parquet
+  files written per shard and kept across runs; not done yet.
+- **Peak memory at 10x the data (goal <= 1.2x).** The records of every image (boxes, paths,
+  hashes) are held in memory by the split, flip and publish steps (the pixels are streamed);
+  at 10000 images that is ~150 MiB more. Streaming those steps shard by shard is the fix.
 """
 
 

@@ -204,6 +204,9 @@ def run_once(
     _config_or_exit(config)
     result = run_retrain(config, work, max_steps)
     print_retrain_summary(result)
+    if result["state"].is_failed():
+        console.print("[red]failed: run it again to resume; finished steps come back Cached[/red]")
+        raise typer.Exit(1)
 
 
 def run_retrain(config: Path, work: Path, max_steps: int | None) -> dict:

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
@@ -99,9 +100,17 @@ def test_the_hub_token_never_reaches_logs_reports_or_artifacts(tmp_path, monkeyp
     report = state.result()
     assert report["dataset"]["hub_revision"] == "f00d"
     run_id = state.state_details.flow_run_id
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs reach the API in batches: send what is pending
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
-                                limit=200, offset=0, sort=LogSort.TIMESTAMP_ASC)
+        for _ in range(40):  # and give the server a moment to store them
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                limit=200, offset=0, sort=LogSort.TIMESTAMP_ASC)
+            if logs:
+                break
+            time.sleep(0.25)
         run = client.read_flow_run(run_id)
     texts = [log.message for log in logs] + [json.dumps(report), run.model_dump_json()]
     texts += [p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file()

@@ -40,6 +40,13 @@ def main(
     configure_environment(where)
 
 
+def _summary_table(title: str) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    return table
+
+
 def _config_or_exit(path: Path):
     try:
         return load_config(path)
@@ -77,9 +84,7 @@ def run_prepare(config: Path, out: Path) -> tuple[dict, list[tuple[str, str]]]:
 
 def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path) -> None:
     images, boxes = report["images"], report["boxes"]
-    table = Table(title=f"prepare: {report['name']}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table = _summary_table(f"prepare: {report['name']}")
     table.add_row("images", f"found {images['found']} = kept {images['kept']} + quarantined "
                   f"{images['quarantined']} + dropped grayscale {images['dropped_grayscale']}")
     table.add_row("boxes", f"found {boxes['found']}, kept {boxes['kept']}, clipped "
@@ -135,9 +140,7 @@ def train(
     except ModelUnavailable as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    table = Table(title="train", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table = _summary_table("train")
     for key in ("kind", "checkpoint", "global_step", "resumed_from_step", "first_train_loss",
                 "last_train_loss", "metric_for_best_model", "best_metric", "best_checkpoint",
                 "model_dir"):
@@ -232,9 +235,7 @@ def print_retrain_summary(result: dict) -> None:
         return
     report, decision, version = summary["report"], summary["decision"], summary["version"]
     images = report["images"]
-    table = Table(show_header=False, title="nightly retrain", title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table = _summary_table("nightly retrain")
     table.add_row("images", f"found {images['found']}, kept {images['kept']}, quarantined "
                   f"{images['quarantined']} {report['quarantine_reasons'] or ''}, dropped grayscale "
                   f"{images['dropped_grayscale']}")

@@ -33,7 +33,7 @@ ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_c
 def main(
     home: Annotated[str | None, typer.Option(
         help="work folder for Prefect's database, cached results and the content store "
-        "[env: DEFECTFLOW_HOME; default: ./.defectflow]")] = None,
+        "(env DEFECTFLOW_HOME; default ./.defectflow)")] = None,
 ) -> None:
     where = resolve_home(home)
     _home["path"] = str(where.root)

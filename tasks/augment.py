@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prefect import task
@@ -12,7 +13,7 @@ from tasks.boxes import hflip, vflip
 from tasks.cache import CACHE_POLICY
 from tasks.config import AugmentConfig
 from tasks.images import ContentStore, derived_image
-from tasks.records import Manifest, Sample, read_samples, write_manifest
+from tasks.records import Manifest, Sample, read_records, write_manifest
 
 
 def flipped(sample: Sample, kind: str, image_path: str) -> Sample:
@@ -27,16 +28,15 @@ def flipped(sample: Sample, kind: str, image_path: str) -> Sample:
                                      "processed_path": image_path})
 
 
-def augment(samples: list[Sample], config: AugmentConfig, store_root: str,
-            max_pixels: int) -> tuple[list[Sample], Counter]:
+def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
+            max_pixels: int, counters: Counter | None = None) -> Iterator[Sample]:
     """Originals plus flipped copies of the `train` ones: each copy flips exactly what the
-    dataset shows for the original (its EXIF/RGB rendering included)."""
+    dataset shows for the original (its EXIF/RGB rendering included). Streams."""
     store = ContentStore(store_root)
-    out: list[Sample] = []
-    counters: Counter = Counter()
+    counters = Counter() if counters is None else counters
     kinds = [kind for kind, on in (("hflip", config.hflip), ("vflip", config.vflip)) if on]
     for sample in samples:
-        out.append(sample)
+        yield sample
         if sample.split != "train":
             continue
         for kind in kinds:
@@ -45,14 +45,16 @@ def augment(samples: list[Sample], config: AugmentConfig, store_root: str,
                                          sample.image_format, max_pixels, store)
             counters[kind] += 1
             progress.record("encodes_reused" if reused else "images_encoded")
-            out.append(flipped(sample, kind, path))
-    return out, counters
+            yield flipped(sample, kind, path)
 
 
 def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
                  manifests_dir: str | Path) -> tuple[Manifest, dict[str, int]]:
-    samples, counters = augment(read_samples(manifest), config, store_root, max_pixels)
-    return write_manifest(samples, manifests_dir, "augmented"), dict(counters)
+    counters: Counter = Counter()
+    flipped_manifest = write_manifest(
+        augment(read_records(manifest, Sample), config, store_root, max_pixels, counters),
+        manifests_dir, "augmented")
+    return flipped_manifest, dict(counters)
 
 
 @task(name="augment", cache_policy=CACHE_POLICY, persist_result=True)

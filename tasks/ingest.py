@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tasks.cache import CACHE_POLICY, SourceState
 from tasks.config import SourceConfig
 from tasks.ingest_coco import ingest_coco
 from tasks.ingest_voc import IngestResult, ingest_voc
-from tasks.records import Manifest, Rejection, read_samples, write_manifest
+from tasks.records import Manifest, ManifestWriter, Rejection, read_lines, write_manifest
 from tasks.sources import list_source
 
 
@@ -33,36 +34,44 @@ def source_fingerprint(source: SourceConfig) -> str:
 def ingest(source: SourceConfig, labels: list[str] | None, manifests_dir: str | Path) -> IngestOutput:
     suffix = ".xml" if source.format == "voc" else ".json"
     listing = list_source(source.images, source.annotations, suffix)
-    if source.format == "voc":
-        if not source.annotations.is_dir():
+    with ManifestWriter(manifests_dir, "candidates") as candidates:  # streamed as parsed
+        if source.format == "coco":
+            result = ingest_coco(source.images, source.annotations, listing, labels, candidates.add)
+        elif source.annotations.is_dir():
+            result = ingest_voc(source.images, source.annotations, listing, labels, candidates.add)
+        else:
             result = IngestResult()
             result.rejected.append(Rejection(item=str(source.annotations), reason="annotation_missing",
                                              detail="the VOC annotations folder does not exist"))
-        else:
-            result = ingest_voc(source.images, source.annotations, listing, labels)
-    else:
-        result = ingest_coco(source.images, source.annotations, listing, labels)
     return IngestOutput(
-        candidates=write_manifest(result.samples, manifests_dir, "candidates"),
+        candidates=candidates.manifest,
         rejected=write_manifest(result.rejected, manifests_dir, "ingest-rejected"),
         rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "ingest-rejected-boxes"),
         boxes_found=result.boxes_found,
-        images_found=len(result.samples) + len(result.rejected),
+        images_found=candidates.count + len(result.rejected),
     )
 
 
 def make_shards(candidates: Manifest, shard_size: int, manifests_dir: str | Path) -> list[Manifest]:
     """Content-defined shards: items in name order, a shard closing after any item whose hash is
     0 modulo `shard_size` (so `shard_size` on average). A boundary depends only on its own item,
-    so new images change only the shards they fall into and every other shard stays Cached."""
-    samples = sorted(read_samples(candidates), key=lambda s: s.item)
-    shards: list[list] = [[]]
-    for sample in samples:
-        shards[-1].append(sample)
-        boundary = zlib.crc32(sample.item.encode()) % shard_size == 0
-        if boundary or len(shards[-1]) >= 4 * shard_size:
-            shards.append([])
-    return [write_manifest(shard, manifests_dir, "shard") for shard in shards if shard]
+    so new images change only the shards they fall into and every other shard stays Cached.
+    Only (item, raw line) pairs are held, not parsed records."""
+    lines = sorted((json.loads(line)["item"], line) for line in read_lines(candidates))
+    shards: list[Manifest] = []
+    writer: ManifestWriter | None = None
+    for item, line in lines:
+        if writer is None:
+            writer = ManifestWriter(manifests_dir, "shard").__enter__()
+        writer.add_line(line)
+        if zlib.crc32(item.encode()) % shard_size == 0 or writer.count >= 4 * shard_size:
+            writer.__exit__(None, None, None)
+            shards.append(writer.manifest)
+            writer = None
+    if writer is not None:
+        writer.__exit__(None, None, None)
+        shards.append(writer.manifest)
+    return shards
 
 
 @task(name="source-fingerprint")

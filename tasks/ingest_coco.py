@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from tasks.ingest_voc import IngestResult, reject_unclaimed_images
@@ -54,9 +55,11 @@ def _key(value: object) -> str:
 
 
 def ingest_coco(
-    images_root: Path, json_path: Path, listing: SourceListing, labels: list[str] | None = None
+    images_root: Path, json_path: Path, listing: SourceListing, labels: list[str] | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
 ) -> IngestResult:
     result = IngestResult()
+    keep = on_sample or result.samples.append
     source = json_path.name
     try:
         if json_path.stat().st_size > MAX_JSON_BYTES:
@@ -146,7 +149,7 @@ def ingest_coco(
                 result.rejected_boxes.append(Rejection(item=f"{item}#annotations[{position}]",
                                                        reason=box[0], detail=box[1]))
         stat = path.stat()
-        result.samples.append(Sample(
+        keep(Sample(
             item=item, image_path=str(path), source=f"{source}#{image['id']}", boxes=boxes,
             declared_width=_positive_int(image.get("width")),
             declared_height=_positive_int(image.get("height")),

@@ -7,6 +7,7 @@ images folder, `<path>` (an absolute path on the annotator's machine) is never f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from xml.etree.ElementTree import Element, ParseError
@@ -123,9 +124,12 @@ def ingest_voc(
     annotations_root: Path,
     listing: SourceListing,
     labels: list[str] | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
 ) -> IngestResult:
-    """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too."""
+    """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too.
+    With `on_sample`, samples go there as they are made instead of into `result.samples`."""
     result = IngestResult()
+    keep = on_sample or result.samples.append
     index = index_images(images_root, listing.images)
     allowed = set(labels) if labels is not None else None
     claimed: dict[Path, str] = {}
@@ -179,7 +183,7 @@ def ingest_voc(
                 result.rejected_boxes.append(Rejection(item=f"{item}#{number}", reason=reason,
                                                        detail=detail))
         stat = image.stat()
-        result.samples.append(Sample(
+        keep(Sample(
             item=item, image_path=str(image), source=str(xml_path), boxes=boxes,
             declared_width=annotation.width or None, declared_height=annotation.height or None,
             file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.cache import CACHE_POLICY
-from tasks.records import Box, Manifest, Sample, read_samples, write_manifest
+from tasks.records import Box, Manifest, Sample, read_records, write_manifest
 
 BINS = 1000
 OD_PROMPT = "<OD>"
@@ -81,7 +81,9 @@ def add_targets(samples: list[Sample]) -> list[Sample]:
 
 
 def targets_step(manifest: Manifest, manifests_dir: str | Path) -> Manifest:
-    return write_manifest(add_targets(read_samples(manifest)), manifests_dir, "targets")
+    samples = read_records(manifest, Sample)  # streamed, never the whole set in memory
+    targeted = (s.model_copy(update={"target": od_target(s.boxes, s.width, s.height)}) for s in samples)
+    return write_manifest(targeted, manifests_dir, "targets")
 
 
 @task(name="loc-targets", cache_policy=CACHE_POLICY, persist_result=True)

@@ -119,21 +119,54 @@ def _dump(record: BaseModel) -> str:
     return json.dumps(record.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
 
 
-def write_manifest(records: Iterable[BaseModel], folder: str | Path, kind: str) -> Manifest:
-    """Write records content-addressed under `folder`; the same records give the same file."""
-    lines = [_dump(record) for record in records]
-    body = "".join(line + "\n" for line in lines).encode("utf-8")
-    digest = hashlib.sha256(body).hexdigest()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{kind}-{digest[:20]}.jsonl"
-    if not path.exists():
+class ManifestWriter:
+    """Streams records into a manifest (hashing as it writes), so no step holds the whole set:
+    `with ManifestWriter(folder, kind) as out: out.add(record)`, then `out.manifest`."""
+
+    def __init__(self, folder: str | Path, kind: str) -> None:
+        self.folder, self.kind = Path(folder), kind
+        self.folder.mkdir(parents=True, exist_ok=True)
         # A private temporary name, then an atomic rename: neither a crash nor a second run
         # writing the same manifest at the same time leaves half a file behind.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        tmp.write_bytes(body)
-        tmp.replace(path)
-    return Manifest(path=str(path), digest=digest, count=len(lines))
+        self._tmp = self.folder / f".{kind}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        self._handle = open(self._tmp, "wb")  # noqa: SIM115 - closed in __exit__
+        self._digest = hashlib.sha256()
+        self.count = 0
+        self.manifest: Manifest | None = None
+
+    def add(self, record: BaseModel) -> None:
+        self.add_line(_dump(record))
+
+    def add_line(self, json_line: str) -> None:
+        """A record already serialized by a manifest (copied through without parsing)."""
+        line = (json_line.rstrip("\n") + "\n").encode("utf-8")
+        self._digest.update(line)
+        self._handle.write(line)
+        self.count += 1
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self._handle.close()
+        if kind is not None:
+            self._tmp.unlink(missing_ok=True)
+            return
+        digest = self._digest.hexdigest()
+        path = self.folder / f"{self.kind}-{digest[:20]}.jsonl"
+        if path.exists():
+            self._tmp.unlink()
+        else:
+            self._tmp.replace(path)
+        self.manifest = Manifest(path=str(path), digest=digest, count=self.count)
+
+
+def write_manifest(records: Iterable[BaseModel], folder: str | Path, kind: str) -> Manifest:
+    """Write records content-addressed under `folder`; the same records give the same file."""
+    with ManifestWriter(folder, kind) as out:
+        for record in records:
+            out.add(record)
+    return out.manifest
 
 
 def read_records(manifest: Manifest | str | Path, model: type[BaseModel] = Sample) -> Iterator:
@@ -150,3 +183,9 @@ def read_samples(manifest: Manifest | str | Path) -> list[Sample]:
 
 def read_rejections(manifest: Manifest | str | Path) -> list[Rejection]:
     return list(read_records(manifest, Rejection))
+
+
+def read_lines(manifest: Manifest) -> Iterator[str]:
+    """The raw JSON lines of a manifest, for steps that only move records around."""
+    with open(manifest.path, encoding="utf-8") as handle:
+        yield from (line for line in handle if line.strip())

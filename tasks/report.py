@@ -13,8 +13,8 @@ from tasks.ingest import IngestOutput
 from tasks.loc_tokens import florence_safe
 from tasks.process import ShardOutput
 from tasks.publish import PublishOutput
-from tasks.records import read_rejections, read_samples
-from tasks.split import SPLITS, SplitOutput, class_counts_by_split
+from tasks.records import Sample, read_records, read_rejections, read_samples
+from tasks.split import SPLITS, SplitOutput
 
 
 def build_report(
@@ -28,7 +28,14 @@ def build_report(
     published: PublishOutput,
     work: dict[str, int],
 ) -> dict:
-    samples = read_samples(split.samples)
+    classes: Counter = Counter()
+    splits: Counter = Counter()
+    by_split: dict[str, Counter] = {name: Counter() for name in SPLITS}
+    for sample in read_records(split.samples, Sample):  # streamed: counts only
+        labels = [box.label for box in sample.boxes]
+        classes.update(labels)
+        splits[sample.split] += 1
+        by_split[sample.split or "train"].update(labels)
     quarantine = read_rejections(ingested.rejected)
     box_rejections = read_rejections(ingested.rejected_boxes)
     dropped_gray = []
@@ -41,14 +48,13 @@ def build_report(
     quarantine += read_rejections(split.rejected)
     box_rejections += read_rejections(split.rejected_boxes)
 
-    classes = Counter(box.label for s in samples for box in s.boxes)
     kept_boxes = sum(classes.values())
     dropped = Counter(r.reason for r in box_rejections)
     report = {
         "name": name,
         "images": {
             "found": ingested.images_found,
-            "kept": len(samples),
+            "kept": sum(splits.values()),
             "quarantined": len(quarantine),
             "dropped_grayscale": len(dropped_gray),
         },
@@ -63,10 +69,10 @@ def build_report(
             "detected": counters["grayscale_detected"],
             "converted": counters["grayscale_converted"],
         },
-        "splits": {split_name: sum(s.split == split_name for s in samples) for split_name in SPLITS},
+        "splits": {split_name: splits[split_name] for split_name in SPLITS},
         "augmented": {"hflip": augmented.get("hflip", 0), "vflip": augmented.get("vflip", 0)},
         "classes": dict(sorted(classes.items())),
-        "classes_by_split": class_counts_by_split(samples),
+        "classes_by_split": {name: dict(sorted(c.items())) for name, c in by_split.items()},
         "quarantine": [r.model_dump() for r in sorted(quarantine, key=lambda r: r.item)],
         "quarantine_reasons": dict(sorted(Counter(r.reason for r in quarantine).items())),
         "dropped_boxes": [r.model_dump() for r in sorted(box_rejections, key=lambda r: r.item)],

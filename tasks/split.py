@@ -8,7 +8,9 @@ probabilities: the split is stratified in expectation, and the report shows per-
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from prefect import task
@@ -16,7 +18,7 @@ from pydantic import BaseModel
 
 from tasks.cache import CACHE_POLICY
 from tasks.config import SplitConfig
-from tasks.records import Manifest, Rejection, Sample, read_samples, write_manifest
+from tasks.records import Manifest, ManifestWriter, Rejection, Sample, read_records
 
 SPLITS = ("train", "validation", "test")
 
@@ -32,22 +34,39 @@ def split_of(sha256: str, ratios: SplitConfig) -> str:
     return "test" if ratios.test > 0 else ("validation" if ratios.validation > 0 else "train")
 
 
+def duplicate_items(samples_in_item_order: Iterable[Sample]) -> dict[str, str]:
+    """item -> the earlier item with the same pixels (the first, by item, keeps them)."""
+    first: dict[str, str] = {}
+    duplicates: dict[str, str] = {}
+    for sample in samples_in_item_order:
+        if sample.sha256 in first:
+            duplicates[sample.item] = first[sample.sha256]
+        else:
+            first[sample.sha256] = sample.item
+    return duplicates
+
+
+def duplicate_rejections(sample: Sample, original: str) -> tuple[Rejection, list[Rejection]]:
+    return (Rejection(item=sample.item, reason="duplicate_image", detail=f"same pixels as {original}"),
+            [Rejection(item=f"{sample.item}#{n}", reason="image_rejected", detail="duplicate_image")
+             for n in range(len(sample.boxes))])
+
+
 def dedupe_by_content(
     samples: list[Sample],
 ) -> tuple[list[Sample], list[Rejection], list[Rejection]]:
     """Two annotations of the same pixels would leak across splits: keep the first (by item).
     Returns (kept, rejected images, their rejected boxes)."""
-    first: dict[str, str] = {}
+    ordered = sorted(samples, key=lambda s: s.item)
+    duplicates = duplicate_items(ordered)
     kept, rejected, rejected_boxes = [], [], []
-    for sample in sorted(samples, key=lambda s: s.item):
-        if sample.sha256 in first:
-            rejected.append(Rejection(item=sample.item, reason="duplicate_image",
-                                      detail=f"same pixels as {first[sample.sha256]}"))
-            rejected_boxes += [Rejection(item=f"{sample.item}#{n}", reason="image_rejected",
-                                         detail="duplicate_image") for n in range(len(sample.boxes))]
-            continue
-        first[sample.sha256] = sample.item
-        kept.append(sample)
+    for sample in ordered:
+        if sample.item in duplicates:
+            image, boxes = duplicate_rejections(sample, duplicates[sample.item])
+            rejected.append(image)
+            rejected_boxes += boxes
+        else:
+            kept.append(sample)
     return kept, rejected, rejected_boxes
 
 
@@ -55,7 +74,7 @@ def assign_splits(samples: list[Sample], ratios: SplitConfig) -> list[Sample]:
     return [s.model_copy(update={"split": split_of(s.sha256, ratios)}) for s in samples]
 
 
-def class_counts_by_split(samples: list[Sample]) -> dict[str, dict[str, int]]:
+def class_counts_by_split(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
     for sample in samples:
         counts[sample.split or "train"].update(box.label for box in sample.boxes)
@@ -69,14 +88,26 @@ class SplitOutput(BaseModel, frozen=True):
 
 
 def split_step(kept: list[Manifest], ratios: SplitConfig, manifests_dir: str | Path) -> SplitOutput:
-    """Merge the shards, drop content duplicates, assign splits."""
-    samples = [s for manifest in kept for s in read_samples(manifest)]
-    unique, duplicates, duplicate_boxes = dedupe_by_content(samples)
-    return SplitOutput(
-        samples=write_manifest(assign_splits(unique, ratios), manifests_dir, "split"),
-        rejected=write_manifest(duplicates, manifests_dir, "duplicates"),
-        rejected_boxes=write_manifest(duplicate_boxes, manifests_dir, "duplicate-boxes"),
-    )
+    """Merge the shards (each in item order), drop content duplicates, assign splits. Streams:
+    one pass finds the duplicates, a second writes the records; neither holds the set."""
+
+    def in_item_order():
+        return heapq.merge(*(read_records(m, Sample) for m in kept), key=lambda s: s.item)
+
+    duplicates = duplicate_items(in_item_order())
+    with ManifestWriter(manifests_dir, "split") as out, \
+            ManifestWriter(manifests_dir, "duplicates") as rejected, \
+            ManifestWriter(manifests_dir, "duplicate-boxes") as rejected_boxes:
+        for sample in in_item_order():
+            if sample.item in duplicates:
+                image, boxes = duplicate_rejections(sample, duplicates[sample.item])
+                rejected.add(image)
+                for box in boxes:
+                    rejected_boxes.add(box)
+            else:
+                out.add(sample.model_copy(update={"split": split_of(sample.sha256, ratios)}))
+    return SplitOutput(samples=out.manifest, rejected=rejected.manifest,
+                       rejected_boxes=rejected_boxes.manifest)
 
 
 @task(name="split", cache_policy=CACHE_POLICY, persist_result=True)

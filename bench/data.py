@@ -14,9 +14,11 @@ NEU_DET = Path(__file__).resolve().parents[2] / "shared" / "data" / "neu_det"
 
 
 def replicate_neu_det(target: Path, count: int) -> Path:
-    """`count` images made from NEU-DET's 300, each copy nudged by one pixel so that every file
-    has its own content hash (identical copies would be deduplicated and cost nothing)."""
-    if (target / "annotations").is_dir() and len(list((target / "annotations").iterdir())) == count:
+    """`count` images made from NEU-DET's 300, each copy marked with its number in a corner
+    block so that every file has its own content hash (identical copies would be deduplicated
+    and cost nothing)."""
+    marker = target / ".replica-v2"
+    if marker.exists() and len(list((target / "annotations").iterdir())) == count:
         return target
     if not NEU_DET.is_dir():
         raise SystemExit(f"{NEU_DET} is absent: the benchmarks need ../shared/data/neu_det")
@@ -28,13 +30,17 @@ def replicate_neu_det(target: Path, count: int) -> Path:
         xml = xmls[n % len(xmls)]
         stem = f"{xml.stem}_r{n:05d}"
         image = Image.open(NEU_DET / "images" / f"{xml.stem}.jpg").convert("RGB")
-        value = image.getpixel((0, 0))
-        image.putpixel((0, 0), tuple((v + 1 + n // len(xmls)) % 256 for v in value))
+        copy = n // len(xmls)
+        # An 8x8 block per bit of the copy number: JPEG keeps blocks, so every copy differs.
+        for bit in range(8):
+            shade = 255 if copy >> bit & 1 else 0
+            image.paste((shade, shade, shade), (bit * 8, 0, bit * 8 + 8, 8))
         image.save(target / "images" / f"{stem}.jpg", quality=92)
         text = xml.read_text().replace(f"<filename>{xml.stem}.jpg</filename>",
                                        f"<filename>{stem}.jpg</filename>")
         text = text.replace(f"<filename>{xml.stem}</filename>", f"<filename>{stem}.jpg</filename>")
         (target / "annotations" / f"{stem}.xml").write_text(text)
+    marker.touch()
     return target
 
 

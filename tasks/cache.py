@@ -35,7 +35,8 @@ CACHE_POLICY = INPUTS + TASK_SOURCE + CodeVersion()
 
 @dataclass
 class SourceState(CachePolicy):
-    """Adds the source folder's fingerprint (names, sizes, mtimes) to the key: new images -> miss."""
+    """Adds the source folder's fingerprint (names, sizes, mtimes) to the key: new images -> miss.
+    Build it with `argument=` by keyword: CachePolicy's own first field is `key_storage`."""
 
     argument: str = "source"
 

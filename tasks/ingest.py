@@ -80,7 +80,7 @@ def source_fingerprint_task(source: SourceConfig) -> str:
 
 
 # SourceState: a file added, removed or touched under the source means a new ingest.
-@task(name="ingest", cache_policy=CACHE_POLICY + SourceState("source"), persist_result=True)
+@task(name="ingest", cache_policy=CACHE_POLICY + SourceState(argument="source"), persist_result=True)
 def ingest_task(source: SourceConfig, labels: list[str] | None, manifests_dir: str) -> IngestOutput:
     return ingest(source, labels, manifests_dir)
 

@@ -38,29 +38,12 @@ def run_prepare(config: Path, out: Path, home: Path) -> dict:
 
 
 def prep_work(config_path: Path, out: Path, home: Path, workers: int) -> dict:
-    """The prepare steps without Prefect (the same pure functions the flow's tasks call, shards on
-    `workers` threads as the flow's thread runner does): the pipeline's own work time."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tasks.augment import augment_step
+    """The prepare steps without Prefect, shards on `workers` threads as the flow's thread runner
+    does: the pipeline's own work time."""
     from tasks.config import load_config
-    from tasks.ingest import ingest, make_shards
-    from tasks.loc_tokens import targets_step
-    from tasks.process import ImageStepConfig, process_shard_step
-    from tasks.publish import publish
-    from tasks.split import split_step
+    from tasks.local_run import prepare_steps
 
-    config = load_config(config_path)
-    manifests, store = home / "manifests", home / "store"
-    ingested = ingest(config.source, config.labels, manifests)
-    step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
-    shards = make_shards(ingested.candidates, config.shard_size, manifests)
-    with ThreadPoolExecutor(workers) as pool:
-        outputs = list(pool.map(lambda s: process_shard_step(s, step, store, manifests), shards))
-    split = split_step([o.kept for o in outputs], config.split, manifests)
-    augmented, _ = augment_step(split.samples, config.augment, config.images.max_pixels,
-                                str(store), manifests)
-    return publish(targets_step(augmented, manifests), config.name, config.publish, out).rows
+    return prepare_steps(load_config(config_path), out, home, workers).rows
 
 
 def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:

@@ -47,6 +47,25 @@ def _summary_table(title: str) -> Table:
     return table
 
 
+def _add_image_rows(table: Table, report: dict) -> None:
+    """Where the images went and what this run really had to decode (prepare's report)."""
+    images, work = report["images"], report["work"]
+    table.add_row("images", f"found {images['found']} = kept {images['kept']} + quarantined "
+                  f"{images['quarantined']} + dropped grayscale {images['dropped_grayscale']}")
+    if report["quarantine_reasons"]:
+        table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
+                                              report["quarantine_reasons"].items()))
+    table.add_row("work this run", f"decoded {work.get('images_decoded', 0)}, reused "
+                  f"{work.get('images_reused', 0)} (content store), encoded "
+                  f"{work.get('images_encoded', 0)}")
+
+
+def _states_line(states: list[tuple[str, str]]) -> str:
+    from tasks.run_history import state_counts
+
+    return ", ".join(f"{k} {v}" for k, v in sorted(state_counts(states).items()))
+
+
 def _config_or_exit(path: Path):
     try:
         return load_config(path)
@@ -85,8 +104,7 @@ def run_prepare(config: Path, out: Path) -> tuple[dict, list[tuple[str, str]]]:
 def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path) -> None:
     images, boxes = report["images"], report["boxes"]
     table = _summary_table(f"prepare: {report['name']}")
-    table.add_row("images", f"found {images['found']} = kept {images['kept']} + quarantined "
-                  f"{images['quarantined']} + dropped grayscale {images['dropped_grayscale']}")
+    _add_image_rows(table, report)
     table.add_row("boxes", f"found {boxes['found']}, kept {boxes['kept']}, clipped "
                   f"{boxes['clipped']}, dropped {sum(boxes['dropped'].values())} "
                   f"{boxes['dropped'] or ''}")
@@ -97,17 +115,7 @@ def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path
                   + f"  (+ flipped copies: hflip {report['augmented']['hflip']}, "
                   f"vflip {report['augmented']['vflip']})")
     table.add_row("classes", ", ".join(f"{k} {v}" for k, v in report["classes"].items()) or "-")
-    if report["quarantine_reasons"]:
-        table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
-                                              report["quarantine_reasons"].items()))
-    work = report["work"]
-    table.add_row("work this run", f"decoded {work.get('images_decoded', 0)}, reused "
-                  f"{work.get('images_reused', 0)} (content store), encoded "
-                  f"{work.get('images_encoded', 0)}")
-    counts: dict[str, int] = {}
-    for _, state in states:
-        counts[state] = counts.get(state, 0) + 1
-    table.add_row("prefect tasks", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    table.add_row("prefect tasks", _states_line(states))
     table.add_row("dataset", f"{report['dataset']['folder']}  rows {report['dataset']['rows']}")
     table.add_row("report", str(out / "prepare_report.json"))
     table.add_row("fingerprint", report["fingerprint"])
@@ -226,22 +234,13 @@ def run_retrain(config: Path, work: Path, max_steps: int | None) -> dict:
 
 def print_retrain_summary(result: dict) -> None:
     state, summary = result["state"], result["summary"]
-    counts: dict[str, int] = {}
-    for _, name in result["task_states"]:
-        counts[name] = counts.get(name, 0) + 1
     console.print(f"retrain: [bold]{state.name}[/bold] {state.message or ''}  prefect tasks: "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+                  + _states_line(result["task_states"]))
     if not summary:
         return
     report, decision, version = summary["report"], summary["decision"], summary["version"]
-    images = report["images"]
     table = _summary_table("nightly retrain")
-    table.add_row("images", f"found {images['found']}, kept {images['kept']}, quarantined "
-                  f"{images['quarantined']} {report['quarantine_reasons'] or ''}, dropped grayscale "
-                  f"{images['dropped_grayscale']}")
-    work = report["work"]
-    table.add_row("image work", f"decoded {work.get('images_decoded', 0)}, reused "
-                  f"{work.get('images_reused', 0)} from the content store")
+    _add_image_rows(table, report)
     table.add_row("trained", f"{summary['train']['global_step']} steps from "
                   f"{summary['train']['checkpoint']} (resumed from step "
                   f"{summary['train']['resumed_from_step']})")

@@ -57,20 +57,17 @@ def make_shards(candidates: Manifest, shard_size: int, manifests_dir: str | Path
     0 modulo `shard_size` (so `shard_size` on average). A boundary depends only on its own item,
     so new images change only the shards they fall into and every other shard stays Cached.
     Only (item, raw line) pairs are held, not parsed records."""
-    lines = sorted((json.loads(line)["item"], line) for line in read_lines(candidates))
-    shards: list[Manifest] = []
-    writer: ManifestWriter | None = None
-    for item, line in lines:
-        if writer is None:
-            writer = ManifestWriter(manifests_dir, "shard").__enter__()
-        writer.add_line(line)
-        if zlib.crc32(item.encode()) % shard_size == 0 or writer.count >= 4 * shard_size:
-            writer.__exit__(None, None, None)
-            shards.append(writer.manifest)
-            writer = None
-    if writer is not None:
-        writer.__exit__(None, None, None)
-        shards.append(writer.manifest)
+    groups: list[list[str]] = [[]]
+    for item, line in sorted((json.loads(line)["item"], line) for line in read_lines(candidates)):
+        groups[-1].append(line)
+        if zlib.crc32(item.encode()) % shard_size == 0 or len(groups[-1]) >= 4 * shard_size:
+            groups.append([])
+    shards = []
+    for group in filter(None, groups):
+        with ManifestWriter(manifests_dir, "shard") as shard:
+            for line in group:
+                shard.add_line(line)
+        shards.append(shard.manifest)
     return shards
 
 

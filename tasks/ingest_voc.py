@@ -15,7 +15,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from tasks.records import Box, Rejection, Sample, voc_to_box
+from tasks.records import Box, Rejection, Sample, box_rejections, voc_to_box
 from tasks.sources import (
     PathOutsideSource,
     SourceListing,
@@ -151,7 +151,7 @@ def ingest_voc(
             continue
         result.boxes_found += len(annotation.objects)
         try:
-            image = find_image(images_root, annotation.filename, rel_folder, xml_path.stem, index,
+            image = find_image(annotation.filename, rel_folder, xml_path.stem, index,
                                annotation.path)
         except PathOutsideSource as exc:
             _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
@@ -195,9 +195,7 @@ def ingest_voc(
 def _reject_with_boxes(result: IngestResult, item: str, annotation: VocAnnotation, reason: str,
                        detail: str) -> None:
     result.rejected.append(Rejection(item=item, reason=reason, detail=detail))
-    for number, _ in enumerate(annotation.objects):
-        result.rejected_boxes.append(Rejection(item=f"{item}#{number}", reason="image_rejected",
-                                               detail=reason))
+    result.rejected_boxes += box_rejections(item, len(annotation.objects), "image_rejected", reason)
 
 
 def reject_unclaimed_images(

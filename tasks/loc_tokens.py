@@ -76,14 +76,17 @@ def parse_od(text: str, width: int, height: int) -> tuple[list[Box], int]:
     return boxes, failures
 
 
+def with_target(sample: Sample) -> Sample:
+    return sample.model_copy(update={"target": od_target(sample.boxes, sample.width, sample.height)})
+
+
 def add_targets(samples: list[Sample]) -> list[Sample]:
-    return [s.model_copy(update={"target": od_target(s.boxes, s.width, s.height)}) for s in samples]
+    return [with_target(s) for s in samples]
 
 
 def targets_step(manifest: Manifest, manifests_dir: str | Path) -> Manifest:
     samples = read_records(manifest, Sample)  # streamed, never the whole set in memory
-    targeted = (s.model_copy(update={"target": od_target(s.boxes, s.width, s.height)}) for s in samples)
-    return write_manifest(targeted, manifests_dir, "targets")
+    return write_manifest(map(with_target, samples), manifests_dir, "targets")
 
 
 @task(name="loc-targets", cache_policy=CACHE_POLICY, persist_result=True)

@@ -15,7 +15,7 @@ from tasks.boxes import fit_boxes, orient
 from tasks.cache import CACHE_POLICY
 from tasks.config import ImageLimits
 from tasks.images import ContentStore, derived_image, inspect_file, output_op
-from tasks.records import Manifest, Rejection, Sample, read_samples, write_manifest
+from tasks.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
 
 
 class ImageStepConfig(BaseModel, frozen=True):
@@ -53,9 +53,7 @@ def _boxes_in_image_frame(sample: Sample, raw_w: int, raw_h: int, width: int, he
 def _quarantine(sample: Sample, reason: str, detail: str, result: ShardResult) -> None:
     result.rejected.append(Rejection(item=sample.item, reason=reason, detail=detail))
     # Its boxes leave with it, each counted under a reason.
-    for number, _ in enumerate(sample.boxes):
-        result.rejected_boxes.append(Rejection(item=f"{sample.item}#{number}",
-                                               reason="image_rejected", detail=reason))
+    result.rejected_boxes += box_rejections(sample.item, len(sample.boxes), "image_rejected", reason)
 
 
 def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
@@ -81,7 +79,7 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
                     f"annotation says {sample.declared_width}x{sample.declared_height}, "
                     f"image is {inspection.width}x{inspection.height}", result)
         return
-    kept_boxes, box_rejections, clipped = fit_boxes(boxes, sample.item, inspection.width,
+    kept_boxes, unfit_boxes, clipped = fit_boxes(boxes, sample.item, inspection.width,
                                                     inspection.height, limits.min_box_size)
     sample = sample.model_copy(update={
         "sha256": inspection.sha256, "width": inspection.width, "height": inspection.height,
@@ -92,10 +90,9 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
         result.counters["grayscale_detected"] += 1
         if config.grayscale == "drop":
             result.dropped_grayscale.append(sample)
-            for number, _ in enumerate(kept_boxes):
-                result.rejected_boxes.append(Rejection(item=f"{sample.item}#{number}",
-                                                       reason="image_dropped_grayscale"))
-            result.rejected_boxes.extend(box_rejections)
+            result.rejected_boxes += box_rejections(sample.item, len(kept_boxes),
+                                                    "image_dropped_grayscale")
+            result.rejected_boxes.extend(unfit_boxes)
             return
     op = output_op(inspection, config.grayscale)
     if op is not None:
@@ -111,7 +108,7 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
         # 3-channel in the dataset: re-encoded from L/P/16-bit, or RGB with gray content as is.
         result.counters["grayscale_converted"] += 1
     result.counters["boxes_clipped"] += clipped
-    result.rejected_boxes.extend(box_rejections)
+    result.rejected_boxes.extend(unfit_boxes)
     result.kept.append(sample)
 
 

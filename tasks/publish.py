@@ -202,17 +202,21 @@ class PublishOutput(BaseModel, frozen=True):
     hub_revision: str | None = None
 
 
-def dataset_fingerprint(manifest: Manifest) -> str:
-    """A hash of what the dataset says (content hashes, boxes, splits, targets, rendering), not
-    of where files happen to live, so the same data prepared anywhere has the same fingerprint."""
+def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
+    """One pass: a hash of what the dataset says (content hashes, boxes, splits, targets,
+    rendering), not of where files happen to live, so the same data prepared anywhere has the
+    same fingerprint; and the boxes per class of the original (unflipped) images."""
     digest = hashlib.sha256()
+    classes: Counter = Counter()
     for sample in read_records(manifest, Sample):
         digest.update(json.dumps([
             sample.item, sample.sha256, sample.width, sample.height, sample.split,
             sample.augmentation, sample.image_op, sample.target,
             [[b.x1, b.y1, b.x2, b.y2, b.label, b.difficult, b.truncated] for b in sample.boxes],
         ]).encode())
-    return digest.hexdigest()[:32]
+        if sample.augmentation == "none":
+            classes.update(box.label for box in sample.boxes)
+    return digest.hexdigest()[:32], dict(classes)
 
 
 def publish(manifest: Manifest, name: str, config: PublishConfig, out_dir: str | Path,
@@ -220,14 +224,9 @@ def publish(manifest: Manifest, name: str, config: PublishConfig, out_dir: str |
     def split_reader(split: str) -> Callable[[], Iterable[Sample]]:
         return lambda: (s for s in read_records(manifest, Sample) if s.split == split)
 
-    classes: Counter = Counter()
-    for sample in read_records(manifest, Sample):
-        if sample.augmentation == "none":
-            classes.update(box.label for box in sample.boxes)
-    fingerprint = dataset_fingerprint(manifest)
+    fingerprint, classes = fingerprint_and_classes(manifest)
     folder = Path(out_dir)
-    rows = write_local({s: split_reader(s) for s in SPLITS}, folder, name, dict(classes),
-                       fingerprint)
+    rows = write_local({s: split_reader(s) for s in SPLITS}, folder, name, classes, fingerprint)
     revision = None
     if config.target == "hub":
         revision = push_to_hub(folder, config.repo_id or "", config.private, api=api)

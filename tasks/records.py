@@ -87,6 +87,11 @@ class Rejection(BaseModel):
     detail: str = ""
 
 
+def box_rejections(item: str, count: int, reason: str, detail: str = "") -> list[Rejection]:
+    """The boxes of an image that left (`item#0`, `item#1`, ...), each counted under `reason`."""
+    return [Rejection(item=f"{item}#{n}", reason=reason, detail=detail) for n in range(count)]
+
+
 # Stable reason codes, so reports can be compared across nights.
 IMAGE_REASONS = (
     "image_missing",

@@ -145,9 +145,8 @@ def download_version(tracking_uri: str, run_id: str, destination: str | Path) ->
 
 
 def set_champion(tracking_uri: str, model_name: str, version: int, decision: dict) -> None:
-    client = _client(tracking_uri)
-    client.set_registered_model_alias(model_name, CHAMPION, str(version))
-    client.set_model_version_tag(model_name, str(version), "promotion", json.dumps(decision))
+    _client(tracking_uri).set_registered_model_alias(model_name, CHAMPION, str(version))
+    record_decision(tracking_uri, model_name, version, decision)
 
 
 def record_decision(tracking_uri: str, model_name: str, version: int, decision: dict) -> None:

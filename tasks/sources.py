@@ -80,7 +80,7 @@ def list_source(images: Path, annotations: Path, annotation_suffix: str) -> Sour
 
 
 def find_image(
-    images_root: Path, name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, Path],
+    name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, Path],
     path_hint: str | None = None,
 ) -> Path | None:
     """Find an annotation's image: by its name (relative to the annotation's folder or the root),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 
 from tasks.cache import CACHE_POLICY
 from tasks.config import SplitConfig
-from tasks.records import Manifest, ManifestWriter, Rejection, Sample, read_records
+from tasks.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_records
 
 SPLITS = ("train", "validation", "test")
 
@@ -48,8 +47,7 @@ def duplicate_items(samples_in_item_order: Iterable[Sample]) -> dict[str, str]:
 
 def duplicate_rejections(sample: Sample, original: str) -> tuple[Rejection, list[Rejection]]:
     return (Rejection(item=sample.item, reason="duplicate_image", detail=f"same pixels as {original}"),
-            [Rejection(item=f"{sample.item}#{n}", reason="image_rejected", detail="duplicate_image")
-             for n in range(len(sample.boxes))])
+            box_rejections(sample.item, len(sample.boxes), "image_rejected", "duplicate_image"))
 
 
 def dedupe_by_content(
@@ -72,13 +70,6 @@ def dedupe_by_content(
 
 def assign_splits(samples: list[Sample], ratios: SplitConfig) -> list[Sample]:
     return [s.model_copy(update={"split": split_of(s.sha256, ratios)}) for s in samples]
-
-
-def class_counts_by_split(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
-    counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
-    for sample in samples:
-        counts[sample.split or "train"].update(box.label for box in sample.boxes)
-    return {split: dict(sorted(c.items())) for split, c in counts.items()}
 
 
 class SplitOutput(BaseModel, frozen=True):

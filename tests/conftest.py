@@ -68,25 +68,12 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path) -> Path:
     """The prepare steps called as the plain functions they are (the flow composes the same)."""
-    from tasks.augment import augment_step
     from tasks.config import DatasetConfig
-    from tasks.ingest import ingest, make_shards
-    from tasks.loc_tokens import targets_step
-    from tasks.process import ImageStepConfig, process_shard_step
-    from tasks.publish import publish
-    from tasks.split import split_step
+    from tasks.local_run import prepare_steps
 
     config = DatasetConfig.model_validate({
-        "name": "synthetic", "grayscale": "convert",
+        "name": "synthetic", "grayscale": "convert", "shard_size": 16,
         "source": {"format": "voc", "images": source / "images", "annotations": source / "annotations"},
         "split": {"train": 0.7, "validation": 0.15, "test": 0.15}})
-    manifests, store = home / "manifests", home / "store"
-    ingested = ingest(config.source, None, manifests)
-    step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
-    shards = [process_shard_step(s, step, store, manifests)
-              for s in make_shards(ingested.candidates, 16, manifests)]
-    split = split_step([s.kept for s in shards], config.split, manifests)
-    augmented, _ = augment_step(split.samples, config.augment, config.images.max_pixels, str(store),
-                                manifests)
-    publish(targets_step(augmented, manifests), "synthetic", config.publish, dataset_dir)
+    prepare_steps(config, dataset_dir, home)
     return dataset_dir

@@ -40,8 +40,8 @@ def run_prepare(config: Path, out: Path, home: Path) -> dict:
 def prep_work(config_path: Path, out: Path, home: Path, workers: int) -> dict:
     """The prepare steps without Prefect, shards on `workers` threads as the flow's thread runner
     does: the pipeline's own work time."""
-    from tasks.config import load_config
-    from tasks.local_run import prepare_steps
+    from tasks.core.config import load_config
+    from tasks.dataset.local_run import prepare_steps
 
     return prepare_steps(load_config(config_path), out, home, workers).rows
 
@@ -77,7 +77,7 @@ def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:
 def bench_prep(work: Path, scale: int, repeats: int) -> list[tuple[str, float, float, str, str]]:
     from bench.baselines import notebook, pillow_limit
     from bench.data import big_images, config_for, replicate_neu_det
-    from tasks import progress
+    from tasks.core import progress
 
     progress.enabled = False
     rows = []
@@ -192,7 +192,7 @@ def bench_map(repeats: int) -> list[tuple[str, float, float, str, str]]:
     import io
 
     from bench.data import NEU_DET
-    from tasks.evaluate import coco_evaluate
+    from tasks.evaluation.coco import coco_evaluate
 
     root = NEU_DET.parent / "cocoeval_ref"
     gt_path = root / "faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json"
@@ -241,7 +241,8 @@ def _repeat_coco(gt: dict, dt: list, times: int) -> tuple[dict, list]:
 def bench_training(work: Path) -> list[tuple[str, float, float, str, str]]:
     import torch
 
-    from tasks.models import build_tiny_florence, load_detector
+    from tasks.training.models import load_detector
+    from tasks.training.tiny import build_tiny_florence
 
     folder = build_tiny_florence(work / "tiny", ["dent", "scratch", "spot"])
     processor, model = load_detector(str(folder))

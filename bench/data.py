@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tasks.sample_data import DrawnBox, voc_xml
+from tasks.demo.sample_data import DrawnBox, voc_xml
 
 NEU_DET = Path(__file__).resolve().parents[2] / "shared" / "data" / "neu_det"
 

@@ -7,16 +7,17 @@ from pathlib import Path
 from prefect import flow, unmapped
 from prefect.futures import wait
 
-from tasks import progress
-from tasks.augment import augment_task
-from tasks.config import DatasetConfig, load_config
-from tasks.ingest import ingest_task, make_shards_task
-from tasks.loc_tokens import targets_task
-from tasks.process import ImageStepConfig, process_shard_task
-from tasks.publish import publish_task_for
-from tasks.report import report_task
-from tasks.split import split_task
-from tasks.workdir import resolve_home
+from tasks.core import progress
+from tasks.core.config import DatasetConfig, load_config
+from tasks.core.home import resolve_home
+from tasks.core.run_history import task_run_states
+from tasks.dataset.augment import augment_task
+from tasks.dataset.loc_tokens import loc_targets_task
+from tasks.dataset.publish import publish_task_for
+from tasks.dataset.report import report_task
+from tasks.dataset.split import split_task
+from tasks.images.shard import ImageStepConfig, process_images_task
+from tasks.ingest.ingest import ingest_task, shard_task
 
 
 @flow(name="prepare", log_prints=True)
@@ -27,22 +28,33 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     store, manifests = str(where.store), str(where.manifests)
     progress.reset()
 
-    ingested = ingest_task(config.source, config.labels, manifests)
-    shards = make_shards_task(ingested.candidates, config.shard_size, manifests)
+    ingested = ingest_task(source=config.source, labels=config.labels, manifests_dir=manifests)
+    shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,
+                        manifests_dir=manifests)
     image_step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
-    processed = process_shard_task.map(shards, unmapped(image_step), unmapped(store),
-                                       unmapped(manifests))
+    processed = process_images_task.map(shard=shards, config=unmapped(image_step),
+                                        store_root=unmapped(store), manifests_dir=unmapped(manifests))
     wait(processed)
     shard_outputs = processed.result()
-    split = split_task([s.kept for s in shard_outputs], config.split, manifests)
-    augmented, flips = augment_task(split.samples, config.augment, config.images.max_pixels,
-                                    store, manifests)
-    targets = targets_task(augmented, manifests)
+    split = split_task(kept=[s.kept for s in shard_outputs], ratios=config.split,
+                       manifests_dir=manifests)
+    augmented, flips = augment_task(manifest=split.samples, config=config.augment,
+                                    max_pixels=config.images.max_pixels, store_root=store,
+                                    manifests_dir=manifests)
+    targets = loc_targets_task(manifest=augmented, manifests_dir=manifests)
     dataset_dir = str(Path(out_dir).resolve() / "dataset")
-    published = publish_task_for(dataset_dir)(targets, config.name, config.publish, dataset_dir)
+    published = publish_task_for(dataset_dir)(manifest=targets, name=config.name,
+                                              config=config.publish, out_dir=dataset_dir)
     progress.finish()
     return report_task(
-        str(Path(out_dir) / "prepare_report.json"),
+        report_path=str(Path(out_dir) / "prepare_report.json"),
         name=config.name, grayscale_policy=config.grayscale, ingested=ingested,
         shards=shard_outputs, split=split, augmented=flips, published=published,
     )
+
+
+def run_prepare(config_path: Path, out_dir: Path, home: str | None) -> tuple[dict, list[tuple[str, str]]]:
+    """Run the flow; its report and the final state of every task run."""
+    state = prepare(str(config_path), str(out_dir), home, return_state=True)
+    report = state.result()
+    return report, task_run_states(state.state_details.flow_run_id)

@@ -9,21 +9,23 @@ from prefect import flow, runtime
 from prefect.states import Cancelled, Completed
 
 from flows.prepare import prepare
-from tasks.cache import code_version, folder_hash
-from tasks.config import load_config
-from tasks.evaluate_model import evaluate_task
-from tasks.finetune import check_train_config_task, train_task, warm_start_config
-from tasks.ingest import source_fingerprint_task
-from tasks.nightly import (
-    champion_task,
+from tasks.core.caching import code_version, folder_hash
+from tasks.core.config import load_config
+from tasks.core.home import resolve_home
+from tasks.core.run_history import task_run_states
+from tasks.evaluation.evaluate import evaluate_task
+from tasks.ingest.ingest import source_fingerprint_task
+from tasks.nightly.promotion import (
+    Candidate,
+    current_champion_task,
     promote_task,
     record_success_task,
-    whats_new_task,
+    what_is_new_task,
     work_dir_lock,
 )
-from tasks.registry import embedded_tracking_uri, register_task
-from tasks.runners import prep_task_runner
-from tasks.workdir import resolve_home
+from tasks.nightly.registry import RegistryTarget, embedded_tracking_uri, register_task
+from tasks.nightly.runners import prep_task_runner
+from tasks.training.train import check_train_config_task, train_task, warm_start_config
 
 
 @flow(name="retrain", log_prints=True)
@@ -33,44 +35,67 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
     config = load_config(config_path)
     where = resolve_home(home)
     work = Path(work_dir).resolve()
-    tracking_uri = config.registry.tracking_uri or embedded_tracking_uri(where.mlflow)
+    registry = RegistryTarget(
+        tracking_uri=config.registry.tracking_uri or embedded_tracking_uri(where.mlflow),
+        model_name=config.model_name)
     with work_dir_lock(work) as ours:
         if not ours:
             return Cancelled(message="another retrain holds this work dir: skipped, not waited")
-        check_train_config_task(config.model, config.train)
-        source = source_fingerprint_task(config.source)
-        if not whats_new_task(str(work), source):
+        check_train_config_task(model_config=config.model, train_config=config.train)
+        source = source_fingerprint_task(source=config.source)
+        if not what_is_new_task(work_dir=str(work), source_fingerprint=source):
             return Completed(message="no new images: nothing to retrain")
 
         report = prepare.with_options(task_runner=prep_task_runner(config.prep))(
-            config_path, str(work / "prepared"), str(where.root))
+            config_path=config_path, out_dir=str(work / "prepared"), home=str(where.root))
         dataset = str(work / "prepared" / "dataset")
         fingerprint = report["fingerprint"]
-        champion = champion_task(tracking_uri, config.model_name, str(work / "champion"))
+        champion = current_champion_task(registry=registry, download_to=str(work / "champion"))
         model = warm_start_config(config.model, config.train, champion)
         run_dir = work / "runs" / fingerprint
-        trained = train_task(dataset, fingerprint, model, config.train, str(run_dir), max_steps)
-        metrics = evaluate_task(config.model.kind, dataset, fingerprint, trained["model_dir"],
-                                folder_hash(trained["model_dir"]), str(run_dir / "eval"),
-                                "test", config.labels)
-        champion_metrics = None if champion is None else evaluate_task(
-            config.model.kind, dataset, fingerprint, champion["model_dir"],
-            folder_hash(champion["model_dir"]), str(run_dir / f"champion-v{champion['version']}-eval"),
-            "test", config.labels)
+        trained = train_task(dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
+                             train_config=config.train, out_dir=str(run_dir), max_steps=max_steps)
+
+        def evaluate_on_test(model_dir: str, out_dir: Path) -> dict:
+            return evaluate_task(kind=config.model.kind, dataset_dir=dataset, fingerprint=fingerprint,
+                                 model_dir=model_dir, model_hash=folder_hash(model_dir),
+                                 out_dir=str(out_dir), split="test", labels=config.labels)
+
+        metrics = evaluate_on_test(trained["model_dir"], run_dir / "eval")
+        champion_metrics = None if champion is None else evaluate_on_test(
+            champion["model_dir"], run_dir / f"champion-v{champion['version']}-eval")
         lineage = {"dataset_fingerprint": fingerprint,
                    "hub_revision": report["dataset"]["hub_revision"] or "",
                    "prefect_flow_run_id": str(runtime.flow_run.id),
                    "config_hash": config.section_hash(), "code_version": code_version(),
                    "base_checkpoint": model.checkpoint}
-        version = register_task(tracking_uri, str(where.mlflow / "artifacts"), config.model_name,
-                                trained["model_dir"], metrics, lineage,
-                                [str(run_dir / "eval" / "metrics.json"), str(run_dir / "loss_curve.png")])
-        decision = promote_task(tracking_uri, config.model_name, version["version"], metrics, champion,
-                                champion_metrics, config.registry.promote, config.registry.hub_repo,
-                                config.registry.hub_private, trained["model_dir"], lineage)
-        summary = {"report": report, "train": trained, "metrics": metrics,
-                   "champion_metrics": champion_metrics, "version": version, "decision": decision,
-                   "tracking_uri": tracking_uri, "source_fingerprint": source}
-        record_success_task(str(work), {"source_fingerprint": source, "dataset_fingerprint": fingerprint,
-                                        "model_version": version["version"]})
-        return summary
+        version = register_task(
+            registry=registry, artifact_root=str(where.mlflow / "artifacts"),
+            model_dir=trained["model_dir"], metrics=metrics, lineage=lineage,
+            files=[str(run_dir / "eval" / "metrics.json"), str(run_dir / "loss_curve.png")])
+        decision = promote_task(
+            registry=registry, config=config.registry,
+            challenger=Candidate(version=version["version"], metrics=metrics,
+                                 model_dir=trained["model_dir"]),
+            champion=None if champion is None else Candidate(
+                version=champion["version"], metrics=champion_metrics,
+                model_dir=champion["model_dir"]),
+            lineage=lineage)
+        record_success_task(work_dir=str(work), info={
+            "source_fingerprint": source, "dataset_fingerprint": fingerprint,
+            "model_version": version["version"]})
+        return {"report": report, "train": trained, "metrics": metrics,
+                "champion_metrics": champion_metrics, "version": version, "decision": decision,
+                "tracking_uri": registry.tracking_uri, "source_fingerprint": source}
+
+
+def run_retrain(config_path: Path, work_dir: Path, home: str | None,
+                max_steps: int | None = None) -> dict:
+    """Run the flow once: its final state, its summary (when it completed with one) and the
+    final state of every task run, its subflows' included."""
+    state = retrain(str(config_path.resolve()), str(work_dir.resolve()), home, max_steps,
+                    return_state=True)
+    states = task_run_states(state.state_details.flow_run_id)
+    summary = state.result(raise_on_failure=True) if state.is_completed() else None
+    return {"state": state, "summary": summary if isinstance(summary, dict) else None,
+            "task_states": states}

@@ -1,11 +1,12 @@
-"""train = read the prepared dataset's fingerprint -> fine-tune (cached, resumable)."""
+"""train = read the prepared dataset's fingerprint -> check the config -> fine-tune (cached, resumable)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from tasks.config import load_config
-from tasks.finetune import check_train_config_task, dataset_fingerprint_of, train_task
+from tasks.core.config import load_config
+from tasks.dataset.publish import dataset_fingerprint_of
+from tasks.training.train import check_train_config_task, train_task
 
 
 @flow(name="train", log_prints=True)
@@ -15,6 +16,7 @@ def train(config_path: str, dataset_dir: str, out_dir: str, model: str | None = 
     config = load_config(config_path)
     model_config = config.model if model is None else config.model.model_copy(
         update={"checkpoint": model})
-    check_train_config_task(model_config, config.train)
-    fingerprint = dataset_fingerprint_of(dataset_dir)
-    return train_task(dataset_dir, fingerprint, model_config, config.train, out_dir, max_steps)
+    check_train_config_task(model_config=model_config, train_config=config.train)
+    return train_task(dataset_dir=dataset_dir, fingerprint=dataset_fingerprint_of(dataset_dir),
+                      model_config=model_config, train_config=config.train, out_dir=out_dir,
+                      max_steps=max_steps)

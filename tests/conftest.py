@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import prepare_without_prefect
+
 # Before anything imports prefect: its settings are read at import time.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="defectflow-test-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
@@ -18,17 +20,6 @@ os.environ.pop("PREFECT_API_URL", None)
 # Tests never reach a model hub: a Hub id fails at once instead of after network time-outs.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def shared_data(folder: str) -> Path:
-    """A folder of ../shared/data, or a skip that says why."""
-    path = SHARED_DATA / folder
-    if not path.is_dir():
-        pytest.skip(f"real data {path} is absent (it sits beside the repo in CI)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +42,7 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_florence(tmp_path_factory) -> Path:
     """One tiny random Florence-2 checkpoint folder for the session."""
-    from tasks.models import build_tiny_florence
+    from tasks.training.tiny import build_tiny_florence
 
     return build_tiny_florence(tmp_path_factory.mktemp("tiny-florence"), ["scratch", "spot", "patch"])
 
@@ -59,21 +50,8 @@ def tiny_florence(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """A small prepared dataset (published layout) made from generated LabelImg data, no Prefect."""
-    from tasks.sample_data import generate
+    from tasks.demo.sample_data import generate
 
     root = tmp_path_factory.mktemp("synthetic")
     generate(root / "source", count=40, size=64, seed=7, troubles=False)
     return prepare_without_prefect(root / "source", root / "out" / "dataset", root / "home")
-
-
-def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path) -> Path:
-    """The prepare steps called as the plain functions they are (the flow composes the same)."""
-    from tasks.config import DatasetConfig
-    from tasks.local_run import prepare_steps
-
-    config = DatasetConfig.model_validate({
-        "name": "synthetic", "grayscale": "convert", "shard_size": 16,
-        "source": {"format": "voc", "images": source / "images", "annotations": source / "annotations"},
-        "split": {"train": 0.7, "validation": 0.15, "test": 0.15}})
-    prepare_steps(config, dataset_dir, home)
-    return dataset_dir

@@ -1,0 +1,142 @@
+"""What a person reads at the end of a command: one-screen rich tables, built from the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks.core.run_history import state_counts
+from tasks.nightly.registry import ui_command
+
+console = Console()
+
+
+def summary_table(title: str) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    return table
+
+
+def add_image_rows(table: Table, report: dict) -> None:
+    """Where the images went and what this run really had to decode (prepare's report)."""
+    images, work = report["images"], report["work"]
+    table.add_row("images", f"found {images['found']} = kept {images['kept']} + quarantined "
+                  f"{images['quarantined']} + dropped grayscale {images['dropped_grayscale']}")
+    if report["quarantine_reasons"]:
+        table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
+                                              report["quarantine_reasons"].items()))
+    table.add_row("work this run", f"decoded {work.get('images_decoded', 0)}, reused "
+                  f"{work.get('images_reused', 0)} (content store), encoded "
+                  f"{work.get('images_encoded', 0)}")
+
+
+def states_line(states: list[tuple[str, str]]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(state_counts(states).items()))
+
+
+def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path) -> None:
+    images, boxes = report["images"], report["boxes"]
+    table = summary_table(f"prepare: {report['name']}")
+    add_image_rows(table, report)
+    table.add_row("boxes", f"found {boxes['found']}, kept {boxes['kept']}, clipped "
+                  f"{boxes['clipped']}, dropped {sum(boxes['dropped'].values())} "
+                  f"{boxes['dropped'] or ''}")
+    gray = report["grayscale"]
+    table.add_row("grayscale", f"policy {gray['policy']}: detected {gray['detected']}, "
+                  f"converted {gray['converted']}")
+    table.add_row("splits", ", ".join(f"{k} {v}" for k, v in report["splits"].items())
+                  + f"  (+ flipped copies: hflip {report['augmented']['hflip']}, "
+                  f"vflip {report['augmented']['vflip']})")
+    table.add_row("classes", ", ".join(f"{k} {v}" for k, v in report["classes"].items()) or "-")
+    table.add_row("prefect tasks", states_line(states))
+    table.add_row("dataset", f"{report['dataset']['folder']}  rows {report['dataset']['rows']}")
+    table.add_row("report", str(out / "prepare_report.json"))
+    table.add_row("fingerprint", report["fingerprint"])
+    console.print(table)
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if images["kept"] == 0:
+        console.print("[yellow]No image was kept: see the quarantine and grayscale lines above "
+                      "(with `grayscale: drop`, a grayscale dataset keeps nothing; use convert).[/yellow]")
+
+
+def print_train_summary(summary: dict, out: Path) -> None:
+    table = summary_table("train")
+    for key in ("kind", "checkpoint", "global_step", "resumed_from_step", "first_train_loss",
+                "last_train_loss", "metric_for_best_model", "best_metric", "best_checkpoint",
+                "model_dir"):
+        table.add_row(key, str(summary.get(key)))
+    table.add_row("loss curve", str(out / "loss_curve.png"))
+    console.print(table)
+
+
+def print_evaluate_summary(metrics: dict, split: str, out: Path) -> None:
+    if metrics["kind"] == "vit":
+        console.print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n_images']} {split} images")
+    else:
+        coco = metrics["coco"] or {"map": float("nan"), "map50": float("nan")}
+        console.print(f"mAP {coco['map']:.3f}  mAP50 {coco['map50']:.3f}  on {metrics['n_images']} "
+                      f"{split} images; parse failures {metrics['parse_failures']}, "
+                      f"unknown labels {metrics['unknown_labels']}")
+    console.print(f"written: {out / 'metrics.json'} and PNGs in {out}")
+
+
+def print_retrain_summary(result: dict) -> None:
+    state, summary = result["state"], result["summary"]
+    console.print(f"retrain: [bold]{state.name}[/bold] {state.message or ''}  prefect tasks: "
+                  + states_line(result["task_states"]))
+    if not summary:
+        return
+    report, decision, version = summary["report"], summary["decision"], summary["version"]
+    table = summary_table("nightly retrain")
+    add_image_rows(table, report)
+    table.add_row("trained", f"{summary['train']['global_step']} steps from "
+                  f"{summary['train']['checkpoint']} (resumed from step "
+                  f"{summary['train']['resumed_from_step']})")
+    metric = decision["metric"]
+    table.add_row(f"test {metric}", f"challenger v{version['version']}: "
+                  f"{_fmt(decision['challenger_metric'])}   champion "
+                  f"{'v' + str(decision['champion_version']) if decision['champion_version'] else '-'}: "
+                  f"{_fmt(decision['champion_metric'])}")
+    table.add_row("decision", decision["reason"])
+    table.add_row("registry", f"{version['model_name']} v{version['version']} "
+                  f"({'champion' if decision['promoted'] else 'challenger'}) at {summary['tracking_uri']}")
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def demo_summary(first: dict, second: dict, home: str | None) -> str:
+    """The demo's closing lines: both nights in one line each, then where to look."""
+    lines = []
+    for night, result in (("night 1", first), ("night 2", second)):
+        summary = result["summary"]
+        states = [s for _, s in result["task_states"]]
+        cached = states.count("Cached")
+        if not summary:
+            lines.append(f"{night}: {result['state'].name} {result['state'].message or ''}")
+            continue
+        report, decision, version = summary["report"], summary["decision"], summary["version"]
+        metric = decision["metric"]
+        lines.append(
+            f"{night}: {report['images']['found']} images found, {report['images']['kept']} kept, "
+            f"{report['images']['quarantined']} quarantined ({', '.join(report['quarantine_reasons'])}),"
+            f" {report['work'].get('images_decoded', 0)} decoded, {report['work'].get('images_reused', 0)}"
+            f" reused; {cached}/{len(states)} Prefect tasks Cached; trained {summary['train']['global_step']}"
+            f" steps; test {metric}: challenger v{version['version']} "
+            f"{decision['challenger_metric']:.3f} vs champion "
+            + ("-" if decision["champion_metric"] is None else f"{decision['champion_metric']:.3f}")
+            + f" -> {'promoted to champion' if decision['promoted'] else 'champion kept'}")
+    final = second["summary"] or first["summary"]
+    if final:
+        mlflow_dir = Path(home or ".defectflow") / "mlflow"
+        lines += ["", "where to look:",
+                  "  Prefect UI (flow runs, task states, artifacts):  make ui  ->  http://127.0.0.1:4200",
+                  f"  MLflow registry:  {ui_command(final['tracking_uri'], mlflow_dir)}",
+                  f"  metrics and plots:  {Path(final['train']['model_dir']).parent / 'eval'}"]
+    return "\n".join(lines)

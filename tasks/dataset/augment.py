@@ -1,0 +1,63 @@
+"""Flipped copies of training images with exactly mirrored boxes (x1' = W - x2, x2' = W - x1)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from prefect import task
+
+from tasks.core import progress
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.config import AugmentConfig
+from tasks.core.records import Manifest, Sample, read_records, write_manifest
+from tasks.images.boxes import hflip, vflip
+from tasks.images.store import ContentStore, derived_image
+
+
+def flipped(sample: Sample, kind: str, image_path: str) -> Sample:
+    """The record of a flipped copy; the pixels are made by `derived_image`."""
+    if kind == "hflip":
+        boxes = [hflip(box, sample.width) for box in sample.boxes]
+    elif kind == "vflip":
+        boxes = [vflip(box, sample.height) for box in sample.boxes]
+    else:
+        raise ValueError(f"unknown flip {kind!r}")
+    return sample.model_copy(update={"boxes": boxes, "augmentation": kind,
+                                     "processed_path": image_path})
+
+
+def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
+            max_pixels: int, counters: Counter | None = None) -> Iterator[Sample]:
+    """Originals plus flipped copies of the `train` ones: each copy flips exactly what the
+    dataset shows for the original (its EXIF/RGB rendering included). Streams."""
+    store = ContentStore(store_root)
+    counters = Counter() if counters is None else counters
+    kinds = [kind for kind, on in (("hflip", config.hflip), ("vflip", config.vflip)) if on]
+    for sample in samples:
+        yield sample
+        if sample.split != "train":
+            continue
+        for kind in kinds:
+            op = f"{sample.image_op}+{kind}" if sample.image_op else kind
+            path, reused = derived_image(sample.image_path, sample.sha256, op,
+                                         sample.image_format, max_pixels, store)
+            counters[kind] += 1
+            progress.record("encodes_reused" if reused else "images_encoded")
+            yield flipped(sample, kind, path)
+
+
+def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
+                 manifests_dir: str | Path) -> tuple[Manifest, dict[str, int]]:
+    counters: Counter = Counter()
+    flipped_manifest = write_manifest(
+        augment(read_records(manifest, Sample), config, store_root, max_pixels, counters),
+        manifests_dir, "augmented")
+    return flipped_manifest, dict(counters)
+
+
+@task(name="augment", cache_policy=CACHE_POLICY, persist_result=True)
+def augment_task(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
+                 manifests_dir: str) -> tuple[Manifest, dict[str, int]]:
+    return augment_step(manifest, config, max_pixels, store_root, manifests_dir)

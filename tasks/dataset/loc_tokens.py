@@ -1,0 +1,94 @@
+"""Florence-2's location codec and `<OD>` target strings.
+
+encode: q = clamp(floor(x / (W / 1000)), 0, 999); decode: the bin centre (q + 0.5) * W / 1000,
+W and H being the original image size. transformers' `Florence2PostProcessor.dequantize`
+computes the same centre and then truncates it with `.int()`; `decode_like_processor` does that
+too, so the two can be compared exactly (tests/test_loc_tokens.py), while evaluation uses the
+untruncated centre (truncation would pull every box up to a pixel towards the origin).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from prefect import task
+
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.records import Box, Manifest, Sample, read_records, write_manifest
+
+BINS = 1000
+OD_PROMPT = "<OD>"
+LOC_PATTERN = re.compile(r"<loc_(\d+)>")
+_PHRASE = re.compile(r"([^<]+)((?:<loc_\d+>){4,})")
+
+
+def encode_coord(value: float, size: float) -> int:
+    return min(max(math.floor(value / (size / BINS)), 0), BINS - 1)
+
+
+def decode_coord(q: int, size: float) -> float:
+    return (q + 0.5) * size / BINS
+
+
+def decode_like_processor(q: int, size: float) -> int:
+    return int(decode_coord(q, size))
+
+
+def encode_box(box: Box, width: float, height: float) -> tuple[int, int, int, int]:
+    return (encode_coord(box.x1, width), encode_coord(box.y1, height),
+            encode_coord(box.x2, width), encode_coord(box.y2, height))
+
+
+def decode_box(q: tuple[int, int, int, int], width: float, height: float,
+               label: str = "") -> Box:
+    return Box(x1=decode_coord(q[0], width), y1=decode_coord(q[1], height),
+               x2=decode_coord(q[2], width), y2=decode_coord(q[3], height), label=label)
+
+
+def florence_safe(label: str) -> bool:
+    """Florence's parser keeps ASCII only and splits phrases at '<'; other labels break."""
+    return bool(label.strip()) and label.isascii() and "<" not in label and label == label.strip()
+
+
+def od_target(boxes: list[Box], width: int, height: int) -> str:
+    """`label<loc_x1><loc_y1><loc_x2><loc_y2>` per box, in reading order (top to bottom, then
+    left to right, on the quantized values, so the order is what the model sees)."""
+    coded = sorted(((encode_box(b, width, height), b.label) for b in boxes),
+                   key=lambda item: (item[0][1], item[0][0], item[0][3], item[0][2], item[1]))
+    return "".join(label + "".join(f"<loc_{q}>" for q in quad) for quad, label in coded)
+
+
+def parse_od(text: str, width: int, height: int) -> tuple[list[Box], int]:
+    """Boxes from generated `<OD>` text, and how many phrases could not be parsed
+    (a run of loc tokens that is not a multiple of four, or bins outside 0..999)."""
+    text = text.replace("<s>", "").replace("</s>", "").replace("<pad>", "")
+    boxes: list[Box] = []
+    failures = 0
+    for label, locs in _PHRASE.findall(text):
+        bins = [int(q) for q in LOC_PATTERN.findall(locs)]
+        if len(bins) % 4 or any(q >= BINS for q in bins):
+            failures += 1
+            continue
+        for i in range(0, len(bins), 4):
+            boxes.append(decode_box(tuple(bins[i:i + 4]), width, height, label.strip()))
+    return boxes, failures
+
+
+def with_target(sample: Sample) -> Sample:
+    return sample.model_copy(update={"target": od_target(sample.boxes, sample.width, sample.height)})
+
+
+def add_targets(samples: list[Sample]) -> list[Sample]:
+    return [with_target(s) for s in samples]
+
+
+def loc_targets_step(manifest: Manifest, manifests_dir: str | Path) -> Manifest:
+    samples = read_records(manifest, Sample)  # streamed, never the whole set in memory
+    return write_manifest(map(with_target, samples), manifests_dir, "targets")
+
+
+@task(name="loc-targets", cache_policy=CACHE_POLICY, persist_result=True)
+def loc_targets_task(manifest: Manifest, manifests_dir: str) -> Manifest:
+    return loc_targets_step(manifest, manifests_dir)

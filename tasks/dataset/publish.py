@@ -1,0 +1,240 @@
+"""Publish: parquet shards in the Hub's layout (`data/<split>-*.parquet` + a dataset card), written
+to a local folder that `datasets.load_dataset(folder)` reads, and optionally uploaded to the Hub.
+
+Rows are streamed into the parquet writer in small row groups, so memory does not grow with the
+dataset. The token comes from HF_TOKEN through huggingface_hub itself and is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.config import PublishConfig
+from tasks.core.records import Manifest, Sample, read_records
+from tasks.core.retry import with_backoff
+from tasks.dataset.loc_tokens import OD_PROMPT
+from tasks.dataset.split import SPLITS
+
+ROWS_PER_GROUP = 64
+
+FEATURES = datasets.Features({
+    "image": datasets.Image(),
+    "image_id": datasets.Value("string"),
+    "source_id": datasets.Value("string"),
+    "sha256": datasets.Value("string"),
+    "width": datasets.Value("int32"),
+    "height": datasets.Value("int32"),
+    "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+    "labels": datasets.List(datasets.Value("string")),
+    "difficult": datasets.List(datasets.Value("bool")),
+    "augmentation": datasets.Value("string"),
+    "prompt": datasets.Value("string"),
+    "target": datasets.Value("string"),
+})
+
+
+def to_row(sample: Sample) -> dict:
+    image_path = Path(sample.dataset_image)
+    suffix = "" if sample.augmentation == "none" else f"#{sample.augmentation}"
+    return {
+        "image": {"bytes": image_path.read_bytes(), "path": Path(sample.item).stem + image_path.suffix},
+        "image_id": sample.item + suffix,
+        "source_id": sample.item,
+        "sha256": sample.sha256,
+        "width": sample.width,
+        "height": sample.height,
+        "boxes": [[b.x1, b.y1, b.x2, b.y2] for b in sample.boxes],
+        "labels": [b.label for b in sample.boxes],
+        "difficult": [b.difficult for b in sample.boxes],
+        "augmentation": sample.augmentation,
+        "prompt": OD_PROMPT,
+        "target": sample.target or "",
+    }
+
+
+def _write_split(rows: Iterable[dict], path: Path) -> int:
+    schema = FEATURES.arrow_schema
+    count = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        batch: list[dict] = []
+        for row in rows:
+            batch.append(FEATURES.encode_example(row))
+            if len(batch) == ROWS_PER_GROUP:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                count += len(batch)
+                batch = []
+        if batch:  # an empty split is a file with no row group (datasets rejects empty ones)
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            count += len(batch)
+    return count
+
+
+def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fingerprint: str) -> str:
+    configs = {
+        "configs": [{
+            "config_name": "default",
+            # The fingerprint in the file names keeps `datasets`' cache honest: it keys a local
+            # folder's cache on these patterns, so two datasets with equal patterns would share it.
+            # `datasets` cannot load an empty parquet split, so empty splits are left out.
+            "data_files": [{"split": s, "path": f"data/{s}-{fingerprint[:12]}-*"}
+                           for s in SPLITS if counts.get(s)],
+        }],
+        "task_categories": ["object-detection"],
+        "tags": ["defectflow", "florence-2"],
+    }
+    lines = ["---", json.dumps(configs, indent=1), "---", "",  # JSON is valid YAML
+             f"# {name}", "",
+             "Object-detection dataset prepared by defectflow for Florence-2 fine-tuning: "
+             "the `target` column holds `label<loc_x1><loc_y1><loc_x2><loc_y2>` per box for the "
+             "`<OD>` prompt; `boxes` are float pixels, 0-based, x2/y2 exclusive.", "",
+             "| split | rows |", "|---|---|"]
+    lines += [f"| {s} | {counts.get(s, 0)} |" for s in SPLITS]
+    if not all(counts.get(s) for s in SPLITS):
+        lines += ["", "Empty splits have no data file (`datasets` cannot load an empty split)."]
+    lines += ["", "| class | boxes |", "|---|---|"]
+    lines += [f"| {label} | {n} |" for label, n in sorted(classes.items())]
+    lines += ["", f"Fingerprint: `{fingerprint}`", ""]
+    return "\n".join(lines)
+
+
+def write_local(samples_by_split: dict[str, Callable[[], Iterable[Sample]]], folder: str | Path,
+                name: str, classes: dict[str, int], fingerprint: str) -> dict[str, int]:
+    """Write the Hub layout into `folder` (replaced atomically). Returns rows per split."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    (staging / "data").mkdir(parents=True)
+    counts = {}
+    for split in SPLITS:
+        rows = (to_row(sample) for sample in samples_by_split[split]())
+        path = staging / "data" / f"{split}-{fingerprint[:12]}-00000-of-00001.parquet"
+        counts[split] = _write_split(rows, path)
+        if counts[split] == 0:
+            path.unlink()  # `datasets` cannot load an empty parquet split
+    (staging / "README.md").write_text(dataset_card(name, counts, classes, fingerprint),
+                                       encoding="utf-8")
+    swap_in(staging, folder)
+    return counts
+
+
+def swap_in(staging: Path, folder: Path, attempts: int = 5) -> None:
+    """Replace `folder` by the finished `staging` folder with renames only, so a reader never
+    sees half a dataset, and two runs publishing at once both end with a complete one."""
+    for _ in range(attempts):
+        if folder.exists():
+            trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            try:
+                folder.rename(trash)
+            except FileNotFoundError:
+                pass
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
+        try:
+            staging.rename(folder)
+            return
+        except OSError:
+            continue  # another run put its folder there first: move it aside and try again
+    raise OSError(f"could not publish into {folder}: it keeps being replaced")
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool, api=None,
+                sleep: Callable[[float], None] = time.sleep,
+                log: Callable[[str], None] = print) -> str:
+    """Upload the published folder as one commit; returns the commit id (the Hub revision)."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()  # reads HF_TOKEN itself; we never touch or print it
+    with_backoff(lambda: api.create_repo(repo_id, repo_type="dataset", private=private,
+                                         exist_ok=True), sleep=sleep, log=log)
+    commit = with_backoff(lambda: api.upload_folder(
+        repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+        commit_message="defectflow prepare", delete_patterns=["data/*"]), sleep=sleep, log=log)
+    return str(getattr(commit, "oid", None) or commit)
+
+
+class PublishOutput(BaseModel, frozen=True):
+    folder: str
+    rows: dict[str, int]
+    fingerprint: str
+    hub_revision: str | None = None
+
+
+def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
+    """One pass: a hash of what the dataset says (content hashes, boxes, splits, targets,
+    rendering), not of where files happen to live, so the same data prepared anywhere has the
+    same fingerprint; and the boxes per class of the original (unflipped) images."""
+    digest = hashlib.sha256()
+    classes: Counter = Counter()
+    for sample in read_records(manifest, Sample):
+        digest.update(json.dumps([
+            sample.item, sample.sha256, sample.width, sample.height, sample.split,
+            sample.augmentation, sample.image_op, sample.target,
+            [[b.x1, b.y1, b.x2, b.y2, b.label, b.difficult, b.truncated] for b in sample.boxes],
+        ]).encode())
+        if sample.augmentation == "none":
+            classes.update(box.label for box in sample.boxes)
+    return digest.hexdigest()[:32], dict(classes)
+
+
+def publish_step(manifest: Manifest, name: str, config: PublishConfig, out_dir: str | Path,
+            api=None) -> PublishOutput:
+    def split_reader(split: str) -> Callable[[], Iterable[Sample]]:
+        return lambda: (s for s in read_records(manifest, Sample) if s.split == split)
+
+    fingerprint, classes = fingerprint_and_classes(manifest)
+    folder = Path(out_dir)
+    rows = write_local({s: split_reader(s) for s in SPLITS}, folder, name, classes, fingerprint)
+    revision = None
+    if config.target == "hub":
+        revision = push_to_hub(folder, config.repo_id or "", config.private, api=api)
+    return PublishOutput(folder=str(folder), rows=rows, fingerprint=fingerprint,
+                         hub_revision=revision)
+
+
+def is_published(out_dir: str | Path, fingerprint: str | None = None) -> bool:
+    """The folder holds a complete publication (of that fingerprint, when given)."""
+    card = Path(out_dir) / "README.md"
+    if not card.is_file():
+        return False
+    text = card.read_text(encoding="utf-8")
+    patterns = re.findall(r'"path": "(data/[^"]+)"', text)
+    if not all(list(Path(out_dir).glob(pattern)) for pattern in patterns):
+        return False
+    return fingerprint is None or fingerprint in text
+
+
+@task(name="publish", cache_policy=CACHE_POLICY, persist_result=True,
+      retries=2, retry_delay_seconds=[10, 60])
+def publish_task(manifest: Manifest, name: str, config: PublishConfig, out_dir: str) -> PublishOutput:
+    return publish_step(manifest, name, config, out_dir)
+
+
+def publish_task_for(out_dir: str | Path):
+    """The publish task, cached like every step but rebuilt when its output folder is gone."""
+    return publish_task.with_options(refresh_cache=not is_published(out_dir))
+
+
+def dataset_fingerprint_of(dataset_dir: str | Path) -> str:
+    """The fingerprint `prepare` wrote into the dataset card (part of the train and evaluate keys)."""
+    card = (Path(dataset_dir) / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"Fingerprint: `([0-9a-f]+)`", card)
+    if not match:
+        raise ValueError(f"{dataset_dir} has no defectflow fingerprint: was it made by `prepare`?")
+    return match.group(1)

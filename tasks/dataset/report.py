@@ -1,0 +1,113 @@
+"""`prepare_report.json`: every image and box accounted for, found == kept + quarantined + dropped."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from prefect import task
+
+from tasks.core import progress
+from tasks.core.records import Sample, read_records, read_rejections, read_samples
+from tasks.dataset.loc_tokens import florence_safe
+from tasks.dataset.publish import PublishOutput
+from tasks.dataset.split import SPLITS, SplitOutput
+from tasks.images.shard import ShardOutput
+from tasks.ingest.ingest import IngestOutput
+
+
+def report_step(
+    *,
+    name: str,
+    grayscale_policy: str,
+    ingested: IngestOutput,
+    shards: list[ShardOutput],
+    split: SplitOutput,
+    augmented: dict[str, int],
+    published: PublishOutput,
+    work: dict[str, int],
+) -> dict:
+    classes: Counter = Counter()
+    splits: Counter = Counter()
+    by_split: dict[str, Counter] = {name: Counter() for name in SPLITS}
+    for sample in read_records(split.samples, Sample):  # streamed: counts only
+        labels = [box.label for box in sample.boxes]
+        classes.update(labels)
+        splits[sample.split] += 1
+        by_split[sample.split or "train"].update(labels)
+    quarantine = read_rejections(ingested.rejected)
+    box_rejections = read_rejections(ingested.rejected_boxes)
+    dropped_gray = []
+    counters: Counter = Counter()
+    for shard in shards:
+        quarantine += read_rejections(shard.rejected)
+        box_rejections += read_rejections(shard.rejected_boxes)
+        dropped_gray += [s.item for s in read_samples(shard.dropped_grayscale)]
+        counters.update(shard.counters)
+    quarantine += read_rejections(split.rejected)
+    box_rejections += read_rejections(split.rejected_boxes)
+
+    kept_boxes = sum(classes.values())
+    dropped = Counter(r.reason for r in box_rejections)
+    report = {
+        "name": name,
+        "images": {
+            "found": ingested.images_found,
+            "kept": sum(splits.values()),
+            "quarantined": len(quarantine),
+            "dropped_grayscale": len(dropped_gray),
+        },
+        "boxes": {
+            "found": ingested.boxes_found,
+            "kept": kept_boxes,
+            "clipped": counters["boxes_clipped"],
+            "dropped": dict(sorted(dropped.items())),
+        },
+        "grayscale": {
+            "policy": grayscale_policy,
+            "detected": counters["grayscale_detected"],
+            "converted": counters["grayscale_converted"],
+        },
+        "splits": {split_name: splits[split_name] for split_name in SPLITS},
+        "augmented": {"hflip": augmented.get("hflip", 0), "vflip": augmented.get("vflip", 0)},
+        "classes": dict(sorted(classes.items())),
+        "classes_by_split": {name: dict(sorted(c.items())) for name, c in by_split.items()},
+        "quarantine": [r.model_dump() for r in sorted(quarantine, key=lambda r: r.item)],
+        "quarantine_reasons": dict(sorted(Counter(r.reason for r in quarantine).items())),
+        "dropped_boxes": [r.model_dump() for r in sorted(box_rejections, key=lambda r: r.item)],
+        "dropped_grayscale": sorted(dropped_gray),
+        "warnings": [f"label {label!r} will not survive Florence-2's output parser "
+                     "(non-ASCII, '<' or surrounding spaces)"
+                     for label in sorted(classes) if not florence_safe(label)],
+        "dataset": {"folder": published.folder, "rows": published.rows,
+                    "hub_revision": published.hub_revision},
+        "work": dict(sorted(work.items())),
+        "fingerprint": published.fingerprint,
+    }
+    check_counts(report)
+    return report
+
+
+def check_counts(report: dict) -> None:
+    """The invariants every report must satisfy; a violation is a bug, so fail loudly."""
+    images, boxes = report["images"], report["boxes"]
+    if images["found"] != images["kept"] + images["quarantined"] + images["dropped_grayscale"]:
+        raise AssertionError(f"image counts do not add up: {images}")
+    if boxes["found"] != boxes["kept"] + sum(boxes["dropped"].values()):
+        raise AssertionError(f"box counts do not add up: {boxes}")
+
+
+def write_report(report: dict, path: str | Path) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@task(name="report")
+def report_task(report_path: str, **parts) -> dict:
+    """Not cached: it also tells what work this very run did (cached steps did none)."""
+    report = report_step(work=dict(progress.work), **parts)
+    write_report(report, report_path)
+    return report

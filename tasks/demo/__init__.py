@@ -1,0 +1,1 @@
+"""Synthetic LabelImg-style data and the two nights of `defectflow demo`."""

@@ -1,0 +1,1 @@
+"""Stage 5: predictions with confidences, COCO mAP, confusion matrices, plots."""

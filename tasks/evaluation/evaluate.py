@@ -1,0 +1,175 @@
+"""Evaluate a fine-tuned model on a split: predictions, metrics.json, GT/DT files, PNGs, artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from tqdm.auto import tqdm
+
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.records import Box
+from tasks.evaluation.coco import (
+    CONFUSION_CONFIDENCE,
+    classification_metrics,
+    coco_detections,
+    coco_evaluate,
+    coco_ground_truth,
+    detection_confusion,
+)
+from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
+from tasks.evaluation.predict import predict_batch
+from tasks.training.classifier import ClassificationCollator, image_label
+from tasks.training.models import load_finetuned_detector
+
+GRID_IMAGES = 12
+
+
+def _rows(dataset_dir: str | Path, split: str):
+    import datasets
+
+    loaded = datasets.load_dataset(str(dataset_dir))
+    if split not in loaded:
+        raise ValueError(f"{dataset_dir} has no {split!r} split (it has {sorted(loaded)})")
+    return loaded[split].filter(lambda aug: aug == "none", input_columns="augmentation")
+
+
+def _truth(row: dict) -> list[Box]:
+    return [Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=label)
+            for b, label in zip(row["boxes"], row["labels"], strict=True)]
+
+
+def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
+                      split: str = "test", labels: list[str] | None = None, num_beams: int = 1,
+                      batch_size: int = 8, confidence: float = CONFUSION_CONFIDENCE) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _rows(dataset_dir, split)
+    labels = labels or sorted({label for row in rows["labels"] for label in row})
+    processor, model = load_finetuned_detector(model_dir)
+    truths, predictions, grid = [], [], []
+    parse_failures, unknown = 0, []
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"evaluate {split}", unit="batch"):
+        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        results = predict_batch(model, processor, [row["image"] for row in batch], set(labels),
+                                num_beams=num_beams)
+        for row, result in zip(batch, results, strict=True):
+            truth = [b for b in _truth(row) if b.label in labels]
+            truths.append((row["image_id"], row["width"], row["height"], truth))
+            predictions.append((result.boxes, result.scores))
+            parse_failures += result.parse_failures
+            unknown += result.unknown_labels
+            if len(grid) < GRID_IMAGES:
+                grid.append((row["image"], row["image_id"], truth, result.boxes, result.scores))
+    gt = coco_ground_truth(truths, labels)
+    dt = coco_detections(((i + 1, boxes, scores) for i, (boxes, scores) in enumerate(predictions)),
+                         labels)
+    (out / "gt.json").write_text(json.dumps(gt))
+    (out / "dt.json").write_text(json.dumps(dt))
+    coco = coco_evaluate(gt, dt) if gt["annotations"] else None
+    confusion = detection_confusion(((t[3], p[0], p[1]) for t, p in zip(truths, predictions,
+                                                                         strict=True)),
+                                    labels, confidence=confidence)
+    metrics = {
+        "kind": "florence2", "split": split, "n_images": len(rows),
+        "coco": ({"map": coco["map"], "map50": coco["map50"], "map75": coco["map75"],
+                  "stats": coco["stats"]} if coco else None),
+        "per_class": coco["per_class"] if coco else {},
+        "confusion_matrix": confusion,
+        "parse_failures": parse_failures,
+        "unknown_labels": len(unknown),
+        "unknown_label_examples": sorted(set(unknown))[:10],
+        "n_predictions": len(dt),
+        "num_beams": num_beams,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    confusion_png(confusion, out / "confusion_matrix.png",
+                  f"detection confusion (IoU>={confusion['iou_threshold']}, "
+                  f"conf>={confusion['confidence_threshold']})")
+    if coco:
+        pr_curves_png(coco["pr_curves"], out / "pr_curves.png")
+    predictions_grid_png(grid, out / "predictions.png")
+    return metrics
+
+
+def evaluate_classifier(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
+                        split: str = "test", image_label_mode: str = "majority",
+                        negative_label: str = "passed", batch_size: int = 16) -> dict:
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _rows(dataset_dir, split)
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    label_ids = {label: i for i, label in enumerate(labels)}
+    collate = ClassificationCollator(processor, label_ids, image_label_mode, negative_label, False)
+    truth, predicted = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        with torch.no_grad():
+            logits = model(pixel_values=collate(batch)["pixel_values"]).logits
+        predicted += [labels[i] for i in logits.argmax(-1).tolist()]
+        truth += [image_label(row["labels"], image_label_mode, negative_label) for row in batch]
+    metrics = {"kind": "vit", "split": split,
+               **classification_metrics(truth, predicted, sorted(set(labels) | set(truth)))}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    confusion_png(metrics["confusion_matrix"], out / "confusion_matrix.png", "classifier confusion")
+    return metrics
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """The metrics table and the confusion matrix as markdown, for the Prefect UI."""
+    lines = [f"# Evaluation on `{metrics['split']}` ({metrics['n_images']} images)", ""]
+    if metrics["kind"] == "vit":
+        lines += [f"accuracy: **{metrics['accuracy']:.3f}**", "",
+                  "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+                  for k, v in metrics["per_class"].items()]
+    else:
+        coco = metrics["coco"] or {"map": float("nan"), "map50": float("nan"), "map75": float("nan")}
+        lines += [f"mAP **{coco['map']:.3f}**, mAP50 **{coco['map50']:.3f}**, mAP75 {coco['map75']:.3f};"
+                  f" parse failures {metrics['parse_failures']}, unknown labels "
+                  f"{metrics['unknown_labels']}", "", "| class | AP | AP50 |", "|---|---|---|"]
+        lines += [f"| {k} | {v['ap']:.3f} | {v['ap50']:.3f} |" for k, v in metrics["per_class"].items()]
+    confusion = metrics["confusion_matrix"]
+    names = confusion["labels"]
+    lines += ["", "## Confusion matrix (rows: true, columns: predicted)", "",
+              "| true \\ predicted | " + " | ".join(names) + " |",
+              "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+              for name, row in zip(names, confusion["matrix"], strict=True)]
+    return "\n".join(lines)
+
+
+def metrics_table(metrics: dict) -> list[dict]:
+    if metrics["kind"] == "vit":
+        return [{"class": k, **v} for k, v in metrics["per_class"].items()]
+    return [{"class": k, "AP": round(v["ap"], 4), "AP50": round(v["ap50"], 4)}
+            for k, v in metrics["per_class"].items()]
+
+
+def evaluate_step(kind: str, dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
+                  split: str = "test", labels: list[str] | None = None, num_beams: int = 1) -> dict:
+    """Evaluate a detector or a classifier (by `kind`) on one split of a prepared dataset."""
+    if kind == "vit":
+        return evaluate_classifier(dataset_dir, model_dir, out_dir, split)
+    return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams)
+
+
+@task(name="evaluate", cache_policy=CACHE_POLICY, persist_result=True)
+def evaluate_task(kind: str, dataset_dir: str, fingerprint: str, model_dir: str, model_hash: str,
+                  out_dir: str, split: str = "test", labels: list[str] | None = None,
+                  num_beams: int = 1) -> dict:
+    """Cached on the dataset fingerprint and the model's hash; shows the metrics in the UI."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    metrics = evaluate_step(kind, dataset_dir, model_dir, out_dir, split, labels, num_beams)
+    create_table_artifact(key="metrics", table=metrics_table(metrics),
+                          description=f"per-class metrics on {split}")
+    create_markdown_artifact(key="evaluation", markdown=metrics_markdown(metrics),
+                             description="metrics and confusion matrix")
+    return metrics

@@ -1,0 +1,116 @@
+"""Batched `<OD>` generation -> boxes with real confidences.
+
+The processor's `post_process_generation` parses each output (labels, and which boxes there
+are); the confidence of a box is exp(mean log-probability) of the tokens that generated it
+(its label's tokens and its four location tokens), taken from the generation scores, so that
+the ranking inside mAP means something. Coordinates are the exact bin centres of the location
+tokens (the processor's own parse truncates them to integers). Outputs that do not parse and
+labels outside the class list are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from tasks.core.records import Box
+from tasks.dataset.loc_tokens import OD_PROMPT, decode_box
+
+LOC = re.compile(r"^<loc_(\d+)>$")
+
+
+@dataclass
+class Prediction:
+    boxes: list[Box] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    text: str = ""
+    parse_failures: int = 0
+    unknown_labels: list[str] = field(default_factory=list)
+
+
+def _piece_text(pieces: list[str]) -> str:
+    return "".join(pieces).replace("Ġ", " ").strip()  # byte-level BPE marks spaces with Ġ
+
+
+def boxes_from_tokens(tokens: list[str], logprobs: list[float], width: int, height: int,
+                      to_text=_piece_text) -> tuple[list[tuple[str, Box, float]], int]:
+    """Walk generated tokens: label pieces, then groups of four loc tokens. Returns
+    ((label, box, confidence) per box, number of unparseable fragments: loc runs that are not a
+    multiple of four, boxes without a label, a label without a box)."""
+    found: list[tuple[str, Box, float]] = []
+    failures = 0
+    pieces: list[str] = []
+    piece_logprobs: list[float] = []
+    locs: list[tuple[int, float]] = []
+
+    def close() -> None:
+        nonlocal failures
+        label = to_text(pieces)
+        if len(locs) % 4 or not label:
+            failures += 1
+            return
+        for i in range(0, len(locs), 4):
+            quad = locs[i:i + 4]
+            mean = (sum(lp for _, lp in quad) + sum(piece_logprobs)) / (4 + len(piece_logprobs))
+            box = decode_box(tuple(q for q, _ in quad), width, height, label)
+            found.append((label, box, math.exp(mean)))
+
+    for token, logprob in zip(tokens, logprobs, strict=True):
+        if token in ("<s>", "</s>", "<pad>"):
+            continue
+        match = LOC.match(token)
+        if match:
+            locs.append((int(match.group(1)), logprob))
+            continue
+        if locs:  # a new label starts: the previous label's boxes are complete
+            close()
+            pieces, piece_logprobs, locs = [], [], []
+        pieces.append(token)
+        piece_logprobs.append(logprob)
+    if locs:
+        close()
+    elif to_text(pieces):
+        failures += 1  # a label with no box after it
+    return found, failures
+
+
+def predict_batch(model, processor, images: list, labels: set[str], num_beams: int = 1,
+                  max_new_tokens: int = 256) -> list[Prediction]:
+    """Generate `<OD>` for a batch of PIL images; one Prediction per image."""
+    import torch
+
+    inputs = processor(text=[OD_PROMPT] * len(images), images=[i.convert("RGB") for i in images],
+                       return_tensors="pt", padding=True)
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             do_sample=False, output_scores=True, return_dict_in_generate=True)
+    transition = model.compute_transition_scores(
+        out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True)
+    tokenizer = processor.tokenizer
+    results = []
+    for row, image in enumerate(images):
+        generated = out.sequences[row, -transition.shape[1]:]  # the tokens the scores belong to
+        tokens = tokenizer.convert_ids_to_tokens(generated.tolist())
+        logprobs = transition[row].float().tolist()
+        text = tokenizer.decode(generated, skip_special_tokens=False)
+        parsed = processor.post_process_generation(text=text, task=OD_PROMPT,
+                                                   image_size=(image.width, image.height))[OD_PROMPT]
+        found, failures = boxes_from_tokens(tokens, logprobs, image.width, image.height,
+                                            tokenizer.convert_tokens_to_string)
+        prediction = Prediction(text=text, parse_failures=failures)
+        if len(found) != len(parsed["labels"]):
+            # The two parsers disagree about this output: count it, trust neither's extra boxes.
+            prediction.parse_failures += 1
+            found = found[:len(parsed["labels"])]
+        for (label, box, confidence), processor_label in zip(found, parsed["labels"], strict=False):
+            label = processor_label.strip() or label
+            if label not in labels:
+                prediction.unknown_labels.append(label)
+                continue
+            prediction.boxes.append(box.model_copy(update={"label": label}))
+            prediction.scores.append(confidence)
+        results.append(prediction)
+    return results

@@ -1,0 +1,1 @@
+"""Stage 2: per-image work, memoized by content: safe decode, EXIF, grayscale policy, box fitting."""

@@ -1,0 +1,150 @@
+"""The image step for a shard of candidates: inspect (memoized), fit boxes, apply the grayscale policy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.core import progress
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.config import ImageLimits
+from tasks.core.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
+from tasks.images.boxes import fit_boxes, orient
+from tasks.images.store import ContentStore, derived_image, inspect_file, output_op
+
+
+class ImageStepConfig(BaseModel, frozen=True):
+    """The config this step depends on (and nothing else, so other edits keep its cache)."""
+
+    grayscale: str
+    images: ImageLimits
+
+
+@dataclass
+class ShardResult:
+    kept: list[Sample] = field(default_factory=list)
+    dropped_grayscale: list[Sample] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    rejected_boxes: list[Rejection] = field(default_factory=list)
+    counters: Counter = field(default_factory=Counter)  # boxes_clipped, grayscale_detected, work
+
+
+def _boxes_in_image_frame(sample: Sample, raw_w: int, raw_h: int, width: int, height: int,
+                          orientation: int) -> list | None:
+    """Boxes in the oriented image's frame, or None when the declared size fits no frame.
+
+    Annotators (LabelImg included) draw on the stored pixels, so with an EXIF rotation the boxes
+    are rotated along, unless the declared size names the already-rotated picture."""
+    declared = (sample.declared_width, sample.declared_height)
+    if None in declared:
+        declared = (raw_w, raw_h)
+    if orientation != 1 and declared == (raw_w, raw_h):
+        return [orient(box, orientation, raw_w, raw_h) for box in sample.boxes]
+    if declared == (width, height):
+        return list(sample.boxes)
+    return None
+
+
+def _quarantine(sample: Sample, reason: str, detail: str, result: ShardResult) -> None:
+    result.rejected.append(Rejection(item=sample.item, reason=reason, detail=detail))
+    # Its boxes leave with it, each counted under a reason.
+    result.rejected_boxes += box_rejections(sample.item, len(sample.boxes), "image_rejected", reason)
+
+
+def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
+                   result: ShardResult) -> None:
+    limits = config.images
+    try:
+        inspection, reused = inspect_file(sample.image_path, store, limits.max_pixels,
+                                          limits.gray_tolerance)
+    except FileNotFoundError:
+        _quarantine(sample, "image_missing", f"{sample.image_path} disappeared", result)
+        return
+    except OSError as exc:
+        _quarantine(sample, "image_unreadable", f"{type(exc).__name__}: {exc}", result)
+        return
+    progress.record("images_reused" if reused else "images_decoded")
+    if not inspection.ok:
+        _quarantine(sample, inspection.reason, inspection.detail, result)
+        return
+    boxes = _boxes_in_image_frame(sample, inspection.raw_width, inspection.raw_height,
+                                  inspection.width, inspection.height, inspection.orientation)
+    if boxes is None:
+        _quarantine(sample, "size_mismatch",
+                    f"annotation says {sample.declared_width}x{sample.declared_height}, "
+                    f"image is {inspection.width}x{inspection.height}", result)
+        return
+    kept_boxes, unfit_boxes, clipped = fit_boxes(boxes, sample.item, inspection.width,
+                                                    inspection.height, limits.min_box_size)
+    sample = sample.model_copy(update={
+        "sha256": inspection.sha256, "width": inspection.width, "height": inspection.height,
+        "mode": inspection.mode, "grayscale": inspection.grayscale, "boxes": kept_boxes,
+        "image_format": inspection.format,
+    })
+    if inspection.grayscale:
+        result.counters["grayscale_detected"] += 1
+        if config.grayscale == "drop":
+            result.dropped_grayscale.append(sample)
+            result.rejected_boxes += box_rejections(sample.item, len(kept_boxes),
+                                                    "image_dropped_grayscale")
+            result.rejected_boxes.extend(unfit_boxes)
+            return
+    op = output_op(inspection, config.grayscale)
+    if op is not None:
+        try:
+            path, reused_image = derived_image(sample.image_path, inspection.sha256, op,
+                                               inspection.format, limits.max_pixels, store)
+        except (OSError, ValueError) as exc:
+            _quarantine(sample, "image_unreadable", f"re-encoding failed: {exc}", result)
+            return
+        progress.record("encodes_reused" if reused_image else "images_encoded")
+        sample = sample.model_copy(update={"processed_path": path, "image_op": op})
+    if inspection.grayscale and config.grayscale == "convert":
+        # 3-channel in the dataset: re-encoded from L/P/16-bit, or RGB with gray content as is.
+        result.counters["grayscale_converted"] += 1
+    result.counters["boxes_clipped"] += clipped
+    result.rejected_boxes.extend(unfit_boxes)
+    result.kept.append(sample)
+
+
+def process_shard(samples: list[Sample], config: ImageStepConfig, store_root: str | Path,
+                  on_image: Callable[[], None] | None = None) -> ShardResult:
+    store = ContentStore(store_root)
+    result = ShardResult()
+    for sample in samples:
+        process_sample(sample, config, store, result)
+        if on_image is not None:
+            on_image()
+    return result
+
+
+class ShardOutput(BaseModel, frozen=True):
+    kept: Manifest
+    dropped_grayscale: Manifest
+    rejected: Manifest
+    rejected_boxes: Manifest
+    counters: dict[str, int]
+
+
+def process_images_step(shard: Manifest, config: ImageStepConfig, store_root: str | Path,
+                       manifests_dir: str | Path) -> ShardOutput:
+    samples = read_samples(shard)
+    result = process_shard(samples, config, store_root, on_image=progress.advance)
+    return ShardOutput(
+        kept=write_manifest(result.kept, manifests_dir, "kept"),
+        dropped_grayscale=write_manifest(result.dropped_grayscale, manifests_dir, "dropped-gray"),
+        rejected=write_manifest(result.rejected, manifests_dir, "rejected"),
+        rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "rejected-boxes"),
+        counters=dict(result.counters),
+    )
+
+
+@task(name="process-images", cache_policy=CACHE_POLICY, persist_result=True)
+def process_images_task(shard: Manifest, config: ImageStepConfig, store_root: str,
+                       manifests_dir: str) -> ShardOutput:
+    return process_images_step(shard, config, store_root, manifests_dir)

@@ -1,0 +1,176 @@
+"""Per-image work, memoized by content: hash, decode safely, EXIF, grayscale check, re-encode.
+
+The content store keeps, per sha256 of the source bytes, the inspection result and every derived
+image (`<sha>-<op>.<ext>`), so a nightly run only decodes images it has never seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel
+
+from tasks.images.grayscale import is_grayscale, to_rgb
+
+# We check the pixel count ourselves (images.max_pixels) before decoding; Pillow's warning
+# would only repeat it.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+ORIENTATION_TAG = 0x0112
+KEPT_FORMATS = {"JPEG", "PNG", "WEBP"}  # others (BMP, TIFF, GIF) are re-encoded as PNG
+
+
+class Inspection(BaseModel):
+    """What the pixels say about one source file (memoized by sha256)."""
+
+    sha256: str
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+    format: str = ""
+    mode: str = ""
+    raw_width: int = 0
+    raw_height: int = 0
+    width: int = 0  # after EXIF orientation
+    height: int = 0
+    orientation: int = 1
+    grayscale: bool = False
+
+
+class ContentStore:
+    """Files named by content hash; writes are atomic so parallel or killed runs never corrupt."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, kind: str, sha: str, suffix: str) -> Path:
+        return self.root / kind / sha[:2] / f"{sha}{suffix}"
+
+    def inspection_path(self, sha: str) -> Path:
+        return self._path("inspect", sha, ".json")
+
+    def image_path(self, sha: str, op: str, ext: str) -> Path:
+        return self._path("images", sha, f"-{op}{ext}")
+
+    def write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode fully (so truncation shows now); refuse bombs before decoding a single pixel.
+    Raises ValueError('image_too_large: ...') or OSError for unreadable data."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image_too_large: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(f"image_too_large: {width}x{height} is over {max_pixels} pixels")
+    if width <= 0 or height <= 0:
+        raise OSError(f"empty image {width}x{height}")
+    image.load()
+    return image
+
+
+def inspect_bytes(data: bytes, sha: str, max_pixels: int, gray_tolerance: int) -> Inspection:
+    try:
+        image = open_image(data, max_pixels)
+    except ValueError as exc:
+        return Inspection(sha256=sha, ok=False, reason="image_too_large", detail=str(exc))
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = "not_an_image" if isinstance(exc, UnidentifiedImageError) else "image_unreadable"
+        return Inspection(sha256=sha, ok=False, reason=reason, detail=f"{type(exc).__name__}: {exc}")
+    orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
+    oriented = ImageOps.exif_transpose(image)
+    return Inspection(
+        sha256=sha, ok=True, format=image.format or "", mode=image.mode,
+        raw_width=image.width, raw_height=image.height,
+        width=oriented.width, height=oriented.height,
+        orientation=orientation if 1 <= orientation <= 8 else 1,
+        grayscale=is_grayscale(oriented, gray_tolerance),
+    )
+
+
+def inspect_file(path: str | Path, store: ContentStore, max_pixels: int,
+                 gray_tolerance: int) -> tuple[Inspection, bool]:
+    """(inspection, reused): reused is True when the content store already knew these bytes."""
+    data = Path(path).read_bytes()
+    sha = sha256_bytes(data)
+    memo = store.inspection_path(sha)
+    if memo.exists():
+        cached = Inspection.model_validate_json(memo.read_bytes())
+        return cached, True
+    inspection = inspect_bytes(data, sha, max_pixels, gray_tolerance)
+    store.write(memo, inspection.model_dump_json().encode())
+    return inspection, False
+
+
+def output_op(inspection: Inspection, policy: str) -> str | None:
+    """Which re-encoding the dataset needs, or None to use the source bytes as they are."""
+    steps = []
+    if inspection.orientation != 1:
+        steps.append("orient")
+    if inspection.grayscale and policy == "convert":
+        if inspection.mode != "RGB":  # RGB with gray content (NEU-DET) already has 3 channels
+            steps.append("rgb")
+    elif inspection.grayscale and policy == "keep":
+        if inspection.mode not in ("L", "RGB"):
+            steps.append("gray8")
+    elif inspection.mode != "RGB":
+        steps.append("rgb")
+    if not steps and inspection.format not in KEPT_FORMATS:
+        steps.append("png")
+    return "+".join(steps) or None
+
+
+def render(image: Image.Image, op: str) -> Image.Image:
+    """Apply an op string (`orient`, `rgb`, `gray8`, `png`, `hflip`, `vflip`, joined by '+')."""
+    for step in op.split("+"):
+        if step == "orient":
+            image = ImageOps.exif_transpose(image)
+        elif step == "rgb":
+            image = to_rgb(image)
+        elif step == "gray8":
+            image = to_rgb(image).convert("L")
+        elif step == "hflip":
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        elif step == "vflip":
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        elif step != "png":
+            raise ValueError(f"unknown image op {step!r}")
+    return image
+
+
+def encode(image: Image.Image, source_format: str) -> tuple[bytes, str]:
+    buffer = io.BytesIO()
+    if source_format == "JPEG" and image.mode in ("RGB", "L"):
+        image.save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue(), ".jpg"
+    image.save(buffer, format="PNG", compress_level=3)  # 3: near-6 size, much faster on big images
+    return buffer.getvalue(), ".png"
+
+
+def derived_image(source: str | Path, sha: str, op: str, source_format: str, max_pixels: int,
+                  store: ContentStore) -> tuple[str, bool]:
+    """The path of `op` applied to the source image, made once per (sha, op). Returns (path, reused)."""
+    ext = ".jpg" if source_format == "JPEG" else ".png"
+    target = store.image_path(sha, op.replace("+", "_"), ext)
+    if target.exists():
+        return str(target), True
+    image = open_image(Path(source).read_bytes(), max_pixels)
+    data, ext_written = encode(render(image, op), source_format)
+    target = target.with_suffix(ext_written)
+    store.write(target, data)
+    return str(target), False

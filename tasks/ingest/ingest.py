@@ -1,0 +1,107 @@
+"""The ingest steps: list the source, parse its annotations (VOC or COCO), cut the candidates into
+content-defined shards; and the source folder's fingerprint (what "new images landed" means)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel
+
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.config import SourceConfig
+from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, write_manifest
+from tasks.ingest.coco import ingest_coco
+from tasks.ingest.results import IngestResult
+from tasks.ingest.sources import SourceListing, list_source
+from tasks.ingest.voc import ingest_voc
+
+
+class IngestOutput(BaseModel, frozen=True):
+    candidates: Manifest
+    rejected: Manifest
+    rejected_boxes: Manifest
+    boxes_found: int
+    images_found: int
+
+
+def list_configured_source(source: SourceConfig) -> SourceListing:
+    suffix = ".xml" if source.format == "voc" else ".json"
+    return list_source(source.images, source.annotations, suffix)
+
+
+def source_fingerprint(source: SourceConfig) -> str:
+    """Changes whenever a file under the source is added, removed or modified."""
+    return list_configured_source(source).fingerprint
+
+
+@dataclass
+class SourceState(CachePolicy):
+    """Adds the source folder's fingerprint (names, sizes, mtimes) to the key: new images -> miss.
+    Build it with `argument=` by keyword: CachePolicy's own first field is `key_storage`."""
+
+    argument: str = "source"
+
+    def compute_key(self, task_ctx: Any, inputs: Any, flow_parameters: Any, **kwargs: Any) -> str:
+        return source_fingerprint(inputs[self.argument])
+
+
+def ingest_step(source: SourceConfig, labels: list[str] | None,
+                manifests_dir: str | Path) -> IngestOutput:
+    listing = list_configured_source(source)
+    with ManifestWriter(manifests_dir, "candidates") as candidates:  # streamed as parsed
+        if source.format == "coco":
+            result = ingest_coco(source.images, source.annotations, listing, labels, candidates.add)
+        elif source.annotations.is_dir():
+            result = ingest_voc(source.images, source.annotations, listing, labels, candidates.add)
+        else:
+            result = IngestResult()
+            result.rejected.append(Rejection(item=str(source.annotations), reason="annotation_missing",
+                                             detail="the VOC annotations folder does not exist"))
+    return IngestOutput(
+        candidates=candidates.manifest,
+        rejected=write_manifest(result.rejected, manifests_dir, "ingest-rejected"),
+        rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "ingest-rejected-boxes"),
+        boxes_found=result.boxes_found,
+        images_found=candidates.count + len(result.rejected),
+    )
+
+
+def shard_step(candidates: Manifest, shard_size: int, manifests_dir: str | Path) -> list[Manifest]:
+    """Content-defined shards: items in name order, a shard closing after any item whose hash is
+    0 modulo `shard_size` (so `shard_size` on average). A boundary depends only on its own item,
+    so new images change only the shards they fall into and every other shard stays Cached.
+    Only (item, raw line) pairs are held, not parsed records."""
+    groups: list[list[str]] = [[]]
+    for item, line in sorted((json.loads(line)["item"], line) for line in read_lines(candidates)):
+        groups[-1].append(line)
+        if zlib.crc32(item.encode()) % shard_size == 0 or len(groups[-1]) >= 4 * shard_size:
+            groups.append([])
+    shards = []
+    for group in filter(None, groups):
+        with ManifestWriter(manifests_dir, "shard") as shard:
+            for line in group:
+                shard.add_line(line)
+        shards.append(shard.manifest)
+    return shards
+
+
+@task(name="source-fingerprint")
+def source_fingerprint_task(source: SourceConfig) -> str:
+    return source_fingerprint(source)
+
+
+# SourceState: a file added, removed or touched under the source means a new ingest.
+@task(name="ingest", cache_policy=CACHE_POLICY + SourceState(argument="source"), persist_result=True)
+def ingest_task(source: SourceConfig, labels: list[str] | None, manifests_dir: str) -> IngestOutput:
+    return ingest_step(source, labels, manifests_dir)
+
+
+@task(name="shard", cache_policy=CACHE_POLICY, persist_result=True)
+def shard_task(candidates: Manifest, shard_size: int, manifests_dir: str) -> list[Manifest]:
+    return shard_step(candidates, shard_size, manifests_dir)

@@ -1,0 +1,38 @@
+"""What an annotation reader returns, and the images no annotation claims (never silently ignored)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.core.records import Rejection, Sample
+from tasks.ingest.sources import PathOutsideSource, SourceListing, inside, is_junk_name
+
+
+@dataclass
+class IngestResult:
+    samples: list[Sample] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)  # images / annotations
+    rejected_boxes: list[Rejection] = field(default_factory=list)
+    boxes_found: int = 0
+
+
+def reject_unclaimed_images(
+    images_root: Path, listing: SourceListing, claimed: set[Path], result: IngestResult
+) -> None:
+    """Images that no annotation mentions: junk, or unlabelled (never silently ignored)."""
+    for path in listing.images:
+        if path in claimed:
+            continue
+        item = path.relative_to(images_root).as_posix()
+        try:
+            inside(images_root, path)
+        except PathOutsideSource as exc:
+            result.rejected.append(Rejection(item=item, reason="path_outside_source", detail=str(exc)))
+            continue
+        if is_junk_name(path.name):
+            result.rejected.append(Rejection(item=item, reason="junk_file",
+                                             detail="hidden or macOS resource-fork file"))
+        else:
+            result.rejected.append(Rejection(item=item, reason="annotation_missing",
+                                             detail="no annotation refers to this image"))

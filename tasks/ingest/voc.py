@@ -1,0 +1,184 @@
+"""LabelImg / Pascal VOC XML -> Samples + Rejections.
+
+Entity expansion and external entities are refused (defusedxml), `<filename>` may not leave the
+images folder, `<path>` (an absolute path on the annotator's machine) is never followed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from tasks.core.records import Box, Rejection, Sample, box_rejections, voc_to_box
+from tasks.ingest.results import IngestResult, reject_unclaimed_images
+from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image, index_images, inside
+
+MAX_XML_BYTES = 10_000_000  # a LabelImg file with thousands of boxes is ~1 MB
+
+
+@dataclass
+class VocObject:
+    name: str
+    bndbox: dict[str, str | None]
+    difficult: bool
+    truncated: bool
+
+
+@dataclass
+class VocAnnotation:
+    filename: str | None
+    path: str | None
+    width: int | None
+    height: int | None
+    depth: int | None
+    objects: list[VocObject]
+
+
+def _text(node: Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "0").strip().lower() in ("1", "true", "yes")
+
+
+def parse_voc(xml_bytes: bytes) -> VocAnnotation:
+    """Parse one VOC XML. Raises DefusedXmlException (entities) or ParseError (malformed)."""
+    root = SafeET.fromstring(xml_bytes)
+    if root.tag != "annotation":
+        raise ParseError(f"root element is <{root.tag}>, expected <annotation>")
+    size = root.find("size")
+    objects = []
+    for obj in root.findall("object"):
+        bndbox = obj.find("bndbox")
+        coords = {key: _text(bndbox, key) for key in ("xmin", "ymin", "xmax", "ymax")}
+        objects.append(
+            VocObject(
+                name=(_text(obj, "name") or ""),
+                bndbox=coords,
+                difficult=_flag(_text(obj, "difficult")),
+                truncated=_flag(_text(obj, "truncated")),
+            )
+        )
+    return VocAnnotation(
+        filename=_text(root, "filename"),
+        path=_text(root, "path"),
+        width=_int_or_none(_text(size, "width")),
+        height=_int_or_none(_text(size, "height")),
+        depth=_int_or_none(_text(size, "depth")),
+        objects=objects,
+    )
+
+
+def object_to_box(obj: VocObject, allowed: set[str] | None) -> Box | tuple[str, str]:
+    """A Box, or (reason, detail) when the object cannot become one."""
+    if not obj.name:
+        return "box_invalid", "object without <name>"
+    if allowed is not None and obj.name not in allowed:
+        return "unknown_label", f"{obj.name!r} is not in the configured labels"
+    try:
+        xmin, ymin, xmax, ymax = (float(obj.bndbox[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+    except (TypeError, ValueError):
+        return "box_invalid", f"bndbox is not four numbers: {obj.bndbox}"
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        return "box_invalid", f"bndbox has non-finite values: {obj.bndbox}"
+    box = voc_to_box(xmin, ymin, xmax, ymax, obj.name, difficult=obj.difficult,
+                     truncated=obj.truncated)
+    if box.x2 < box.x1 or box.y2 < box.y1:
+        return "box_degenerate", f"inverted corners {obj.bndbox}"
+    if box.width == 0 or box.height == 0:
+        return "box_degenerate", f"zero area {obj.bndbox}"
+    return box
+
+
+def ingest_voc(
+    images_root: Path,
+    annotations_root: Path,
+    listing: SourceListing,
+    labels: list[str] | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
+) -> IngestResult:
+    """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too.
+    With `on_sample`, samples go there as they are made instead of into `result.samples`."""
+    result = IngestResult()
+    keep = on_sample or result.samples.append
+    index = index_images(images_root, listing.images)
+    allowed = set(labels) if labels is not None else None
+    claimed: dict[Path, str] = {}
+    for xml_path in sorted(listing.annotations):
+        item = xml_path.relative_to(annotations_root).as_posix()
+        rel_folder = PurePosixPath(item).parent.as_posix().lstrip(".")
+        try:
+            if xml_path.stat().st_size > MAX_XML_BYTES:
+                result.rejected.append(Rejection(item=item, reason="xml_malformed",
+                                                 detail=f"larger than {MAX_XML_BYTES} bytes"))
+                continue
+            annotation = parse_voc(xml_path.read_bytes())
+        except DefusedXmlException as exc:
+            result.rejected.append(Rejection(item=item, reason="xml_forbidden",
+                                             detail=f"{type(exc).__name__}: {exc}"))
+            continue
+        except (ParseError, UnicodeDecodeError, ValueError) as exc:
+            result.rejected.append(Rejection(item=item, reason="xml_malformed", detail=str(exc)))
+            continue
+        result.boxes_found += len(annotation.objects)
+        try:
+            image = find_image(annotation.filename, rel_folder, xml_path.stem, index,
+                               annotation.path)
+        except PathOutsideSource as exc:
+            _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
+            continue
+        if image is not None and image not in claimed:
+            try:
+                inside(images_root, image)  # a symlink may still point out
+            except PathOutsideSource as exc:
+                claimed[image] = item  # accounted for by this XML's rejection
+                _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
+                continue
+        if image is None:
+            _reject_with_boxes(result, item, annotation, "image_missing",
+                               f"<filename>{annotation.filename}</filename> and stem "
+                               f"{xml_path.stem!r} match no image under {images_root}")
+            continue
+        if image in claimed:
+            _reject_with_boxes(result, item, annotation, "duplicate_image",
+                               f"{image.name} is already annotated by {claimed[image]}")
+            continue
+        claimed[image] = item
+        boxes = []
+        for number, obj in enumerate(annotation.objects):
+            box = object_to_box(obj, allowed)
+            if isinstance(box, Box):
+                boxes.append(box)
+            else:
+                reason, detail = box
+                result.rejected_boxes.append(Rejection(item=f"{item}#{number}", reason=reason,
+                                                       detail=detail))
+        stat = image.stat()
+        keep(Sample(
+            item=item, image_path=str(image), source=str(xml_path), boxes=boxes,
+            declared_width=annotation.width or None, declared_height=annotation.height or None,
+            file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
+        ))
+    reject_unclaimed_images(images_root, listing, set(claimed), result)
+    return result
+
+
+def _reject_with_boxes(result: IngestResult, item: str, annotation: VocAnnotation, reason: str,
+                       detail: str) -> None:
+    result.rejected.append(Rejection(item=item, reason=reason, detail=detail))
+    result.rejected_boxes += box_rejections(item, len(annotation.objects), "image_rejected", reason)

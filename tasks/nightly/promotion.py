@@ -1,0 +1,148 @@
+"""The nightly run's bookkeeping: what is new, one run per work dir, champion vs challenger."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.core.config import RegistryConfig
+from tasks.nightly.registry import (
+    RegistryTarget,
+    champion_version,
+    decide,
+    download_version,
+    metric_value,
+    model_card,
+    push_champion_to_hub,
+    record_decision,
+    set_champion,
+)
+
+STATE_FILE = "last_success.json"
+
+
+@contextmanager
+def work_dir_lock(work_dir: str | Path) -> Iterator[bool]:
+    """Yields True when this run holds the work dir, False when another run already does.
+    A run that finds another one active exits cleanly (it does not wait): the next night's
+    schedule picks up whatever it missed. The lock dies with its process, so a killed run
+    never blocks the next one."""
+    folder = Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".retrain.lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        yield False
+        return
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield True
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def last_success(work_dir: str | Path) -> dict | None:
+    path = Path(work_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_new(source_fingerprint: str, last: dict | None) -> bool:
+    return last is None or last.get("source_fingerprint") != source_fingerprint
+
+
+def record_success(work_dir: str | Path, info: dict) -> None:
+    path = Path(work_dir) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(path)
+
+
+@task(name="what-is-new")
+def what_is_new_task(work_dir: str, source_fingerprint: str) -> bool:
+    return is_new(source_fingerprint, last_success(work_dir))
+
+
+@task(name="current-champion", retries=2, retry_delay_seconds=[5, 30])
+def current_champion_task(registry: RegistryTarget, download_to: str) -> dict | None:
+    """The champion version and a local copy of its model folder (None before the first one)."""
+    champion = champion_version(registry.tracking_uri, registry.model_name)
+    if champion is None:
+        return None
+    folder = Path(download_to) / f"v{champion['version']}"
+    local = folder / "model"
+    if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
+        local = download_version(registry.tracking_uri, champion["run_id"], folder)
+    return {**champion, "model_dir": str(local)}
+
+
+def promotion_markdown(decision: dict) -> str:
+    champion = decision["champion_metric"]
+    return "\n".join([
+        f"# Promotion decision: {'promoted' if decision['promoted'] else 'champion kept'}", "",
+        f"| | version | {decision['metric']} on the frozen test split |", "|---|---|---|",
+        f"| challenger | {decision['challenger_version']} | {decision['challenger_metric']} |",
+        f"| champion | {decision['champion_version'] or '-'} | "
+        f"{'-' if champion is None else champion} |", "",
+        decision["reason"],
+    ])
+
+
+class Candidate(BaseModel, frozen=True):
+    """A registered version with its metrics on the frozen test split (and its model folder)."""
+
+    version: int
+    metrics: dict
+    model_dir: str = ""
+
+
+def promote_step(registry: RegistryTarget, config: RegistryConfig, challenger: Candidate,
+                 champion: Candidate | None, lineage: dict | None = None) -> dict:
+    """Compare on the same split; move `champion` only on a real improvement; say why."""
+    rule = config.promote
+    new = metric_value(challenger.metrics, rule.metric)
+    old = metric_value(champion.metrics, rule.metric) if champion else None
+    promoted, reason = decide(new, old, rule)
+    decision = {"promoted": promoted, "reason": reason, "metric": rule.metric,
+                "min_gain": rule.min_gain, "challenger_version": challenger.version,
+                "challenger_metric": new, "champion_version": champion.version if champion else None,
+                "champion_metric": old}
+    if promoted:
+        set_champion(registry.tracking_uri, registry.model_name, challenger.version, decision)
+        if config.hub_repo:
+            card = model_card(registry.model_name, challenger.metrics, lineage or {},
+                              registry.model_name)
+            decision["hub_revision"] = push_champion_to_hub(challenger.model_dir, config.hub_repo,
+                                                            config.hub_private, card)
+    else:
+        record_decision(registry.tracking_uri, registry.model_name, challenger.version, decision)
+    return decision
+
+
+@task(name="promote", retries=2, retry_delay_seconds=[5, 30])
+def promote_task(registry: RegistryTarget, config: RegistryConfig, challenger: Candidate,
+                 champion: Candidate | None, lineage: dict | None = None) -> dict:
+    """The promotion step, its decision shown in the Prefect UI."""
+    from prefect.artifacts import create_markdown_artifact
+
+    decision = promote_step(registry, config, challenger, champion, lineage)
+    create_markdown_artifact(key="promotion", markdown=promotion_markdown(decision),
+                             description="champion vs challenger")
+    return decision
+
+
+@task(name="record-success")
+def record_success_task(work_dir: str, info: dict) -> None:
+    record_success(work_dir, info)

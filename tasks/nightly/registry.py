@@ -1,0 +1,206 @@
+"""MLflow Model Registry: every trained model becomes a version with its lineage; `champion` moves
+only when a challenger beats it on the same frozen test split by the configured margin.
+
+Embedded by default (a SQLite file and an artifact folder in the work dir, what `mlflow ui`
+shows); any tracking URI for teams. Model files are logged as run artifacts and registered as a
+version whose source is that artifact folder, so `from_pretrained` loads a downloaded version.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect import task
+from pydantic import BaseModel
+
+from tasks.core.config import PromoteConfig
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class RegistryTarget(BaseModel, frozen=True):
+    """Where the model versions live: a tracking URI and a registered model name."""
+
+    tracking_uri: str
+    model_name: str
+
+
+def embedded_tracking_uri(mlflow_dir: str | Path) -> str:
+    folder = Path(mlflow_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def ui_command(tracking_uri: str, mlflow_dir: str | Path) -> str:
+    return (f"mlflow ui --backend-store-uri {tracking_uri} "
+            f"--default-artifact-root {Path(mlflow_dir).resolve() / 'artifacts'}")
+
+
+def metric_value(metrics: dict, name: str) -> float | None:
+    """The promotion metric out of metrics.json (detector: COCO numbers; classifier: accuracy)."""
+    if name == "accuracy":
+        return metrics.get("accuracy")
+    coco = metrics.get("coco") or {}
+    return coco.get(name)
+
+
+def decide(challenger: float | None, champion: float | None, rule: PromoteConfig) -> tuple[bool, str]:
+    """Promote only on a strict improvement larger than min_gain; equal or worse keeps the champion."""
+    if challenger is None:
+        return False, f"the challenger has no {rule.metric}: champion kept"
+    if champion is None:
+        return True, f"no champion yet: the challenger ({rule.metric} {challenger:.4f}) becomes champion"
+    if challenger > champion + rule.min_gain:
+        return True, (f"challenger {rule.metric} {challenger:.4f} > champion {champion:.4f}"
+                      f" + min_gain {rule.min_gain:g}: promoted")
+    return False, (f"challenger {rule.metric} {challenger:.4f} does not beat champion {champion:.4f}"
+                   f" + min_gain {rule.min_gain:g}: champion kept")
+
+
+def _client(tracking_uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, name: str, artifact_root: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+
+
+def register_version(tracking_uri: str, artifact_root: str | Path, model_name: str, model_dir: str | Path,
+                     metrics: dict, lineage: dict[str, str], files: list[str | Path] = ()) -> dict:
+    """Log the model folder (+ extra files) in a run and register it as a new model version
+    carrying the lineage and the metrics as tags; alias `challenger` points at it."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    experiment_id = _experiment_id(client, model_name, Path(artifact_root) / model_name)
+    run = client.create_run(experiment_id, run_name=lineage.get("prefect_flow_run_id", "defectflow"),
+                            tags={f"defectflow.{k}": str(v) for k, v in lineage.items()})
+    run_id = run.info.run_id
+    flat = _flat_metrics(metrics)
+    for key, value in flat.items():
+        client.log_metric(run_id, key, value)
+    client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    for extra in files:
+        if Path(extra).exists():
+            client.log_artifact(run_id, str(extra), artifact_path="evaluation")
+    client.set_terminated(run_id)
+    try:
+        client.create_registered_model(model_name, description="defectflow defect detector")
+    except MlflowException:
+        pass  # it exists
+    tags = {**{k: str(v) for k, v in lineage.items()},
+            **{f"metric.{k}": f"{v:.6f}" for k, v in flat.items()}}
+    version = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model",
+                                          run_id=run_id, tags=tags)
+    _wait_ready(client, model_name, version.version)
+    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+    return {"model_name": model_name, "version": int(version.version), "run_id": run_id,
+            "source": version.source}
+
+
+def _flat_metrics(metrics: dict) -> dict[str, float]:
+    flat = {}
+    coco = metrics.get("coco") or {}
+    for key in ("map", "map50", "map75"):
+        if coco.get(key) is not None:
+            flat[key] = float(coco[key])
+    for key in ("accuracy", "parse_failures", "unknown_labels", "n_images"):
+        if isinstance(metrics.get(key), int | float):
+            flat[key] = float(metrics[key])
+    return flat
+
+
+def _wait_ready(client, name: str, version: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get_model_version(name, version).status != "READY":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model version {name}/{version} is not READY after {timeout}s")
+        time.sleep(0.2)
+
+
+def champion_version(tracking_uri: str, model_name: str) -> dict | None:
+    """The current champion (version, tags, source), or None."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+    return {"version": int(version.version), "tags": dict(version.tags), "source": version.source,
+            "run_id": version.run_id}
+
+
+def download_version(tracking_uri: str, run_id: str, destination: str | Path) -> Path:
+    """A registered version's model folder on local disk (from_pretrained reads it)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model",
+                                                    dst_path=str(destination)))
+
+
+def set_champion(tracking_uri: str, model_name: str, version: int, decision: dict) -> None:
+    _client(tracking_uri).set_registered_model_alias(model_name, CHAMPION, str(version))
+    record_decision(tracking_uri, model_name, version, decision)
+
+
+def record_decision(tracking_uri: str, model_name: str, version: int, decision: dict) -> None:
+    client = _client(tracking_uri)
+    client.set_model_version_tag(model_name, str(version), "promotion", json.dumps(decision))
+
+
+def model_card(model_name: str, metrics: dict, lineage: dict, dataset: str) -> str:
+    """A Hub model card whose `model-index` carries the metrics (what the Hub shows on its page)."""
+    flat = _flat_metrics(metrics)
+    index = [{"name": model_name, "results": [{
+        "task": {"type": "object-detection", "name": "Object Detection"},
+        "dataset": {"type": dataset, "name": dataset, "split": "test"},
+        "metrics": [{"type": key, "value": round(value, 6), "name": key}
+                    for key, value in flat.items() if key in ("map", "map50", "map75", "accuracy")],
+    }]}]
+    header = json.dumps({"tags": ["defectflow", "florence-2", "object-detection"],
+                         "model-index": index}, indent=1)
+    lines = ["---", header, "---", "", f"# {model_name}", "",
+             "Champion of defectflow's nightly retraining, promoted on the frozen test split.", "",
+             "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in flat.items()]
+    lines += ["", "Lineage:", "", *[f"- {k}: `{v}`" for k, v in sorted(lineage.items())], ""]
+    return "\n".join(lines)
+
+
+def push_champion_to_hub(model_dir: str | Path, repo_id: str, private: bool, card: str, api=None,
+                         sleep: Callable[[float], None] = time.sleep) -> str:
+    from tasks.core.retry import with_backoff
+
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()  # HF_TOKEN from the environment, never logged
+    (Path(model_dir) / "README.md").write_text(card, encoding="utf-8")
+    with_backoff(lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True),
+                 sleep=sleep)
+    commit = with_backoff(lambda: api.upload_folder(repo_id=repo_id, repo_type="model",
+                                                    folder_path=str(model_dir),
+                                                    commit_message="defectflow: new champion"),
+                          sleep=sleep)
+    return str(getattr(commit, "oid", None) or commit)
+
+
+@task(name="register", retries=3, retry_delay_seconds=[5, 20, 60])
+def register_task(registry: RegistryTarget, artifact_root: str, model_dir: str, metrics: dict,
+                  lineage: dict, files: list[str]) -> dict:
+    return register_version(registry.tracking_uri, artifact_root, registry.model_name, model_dir,
+                            metrics, lineage, files)

@@ -1,0 +1,63 @@
+"""Loading models: real checkpoints through transformers' native classes, from a Hub id or a folder.
+
+`load_detector("florence-community/Florence-2-base")` and `load_detector("/path/to/folder")` go
+through `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained` (no trust_remote_code).
+`load_detector("tiny")` first *builds* a tiny random Florence-2 (`tasks/training/tiny.py`) into a
+folder and then loads that folder through the very same `from_pretrained` path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.training.tiny import TINY, build_tiny_florence
+
+
+class ModelUnavailable(RuntimeError):
+    """A checkpoint that cannot be loaded, with a message that says what to do."""
+
+
+def unavailable(checkpoint: str, exc: Exception) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"cannot load {checkpoint!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
+        "  - without internet, download it once on a connected machine "
+        f"(`hf download {checkpoint}`) and copy the Hugging Face cache (HF_HOME) here,\n"
+        "  - or pass a local folder in the checkpoint layout (config.json, weights, processor files),\n"
+        "  - or use `--model tiny` for the offline tiny model (demo and tests only).")
+
+
+def load_detector(checkpoint: str, tiny_folder: str | Path | None = None,
+                  labels: list[str] | None = None):
+    """(processor, model) for a Hub id, a local folder, or `tiny` (built into `tiny_folder`)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if checkpoint == TINY:
+        if tiny_folder is None:
+            raise ValueError("the tiny model needs a folder to be built in")
+        if not (Path(tiny_folder) / "config.json").exists():
+            build_tiny_florence(tiny_folder, labels or [])
+        checkpoint = str(tiny_folder)
+    try:
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint)
+    except (OSError, ValueError) as exc:
+        raise unavailable(checkpoint, exc) from exc
+    return processor, model
+
+
+def load_finetuned_detector(model_dir: str | Path):
+    """(processor, model) from a folder written by `finetune_detector` (adapter or full model)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = Path(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base_name = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = AutoModelForImageTextToText.from_pretrained(base_name)
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    return processor, model.eval()

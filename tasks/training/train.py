@@ -1,0 +1,75 @@
+"""The train step: one entry for both model kinds, its warnings, warm start, and the @task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.config import ModelConfig, TrainConfig
+from tasks.training.classifier import finetune_classifier
+from tasks.training.detector import finetune_detector
+from tasks.training.models import ModelUnavailable
+from tasks.training.tiny import TINY
+
+HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
+
+
+def lr_warning(model: ModelConfig, train: TrainConfig) -> str | None:
+    if model.checkpoint != TINY and train.lr > HIGH_LR[model.kind]:
+        return (f"lr {train.lr:g} is high for fine-tuning a pretrained {model.kind} "
+                f"(recipes use {'1e-5..5e-6' if model.kind == 'florence2' else '2e-5..5e-5'}); "
+                "the loss may diverge")
+    return None
+
+
+def train_step(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
+               train_config: TrainConfig, max_steps: int | None = None) -> dict:
+    """Fine-tune the configured kind of model; a tiny base model is built inside `out_dir`."""
+    if model_config.kind == "vit":
+        return finetune_classifier(dataset_dir, out_dir, model_config, train_config,
+                                   Path(out_dir) / "tiny-base", max_steps)
+    return finetune_detector(dataset_dir, out_dir, model_config, train_config,
+                             Path(out_dir) / "tiny-base", max_steps)
+
+
+# Cached on the dataset fingerprint + model/train config + code version; a retry after a crash
+# resumes from the last checkpoint in out_dir.
+def _worth_retrying(task, task_run, state) -> bool:
+    """A crash is retried (and resumes); a checkpoint that cannot be loaded is not."""
+    try:
+        state.result()
+    except ModelUnavailable:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure is worth one more try
+        return True
+    return True
+
+
+@task(name="train", cache_policy=CACHE_POLICY, persist_result=True, retries=1,
+      retry_condition_fn=_worth_retrying)
+def train_task(dataset_dir: str, fingerprint: str, model_config: ModelConfig, train_config: TrainConfig,
+               out_dir: str, max_steps: int | None = None) -> dict:
+    return train_step(dataset_dir, out_dir, model_config, train_config, max_steps)
+
+
+@task(name="check-train-config")
+def check_train_config_task(model_config: ModelConfig, train_config: TrainConfig) -> list[str]:
+    """Warnings about the configured training (before any warm start swaps the checkpoint)."""
+    warnings = [w for w in [lr_warning(model_config, train_config)] if w]
+    for warning in warnings:
+        get_run_logger().warning(warning)
+    return warnings
+
+
+def warm_start_config(model: ModelConfig, train: TrainConfig, champion: dict | None) -> ModelConfig:
+    """With `train.warm_start`, tonight's training starts from the champion's weights (a full
+    model folder; a LoRA adapter starts again from its base checkpoint)."""
+    if not (train.warm_start and champion):
+        return model
+    folder = Path(champion["model_dir"])
+    if not (folder / "config.json").exists():
+        get_run_logger().warning("warm start skipped: the champion is an adapter, not a full model")
+        return model
+    return model.model_copy(update={"checkpoint": str(folder)})

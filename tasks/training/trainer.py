@@ -1,0 +1,169 @@
+"""The Trainer plumbing both model kinds share: splits, seed, precision, TrainingArguments,
+resume from the last checkpoint, early stopping, the loss curve, and the test-only fault hooks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from tasks.core.config import TrainConfig
+
+log = logging.getLogger(__name__)
+# Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
+FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"
+FAIL_ENV = "DEFECTFLOW_TEST_FAIL_AFTER_STEP"
+
+
+def start_run(dataset_dir: str | Path, out_dir: str | Path, train_config: TrainConfig):
+    """(output folder, train split, validation split), with the seed set."""
+    from transformers import set_seed
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(train_config.seed)
+    return (out, *load_splits(dataset_dir))
+
+
+def load_splits(dataset_dir: str | Path):
+    """The prepared dataset's splits; validation falls back to test (and then to train) when the
+    dataset is too small to have one, so early stopping always has something to look at."""
+    import datasets
+
+    loaded = datasets.load_dataset(str(dataset_dir))
+    if "train" not in loaded:
+        raise ValueError(f"{dataset_dir} has no train split: nothing to train on")
+    validation = loaded.get("validation") or loaded.get("test") or loaded["train"]
+    return loaded["train"], validation
+
+
+def precision_flags(precision: str) -> dict:
+    """bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU."""
+    import torch
+
+    if precision == "fp32" or not torch.cuda.is_available():
+        return {}
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return {"bf16": True}
+    return {"fp16": True}
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def _fault_callback():
+    """Only when the tests ask for it: kill this process, or raise, right after a save."""
+    from transformers import TrainerCallback
+
+    kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
+    fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
+
+    class FaultAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if kill_at and state.global_step >= kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fail_at and state.global_step >= fail_at:
+                raise RuntimeError(f"injected training failure after step {state.global_step}")
+
+    return [FaultAfterSave()] if kill_at or fail_at else []
+
+
+def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **extra):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=train.epochs,
+        max_steps=max_steps if max_steps is not None else train.max_steps,
+        learning_rate=train.lr,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
+        seed=train.seed,
+        eval_strategy="steps",
+        eval_steps=train.eval_steps,
+        save_strategy="steps",
+        save_steps=train.eval_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=True,
+        logging_steps=max(1, min(10, train.eval_steps)),
+        remove_unused_columns=False,
+        report_to=[],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+        **precision_flags(train.precision),
+        **extra,
+    )
+
+
+def save_checkpoints_in_model_format(model) -> None:
+    """Work around transformers issue #48805: the Trainer reloads checkpoints (resume, best model)
+    with a plain load_state_dict, but save_pretrained writes renamed legacy keys for models whose
+    weights were renamed in v5 (ViT among them), so the reload silently misses every weight.
+    Saving in the model's own key format makes both reloads exact; from_pretrained reads it too."""
+    from functools import partial
+
+    model.save_pretrained = partial(model.save_pretrained, save_original_format=False)
+
+
+def run_trainer(model, args, train_set, eval_set, collator, patience: int, out: Path,
+                compute_metrics=None) -> dict:
+    """Train (resuming from the last checkpoint if one exists), keep the best, write the curve."""
+    from transformers import EarlyStoppingCallback, Trainer
+
+    resume = last_checkpoint(args.output_dir)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                      data_collator=collator, compute_metrics=compute_metrics,
+                      callbacks=[EarlyStoppingCallback(early_stopping_patience=patience),
+                                 *_fault_callback()])
+    resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    if resume:
+        log.warning("resuming from %s (global step %d)", resume, resumed_step)
+    result = trainer.train(resume_from_checkpoint=resume)
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    summary = {
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric,
+        "metric_for_best_model": args.metric_for_best_model,
+        "first_train_loss": train_losses[0] if train_losses else None,
+        "last_train_loss": train_losses[-1] if train_losses else None,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+    }
+    plot_loss_curve(history, out / "loss_curve.png")
+    (out / "log_history.json").write_text(json.dumps(history, indent=1))
+    return {"trainer": trainer, **summary}
+
+
+def plot_loss_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss", color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

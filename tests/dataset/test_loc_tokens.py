@@ -1,0 +1,77 @@
+"""Florence-2 location codec and `<OD>` targets."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tasks.core.records import Box
+from tasks.dataset.loc_tokens import (
+    decode_box,
+    decode_coord,
+    encode_box,
+    encode_coord,
+    florence_safe,
+    od_target,
+    parse_od,
+)
+
+
+def test_encode_is_floor_of_bins_and_clamped():
+    assert encode_coord(0, 200) == 0
+    assert encode_coord(0.19, 200) == 0
+    assert encode_coord(0.2, 200) == 1
+    assert encode_coord(199.9, 200) == 999
+    assert encode_coord(200, 200) == 999  # the exclusive right edge still fits in 0..999
+    assert encode_coord(-3, 200) == 0
+    assert decode_coord(0, 200) == 0.1  # bin centre
+
+
+@st.composite
+def sized_box(draw):
+    width = draw(st.integers(1, 20000))
+    height = draw(st.integers(1, 20000))
+    x1 = draw(st.floats(0, width))
+    y1 = draw(st.floats(0, height))
+    x2 = draw(st.floats(x1, width))
+    y2 = draw(st.floats(y1, height))
+    return Box(x1=x1, y1=y1, x2=x2, y2=y2, label="d"), width, height
+
+
+@given(sized_box())
+def test_decode_of_encode_is_within_one_bin(case):
+    box, width, height = case
+    q = encode_box(box, width, height)
+    assert all(0 <= v <= 999 for v in q)
+    back = decode_box(q, width, height)
+    for original, decoded, size in ((box.x1, back.x1, width), (box.y1, back.y1, height),
+                                    (box.x2, back.x2, width), (box.y2, back.y2, height)):
+        assert abs(original - decoded) <= size / 1000 + 1e-9
+
+
+def test_target_is_label_then_four_locs_per_box_in_reading_order():
+    boxes = [Box(x1=100, y1=100, x2=150, y2=150, label="spot"),
+             Box(x1=0, y1=0, x2=20, y2=40, label="scratch"),
+             Box(x1=50, y1=0, x2=60, y2=10, label="patch")]
+    target = od_target(boxes, 200, 200)
+    assert target == ("scratch<loc_0><loc_0><loc_100><loc_200>"
+                      "patch<loc_250><loc_0><loc_300><loc_50>"
+                      "spot<loc_500><loc_500><loc_750><loc_750>")
+    assert od_target([], 200, 200) == ""
+
+
+def test_parse_od_round_trips_targets_and_counts_failures():
+    boxes = [Box(x1=0, y1=0, x2=20, y2=40, label="scratch"), Box(x1=100, y1=100, x2=150, y2=150,
+                                                                label="pitted surface")]
+    parsed, failures = parse_od("</s><s>" + od_target(boxes, 200, 200) + "</s>", 200, 200)
+    assert failures == 0
+    assert [b.label for b in parsed] == ["scratch", "pitted surface"]
+    assert abs(parsed[0].x2 - 20) <= 0.2
+    _, failures = parse_od("spot<loc_1><loc_2><loc_3><loc_4><loc_5>dent<loc_1><loc_2><loc_3>"
+                           "<loc_1200>", 100, 100)
+    assert failures == 2
+
+
+def test_florence_safe_labels():
+    assert florence_safe("rolled-in_scale")
+    assert not florence_safe("臉書")
+    assert not florence_safe(" spot")
+    assert not florence_safe("a<b")

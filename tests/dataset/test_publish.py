@@ -1,0 +1,117 @@
+"""Publishing: the Hub layout on disk (read back by `datasets`) and the Hub path (a stand-in)."""
+
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image
+
+from tasks.core.config import PublishConfig
+from tasks.core.records import Box, Sample, write_manifest
+from tasks.core.retry import with_backoff
+from tasks.dataset.loc_tokens import add_targets
+from tasks.dataset.publish import is_published, publish_step
+
+
+def make_samples(tmp_path: Path) -> list[Sample]:
+    samples = []
+    for n, split in enumerate(["train", "train", "validation", "test"]):
+        path = tmp_path / f"img{n}.png"
+        Image.new("RGB", (50, 40), (n * 40, 10, 10)).save(path)
+        boxes = [Box(x1=5, y1=5, x2=25, y2=20, label="dent")] if n != 3 else []
+        samples.append(Sample(item=f"img{n}.xml", image_path=str(path), source="x", sha256=f"{n:064d}",
+                              width=50, height=40, mode="RGB", boxes=boxes, split=split))
+    return add_targets(samples)
+
+
+def test_local_publish_is_read_back_by_load_dataset(tmp_path):
+    manifest = write_manifest(make_samples(tmp_path), tmp_path / "m", "t")
+    out = publish_step(manifest, "demo", PublishConfig(), tmp_path / "dataset")
+    assert out.rows == {"train": 2, "validation": 1, "test": 1}
+    assert is_published(tmp_path / "dataset", out.fingerprint)
+    loaded = datasets.load_dataset(str(tmp_path / "dataset"))
+    assert set(loaded) == {"train", "validation", "test"}
+    row = loaded["train"][0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (50, 40)
+    assert row["prompt"] == "<OD>"
+    assert row["target"] == "dent<loc_100><loc_125><loc_500><loc_500>"
+    assert row["boxes"] == [[5.0, 5.0, 25.0, 20.0]] and row["labels"] == ["dent"]
+    assert loaded["test"][0]["target"] == ""  # a negative image: empty target
+    card = (tmp_path / "dataset" / "README.md").read_text()
+    assert "configs:" in card.replace('"', "") and out.fingerprint in card
+
+
+def test_two_datasets_in_same_named_folders_do_not_share_the_datasets_cache(tmp_path):
+    # `datasets` keys a local folder's cache on its name and data-file patterns; the
+    # fingerprint in the file names keeps a new dataset from being served the old one.
+    for name, count in (("a", 4), ("b", 2)):
+        (tmp_path / name).mkdir()
+        manifest = write_manifest(make_samples(tmp_path / name)[:count], tmp_path / name, "t")
+        publish_step(manifest, "demo", PublishConfig(), tmp_path / name / "dataset")
+        loaded = datasets.load_dataset(str(tmp_path / name / "dataset"))
+        assert sum(len(split) for split in loaded.values()) == count
+    assert set(loaded) == {"train"}  # empty splits are left out, not written empty
+
+
+class FlakyHub:
+    """Records calls like HfApi; fails `failures` times with a 503 before each call succeeds."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.calls: list[tuple[str, dict]] = []
+        self.commits: list[dict] = []
+
+    def _maybe_fail(self):
+        if self.failures > 0:
+            self.failures -= 1
+            error = OSError("503 Service Unavailable")
+            error.response = type("Response", (), {"status_code": 503})()
+            raise error
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return repo_id
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs))
+        self._maybe_fail()
+        self.commits.append(kwargs)
+        return type("Commit", (), {"oid": "abc123"})()
+
+
+def test_hub_publish_retries_transient_errors_and_commits_once(tmp_path, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    manifest = write_manifest(make_samples(tmp_path), tmp_path / "m", "t")
+    hub = FlakyHub(failures=2)
+    config = PublishConfig(target="hub", repo_id="org/defects", private=True)
+    out = publish_step(manifest, "demo", config, tmp_path / "dataset", api=hub)
+    assert out.hub_revision == "abc123"
+    assert len(hub.commits) == 1
+    assert [name for name, _ in hub.calls].count("upload_folder") == 3
+    commit = hub.commits[0]
+    assert commit["repo_id"] == "org/defects" and commit["repo_type"] == "dataset"
+    assert Path(commit["folder_path"]) == tmp_path / "dataset"
+    assert hub.calls[0][1]["private"] is True
+
+
+def test_backoff_doubles_and_gives_up_on_permanent_errors():
+    delays = []
+    attempts = {"n": 0}
+
+    def fails_then_works():
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise ConnectionError("reset")
+        return "ok"
+
+    assert with_backoff(fails_then_works, sleep=delays.append, log=lambda m: None) == "ok"
+    assert delays == [2.0, 4.0]
+
+    def forbidden():
+        error = OSError("401")
+        error.response = type("Response", (), {"status_code": 401})()
+        raise error
+
+    with pytest.raises(OSError):
+        with_backoff(forbidden, sleep=delays.append, log=lambda m: None)
+    assert delays == [2.0, 4.0]  # no retry for a bad token

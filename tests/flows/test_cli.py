@@ -1,0 +1,62 @@
+"""The command line, as a user types it (typer's runner, in-process, on the session's test server)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("prepare", "train", "check", "demo"):
+        assert command in result.output
+
+
+def test_a_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsource: {format: voc, images: a, annotations: b}\ngrayscale: maybe\n")
+    result = runner.invoke(app, ["check", str(bad)])
+    assert result.exit_code == 2
+    assert "grayscale" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_train_command_leaves_a_loadable_model_and_a_loss_curve(synthetic_dataset, tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("name: synthetic\nsource: {format: voc, images: x, annotations: y}\n"
+                      "model: {checkpoint: florence-community/Florence-2-base}\n"
+                      "train: {lr: 0.002, batch_size: 8, eval_steps: 5}\n")
+    args = ["train", str(config), "--dataset", str(synthetic_dataset), "--out", str(tmp_path / "m"),
+            "--model", "tiny", "--max-steps", "10"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "m" / "train_summary.json").read_text())
+    assert summary["global_step"] == 10 and summary["checkpoint"] == "tiny"
+    assert (tmp_path / "m" / "loss_curve.png").exists()
+    assert (tmp_path / "m" / "model" / "adapter_model.safetensors").exists()
+    # Same dataset fingerprint, config and code: the train task comes back Cached.
+    from flows.train import train
+
+    state = train(str(config), str(synthetic_dataset), str(tmp_path / "m"), "tiny", 10,
+                  return_state=True)
+    from tasks.core.run_history import task_run_states
+
+    states = dict(task_run_states(state.state_details.flow_run_id))
+    assert [s for name, s in states.items() if name.startswith("train")] == ["Cached"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_train_with_an_unreachable_checkpoint_exits_with_advice(synthetic_dataset, tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("name: s\nsource: {format: voc, images: x, annotations: y}\n")
+    result = runner.invoke(app, ["train", str(config), "--dataset", str(synthetic_dataset),
+                                 "--out", str(tmp_path / "m"), "--model", str(Path("/nonexistent"))])
+    assert result.exit_code == 2
+    assert "--model tiny" in result.output

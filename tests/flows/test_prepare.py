@@ -1,0 +1,153 @@
+"""The prepare flow end to end, on a real Prefect test server (one per session)."""
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pytest
+
+from flows.prepare import prepare
+from tasks.core.run_history import task_run_states
+from tasks.demo.sample_data import demo_config, generate
+from tests.support import REPO, shared_data
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def run(config: Path, out: Path, home: Path) -> tuple[dict, Counter]:
+    state = prepare(str(config), str(out), str(home), return_state=True)
+    report = state.result()
+    assert report == json.loads((out / "prepare_report.json").read_text())
+    states = task_run_states(state.state_details.flow_run_id)
+    return report, Counter(name for _, name in states)
+
+
+def check_invariants(report: dict) -> None:
+    images, boxes = report["images"], report["boxes"]
+    assert images["found"] == images["kept"] + images["quarantined"] + images["dropped_grayscale"]
+    assert boxes["found"] == boxes["kept"] + sum(boxes["dropped"].values())
+    assert sum(report["splits"].values()) == images["kept"]
+    assert len(report["quarantine"]) == images["quarantined"]
+
+
+def config_for(tmp_path: Path, source: Path) -> Path:
+    path = tmp_path / "demo.yaml"
+    path.write_text(demo_config(source), encoding="utf-8")
+    return path
+
+
+def test_second_run_is_cached_and_one_new_image_is_the_only_work(tmp_path, home):
+    source = tmp_path / "source"
+    generate(source, count=24, size=64, seed=3)
+    config = config_for(tmp_path, source)
+
+    first, first_states = run(config, tmp_path / "out", home)
+    check_invariants(first)
+    assert first["images"]["found"] == 27  # 24 + broken JPEG + XML without image + junk file
+    assert first["quarantine_reasons"] == {"image_missing": 1, "image_unreadable": 1,
+                                           "junk_file": 1}
+    assert first["work"]["images_decoded"] == 25
+    assert first_states["Cached"] == 0
+
+    second, second_states = run(config, tmp_path / "out", home)
+    assert second["fingerprint"] == first["fingerprint"]
+    # Every task that does work comes back Cached; only the report (which says what this run
+    # did) runs again.
+    assert second_states == Counter({"Cached": sum(first_states.values()) - 1, "Completed": 1})
+    assert second["work"] == {}
+
+    generate(source, count=1, size=64, seed=3, start=500, troubles=False)
+    third, _ = run(config, tmp_path / "out", home)
+    check_invariants(third)
+    assert third["images"]["found"] == 28
+    assert third["work"]["images_decoded"] == 1  # only the new image is decoded
+    assert third["work"]["images_reused"] == 25
+    assert third["fingerprint"] != first["fingerprint"]
+
+
+def test_deleted_output_is_rebuilt_not_reported_cached(tmp_path, home):
+    source = tmp_path / "source"
+    generate(source, count=6, size=48, seed=4, troubles=False)
+    config = config_for(tmp_path, source)
+    run(config, tmp_path / "out", home)
+    import shutil
+
+    shutil.rmtree(tmp_path / "out" / "dataset")
+    report, states = run(config, tmp_path / "out", home)
+    assert (tmp_path / "out" / "dataset" / "README.md").exists()
+    assert states["Completed"] == 2  # publish and report
+
+
+def loc_targets_are_valid(dataset_dir: Path, splits: dict[str, int]) -> datasets.DatasetDict:
+    loaded = datasets.load_dataset(str(dataset_dir))
+    assert set(loaded) == {name for name, count in splits.items() if count}
+    for split in loaded.values():
+        for target, labels in zip(split["target"], split["labels"], strict=True):
+            bins = [int(q) for q in re.findall(r"<loc_(\d+)>", target)]
+            assert len(bins) == 4 * len(labels)
+            assert all(0 <= q <= 999 for q in bins)
+    return loaded
+
+
+def neu_config(tmp_path: Path, policy: str) -> Path:
+    text = (REPO / "datasets_cfg" / "neu_det.yaml").read_text()
+    root = shared_data("neu_det")
+    text = re.sub(r"source: .*", f"source: {{format: voc, images: {root / 'images'}, "
+                  f"annotations: {root / 'annotations'}}}", text)
+    text = re.sub(r"grayscale: \w+", f"grayscale: {policy}", text)
+    path = tmp_path / f"neu_{policy}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_neu_det_convert(tmp_path, home):
+    report, _ = run(neu_config(tmp_path, "convert"), tmp_path / "out", home)
+    check_invariants(report)
+    assert report["images"] == {"found": 300, "kept": 300, "quarantined": 0, "dropped_grayscale": 0}
+    assert report["boxes"]["found"] == report["boxes"]["kept"] == 760
+    assert report["grayscale"] == {"policy": "convert", "detected": 300, "converted": 300}
+    assert report["augmented"]["hflip"] == report["splits"]["train"]
+    assert all(report["splits"].values())
+    loaded = loc_targets_are_valid(tmp_path / "out" / "dataset", report["splits"])
+    assert len(loaded["train"]) == 2 * report["splits"]["train"]
+    assert loaded["test"][0]["image"].mode == "RGB"
+
+
+@pytest.mark.slow
+def test_neu_det_drop_drops_everything_and_still_completes(tmp_path, home):
+    report, _ = run(neu_config(tmp_path, "drop"), tmp_path / "out", home)
+    check_invariants(report)
+    assert report["images"] == {"found": 300, "kept": 0, "quarantined": 0, "dropped_grayscale": 300}
+    assert report["boxes"]["dropped"] == {"image_dropped_grayscale": 760}
+    # Nothing to load (datasets cannot hold an empty split), but the card says what happened.
+    assert list((tmp_path / "out" / "dataset").rglob("*.parquet")) == []
+    assert "| train | 0 |" in (tmp_path / "out" / "dataset" / "README.md").read_text()
+
+
+def test_sahi_terrain_coco(tmp_path, home):
+    root = shared_data("sahi_terrain_coco")
+    config = tmp_path / "sahi.yaml"
+    config.write_text(
+        f"name: sahi\nsource: {{format: coco, images: {root / 'images'}, "
+        f"annotations: {root / 'annotations' / 'terrain_all_coco.json'}}}\ngrayscale: keep\n")
+    report, _ = run(config, tmp_path / "out", home)
+    check_invariants(report)
+    assert report["images"]["kept"] == 2
+    assert {"item": "terrain3.png", "reason": "image_missing"}.items() <= next(
+        q for q in report["quarantine"] if q["item"] == "terrain3.png").items()
+    loc_targets_are_valid(tmp_path / "out" / "dataset", report["splits"])
+
+
+def test_labelimg_samples(tmp_path, home):
+    root = shared_data("labelimg_samples")
+    config = tmp_path / "labelimg.yaml"
+    config.write_text(f"name: li\nsource: {{format: voc, images: {root}, annotations: {root}}}\n"
+                      "grayscale: convert\n")
+    report, _ = run(config, tmp_path / "out", home)
+    check_invariants(report)
+    assert report["images"]["kept"] == 3
+    assert report["boxes"]["kept"] == 10 + 41 + 2
+    loc_targets_are_valid(tmp_path / "out" / "dataset", report["splits"])

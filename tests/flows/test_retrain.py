@@ -1,0 +1,200 @@
+"""The nightly retrain flow: lineage in the registry, nothing-new, rerun-only-the-failed-step,
+promotion only on improvement, one run per work dir, Dask prep."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.prepare import prepare
+from flows.retrain import retrain
+from tasks.core.config import PromoteConfig, RegistryConfig, load_config
+from tasks.core.run_history import task_run_states
+from tasks.demo.sample_data import generate
+from tasks.nightly.promotion import Candidate, promote_step, work_dir_lock
+from tasks.nightly.registry import (
+    RegistryTarget,
+    champion_version,
+    decide,
+    embedded_tracking_uri,
+    register_version,
+)
+from tasks.nightly.runners import prep_task_runner
+from tasks.training.trainer import FAIL_ENV
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+CONFIG = """name: nightly
+source: {{format: voc, images: {src}/images, annotations: {src}/annotations}}
+grayscale: convert
+split: {{train: 0.6, validation: 0.2, test: 0.2}}
+labels: [patch, scratch, spot]
+model: {{checkpoint: tiny, lora: null}}
+train: {{max_steps: 12, lr: 1.0e-3, batch_size: 8, eval_steps: 4, patience: 10, warm_start: false}}
+"""
+
+
+def states_of(state) -> dict[str, str]:
+    return dict(task_run_states(state.state_details.flow_run_id))
+
+
+def by_prefix(states: dict[str, str], prefix: str) -> list[str]:
+    return [s for name, s in states.items() if name.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    generate(source, count=30, size=64, seed=9)
+    config = tmp_path / "nightly.yaml"
+    config.write_text(CONFIG.format(src=source))
+    home, work = tmp_path / "home", tmp_path / "work"
+
+    # Night 1: everything runs; version 1 carries its lineage and becomes champion.
+    first = retrain(str(config), str(work), str(home), return_state=True)
+    assert first.is_completed(), first.message
+    summary = first.result()
+    tracking_uri = embedded_tracking_uri(home / "mlflow")
+    champion = champion_version(tracking_uri, "nightly-florence2")
+    assert champion["version"] == 1 == summary["version"]["version"]
+    tags = champion["tags"]
+    assert tags["dataset_fingerprint"] == summary["report"]["fingerprint"]
+    assert tags["prefect_flow_run_id"] == str(first.state_details.flow_run_id)
+    for key in ("config_hash", "code_version", "metric.map", "metric.map50", "hub_revision"):
+        assert key in tags
+    assert summary["decision"]["promoted"] and summary["decision"]["champion_version"] is None
+
+    # Night 2, nothing new: completes quickly, says so, trains nothing.
+    second = retrain(str(config), str(work), str(home), return_state=True)
+    assert second.is_completed() and "no new images" in second.message
+    assert not by_prefix(states_of(second), "train")
+
+    # Night 3: new images, and training dies after each checkpoint (injected): the task's own
+    # retry resumes from step 4 and dies again after step 8, so the run fails.
+    generate(source, count=6, size=64, seed=9, start=100, troubles=False)
+    monkeypatch.setenv(FAIL_ENV, "4")
+    third = retrain(str(config), str(work), str(home), return_state=True)
+    assert third.is_failed()
+    assert by_prefix(states_of(third), "train") == ["Failed"]
+    monkeypatch.delenv(FAIL_ENV)
+
+    # The rerun: prepare's work comes back Cached, training resumes from its checkpoint.
+    fourth = retrain(str(config), str(work), str(home), return_state=True)
+    assert fourth.is_completed(), fourth.message
+    states = states_of(fourth)
+    prep = [s for name, s in states.items() if name.split("-")[0] in (
+        "ingest", "shard", "process", "split", "augment", "loc", "publish")]
+    assert prep and set(prep) == {"Cached"}, states
+    result = fourth.result()
+    assert result["train"]["resumed_from_step"] == 8 and result["train"]["global_step"] == 12
+    # Champion and challenger were both scored on tonight's (same) test split.
+    decision = result["decision"]
+    assert decision["champion_version"] == 1 and decision["challenger_version"] == 2
+    assert decision["champion_metric"] is not None
+    again = result["champion_metrics"]["n_images"], result["metrics"]["n_images"]
+    assert again[0] == again[1]
+
+
+def test_a_run_that_finds_the_work_dir_busy_exits_cleanly(tmp_path):
+    source = tmp_path / "source"
+    generate(source, count=2, size=32, seed=1, troubles=False)
+    config = tmp_path / "nightly.yaml"
+    config.write_text(CONFIG.format(src=source))
+    with work_dir_lock(tmp_path / "work") as ours:
+        assert ours
+        state = retrain(str(config), str(tmp_path / "work"), str(tmp_path / "home"),
+                        return_state=True)
+    assert state.is_cancelled() and "another retrain" in state.message
+    with work_dir_lock(tmp_path / "work") as ours_again:
+        assert ours_again  # released when the holder finished
+
+
+@pytest.mark.parametrize(("challenger", "champion", "min_gain", "promoted"), [
+    (0.50, None, 0.0, True),
+    (0.50, 0.40, 0.0, True),
+    (0.40, 0.40, 0.0, False),  # equal keeps the champion
+    (0.30, 0.40, 0.0, False),
+    (0.45, 0.40, 0.1, False),  # better, but not by the margin
+    (None, 0.40, 0.0, False),
+])
+def test_promotion_rule(challenger, champion, min_gain, promoted):
+    assert decide(challenger, champion, PromoteConfig(min_gain=min_gain))[0] is promoted
+
+
+def test_promotion_moves_the_alias_only_on_improvement(tmp_path):
+    uri = embedded_tracking_uri(tmp_path / "mlflow")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+
+    def version(map_value):
+        metrics = {"coco": {"map": map_value, "map50": map_value, "map75": map_value}}
+        return register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
+                                {"dataset_fingerprint": "f"}), metrics
+
+    registry, rule = RegistryTarget(tracking_uri=uri, model_name="m"), RegistryConfig()
+    first, first_metrics = version(0.4)
+    promote_step(registry, rule, Candidate(version=first["version"], metrics=first_metrics), None)
+    champion = Candidate(version=first["version"], metrics=first_metrics)
+    for value, promoted in ((0.4, False), (0.3, False), (0.41, True)):
+        challenger, metrics = version(value)
+        decision = promote_step(registry, rule,
+                                Candidate(version=challenger["version"], metrics=metrics), champion)
+        expected = challenger["version"] if promoted else first["version"]
+        assert decision["promoted"] is promoted
+        assert champion_version(uri, "m")["version"] == expected, decision
+        assert decision["champion_metric"] == 0.4 and decision["challenger_metric"] == value
+
+
+@pytest.mark.slow
+def test_dask_runner_gives_the_same_dataset_fingerprint(tmp_path):
+    source = tmp_path / "source"
+    generate(source, count=20, size=48, seed=4)
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(src=source) + "shard_size: 4\n")
+    threads = prepare(str(config), str(tmp_path / "a"), str(tmp_path / "home-a"))
+    dask_config = tmp_path / "d.yaml"
+    dask_config.write_text(config.read_text() + "prep: {runner: dask, dask_workers: 2}\n")
+    runner = prep_task_runner(load_config(dask_config).prep)
+    assert type(runner).__name__ == "DaskTaskRunner"
+    on_dask = prepare.with_options(task_runner=runner)(str(dask_config), str(tmp_path / "b"),
+                                                       str(tmp_path / "home-b"))
+    assert on_dask["fingerprint"] == threads["fingerprint"]
+    assert on_dask["images"] == threads["images"]
+    assert json.loads((Path(tmp_path) / "b" / "prepare_report.json").read_text())["fingerprint"] \
+        == threads["fingerprint"]
+
+
+def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
+    from tasks.nightly.registry import model_card, push_champion_to_hub
+
+    class FlakyHub:
+        def __init__(self):
+            self.failures, self.commits, self.repos = 1, [], []
+
+        def create_repo(self, repo_id, **kwargs):
+            self.repos.append((repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("reset by peer")
+            self.commits.append(kwargs)
+            return type("Commit", (), {"oid": "c0ffee"})()
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    metrics = {"coco": {"map": 0.41, "map50": 0.7, "map75": 0.4}}
+    card = model_card("demo-florence2", metrics, {"dataset_fingerprint": "abc"}, "demo")
+    hub = FlakyHub()
+    revision = push_champion_to_hub(model_dir, "factory/detector", True, card, api=hub,
+                                    sleep=lambda s: None)
+    assert revision == "c0ffee" and len(hub.commits) == 1
+    assert hub.repos[0] == ("factory/detector", {"repo_type": "model", "private": True, "exist_ok": True})
+    import yaml
+
+    header = yaml.safe_load((model_dir / "README.md").read_text().split("---")[1])
+    results = header["model-index"][0]["results"][0]
+    assert {m["type"]: m["value"] for m in results["metrics"]} == {"map": 0.41, "map50": 0.7,
+                                                                  "map75": 0.4}

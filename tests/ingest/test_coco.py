@@ -1,0 +1,90 @@
+"""COCO ingest: the sahi export from ../shared/data and generated trouble."""
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from tasks.ingest.coco import ingest_coco
+from tasks.ingest.sources import list_source
+from tests.support import shared_data
+
+
+def ingest(images: Path, json_path: Path, labels=None):
+    return ingest_coco(images, json_path, list_source(images, json_path, ".json"), labels)
+
+
+def test_sahi_terrain_missing_image_is_quarantined_and_the_others_kept():
+    root = shared_data("sahi_terrain_coco")
+    result = ingest(root / "images", root / "annotations" / "terrain_all_coco.json")
+    kept = {s.item: s for s in result.samples}
+    assert set(kept) == {"terrain1.jpg", "terrain2.png"}
+    why = {r.item: r.reason for r in result.rejected}
+    assert why["terrain3.png"] == "image_missing"
+    # In the folder, never mentioned by the JSON: reported, not silently skipped.
+    assert why["terrain2_gray.png"] == why["terrain4.png"] == "annotation_missing"
+    assert result.boxes_found == 22
+    assert sum(len(s.boxes) for s in kept.values()) + len(result.rejected_boxes) == 22
+    # `area` in this file is the image's area; boxes come from bbox only.
+    box = kept["terrain1.jpg"].boxes[0]
+    assert (box.width * box.height) < 100_000
+
+
+def write_coco(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_generated_coco_quirks(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.new("RGB", (100, 80), 100).save(images / name)
+    data = {
+        "images": [
+            {"id": 0, "file_name": "a.jpg", "width": 100, "height": 80},  # ids from 0
+            {"id": "1", "file_name": "b.jpg", "width": 100, "height": 80},  # a string id
+            {"id": 2, "file_name": "c.jpg"},  # no size: measured later; no boxes: a negative
+            {"id": 2, "file_name": "c.jpg"},  # duplicate id
+            {"id": 3, "file_name": "../outside.jpg"},
+            {"id": 4, "file_name": "/etc/passwd"},
+        ],
+        "categories": [{"id": 0, "name": "dent"}, {"id": 7, "name": "never used"}],
+        "annotations": [
+            {"id": 1, "image_id": 0, "category_id": 0, "bbox": [10, 10, 20, 20], "area": 1e9},
+            {"id": 1, "image_id": 0, "category_id": 0, "bbox": [10, 10, 20, 20]},  # duplicate id
+            {"id": 2, "image_id": "1", "category_id": 0, "bbox": [5.5, 5, 10, 10]},
+            {"id": 3, "image_id": 99, "category_id": 0, "bbox": [1, 1, 2, 2]},  # orphan
+            {"id": 4, "image_id": 0, "category_id": 5, "bbox": [1, 1, 2, 2]},  # unknown category
+            {"id": 5, "image_id": 0, "category_id": 0, "bbox": [1, 1, 0, 2]},  # zero width
+            {"id": 6, "image_id": 0, "category_id": 0, "bbox": [1, 1, -3, 2]},  # negative
+            {"id": 7, "image_id": 0, "category_id": 0, "bbox": "oops"},
+            {"id": 8, "image_id": 3, "category_id": 0, "bbox": [1, 1, 2, 2]},
+        ],
+    }
+    result = ingest(images, write_coco(tmp_path / "coco.json", data))
+    kept = {s.item: s for s in result.samples}
+    assert set(kept) == {"a.jpg", "b.jpg", "c.jpg"}
+    assert kept["c.jpg"].boxes == [] and kept["c.jpg"].declared_width is None
+    assert kept["b.jpg"].boxes[0].x1 == 5.5
+    assert len(kept["a.jpg"].boxes) == 1
+    assert sorted((r.item, r.reason) for r in result.rejected) == [
+        ("../outside.jpg", "path_outside_source"),
+        ("/etc/passwd", "path_outside_source"),
+        ("c.jpg", "duplicate_id"),
+    ]
+    assert sorted(r.reason for r in result.rejected_boxes) == [
+        "annotation_orphan", "box_degenerate", "box_degenerate", "box_invalid", "duplicate_id",
+        "image_rejected", "unknown_label"]
+    assert result.boxes_found == 9
+
+
+def test_unreadable_json_is_one_named_rejection(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (10, 10)).save(images / "a.png")
+    result = ingest(images, write_coco(tmp_path / "c.json", {"images": "nope"}))
+    assert [(r.item, r.reason) for r in result.rejected] == [
+        ("c.json", "annotation_invalid"), ("a.png", "annotation_missing")]
+    (tmp_path / "d.json").write_text("{not json")
+    assert ingest(images, tmp_path / "d.json").rejected[0].reason == "annotation_invalid"

@@ -1,0 +1,173 @@
+"""LabelImg / Pascal VOC ingest: real files from ../shared/data and generated trouble."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tasks.demo.sample_data import DrawnBox, voc_xml
+from tasks.ingest.sources import list_source
+from tasks.ingest.voc import ingest_voc, parse_voc
+from tests.support import shared_data
+
+
+def ingest(images: Path, annotations: Path, labels=None):
+    return ingest_voc(images, annotations, list_source(images, annotations, ".xml"), labels)
+
+
+def reasons(result) -> dict[str, str]:
+    return {r.item: r.reason for r in result.rejected}
+
+
+def test_neu_det_sample_ingests_every_image_with_all_760_boxes():
+    root = shared_data("neu_det")
+    result = ingest(root / "images", root / "annotations")
+    assert len(result.samples) == 300 and result.rejected == [] and result.rejected_boxes == []
+    assert result.boxes_found == 760 == sum(len(s.boxes) for s in result.samples)
+    first = next(s for s in result.samples if s.item == "crazing_1.xml")
+    # <xmin>2</xmin> ... <xmax>193</xmax>: 1-based inclusive -> x1 = 1, x2 = 193
+    assert (first.boxes[0].x1, first.boxes[0].x2) == (1, 193)
+    assert (first.declared_width, first.declared_height) == (200, 200)
+
+
+def test_neu_det_filenames_without_extension_are_found():
+    root = shared_data("neu_det")
+    no_ext = [p for p in (root / "annotations").glob("*.xml")
+              if not (parse_voc(p.read_bytes()).filename or "").endswith(".jpg")]
+    if not no_ext:
+        pytest.skip("this sample of NEU-DET has no <filename> without extension")
+    result = ingest(root / "images", root / "annotations")
+    by_item = {s.item: s for s in result.samples}
+    for xml in no_ext:
+        assert Path(by_item[xml.name].image_path).stem == xml.stem
+
+
+def test_labelimg_samples_ingest_with_named_reasons_for_what_is_missing():
+    root = shared_data("labelimg_samples")
+    result = ingest(root, root)
+    kept = {s.item: s for s in result.samples}
+    # Uppercase .JPG next to its XML; 41 boxes on a 3264x2358 photo.
+    assert Path(kept["pr270_test_images/C1_P01_N1_S2_1.xml"].image_path).suffix == ".JPG"
+    assert len(kept["pr270_test_images/C1_P11_N2_S4_2.xml"].boxes) == 41
+    # <filename>test</filename> names no file; LabelImg's <path> base name finds the palette BMP.
+    assert Path(kept["generated_by_labelimg_writer/test.xml"].image_path).name == "test.512.512.bmp"
+    why = reasons(result)
+    # Fixtures shipped without their image: named, not dropped.
+    assert why["other_voc_xml_fixtures/mmdetection__tests_data_VOCdevkit_VOC2012_Annotations_000001.xml"] \
+        == "image_missing"
+    # Images no XML mentions (the non-ASCII one included) are reported as unlabelled.
+    assert why["humansignal_head_tests/臉書.jpg"] == "annotation_missing"
+    assert why["pr641_yolo_sample/tomatoes_helios4eos_gettyimages-edit.jpeg"] == "annotation_missing"
+    xml_count = len(list(root.rglob("*.xml")))
+    image_count = sum(1 for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".bmp"))
+    unlabelled = sum(1 for r in result.rejected if r.reason == "annotation_missing")
+    assert len(result.samples) + len(result.rejected) == xml_count + unlabelled
+    assert len(result.samples) + unlabelled == image_count
+
+
+def test_difficult_truncated_and_polygon_extension_are_handled():
+    root = shared_data("labelimg_samples")
+    parsed = parse_voc((root / "generated_by_labelimg_writer" / "test.xml").read_bytes())
+    assert all(obj.difficult for obj in parsed.objects)
+    assert parsed.filename == "test"  # no extension
+    plus = parse_voc((root / "other_voc_xml_fixtures" /
+                      "labelImg-plus-plus__tests_fixtures_compatibility_v4_sample.xml").read_bytes())
+    assert plus.objects[0].name == "car" and plus.objects[0].bndbox["xmax"] == "70"
+
+
+def make_image(path: Path, size=(64, 48), mode="RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, 128).save(path)
+
+
+def write_xml(path: Path, filename: str, boxes, size=(64, 48)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(voc_xml(filename, size[0], size[1], 3, boxes), encoding="utf-8")
+
+
+def test_generated_quirks(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    box = [DrawnBox("dent", 2, 2, 20, 20)]
+    make_image(images / "upper.JPG")
+    write_xml(xmls / "upper.xml", "upper.JPG", box)
+    make_image(images / "noext.png")
+    write_xml(xmls / "noext.xml", "noext", box)
+    make_image(images / "own_stem.jpg")
+    write_xml(xmls / "own_stem.xml", "some_other_name_that_is_gone.jpg", box)
+    make_image(images / "empty.jpg")
+    write_xml(xmls / "empty.xml", "empty.jpg", [])
+    make_image(images / "decimals.jpg")
+    (xmls / "decimals.xml").write_text(
+        voc_xml("decimals.jpg", 64, 48, 3, box).replace("<xmax>20</xmax>", "<xmax>20.5</xmax>"))
+    make_image(images / "unlabelled.jpg")
+    (images / "._upper.JPG").write_bytes(b"\x00\x05\x16\x07")
+    (xmls / "broken.xml").write_text("<annotation><filename>x.jpg</filename>")
+    write_xml(xmls / "escape.xml", "../../etc/passwd", box)
+    write_xml(xmls / "absolute.xml", "/etc/hostname", box)
+    write_xml(xmls / "missing.xml", "missing.jpg", box)
+
+    result = ingest(images, xmls)
+    kept = {s.item: s for s in result.samples}
+    assert set(kept) == {"upper.xml", "noext.xml", "own_stem.xml", "empty.xml", "decimals.xml"}
+    assert kept["empty.xml"].boxes == []  # a negative, kept
+    assert kept["decimals.xml"].boxes[0].x2 == 20.5
+    assert reasons(result) == {
+        "broken.xml": "xml_malformed",
+        "escape.xml": "path_outside_source",
+        "absolute.xml": "path_outside_source",
+        "missing.xml": "image_missing",
+        "unlabelled.jpg": "annotation_missing",
+        "._upper.JPG": "junk_file",
+    }
+
+
+def test_entity_expansion_and_external_entities_are_refused(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    make_image(images / "a.jpg")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    laughs = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+              '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+              '<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+              '<annotation><filename>a.jpg</filename><object><name>&lol3;</name>'
+              '<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>'
+              '</object></annotation>')
+    external = (f'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY xxe SYSTEM "file://{secret}">]>'
+                '<annotation><filename>a.jpg</filename><object><name>&xxe;</name>'
+                '<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>'
+                '</object></annotation>')
+    xmls.mkdir()
+    (xmls / "laughs.xml").write_text(laughs)
+    (xmls / "external.xml").write_text(external)
+    result = ingest(images, xmls)
+    assert reasons(result)["laughs.xml"] == "xml_forbidden"
+    assert reasons(result)["external.xml"] == "xml_forbidden"
+    assert "TOP SECRET" not in repr(result)
+
+
+def test_symlink_pointing_out_of_the_source_is_refused(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    outside = tmp_path / "outside.jpg"
+    make_image(outside)
+    images.mkdir()
+    (images / "link.jpg").symlink_to(outside)
+    write_xml(xmls / "link.xml", "link.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
+    result = ingest(images, xmls)
+    assert result.samples == []
+    assert reasons(result) == {"link.xml": "path_outside_source"}
+    assert [r.reason for r in result.rejected_boxes] == ["image_rejected"]
+
+
+def test_bad_boxes_are_dropped_with_reasons_and_counted(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    make_image(images / "a.jpg")
+    boxes = [DrawnBox("dent", 2, 2, 20, 20), DrawnBox("dent", 30, 30, 10, 10),
+             DrawnBox("dent", 5, 5, 4, 9), DrawnBox("alien", 2, 2, 20, 20)]
+    write_xml(xmls / "a.xml", "a.jpg", boxes)
+    text = (xmls / "a.xml").read_text().replace("<xmin>5</xmin>", "<xmin>five</xmin>")
+    (xmls / "a.xml").write_text(text)
+    result = ingest(images, xmls, labels=["dent"])
+    assert result.boxes_found == 4
+    assert len(result.samples[0].boxes) == 1
+    assert sorted(r.reason for r in result.rejected_boxes) == [
+        "box_degenerate", "box_invalid", "unknown_label"]

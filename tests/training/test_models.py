@@ -1,0 +1,86 @@
+"""Tiny Florence-2: built offline, saved, and loaded back through the real `from_pretrained` path."""
+
+import random
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from tasks.core.records import Box
+from tasks.dataset.loc_tokens import decode_like_processor, encode_coord, od_target, parse_od
+from tasks.training.models import ModelUnavailable, load_detector
+
+
+def test_tiny_florence_round_trips_through_from_pretrained(tiny_florence):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_florence)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_florence)
+    assert type(model).__name__ == "Florence2ForConditionalGeneration"
+    assert type(processor).__name__ == "Florence2Processor"
+    assert model.config.model_type == "florence2"
+    tokenizer = processor.tokenizer
+    # Every location token is one token, and targets tokenize to label pieces + loc tokens.
+    ids = tokenizer.convert_tokens_to_ids([f"<loc_{i}>" for i in range(1000)])
+    assert len(set(ids)) == 1000 and tokenizer.unk_token_id not in ids
+    inputs = processor(text=["<OD>"], images=[Image.new("RGB", (90, 60), (100, 120, 140))],
+                       return_tensors="pt")
+    image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert image_tokens == processor.num_image_tokens
+    labels = tokenizer(["spot<loc_1><loc_2><loc_30><loc_40>"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model(**inputs, labels=labels)
+        features = model.get_image_features(pixel_values=inputs["pixel_values"])
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    assert features.shape[1] == processor.num_image_tokens  # the processor's count is the model's
+    assert torch.isfinite(out.loss)
+    assert "random weights" in (tiny_florence / "README.md").read_text()
+
+
+def test_a_local_folder_in_the_checkpoint_layout_loads_like_a_hub_id(tiny_florence, tmp_path):
+    # The real-checkpoint path: nothing tiny-specific, just a folder that from_pretrained reads.
+    folder = shutil.copytree(tiny_florence, tmp_path / "Florence-2-local")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= {
+        p.name for p in folder.iterdir()}
+    processor, model = load_detector(str(folder))
+    assert type(model).__name__ == "Florence2ForConditionalGeneration"
+    reference = load_detector(str(tiny_florence))[1]
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_unreachable_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(ModelUnavailable) as error:
+        load_detector("florence-community/Florence-2-base")
+    message = str(error.value)
+    assert "hf download florence-community/Florence-2-base" in message and "--model tiny" in message
+    with pytest.raises(ModelUnavailable):
+        load_detector(str(tmp_path / "no-such-folder"))
+
+
+def test_codec_agrees_with_the_processors_quantizer_and_parser(tiny_florence):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_florence)
+    rng = random.Random(0)
+    for _ in range(300):
+        width, height = rng.randint(1, 5000), rng.randint(1, 5000)
+        x1, x2 = sorted(rng.uniform(0, width) for _ in range(2))
+        y1, y2 = sorted(rng.uniform(0, height) for _ in range(2))
+        ours = [encode_coord(x1, width), encode_coord(y1, height), encode_coord(x2, width),
+                encode_coord(y2, height)]
+        theirs = processor.post_processor.quantize(
+            torch.tensor([[x1, y1, x2, y2]], dtype=torch.float64), (width, height))[0].tolist()
+        assert ours == theirs
+        text = od_target([Box(x1=x1, y1=y1, x2=x2, y2=y2, label="dent")], width, height)
+        parsed = processor.post_process_generation(text=f"</s><s>{text}</s>", task="<OD>",
+                                                   image_size=(width, height))["<OD>"]
+        assert parsed["labels"] == ["dent"]
+        expected = [decode_like_processor(q, s) for q, s in zip(ours, (width, height, width, height),
+                                                                strict=True)]
+        assert parsed["bboxes"][0] == expected
+        boxes, failures = parse_od(text, width, height)
+        assert failures == 0 and [int(v) for v in (boxes[0].x1, boxes[0].y1, boxes[0].x2,
+                                                   boxes[0].y2)] == expected

@@ -25,7 +25,8 @@ from tasks.nightly.promotion import (
 )
 from tasks.nightly.registry import RegistryTarget, embedded_tracking_uri, register_task
 from tasks.nightly.runners import prep_task_runner
-from tasks.training.train import check_train_config_task, train_task, warm_start_config
+from tasks.training.train import check_train_config_task, train_task_for, warm_start_config
+from tasks.training.trainer import run_identity
 
 
 @flow(name="retrain", log_prints=True)
@@ -52,9 +53,11 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         fingerprint = report["fingerprint"]
         champion = current_champion_task(registry=registry, download_to=str(work / "champion"))
         model = warm_start_config(config.model, config.train, champion)
-        run_dir = work / "runs" / fingerprint
-        trained = train_task(dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
-                             train_config=config.train, out_dir=str(run_dir), max_steps=max_steps)
+        identity = run_identity(fingerprint, model, config.train, max_steps)
+        run_dir = work / "runs" / f"{fingerprint[:12]}-{identity[:8]}"
+        trained = train_task_for(run_dir, identity)(
+            dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
+            train_config=config.train, out_dir=str(run_dir), max_steps=max_steps)
 
         def evaluate_on_test(model_dir: str, out_dir: Path) -> dict:
             return evaluate_task(kind=config.model.kind, dataset_dir=dataset, fingerprint=fingerprint,

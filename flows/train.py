@@ -6,7 +6,8 @@ from prefect import flow
 
 from tasks.core.config import load_config
 from tasks.dataset.publish import dataset_fingerprint_of
-from tasks.training.train import check_train_config_task, train_task
+from tasks.training.train import check_train_config_task, train_task_for
+from tasks.training.trainer import run_identity
 
 
 @flow(name="train", log_prints=True)
@@ -17,6 +18,8 @@ def train(config_path: str, dataset_dir: str, out_dir: str, model: str | None = 
     model_config = config.model if model is None else config.model.model_copy(
         update={"checkpoint": model})
     check_train_config_task(model_config=model_config, train_config=config.train)
-    return train_task(dataset_dir=dataset_dir, fingerprint=dataset_fingerprint_of(dataset_dir),
-                      model_config=model_config, train_config=config.train, out_dir=out_dir,
-                      max_steps=max_steps)
+    fingerprint = dataset_fingerprint_of(dataset_dir)
+    identity = run_identity(fingerprint, model_config, config.train, max_steps)
+    return train_task_for(out_dir, identity)(
+        dataset_dir=dataset_dir, fingerprint=fingerprint, model_config=model_config,
+        train_config=config.train, out_dir=out_dir, max_steps=max_steps)

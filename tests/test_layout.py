@@ -4,7 +4,6 @@ only point to earlier stages (imports inside functions included), no cycles, sma
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -121,9 +120,9 @@ def test_code_version_sees_an_edit_in_a_subfolder(tmp_path):
 
 
 def test_the_package_ships_every_stage_folder():
-    from setuptools import find_packages
+    from setuptools.config.pyprojecttoml import read_configuration
 
-    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    shipped = set(find_packages(where=str(REPO), include=find["include"]))
+    # setuptools expands pyproject's `packages.find` into the packages it will ship.
+    shipped = set(read_configuration(REPO / "pyproject.toml")["tool"]["setuptools"]["packages"])
     expected = {module_name(p) for p in (REPO / "tasks").rglob("__init__.py")} | {"flows"}
     assert expected <= shipped, expected - shipped

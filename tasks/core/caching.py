@@ -1,16 +1,21 @@
 """What makes a Prefect task's result reusable across nightly runs.
 
 Prefect's DEFAULT policy includes the flow run id, so it never reuses a result from last night.
-Ours: the task's inputs (small manifests with content hashes, config sections), its source, and
-the code version of the whole `tasks` package, every subfolder included (a change in a pure
-function it calls counts). This module imports nothing from `tasks`.
+Ours: the task's inputs (small manifests with content hashes, config sections), its source, the
+code version of the whole `tasks` package, every subfolder included (a change in a pure function
+it calls counts), and the versions of the libraries that shape the step's result (a new Pillow
+decodes differently, a new transformers trains differently). This module imports nothing from
+`tasks`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,39 @@ class CodeVersion(CachePolicy):
 
 
 CACHE_POLICY = INPUTS + TASK_SOURCE + CodeVersion()
+
+# The libraries whose version changes a step's result, per kind of step.
+IMAGE_LIBRARIES = ("pillow",)
+PUBLISH_LIBRARIES = ("pillow", "datasets", "pyarrow")
+TRAINING_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "datasets",
+                      "pillow", "torchvision")
+EVALUATION_LIBRARIES = (*TRAINING_LIBRARIES, "faster-coco-eval")
+
+
+def library_versions(libraries: tuple[str, ...]) -> dict[str, str]:
+    versions = {}
+    for name in libraries:
+        try:
+            versions[name] = package_version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+@dataclass
+class LibraryVersions(CachePolicy):
+    """Adds library versions to the key. Build it with `libraries=` by keyword (CachePolicy's own
+    first field is `key_storage`)."""
+
+    libraries: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx: Any, inputs: Any, flow_parameters: Any, **kwargs: Any) -> str:
+        return json.dumps(library_versions(self.libraries), sort_keys=True)
+
+
+def cache_policy(libraries: tuple[str, ...]) -> CachePolicy:
+    """CACHE_POLICY plus the versions of the libraries that shape the step's result."""
+    return CACHE_POLICY + LibraryVersions(libraries=libraries)
 
 
 def folder_hash(folder: str | Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.core import progress
-from tasks.core.caching import CACHE_POLICY
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
 from tasks.core.config import AugmentConfig
 from tasks.core.records import Manifest, Sample, read_records, write_manifest
 from tasks.images.boxes import hflip, vflip
@@ -57,7 +57,7 @@ def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, sto
     return flipped_manifest, dict(counters)
 
 
-@task(name="augment", cache_policy=CACHE_POLICY, persist_result=True)
+@task(name="augment", cache_policy=cache_policy(IMAGE_LIBRARIES), persist_result=True)
 def augment_task(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
                  manifests_dir: str) -> tuple[Manifest, dict[str, int]]:
     return augment_step(manifest, config, max_pixels, store_root, manifests_dir)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.core.caching import CACHE_POLICY
+from tasks.core.caching import PUBLISH_LIBRARIES, cache_policy
 from tasks.core.config import PublishConfig
 from tasks.core.records import Manifest, Sample, read_records
 from tasks.core.retry import with_backoff
@@ -220,7 +220,7 @@ def is_published(out_dir: str | Path, fingerprint: str | None = None) -> bool:
     return fingerprint is None or fingerprint in text
 
 
-@task(name="publish", cache_policy=CACHE_POLICY, persist_result=True,
+@task(name="publish", cache_policy=cache_policy(PUBLISH_LIBRARIES), persist_result=True,
       retries=2, retry_delay_seconds=[10, 60])
 def publish_task(manifest: Manifest, name: str, config: PublishConfig, out_dir: str) -> PublishOutput:
     return publish_step(manifest, name, config, out_dir)

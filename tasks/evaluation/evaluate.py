@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 from tqdm.auto import tqdm
 
-from tasks.core.caching import CACHE_POLICY
+from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
 from tasks.core.records import Box
 from tasks.evaluation.coco import (
     CONFUSION_CONFIDENCE,
@@ -160,7 +160,7 @@ def evaluate_step(kind: str, dataset_dir: str | Path, model_dir: str | Path, out
     return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams)
 
 
-@task(name="evaluate", cache_policy=CACHE_POLICY, persist_result=True)
+@task(name="evaluate", cache_policy=cache_policy(EVALUATION_LIBRARIES), persist_result=True)
 def evaluate_task(kind: str, dataset_dir: str, fingerprint: str, model_dir: str, model_hash: str,
                   out_dir: str, split: str = "test", labels: list[str] | None = None,
                   num_beams: int = 1) -> dict:

@@ -11,7 +11,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.core import progress
-from tasks.core.caching import CACHE_POLICY
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
 from tasks.core.config import ImageLimits
 from tasks.core.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
 from tasks.images.boxes import fit_boxes, orient
@@ -144,7 +144,7 @@ def process_images_step(shard: Manifest, config: ImageStepConfig, store_root: st
     )
 
 
-@task(name="process-images", cache_policy=CACHE_POLICY, persist_result=True)
+@task(name="process-images", cache_policy=cache_policy(IMAGE_LIBRARIES), persist_result=True)
 def process_images_task(shard: Manifest, config: ImageStepConfig, store_root: str,
                        manifests_dir: str) -> ShardOutput:
     return process_images_step(shard, config, store_root, manifests_dir)

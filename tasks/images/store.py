@@ -1,7 +1,9 @@
 """Per-image work, memoized by content: hash, decode safely, EXIF, grayscale check, re-encode.
 
-The content store keeps, per sha256 of the source bytes, the inspection result and every derived
-image (`<sha>-<op>.<ext>`), so a nightly run only decodes images it has never seen.
+The content store keeps, per sha256 of the source bytes, the inspection result (named by the
+settings that shape its verdict too: max_pixels, gray_tolerance, the Pillow version) and every
+derived image (`<sha>-<op>-<pillow>.<ext>`), so a nightly run only decodes images it has never
+seen, and a changed setting never reuses a verdict made under another.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
 
@@ -51,17 +54,28 @@ class ContentStore:
     def _path(self, kind: str, sha: str, suffix: str) -> Path:
         return self.root / kind / sha[:2] / f"{sha}{suffix}"
 
-    def inspection_path(self, sha: str) -> Path:
-        return self._path("inspect", sha, ".json")
+    def inspection_path(self, sha: str, settings: str) -> Path:
+        return self._path("inspect", sha, f"-{settings}.json")
 
     def image_path(self, sha: str, op: str, ext: str) -> Path:
-        return self._path("images", sha, f"-{op}{ext}")
+        return self._path("images", sha, f"-{op}-{pillow_key()}{ext}")
 
     def write(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
+
+
+def pillow_key() -> str:
+    """Pillow decodes and encodes every memoized result: a new Pillow version makes new memos."""
+    return "pil" + PIL.__version__.replace(".", "_")
+
+
+def inspection_settings(max_pixels: int, gray_tolerance: int) -> str:
+    """What an inspection's verdict depends on besides the bytes (part of its memo's name)."""
+    key = f"max_pixels={max_pixels};gray_tolerance={gray_tolerance};{pillow_key()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -108,7 +122,7 @@ def inspect_file(path: str | Path, store: ContentStore, max_pixels: int,
     """(inspection, reused): reused is True when the content store already knew these bytes."""
     data = Path(path).read_bytes()
     sha = sha256_bytes(data)
-    memo = store.inspection_path(sha)
+    memo = store.inspection_path(sha, inspection_settings(max_pixels, gray_tolerance))
     if memo.exists():
         cached = Inspection.model_validate_json(memo.read_bytes())
         return cached, True

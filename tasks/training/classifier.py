@@ -94,7 +94,8 @@ def accuracy(eval_prediction) -> dict:
 def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                         train_config: TrainConfig, tiny_folder: str | Path,
                         max_steps: int | None = None) -> dict:
-    out, train_set, eval_set = start_run(dataset_dir, out_dir, train_config)
+    out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
+                                                   train_config, max_steps)
     train_set = train_set.filter(lambda aug: aug == "none", input_columns="augmentation")
     mode, negative = model_config.image_label, model_config.negative_label
     labels = sorted({image_label(row, mode, negative) for split in (train_set, eval_set)
@@ -113,7 +114,8 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
     trainer.save_model(str(model_dir))
     processor.save_pretrained(model_dir)
     final = trainer.evaluate()
-    summary.update({"kind": "vit", "checkpoint": model_config.checkpoint, "labels": labels,
+    summary.update({"identity": identity, "kind": "vit", "checkpoint": model_config.checkpoint,
+                    "labels": labels,
                     "eval_accuracy": final.get("eval_accuracy"), "model_dir": str(model_dir),
                     "train_rows": len(train_set), "eval_rows": len(eval_set)})
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))

@@ -56,7 +56,8 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
                       train_config: TrainConfig, tiny_folder: str | Path,
                       max_steps: int | None = None) -> dict:
     """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json)."""
-    out, train_set, eval_set = start_run(dataset_dir, out_dir, train_config)
+    out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
+                                                   train_config, max_steps)
     labels = sorted({label for row in train_set["labels"] for label in row})
     processor, model = load_detector(model_config.checkpoint, tiny_folder, labels)
     model = wrap_with_lora(model, model_config)
@@ -71,7 +72,7 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
-    summary.update({"kind": "florence2", "checkpoint": model_config.checkpoint,
+    summary.update({"identity": identity, "kind": "florence2", "checkpoint": model_config.checkpoint,
                     "base_model": str(tiny_folder) if model_config.checkpoint == "tiny"
                     else model_config.checkpoint,
                     "lora": model_config.lora is not None, "model_dir": str(model_dir),

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from tasks.core.caching import CACHE_POLICY
+from tasks.core.caching import TRAINING_LIBRARIES, cache_policy
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.training.classifier import finetune_classifier
 from tasks.training.detector import finetune_detector
 from tasks.training.models import ModelUnavailable
 from tasks.training.tiny import TINY
+from tasks.training.trainer import is_trained
 
 HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
 
@@ -47,11 +48,17 @@ def _worth_retrying(task, task_run, state) -> bool:
     return True
 
 
-@task(name="train", cache_policy=CACHE_POLICY, persist_result=True, retries=1,
+@task(name="train", cache_policy=cache_policy(TRAINING_LIBRARIES), persist_result=True, retries=1,
       retry_condition_fn=_worth_retrying)
 def train_task(dataset_dir: str, fingerprint: str, model_config: ModelConfig, train_config: TrainConfig,
                out_dir: str, max_steps: int | None = None) -> dict:
     return train_step(dataset_dir, out_dir, model_config, train_config, max_steps)
+
+
+def train_task_for(out_dir: str | Path, identity: str):
+    """The train task, cached like every step but run again when its output folder is gone or
+    holds another run's model (a cached result must never point at missing or foreign files)."""
+    return train_task.with_options(refresh_cache=not is_trained(out_dir, identity))
 
 
 @task(name="check-train-config")

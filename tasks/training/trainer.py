@@ -3,28 +3,87 @@ resume from the last checkpoint, early stopping, the loss curve, and the test-on
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
-from tasks.core.config import TrainConfig
+from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, library_versions
+from tasks.core.config import ModelConfig, TrainConfig
+from tasks.core.logs import run_logger
+from tasks.dataset.publish import dataset_fingerprint_of
 
-log = logging.getLogger(__name__)
 # Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
 FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"
 FAIL_ENV = "DEFECTFLOW_TEST_FAIL_AFTER_STEP"
 
 
-def start_run(dataset_dir: str | Path, out_dir: str | Path, train_config: TrainConfig):
-    """(output folder, train split, validation split), with the seed set."""
+IDENTITY_FILE = "run_identity.json"
+
+
+def run_identity(fingerprint: str, model_config: ModelConfig, train_config: TrainConfig,
+                 max_steps: int | None) -> str:
+    """What a run folder's checkpoints were trained on: the dataset fingerprint, the model and
+    train config, the base checkpoint (its files' hash when it is a local folder, e.g. a warm
+    start from the champion), the code version and the training libraries' versions."""
+    base = Path(model_config.checkpoint)
+    data = {
+        "dataset_fingerprint": fingerprint,
+        "model": model_config.model_dump(mode="json"),
+        "train": train_config.model_dump(mode="json"),
+        "max_steps": max_steps,
+        "base_checkpoint_files": folder_hash(base) if base.is_dir() else None,
+        "code_version": code_version(),
+        "libraries": library_versions(TRAINING_LIBRARIES),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_output(out: Path, identity: str) -> bool:
+    """Make `out` this run's folder. Its checkpoints are resumed only when they were written by a
+    run of the same identity; any others (another dataset, config, base or code) are removed
+    with the tiny base built for them, and the log says so. True when resuming is allowed."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / IDENTITY_FILE
+    previous = json.loads(marker.read_text())["identity"] if marker.is_file() else None
+    if previous == identity:
+        return True
+    stale = [out / name for name in ("checkpoints", "tiny-base", "model", "merged")
+             if (out / name).exists()]
+    if stale:
+        run_logger().warning(
+            "starting fresh in %s: its checkpoints were written by another run (different "
+            "dataset, config, base checkpoint or code), so they are not resumed", out)
+    for path in stale:
+        shutil.rmtree(path)
+    (out / "train_summary.json").unlink(missing_ok=True)
+    marker.write_text(json.dumps({"identity": identity}))
+    return False
+
+
+def is_trained(out_dir: str | Path, identity: str) -> bool:
+    """`out_dir` holds a finished run of this identity (its summary and its model folder)."""
+    summary = Path(out_dir) / "train_summary.json"
+    if not summary.is_file():
+        return False
+    done = json.loads(summary.read_text())
+    return done.get("identity") == identity and Path(done.get("model_dir", "")).is_dir()
+
+
+def start_run(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
+              train_config: TrainConfig, max_steps: int | None):
+    """(output folder, identity, train split, validation split), with the seed set and the
+    output folder claimed for this run (see `claim_output`)."""
     from transformers import set_seed
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(dataset_fingerprint_of(dataset_dir), model_config, train_config,
+                            max_steps)
+    claim_output(out, identity)
     set_seed(train_config.seed)
-    return (out, *load_splits(dataset_dir))
+    return (out, identity, *load_splits(dataset_dir))
 
 
 def load_splits(dataset_dir: str | Path):
@@ -127,7 +186,7 @@ def run_trainer(model, args, train_set, eval_set, collator, patience: int, out: 
                                  *_fault_callback()])
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     if resume:
-        log.warning("resuming from %s (global step %d)", resume, resumed_step)
+        run_logger().warning("resuming from %s (global step %d)", resume, resumed_step)
     result = trainer.train(resume_from_checkpoint=resume)
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]

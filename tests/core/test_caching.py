@@ -1,17 +1,20 @@
 """Cache keys: free of the flow run id, and kept where the results are (not in the cwd)."""
 
-import os
+import pytest
 
+from tasks.core import caching
 from tasks.dataset.augment import augment_task
 from tasks.dataset.loc_tokens import loc_targets_task
 from tasks.dataset.publish import publish_task
 from tasks.dataset.split import split_task
+from tasks.demo.sample_data import generate
+from tasks.evaluation.evaluate import evaluate_task
 from tasks.images.shard import process_images_task
 from tasks.ingest.ingest import ingest_task, shard_task
 from tasks.training.train import train_task
 
 CACHED_TASKS = (ingest_task, shard_task, process_images_task, split_task, augment_task,
-                loc_targets_task, publish_task, train_task)
+                loc_targets_task, publish_task, train_task, evaluate_task)
 
 
 def test_no_cache_policy_writes_its_keys_somewhere_of_its_own():
@@ -29,5 +32,35 @@ def test_no_policy_depends_on_the_run():
         assert "RunId" not in names and names >= {"Inputs", "TaskSource", "CodeVersion"}, task.name
 
 
-def test_a_prepare_run_leaves_nothing_in_the_working_directory():
-    assert not os.path.exists("source"), "cache records leaked into the working directory"
+@pytest.mark.usefixtures("prefect_server")
+def test_a_prepare_run_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    from flows.prepare import prepare
+
+    generate(tmp_path / "source", count=6, size=32, seed=3, troubles=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nsource: {{format: voc, images: {tmp_path / 'source' / 'images'}, "
+                      f"annotations: {tmp_path / 'source' / 'annotations'}}}\ngrayscale: convert\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    prepare(str(config), str(tmp_path / "out"), str(tmp_path / "home"))
+    assert (tmp_path / "out" / "prepare_report.json").exists()
+    assert list(cwd.iterdir()) == [], "cache records leaked into the working directory"
+
+
+def library_policy(task):
+    return next(p for p in task.cache_policy.policies if type(p).__name__ == "LibraryVersions")
+
+
+@pytest.mark.parametrize(("task", "library"), [
+    (process_images_task, "pillow"), (augment_task, "pillow"), (publish_task, "datasets"),
+    (train_task, "transformers"), (train_task, "peft"), (train_task, "torch"),
+    (evaluate_task, "transformers"),
+])
+def test_a_new_version_of_a_library_that_shapes_a_step_is_a_cache_miss(task, library, monkeypatch):
+    policy = library_policy(task)
+    before = policy.compute_key(None, {}, {})
+    real = caching.package_version
+    monkeypatch.setattr(caching, "package_version",
+                        lambda name: "999.0" if name == library else real(name))
+    assert policy.compute_key(None, {}, {}) != before

@@ -116,3 +116,17 @@ def test_output_op_per_policy():
     assert output_op(colour_rgba, "drop") == "rgb"
     assert output_op(rgb_png, "drop") is None  # the source bytes are used as they are
     assert output_op(bmp, "drop") == "png"
+
+
+def test_the_memo_is_keyed_by_the_settings_that_shape_its_verdict(tmp_path: Path):
+    store = ContentStore(tmp_path / "store")
+    path = tmp_path / "almost_gray.png"
+    # R, G and B three units apart: gray at tolerance 5, colour at tolerance 2.
+    path.write_bytes(encoded(Image.new("RGB", (40, 40), (100, 103, 106))))
+    assert inspect_file(path, store, 100, 2)[0].reason == "image_too_large"
+    bigger, reused = inspect_file(path, store, 10**8, 2)
+    assert bigger.ok and not reused  # raising max_pixels is a new verdict, not the old one
+    assert bigger.grayscale is False
+    tolerant, reused = inspect_file(path, store, 10**8, 5)
+    assert tolerant.grayscale is True and not reused
+    assert inspect_file(path, store, 10**8, 5) == (tolerant, True)

@@ -76,6 +76,36 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(synthetic_dataset, tmp_pa
     assert len(names) == len(set(names)) and "checkpoint-12" in names
 
 
+def test_another_config_in_the_same_folder_starts_fresh_instead_of_resuming(synthetic_dataset, tmp_path):
+    model = ModelConfig(checkpoint="tiny")
+    train = TrainConfig(lr=5e-3, batch_size=8, eval_steps=4, max_steps=8, seed=1)
+    first = train_step(synthetic_dataset, tmp_path, model, train)
+    assert first["global_step"] == 8
+    # Same folder, another learning rate: the old checkpoint-8 must not be taken for this run's
+    # (it was: the Trainer resumed at max_steps, trained nothing, and saved the old model as new).
+    second = train_step(synthetic_dataset, tmp_path, model, train.model_copy(update={"lr": 1e-3}))
+    assert second["resumed_from_step"] == 0 and second["global_step"] == 8
+    assert second["identity"] != first["identity"]
+    history = json.loads((tmp_path / "log_history.json").read_text())
+    assert [h["step"] for h in history if "eval_loss" in h] == [4, 8]
+
+
+def test_only_a_run_of_the_same_identity_may_be_resumed(tmp_path):
+    from tasks.training.trainer import claim_output, run_identity
+
+    model, train = ModelConfig(checkpoint="tiny"), TrainConfig()
+    identity = run_identity("fingerprint-a", model, train, None)
+    assert run_identity("fingerprint-b", model, train, None) != identity  # another dataset
+    assert run_identity("fingerprint-a", model.model_copy(update={"checkpoint": "x/y"}), train,
+                        None) != identity  # another base
+    assert claim_output(tmp_path, identity) is False  # nothing to resume yet
+    (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "tiny-base").mkdir()  # built for the labels of that run's dataset
+    assert claim_output(tmp_path, identity) is True
+    assert claim_output(tmp_path, run_identity("fingerprint-b", model, train, None)) is False
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tiny-base").exists()
+
+
 def test_classifier_trains_and_reloads(synthetic_dataset, tmp_path):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 

@@ -7,7 +7,7 @@ from prefect import flow
 from tasks.core.caching import folder_hash
 from tasks.core.config import load_config
 from tasks.dataset.publish import dataset_fingerprint_of
-from tasks.evaluation.evaluate import evaluate_task
+from tasks.evaluation.evaluate import evaluate_task_for, evaluation_artifacts_task
 
 
 @flow(name="evaluate", log_prints=True)
@@ -15,7 +15,9 @@ def evaluate(config_path: str, dataset_dir: str, model_dir: str, out_dir: str,
              split: str = "test", num_beams: int = 1) -> dict:
     """COCO mAP, per-class AP, confusion matrix and plots for a fine-tuned model."""
     config = load_config(config_path)
-    return evaluate_task(kind=config.model.kind, dataset_dir=dataset_dir,
-                         fingerprint=dataset_fingerprint_of(dataset_dir), model_dir=model_dir,
-                         model_hash=folder_hash(model_dir), out_dir=out_dir, split=split,
-                         labels=config.labels, num_beams=num_beams)
+    metrics = evaluate_task_for(out_dir)(
+        model=config.model, dataset_dir=dataset_dir, fingerprint=dataset_fingerprint_of(dataset_dir),
+        model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=out_dir, split=split,
+        labels=config.labels, num_beams=num_beams)
+    evaluation_artifacts_task(metrics=metrics, role="model")
+    return metrics

@@ -13,7 +13,7 @@ from tasks.core.caching import code_version, folder_hash
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
 from tasks.core.run_history import task_run_states
-from tasks.evaluation.evaluate import evaluate_task
+from tasks.evaluation.evaluate import evaluate_task_for, evaluation_artifacts_task
 from tasks.ingest.ingest import source_fingerprint_task
 from tasks.nightly.promotion import (
     Candidate,
@@ -59,14 +59,17 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
             dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
             train_config=config.train, out_dir=str(run_dir), max_steps=max_steps)
 
-        def evaluate_on_test(model_dir: str, out_dir: Path) -> dict:
-            return evaluate_task(kind=config.model.kind, dataset_dir=dataset, fingerprint=fingerprint,
-                                 model_dir=model_dir, model_hash=folder_hash(model_dir),
-                                 out_dir=str(out_dir), split="test", labels=config.labels)
+        def evaluate_on_test(model_dir: str, out_dir: Path, role: str) -> dict:
+            metrics = evaluate_task_for(out_dir)(
+                model=config.model, dataset_dir=dataset, fingerprint=fingerprint,
+                model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=str(out_dir),
+                split="test", labels=config.labels)
+            evaluation_artifacts_task(metrics=metrics, role=role)
+            return metrics
 
-        metrics = evaluate_on_test(trained["model_dir"], run_dir / "eval")
+        metrics = evaluate_on_test(trained["model_dir"], run_dir / "eval", "challenger")
         champion_metrics = None if champion is None else evaluate_on_test(
-            champion["model_dir"], run_dir / f"champion-v{champion['version']}-eval")
+            champion["model_dir"], run_dir / f"champion-v{champion['version']}-eval", "champion")
         lineage = {"dataset_fingerprint": fingerprint,
                    "hub_revision": report["dataset"]["hub_revision"] or "",
                    "prefect_flow_run_id": str(runtime.flow_run.id),
@@ -77,7 +80,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
             model_dir=trained["model_dir"], metrics=metrics, lineage=lineage,
             files=[str(run_dir / "eval" / "metrics.json"), str(run_dir / "loss_curve.png")])
         decision = promote_task(
-            registry=registry, config=config.registry,
+            registry=registry, config=config.registry, metric=config.promotion_metric,
             challenger=Candidate(version=version["version"], metrics=metrics,
                                  model_dir=trained["model_dir"]),
             champion=None if champion is None else Candidate(

@@ -29,3 +29,22 @@ def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path) -> Path
         "split": {"train": 0.7, "validation": 0.15, "test": 0.15}})
     prepare_steps(config, dataset_dir, home)
     return dataset_dir
+
+
+def artifacts_of(flow_run_id) -> dict:
+    """The artifacts this very flow run created, by key (not any earlier run's)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        TaskRunFilter,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC, limit=50, offset=0)
+    return {a.key: a for a in artifacts}

@@ -100,8 +100,13 @@ class TrainConfig(_Strict):
     warm_start: bool = Field(False, description="nightly: start from the champion (full models only)")
 
 
+DETECTOR_METRICS = ("map", "map50", "map75")
+CLASSIFIER_METRICS = ("macro_f1", "accuracy")
+
+
 class PromoteConfig(_Strict):
-    metric: Literal["map", "map50", "map75", "accuracy"] = "map"
+    metric: Literal["map", "map50", "map75", "accuracy", "macro_f1"] | None = Field(
+        None, description="default per model kind: map (florence2), macro_f1 (vit)")
     min_gain: float = Field(0.0, ge=0, description="the challenger must beat the champion by more")
 
 
@@ -139,6 +144,20 @@ class DatasetConfig(_Strict):
     @property
     def model_name(self) -> str:
         return self.registry.model_name or f"{self.name}-{self.model.kind}"
+
+    @property
+    def promotion_metric(self) -> str:
+        """The number the champion is chosen by: the config's, or the model kind's default."""
+        default = DETECTOR_METRICS[0] if self.model.kind == "florence2" else CLASSIFIER_METRICS[0]
+        return self.registry.promote.metric or default
+
+    @model_validator(mode="after")
+    def _metric_fits_the_model(self) -> DatasetConfig:
+        allowed = DETECTOR_METRICS if self.model.kind == "florence2" else CLASSIFIER_METRICS
+        if self.promotion_metric not in allowed:
+            raise ValueError(f"registry.promote.metric {self.promotion_metric!r} does not exist for a "
+                             f"{self.model.kind} model; use one of {', '.join(allowed)}")
+        return self
 
     @field_validator("labels")
     @classmethod

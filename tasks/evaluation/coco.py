@@ -184,7 +184,12 @@ def classification_metrics(truth: list[str], predicted: list[str], labels: list[
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
                             "support": int(matrix[i, :].sum())}
-    return {"accuracy": float(np.trace(matrix) / max(1, matrix.sum())), "per_class": per_class,
+    # Macro-F1 over the classes that occur (in truth or prediction), as scikit-learn averages:
+    # defect sets are imbalanced (mostly `passed`), where accuracy flatters a lazy model.
+    present = [label for i, label in enumerate(labels) if matrix[i, :].sum() or matrix[:, i].sum()]
+    macro_f1 = float(np.mean([per_class[label]["f1"] for label in present])) if present else 0.0
+    return {"accuracy": float(np.trace(matrix) / max(1, matrix.sum())), "macro_f1": macro_f1,
+            "per_class": per_class,
             "confusion_matrix": {"labels": labels, "matrix": matrix.tolist(),
                                  "rows": "true class", "columns": "predicted class"},
             "n_images": len(truth)}

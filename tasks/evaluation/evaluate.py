@@ -9,6 +9,7 @@ from prefect import task
 from tqdm.auto import tqdm
 
 from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
+from tasks.core.config import ModelConfig
 from tasks.core.records import Box
 from tasks.evaluation.coco import (
     CONFUSION_CONFIDENCE,
@@ -20,8 +21,8 @@ from tasks.evaluation.coco import (
 )
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
 from tasks.evaluation.predict import predict_batch
-from tasks.training.classifier import ClassificationCollator, image_label
-from tasks.training.models import load_finetuned_detector
+from tasks.training.classifier import eval_transform, image_label
+from tasks.training.models import inference_ready, load_finetuned_detector
 
 GRID_IMAGES = 12
 
@@ -102,16 +103,17 @@ def evaluate_classifier(dataset_dir: str | Path, model_dir: str | Path, out_dir:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _rows(dataset_dir, split)
-    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    model = inference_ready(AutoModelForImageClassification.from_pretrained(model_dir))
+    weights = next(model.parameters())
     processor = AutoImageProcessor.from_pretrained(model_dir)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    label_ids = {label: i for i, label in enumerate(labels)}
-    collate = ClassificationCollator(processor, label_ids, image_label_mode, negative_label, False)
+    transform = eval_transform(processor)
     truth, predicted = [], []
     for start in range(0, len(rows), batch_size):
         batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        pixels = torch.stack([transform(row["image"].convert("RGB")) for row in batch])
         with torch.no_grad():
-            logits = model(pixel_values=collate(batch)["pixel_values"]).logits
+            logits = model(pixel_values=pixels.to(weights.device, dtype=weights.dtype)).logits
         predicted += [labels[i] for i in logits.argmax(-1).tolist()]
         truth += [image_label(row["labels"], image_label_mode, negative_label) for row in batch]
     metrics = {"kind": "vit", "split": split,
@@ -152,24 +154,38 @@ def metrics_table(metrics: dict) -> list[dict]:
             for k, v in metrics["per_class"].items()]
 
 
-def evaluate_step(kind: str, dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
-                  split: str = "test", labels: list[str] | None = None, num_beams: int = 1) -> dict:
-    """Evaluate a detector or a classifier (by `kind`) on one split of a prepared dataset."""
-    if kind == "vit":
-        return evaluate_classifier(dataset_dir, model_dir, out_dir, split)
+def evaluate_step(model: ModelConfig, dataset_dir: str | Path, model_dir: str | Path,
+                  out_dir: str | Path, split: str = "test", labels: list[str] | None = None,
+                  num_beams: int = 1) -> dict:
+    """Evaluate a detector or a classifier (`model.kind`) on one split of a prepared dataset; a
+    classifier's true class per image follows the config's `image_label` / `negative_label`."""
+    if model.kind == "vit":
+        return evaluate_classifier(dataset_dir, model_dir, out_dir, split, model.image_label,
+                                   model.negative_label)
     return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams)
 
 
 @task(name="evaluate", cache_policy=cache_policy(EVALUATION_LIBRARIES), persist_result=True)
-def evaluate_task(kind: str, dataset_dir: str, fingerprint: str, model_dir: str, model_hash: str,
-                  out_dir: str, split: str = "test", labels: list[str] | None = None,
+def evaluate_task(model: ModelConfig, dataset_dir: str, fingerprint: str, model_dir: str,
+                  model_hash: str, out_dir: str, split: str = "test", labels: list[str] | None = None,
                   num_beams: int = 1) -> dict:
-    """Cached on the dataset fingerprint and the model's hash; shows the metrics in the UI."""
+    """Cached on the dataset fingerprint and the model's hash."""
+    return evaluate_step(model, dataset_dir, model_dir, out_dir, split, labels, num_beams)
+
+
+def evaluate_task_for(out_dir: str | Path):
+    """The evaluate task, cached like every step but run again when its files are gone."""
+    return evaluate_task.with_options(refresh_cache=not (Path(out_dir) / "metrics.json").is_file())
+
+
+@task(name="evaluation-artifacts")
+def evaluation_artifacts_task(metrics: dict, role: str) -> None:
+    """The metrics table and the confusion matrix in the Prefect UI, under keys of their own per
+    role (`challenger-metrics`, `champion-evaluation`, ...). Never cached: a Cached evaluation
+    still shows its numbers on tonight's run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    metrics = evaluate_step(kind, dataset_dir, model_dir, out_dir, split, labels, num_beams)
-    create_table_artifact(key="metrics", table=metrics_table(metrics),
-                          description=f"per-class metrics on {split}")
-    create_markdown_artifact(key="evaluation", markdown=metrics_markdown(metrics),
-                             description="metrics and confusion matrix")
-    return metrics
+    create_table_artifact(key=f"{role}-metrics", table=metrics_table(metrics),
+                          description=f"{role}: per-class metrics on {metrics['split']}")
+    create_markdown_artifact(key=f"{role}-evaluation", markdown=metrics_markdown(metrics),
+                             description=f"{role}: metrics and confusion matrix")

@@ -82,8 +82,9 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
 
     inputs = processor(text=[OD_PROMPT] * len(images), images=[i.convert("RGB") for i in images],
                        return_tensors="pt", padding=True)
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    weights = next(model.parameters())
+    inputs = {k: v.to(weights.device, dtype=weights.dtype) if v.is_floating_point()
+              else v.to(weights.device) for k, v in inputs.items()}
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams,
                              do_sample=False, output_scores=True, return_dict_in_generate=True)

@@ -108,16 +108,17 @@ class Candidate(BaseModel, frozen=True):
     model_dir: str = ""
 
 
-def promote_step(registry: RegistryTarget, config: RegistryConfig, challenger: Candidate,
-                 champion: Candidate | None, lineage: dict | None = None) -> dict:
-    """Compare on the same split; move `champion` only on a real improvement; say why."""
-    rule = config.promote
-    new = metric_value(challenger.metrics, rule.metric)
-    old = metric_value(champion.metrics, rule.metric) if champion else None
-    promoted, reason = decide(new, old, rule)
-    decision = {"promoted": promoted, "reason": reason, "metric": rule.metric,
-                "min_gain": rule.min_gain, "challenger_version": challenger.version,
-                "challenger_metric": new, "champion_version": champion.version if champion else None,
+def promote_step(registry: RegistryTarget, config: RegistryConfig, metric: str,
+                 challenger: Candidate, champion: Candidate | None,
+                 lineage: dict | None = None) -> dict:
+    """Compare on the same split by `metric`; move `champion` only on a real improvement; say why."""
+    min_gain = config.promote.min_gain
+    new = metric_value(challenger.metrics, metric)
+    old = metric_value(champion.metrics, metric) if champion else None
+    promoted, reason = decide(new, old, metric, min_gain)
+    decision = {"promoted": promoted, "reason": reason, "metric": metric, "min_gain": min_gain,
+                "challenger_version": challenger.version, "challenger_metric": new,
+                "champion_version": champion.version if champion else None,
                 "champion_metric": old}
     if promoted:
         set_champion(registry.tracking_uri, registry.model_name, challenger.version, decision)
@@ -132,12 +133,12 @@ def promote_step(registry: RegistryTarget, config: RegistryConfig, challenger: C
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[5, 30])
-def promote_task(registry: RegistryTarget, config: RegistryConfig, challenger: Candidate,
+def promote_task(registry: RegistryTarget, config: RegistryConfig, metric: str, challenger: Candidate,
                  champion: Candidate | None, lineage: dict | None = None) -> dict:
     """The promotion step, its decision shown in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact
 
-    decision = promote_step(registry, config, challenger, champion, lineage)
+    decision = promote_step(registry, config, metric, challenger, champion, lineage)
     create_markdown_artifact(key="promotion", markdown=promotion_markdown(decision),
                              description="champion vs challenger")
     return decision

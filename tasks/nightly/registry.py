@@ -16,8 +16,6 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.core.config import PromoteConfig
-
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -40,24 +38,26 @@ def ui_command(tracking_uri: str, mlflow_dir: str | Path) -> str:
 
 
 def metric_value(metrics: dict, name: str) -> float | None:
-    """The promotion metric out of metrics.json (detector: COCO numbers; classifier: accuracy)."""
-    if name == "accuracy":
-        return metrics.get("accuracy")
+    """The promotion metric out of metrics.json (detector: COCO numbers; classifier: accuracy,
+    macro_f1)."""
+    if name in ("accuracy", "macro_f1"):
+        return metrics.get(name)
     coco = metrics.get("coco") or {}
     return coco.get(name)
 
 
-def decide(challenger: float | None, champion: float | None, rule: PromoteConfig) -> tuple[bool, str]:
+def decide(challenger: float | None, champion: float | None, metric: str,
+           min_gain: float) -> tuple[bool, str]:
     """Promote only on a strict improvement larger than min_gain; equal or worse keeps the champion."""
     if challenger is None:
-        return False, f"the challenger has no {rule.metric}: champion kept"
+        return False, f"the challenger has no {metric}: champion kept"
     if champion is None:
-        return True, f"no champion yet: the challenger ({rule.metric} {challenger:.4f}) becomes champion"
-    if challenger > champion + rule.min_gain:
-        return True, (f"challenger {rule.metric} {challenger:.4f} > champion {champion:.4f}"
-                      f" + min_gain {rule.min_gain:g}: promoted")
-    return False, (f"challenger {rule.metric} {challenger:.4f} does not beat champion {champion:.4f}"
-                   f" + min_gain {rule.min_gain:g}: champion kept")
+        return True, f"no champion yet: the challenger ({metric} {challenger:.4f}) becomes champion"
+    if challenger > champion + min_gain:
+        return True, (f"challenger {metric} {challenger:.4f} > champion {champion:.4f}"
+                      f" + min_gain {min_gain:g}: promoted")
+    return False, (f"challenger {metric} {challenger:.4f} does not beat champion {champion:.4f}"
+                   f" + min_gain {min_gain:g}: champion kept")
 
 
 def _client(tracking_uri: str):
@@ -115,7 +115,7 @@ def _flat_metrics(metrics: dict) -> dict[str, float]:
     for key in ("map", "map50", "map75"):
         if coco.get(key) is not None:
             flat[key] = float(coco[key])
-    for key in ("accuracy", "parse_failures", "unknown_labels", "n_images"):
+    for key in ("accuracy", "macro_f1", "parse_failures", "unknown_labels", "n_images"):
         if isinstance(metrics.get(key), int | float):
             flat[key] = float(metrics[key])
     return flat
@@ -169,7 +169,8 @@ def model_card(model_name: str, metrics: dict, lineage: dict, dataset: str) -> s
         "task": {"type": "object-detection", "name": "Object Detection"},
         "dataset": {"type": dataset, "name": dataset, "split": "test"},
         "metrics": [{"type": key, "value": round(value, 6), "name": key}
-                    for key, value in flat.items() if key in ("map", "map50", "map75", "accuracy")],
+                    for key, value in flat.items()
+                    if key in ("map", "map50", "map75", "accuracy", "macro_f1")],
     }]}]
     header = json.dumps({"tags": ["defectflow", "florence-2", "object-detection"],
                          "model-index": index}, indent=1)

@@ -62,6 +62,11 @@ def _transforms(processor, train: bool):
     return T.Compose([*steps, T.ToTensor(), normalize])
 
 
+def eval_transform(processor):
+    """What an image goes through at evaluation and prediction: resize and normalize only."""
+    return _transforms(processor, train=False)
+
+
 class ClassificationCollator:
     def __init__(self, processor, label_ids: dict[str, int], mode: str, negative: str, train: bool):
         self.transform = _transforms(processor, train)

@@ -60,4 +60,16 @@ def load_finetuned_detector(model_dir: str | Path):
         model = PeftModel.from_pretrained(base, model_dir)
     else:
         model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    return processor, model.eval()
+    return processor, inference_ready(model)
+
+
+def inference_ready(model):
+    """The model in eval mode on the GPU when there is one (bf16 where the GPU supports it, else
+    fp32: fp16 overflows in generation), on the CPU in fp32 otherwise."""
+    import torch
+
+    model = model.eval()
+    if not torch.cuda.is_available():
+        return model
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return model.to(device="cuda", dtype=dtype)

@@ -155,3 +155,16 @@ def test_bad_coco_inputs_are_refused_with_a_reason():
     gt = coco_ground_truth([("a.jpg", 10, 10, [box(1, 1, 5, 5)])], ["dent"])
     with pytest.raises(CocoInputError, match="not in the ground truth"):
         coco_evaluate(gt, [{"image_id": 7, "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}])
+
+
+def test_classification_metrics_on_a_known_input():
+    from tasks.evaluation.coco import classification_metrics
+
+    truth = ["passed", "passed", "passed", "scratch", "scratch", "spot"]
+    predicted = ["passed", "passed", "scratch", "scratch", "passed", "spot"]
+    metrics = classification_metrics(truth, predicted, ["passed", "scratch", "spot", "unused"])
+    assert metrics["accuracy"] == 4 / 6
+    # F1: passed 2/3 (p 2/3, r 2/3), scratch 1/2 (p 1/2, r 1/2), spot 1; "unused" never occurs.
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert metrics["per_class"]["scratch"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                               "support": 2}

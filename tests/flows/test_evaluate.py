@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.training.train import train_step
+from tests.support import artifacts_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
@@ -38,31 +39,34 @@ def test_evaluate_writes_metrics_and_pictures_that_agree_with_coco_eval(syntheti
     assert truth_boxes <= len(json.loads((out / "gt.json").read_text())["annotations"])
 
 
-def test_evaluation_is_published_as_prefect_artifacts(synthetic_dataset, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterKey,
-        FlowRunFilter,
-        TaskRunFilter,
-    )
-    from prefect.client.schemas.sorting import ArtifactSort
+def test_evaluation_is_published_as_prefect_artifacts_even_when_cached(synthetic_dataset, tmp_path):
+    import datasets
 
     from flows.evaluate import evaluate
+    from tasks.core.run_history import task_run_states
+    from tasks.training.classifier import image_label
 
     train_step(synthetic_dataset, tmp_path / "model", ModelConfig(kind="vit", checkpoint="tiny"),
-             TrainConfig(lr=1e-3, batch_size=8, eval_steps=10, max_steps=10))
+               TrainConfig(lr=1e-3, batch_size=8, eval_steps=10, max_steps=10))
     config = tmp_path / "cfg.yaml"
-    config.write_text("name: s\nsource: {format: voc, images: x, annotations: y}\nmodel: {kind: vit}\n")
-    metrics = evaluate(str(config), str(synthetic_dataset), str(tmp_path / "model" / "model"),
-                       str(tmp_path / "eval"))
-    assert 0 <= metrics["accuracy"] <= 1 and "per_class" in metrics
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["metrics", "evaluation"])),
-            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC, limit=20, offset=0)
-    kinds = {a.key: a.type for a in artifacts}
-    assert kinds.get("metrics") == "table" and kinds.get("evaluation") == "markdown"
-    markdown = next(a for a in artifacts if a.key == "evaluation").data
-    assert "Confusion matrix" in markdown and "accuracy" in markdown
+    config.write_text("name: s\nsource: {format: voc, images: x, annotations: y}\n"
+                      "model: {kind: vit, image_label: first}\n")
+    args = (str(config), str(synthetic_dataset), str(tmp_path / "model" / "model"), str(tmp_path / "eval"))
+    first = evaluate(*args, return_state=True)
+    metrics = first.result()
+    # The true class of a test image is its first box's class, as the config says (one test
+    # image has a first box whose class is not its majority class).
+    test = datasets.load_dataset(str(synthetic_dataset))["test"]
+    truth = [image_label(row, "first", "passed") for row in test["labels"]]
+    assert truth != [image_label(row, "majority", "passed") for row in test["labels"]]
+    confusion = metrics["confusion_matrix"]
+    rows = dict(zip(confusion["labels"], map(sum, confusion["matrix"]), strict=True))
+    assert {k: v for k, v in rows.items() if v} == {k: truth.count(k) for k in set(truth)}
+    assert metrics["accuracy"] == sum(confusion["matrix"][i][i] for i in range(len(rows))) / len(truth)
+    for state in (first, evaluate(*args, return_state=True)):  # the second evaluation is Cached
+        artifacts = artifacts_of(state.state_details.flow_run_id)
+        assert artifacts["model-metrics"].type == "table", artifacts
+        assert artifacts["model-evaluation"].type == "markdown"
+        assert "Confusion matrix" in artifacts["model-evaluation"].data
+    states = dict(task_run_states(state.state_details.flow_run_id))
+    assert [s for name, s in states.items() if name.startswith("evaluate-")] == ["Cached"]

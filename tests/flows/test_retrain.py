@@ -8,7 +8,7 @@ import pytest
 
 from flows.prepare import prepare
 from flows.retrain import retrain
-from tasks.core.config import PromoteConfig, RegistryConfig, load_config
+from tasks.core.config import RegistryConfig, load_config
 from tasks.core.run_history import task_run_states
 from tasks.demo.sample_data import generate
 from tasks.nightly.promotion import Candidate, promote_step, work_dir_lock
@@ -21,6 +21,7 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.runners import prep_task_runner
 from tasks.training.trainer import FAIL_ENV
+from tests.support import artifacts_of
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -95,6 +96,36 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     assert again[0] == again[1]
 
 
+@pytest.mark.slow
+def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
+    source = tmp_path / "source"
+    generate(source, count=30, size=64, seed=9, troubles=False)
+    config = tmp_path / "vit.yaml"
+    config.write_text(CONFIG.format(src=source).replace(
+        "model: {checkpoint: tiny, lora: null}", "model: {kind: vit, checkpoint: tiny}"))
+    home, work = tmp_path / "home", tmp_path / "work"
+    first = retrain(str(config), str(work), str(home), return_state=True)
+    assert first.is_completed(), first.message
+    decision = first.result()["decision"]
+    # A classifier is promoted by its macro-F1 (there is no mAP to compare).
+    assert decision["metric"] == "macro_f1" and decision["promoted"], decision
+    uri = embedded_tracking_uri(home / "mlflow")
+    assert champion_version(uri, "nightly-vit")["version"] == 1
+
+    generate(source, count=6, size=64, seed=9, start=100, troubles=False)
+    second = retrain(str(config), str(work), str(home), return_state=True)
+    assert second.is_completed(), second.message
+    result = second.result()
+    assert result["decision"]["champion_version"] == 1
+    assert result["decision"]["champion_metric"] == result["champion_metrics"]["macro_f1"]
+    # The challenger's and the champion's evaluations each keep their own artifacts.
+    artifacts = artifacts_of(second.state_details.flow_run_id)
+    assert {"challenger-metrics", "challenger-evaluation", "champion-metrics",
+            "champion-evaluation", "promotion"} <= set(artifacts)
+    assert artifacts["challenger-evaluation"].description.startswith("challenger")
+    assert artifacts["champion-evaluation"].description.startswith("champion")
+
+
 def test_a_run_that_finds_the_work_dir_busy_exits_cleanly(tmp_path):
     source = tmp_path / "source"
     generate(source, count=2, size=32, seed=1, troubles=False)
@@ -118,7 +149,7 @@ def test_a_run_that_finds_the_work_dir_busy_exits_cleanly(tmp_path):
     (None, 0.40, 0.0, False),
 ])
 def test_promotion_rule(challenger, champion, min_gain, promoted):
-    assert decide(challenger, champion, PromoteConfig(min_gain=min_gain))[0] is promoted
+    assert decide(challenger, champion, "map", min_gain)[0] is promoted
 
 
 def test_promotion_moves_the_alias_only_on_improvement(tmp_path):
@@ -134,11 +165,11 @@ def test_promotion_moves_the_alias_only_on_improvement(tmp_path):
 
     registry, rule = RegistryTarget(tracking_uri=uri, model_name="m"), RegistryConfig()
     first, first_metrics = version(0.4)
-    promote_step(registry, rule, Candidate(version=first["version"], metrics=first_metrics), None)
+    promote_step(registry, rule, "map", Candidate(version=first["version"], metrics=first_metrics), None)
     champion = Candidate(version=first["version"], metrics=first_metrics)
     for value, promoted in ((0.4, False), (0.3, False), (0.41, True)):
         challenger, metrics = version(value)
-        decision = promote_step(registry, rule,
+        decision = promote_step(registry, rule, "map",
                                 Candidate(version=challenger["version"], metrics=metrics), champion)
         expected = challenger["version"] if promoted else first["version"]
         assert decision["promoted"] is promoted

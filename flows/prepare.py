@@ -43,7 +43,7 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
                                     manifests_dir=manifests)
     targets = loc_targets_task(manifest=augmented, manifests_dir=manifests)
     dataset_dir = str(Path(out_dir).resolve() / "dataset")
-    published = publish_task_for(dataset_dir)(manifest=targets, name=config.name,
+    published = publish_task_for(dataset_dir, targets)(manifest=targets, name=config.name,
                                               config=config.publish, out_dir=dataset_dir)
     progress.finish()
     return report_task(

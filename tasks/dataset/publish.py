@@ -226,9 +226,12 @@ def publish_task(manifest: Manifest, name: str, config: PublishConfig, out_dir: 
     return publish_step(manifest, name, config, out_dir)
 
 
-def publish_task_for(out_dir: str | Path):
-    """The publish task, cached like every step but rebuilt when its output folder is gone."""
-    return publish_task.with_options(refresh_cache=not is_published(out_dir))
+def publish_task_for(out_dir: str | Path, manifest: Manifest):
+    """The publish task, cached like every step but run again when its output folder is gone or
+    holds another dataset (another run published there since): the folder must match the
+    fingerprint of what this run would publish."""
+    fingerprint, _ = fingerprint_and_classes(manifest)
+    return publish_task.with_options(refresh_cache=not is_published(out_dir, fingerprint))
 
 
 def dataset_fingerprint_of(dataset_dir: str | Path) -> str:

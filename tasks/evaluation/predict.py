@@ -1,11 +1,13 @@
 """Batched `<OD>` generation -> boxes with real confidences.
 
-The processor's `post_process_generation` parses each output (labels, and which boxes there
-are); the confidence of a box is exp(mean log-probability) of the tokens that generated it
-(its label's tokens and its four location tokens), taken from the generation scores, so that
-the ranking inside mAP means something. Coordinates are the exact bin centres of the location
-tokens (the processor's own parse truncates them to integers). Outputs that do not parse and
-labels outside the class list are counted, never silently dropped.
+Each output is parsed once, by one parser of our own (`boxes_from_tokens`) that walks the
+generated tokens and keeps each box's label, coordinates and confidence together: the
+processor's `post_process_generation` would drop non-ASCII characters from labels and, paired
+with a second parse by position, could hand a box another phrase's label. The confidence of a
+box is exp(mean log-probability) of the tokens that generated it (its label's tokens and its
+four location tokens), so that the ranking inside mAP means something. Coordinates are the exact
+bin centres of the location tokens. Outputs that do not parse and labels outside the class list
+are counted, never silently dropped.
 """
 
 from __future__ import annotations
@@ -96,22 +98,16 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
         generated = out.sequences[row, -transition.shape[1]:]  # the tokens the scores belong to
         tokens = tokenizer.convert_ids_to_tokens(generated.tolist())
         logprobs = transition[row].float().tolist()
-        text = tokenizer.decode(generated, skip_special_tokens=False)
-        parsed = processor.post_process_generation(text=text, task=OD_PROMPT,
-                                                   image_size=(image.width, image.height))[OD_PROMPT]
         found, failures = boxes_from_tokens(tokens, logprobs, image.width, image.height,
-                                            tokenizer.convert_tokens_to_string)
-        prediction = Prediction(text=text, parse_failures=failures)
-        if len(found) != len(parsed["labels"]):
-            # The two parsers disagree about this output: count it, trust neither's extra boxes.
-            prediction.parse_failures += 1
-            found = found[:len(parsed["labels"])]
-        for (label, box, confidence), processor_label in zip(found, parsed["labels"], strict=False):
-            label = processor_label.strip() or label
+                                            lambda pieces: tokenizer.convert_tokens_to_string(
+                                                pieces).strip())
+        prediction = Prediction(text=tokenizer.decode(generated, skip_special_tokens=False),
+                                parse_failures=failures)
+        for label, box, confidence in found:
             if label not in labels:
                 prediction.unknown_labels.append(label)
                 continue
-            prediction.boxes.append(box.model_copy(update={"label": label}))
+            prediction.boxes.append(box)
             prediction.scores.append(confidence)
         results.append(prediction)
     return results

@@ -16,6 +16,8 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
+from tasks.core.caching import folder_hash
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -79,10 +81,21 @@ def _experiment_id(client, name: str, artifact_root: Path) -> str:
 def register_version(tracking_uri: str, artifact_root: str | Path, model_name: str, model_dir: str | Path,
                      metrics: dict, lineage: dict[str, str], files: list[str | Path] = ()) -> dict:
     """Log the model folder (+ extra files) in a run and register it as a new model version
-    carrying the lineage and the metrics as tags; alias `challenger` points at it."""
+    carrying the lineage (plus the model files' hash) and the metrics as tags; alias
+    `challenger` points at it. Registering the same files for the same dataset again returns
+    the existing version."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
+    # Idempotent: a retry after a half-done registration, or a rerun after a later step failed,
+    # finds the version these files and this dataset already have instead of adding another.
+    lineage = {**lineage, "model_files": folder_hash(model_dir)}
+    existing = find_version(client, model_name, lineage["model_files"],
+                            str(lineage.get("dataset_fingerprint", "")))
+    if existing is not None:
+        client.set_registered_model_alias(model_name, CHALLENGER, existing.version)
+        return {"model_name": model_name, "version": int(existing.version),
+                "run_id": existing.run_id, "source": existing.source, "existing": True}
     experiment_id = _experiment_id(client, model_name, Path(artifact_root) / model_name)
     run = client.create_run(experiment_id, run_name=lineage.get("prefect_flow_run_id", "defectflow"),
                             tags={f"defectflow.{k}": str(v) for k, v in lineage.items()})
@@ -107,6 +120,16 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     return {"model_name": model_name, "version": int(version.version), "run_id": run_id,
             "source": version.source}
+
+
+def find_version(client, model_name: str, model_files: str, dataset_fingerprint: str):
+    """The version registered with these model files for this dataset, or None."""
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        tags = version.tags or {}
+        if tags.get("model_files") == model_files and \
+                tags.get("dataset_fingerprint", "") == dataset_fingerprint:
+            return version
+    return None
 
 
 def _flat_metrics(metrics: dict) -> dict[str, float]:

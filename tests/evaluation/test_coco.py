@@ -168,3 +168,46 @@ def test_classification_metrics_on_a_known_input():
     assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
     assert metrics["per_class"]["scratch"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5,
                                                "support": 2}
+
+
+class ScriptedGenerator:
+    """A model whose `generate` returns a given token sequence with given log-probabilities, so
+    that `predict_batch` can be checked on exactly the output that breaks a parser."""
+
+    def __init__(self, sequence: list[int], logprobs: list[float]):
+        import torch
+
+        self.sequence, self.logprobs = torch.tensor([sequence]), torch.tensor([logprobs])
+        self.weight = torch.zeros(1)
+
+    def parameters(self):
+        yield self.weight
+
+    def generate(self, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sequences=self.sequence, scores=None)
+
+    def compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits):
+        return self.logprobs
+
+
+def test_each_box_keeps_its_own_label_through_prediction(tiny_florence):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from tasks.evaluation.predict import predict_batch
+
+    processor = AutoProcessor.from_pretrained(tiny_florence)
+    text = "défaut<loc_100><loc_100><loc_500><loc_500>spot<loc_600><loc_600><loc_900><loc_900></s>"
+    ids = [2] + processor.tokenizer(text, add_special_tokens=False).input_ids
+    model = ScriptedGenerator(ids, [0.0] + [-0.1] * (len(ids) - 1))
+    [prediction] = predict_batch(model, processor, [Image.new("RGB", (100, 100))],
+                                 {"défaut", "spot"})
+    # The processor's own parser turns "défaut" into "dfaut"; pairing its labels with our boxes
+    # by position gave the first box an unknown label. One parser keeps both boxes right.
+    assert [box.label for box in prediction.boxes] == ["défaut", "spot"]
+    assert prediction.boxes[0].x1 == pytest.approx(10.05) and prediction.boxes[1].x2 == \
+        pytest.approx(90.05)
+    assert prediction.unknown_labels == [] and prediction.parse_failures == 0
+    assert prediction.scores == [pytest.approx(math.exp(-0.1))] * 2

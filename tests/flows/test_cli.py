@@ -50,6 +50,15 @@ def test_train_command_leaves_a_loadable_model_and_a_loss_curve(synthetic_datase
 
     states = dict(task_run_states(state.state_details.flow_run_id))
     assert [s for name, s in states.items() if name.startswith("train")] == ["Cached"]
+    # Its folder deleted, the result would point at nothing: it trains again instead.
+    import shutil
+
+    shutil.rmtree(tmp_path / "m")
+    state = train(str(config), str(synthetic_dataset), str(tmp_path / "m"), "tiny", 10,
+                  return_state=True)
+    states = dict(task_run_states(state.state_details.flow_run_id))
+    assert [s for name, s in states.items() if name.startswith("train")] == ["Completed"]
+    assert (tmp_path / "m" / "model" / "adapter_model.safetensors").exists()
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -80,6 +80,23 @@ def test_deleted_output_is_rebuilt_not_reported_cached(tmp_path, home):
     assert states["Completed"] == 2  # publish and report
 
 
+def test_a_folder_another_run_published_into_is_rebuilt_not_reported_cached(tmp_path, home):
+    first_source, other_source = tmp_path / "a", tmp_path / "b"
+    generate(first_source, count=6, size=48, seed=4, troubles=False)
+    generate(other_source, count=5, size=48, seed=8, troubles=False)
+    first_config, other_config = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first_config.write_text(demo_config(first_source))
+    other_config.write_text(demo_config(other_source))
+    out = tmp_path / "out"
+    first, _ = run(first_config, out, home)
+    other, _ = run(other_config, out, home)  # another dataset published into the same folder
+    again, states = run(first_config, out, home)
+    assert again["fingerprint"] == first["fingerprint"] != other["fingerprint"]
+    card = (out / "dataset" / "README.md").read_text()
+    assert first["fingerprint"] in card  # the folder holds what the report says, not b's data
+    assert states["Completed"] == 2  # publish and report
+
+
 def loc_targets_are_valid(dataset_dir: Path, splits: dict[str, int]) -> datasets.DatasetDict:
     loaded = datasets.load_dataset(str(dataset_dir))
     assert set(loaded) == {name for name, count in splits.items() if count}

@@ -229,3 +229,25 @@ def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
     results = header["model-index"][0]["results"][0]
     assert {m["type"]: m["value"] for m in results["metrics"]} == {"map": 0.41, "map50": 0.7,
                                                                   "map75": 0.4}
+
+
+def test_registering_the_same_model_for_the_same_dataset_twice_returns_the_same_version(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = embedded_tracking_uri(tmp_path / "mlflow")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    metrics = {"coco": {"map": 0.5, "map50": 0.6, "map75": 0.4}}
+    first = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
+                             {"dataset_fingerprint": "f1"})
+    again = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
+                             {"dataset_fingerprint": "f1"})  # a retry, or a rerun
+    assert again["version"] == first["version"] == 1
+    other_data = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
+                                  {"dataset_fingerprint": "f2"})
+    (model_dir / "config.json").write_text('{"changed": true}')
+    other_files = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
+                                   {"dataset_fingerprint": "f1"})
+    assert (other_data["version"], other_files["version"]) == (2, 3)
+    assert len(MlflowClient(uri).search_model_versions("name = 'm'")) == 3

@@ -43,7 +43,7 @@ def prep_work(config_path: Path, out: Path, home: Path, workers: int) -> dict:
     from tasks.core.config import load_config
     from tasks.dataset.local_run import prepare_steps
 
-    return prepare_steps(load_config(config_path), out, home, workers).rows
+    return prepare_steps(load_config(config_path), out, home, workers)[0].rows
 
 
 def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:

@@ -26,7 +26,6 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     config: DatasetConfig = load_config(config_path)
     where = resolve_home(home)
     store, manifests = str(where.store), str(where.manifests)
-    progress.reset()
 
     ingested = ingest_task(source=config.source, labels=config.labels, manifests_dir=manifests)
     shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,
@@ -38,18 +37,23 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     shard_outputs = processed.result()
     split = split_task(kept=[s.kept for s in shard_outputs], ratios=config.split,
                        manifests_dir=manifests)
-    augmented, flips = augment_task(manifest=split.samples, config=config.augment,
-                                    max_pixels=config.images.max_pixels, store_root=store,
-                                    manifests_dir=manifests)
+    augment_state = augment_task(manifest=split.samples, config=config.augment,
+                                 max_pixels=config.images.max_pixels, store_root=store,
+                                 manifests_dir=manifests, return_state=True)
+    augmented, flips = augment_state.result()
     targets = loc_targets_task(manifest=augmented, manifests_dir=manifests)
     dataset_dir = str(Path(out_dir).resolve() / "dataset")
-    published = publish_task_for(dataset_dir, targets)(manifest=targets, name=config.name,
-                                              config=config.publish, out_dir=dataset_dir)
+    published = publish_task_for(dataset_dir, targets)(
+        manifest=targets, name=config.name, config=config.publish, out_dir=dataset_dir)
     progress.finish()
+    # What this run really did: the counters of the steps that ran, not of those Cached.
+    ran = [f.state.name != "Cached" for f in processed] + [augment_state.name != "Cached"]
+    work = progress.work_this_run(list(zip([o.counters for o in shard_outputs] + [flips], ran, strict=True)))
     return report_task(
         report_path=str(Path(out_dir) / "prepare_report.json"),
         name=config.name, grayscale_policy=config.grayscale, ingested=ingested,
         shards=shard_outputs, split=split, augmented=flips, published=published,
+        work=work,
     )
 
 

@@ -1,6 +1,8 @@
 """One shared progress bar for per-image work that runs in several task threads at once.
 
-Cached tasks do no work and show no bar; the bar appears with the first image really touched."""
+Cached tasks do no work and show no bar; the bar appears with the first image really touched.
+What work was done is not counted here (a Dask worker is another process): each step returns
+its own counters, and `work_this_run` adds those of the steps that really ran."""
 
 from __future__ import annotations
 
@@ -12,18 +14,17 @@ from tqdm.auto import tqdm
 _lock = threading.Lock()
 _bar: tqdm | None = None
 enabled = True
-# Work really done in this process (a cached task adds nothing): images decoded, re-encoded...
-work: Counter = Counter()
+WORK_KEYS = ("images_decoded", "images_reused", "images_encoded", "encodes_reused")
 
 
-def reset() -> None:
-    with _lock:
-        work.clear()
-
-
-def record(key: str, n: int = 1) -> None:
-    with _lock:
-        work[key] += n
+def work_this_run(steps: list[tuple[dict[str, int], bool]]) -> dict[str, int]:
+    """(a step's counters, whether it ran) per step -> the work this run did: a Cached step
+    returns the counters of the run that computed it, and did nothing tonight."""
+    total: Counter = Counter()
+    for counters, ran in steps:
+        if ran:
+            total.update({key: counters.get(key, 0) for key in WORK_KEYS})
+    return {key: value for key, value in sorted(total.items()) if value}
 
 
 def advance(n: int = 1, desc: str = "images") -> None:

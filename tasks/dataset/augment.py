@@ -8,7 +8,6 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core import progress
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
 from tasks.core.config import AugmentConfig
 from tasks.core.records import Manifest, Sample, read_records, write_manifest
@@ -44,7 +43,7 @@ def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
             path, reused = derived_image(sample.image_path, sample.sha256, op,
                                          sample.image_format, max_pixels, store)
             counters[kind] += 1
-            progress.record("encodes_reused" if reused else "images_encoded")
+            counters["encodes_reused" if reused else "images_encoded"] += 1
             yield flipped(sample, kind, path)
 
 

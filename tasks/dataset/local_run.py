@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
+from tasks.core.progress import work_this_run
 from tasks.dataset.augment import augment_step
 from tasks.dataset.loc_tokens import loc_targets_step
 from tasks.dataset.publish import PublishOutput, publish_step
@@ -17,8 +18,9 @@ from tasks.ingest.ingest import ingest_step, shard_step
 
 
 def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Path,
-                  workers: int = 1) -> PublishOutput:
-    """ingest -> shards (on `workers` threads) -> split -> flips -> targets -> publish."""
+                  workers: int = 1) -> tuple[PublishOutput, dict[str, int]]:
+    """ingest -> shards (on `workers` threads) -> split -> flips -> targets -> publish.
+    Returns the publication and the work done (images decoded, reused, encoded)."""
     where = Home(Path(home))
     manifests, store = where.manifests, where.store
     ingested = ingest_step(config.source, config.labels, manifests)
@@ -27,6 +29,8 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
     with ThreadPoolExecutor(workers) as pool:
         outputs = list(pool.map(lambda s: process_images_step(s, step, store, manifests), shards))
     split = split_step([o.kept for o in outputs], config.split, manifests)
-    augmented, _ = augment_step(split.samples, config.augment, config.images.max_pixels,
-                                str(store), manifests)
-    return publish_step(loc_targets_step(augmented, manifests), config.name, config.publish, dataset_dir)
+    augmented, flips = augment_step(split.samples, config.augment, config.images.max_pixels,
+                                    str(store), manifests)
+    published = publish_step(loc_targets_step(augmented, manifests), config.name, config.publish,
+                             dataset_dir)
+    return published, work_this_run([(o.counters, True) for o in outputs] + [(flips, True)])

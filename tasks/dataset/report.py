@@ -8,7 +8,6 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core import progress
 from tasks.core.records import Sample, read_records, read_rejections, read_samples
 from tasks.dataset.loc_tokens import florence_safe
 from tasks.dataset.publish import PublishOutput
@@ -108,6 +107,6 @@ def write_report(report: dict, path: str | Path) -> str:
 @task(name="report")
 def report_task(report_path: str, **parts) -> dict:
     """Not cached: it also tells what work this very run did (cached steps did none)."""
-    report = report_step(work=dict(progress.work), **parts)
+    report = report_step(**parts)
     write_report(report, report_path)
     return report

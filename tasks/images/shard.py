@@ -31,7 +31,8 @@ class ShardResult:
     dropped_grayscale: list[Sample] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     rejected_boxes: list[Rejection] = field(default_factory=list)
-    counters: Counter = field(default_factory=Counter)  # boxes_clipped, grayscale_detected, work
+    # boxes_clipped, grayscale_detected, and the work done: images_decoded / _reused / _encoded
+    counters: Counter = field(default_factory=Counter)
 
 
 def _boxes_in_image_frame(sample: Sample, raw_w: int, raw_h: int, width: int, height: int,
@@ -68,7 +69,7 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
     except OSError as exc:
         _quarantine(sample, "image_unreadable", f"{type(exc).__name__}: {exc}", result)
         return
-    progress.record("images_reused" if reused else "images_decoded")
+    result.counters["images_reused" if reused else "images_decoded"] += 1
     if not inspection.ok:
         _quarantine(sample, inspection.reason, inspection.detail, result)
         return
@@ -102,7 +103,7 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
         except (OSError, ValueError) as exc:
             _quarantine(sample, "image_unreadable", f"re-encoding failed: {exc}", result)
             return
-        progress.record("encodes_reused" if reused_image else "images_encoded")
+        result.counters["encodes_reused" if reused_image else "images_encoded"] += 1
         sample = sample.model_copy(update={"processed_path": path, "image_op": op})
     if inspection.grayscale and config.grayscale == "convert":
         # 3-channel in the dataset: re-encoded from L/P/16-bit, or RGB with gray content as is.

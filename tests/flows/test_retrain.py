@@ -192,6 +192,9 @@ def test_dask_runner_gives_the_same_dataset_fingerprint(tmp_path):
                                                        str(tmp_path / "home-b"))
     assert on_dask["fingerprint"] == threads["fingerprint"]
     assert on_dask["images"] == threads["images"]
+    # The work done in the Dask worker processes is counted too (it once read 0 there);
+    # 21 = 20 images + the truncated JPEG.
+    assert on_dask["work"] == threads["work"] and threads["work"]["images_decoded"] == 21
     assert json.loads((Path(tmp_path) / "b" / "prepare_report.json").read_text())["fingerprint"] \
         == threads["fingerprint"]
 

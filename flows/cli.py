@@ -85,6 +85,9 @@ def train(
     except ModelUnavailable as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    except Exception as exc:  # noqa: BLE001 - the run log has the details; one line here
+        console.print(f"[red]train failed: {type(exc).__name__}: {exc}[/red]")
+        raise typer.Exit(1) from None
     print_train_summary(summary, out)
 
 
@@ -95,16 +98,15 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="the model folder written by `train` (OUT/model)")],
     out: Annotated[Path, typer.Option(help="writes metrics.json, gt.json, dt.json and PNGs here")],
     split: Annotated[str, typer.Option(help="train | validation | test")] = "test",
-    num_beams: Annotated[int, typer.Option(help="beams for generation")] = 1,
+    num_beams: Annotated[int | None, typer.Option(help="beams for generation; default: the config's")] = None,
 ) -> None:
     """COCO mAP (12 stats, per class), confusion matrix, PR curves and a prediction grid."""
     from flows.evaluate import evaluate as evaluate_flow
     from flows.summaries import print_evaluate_summary
 
     _config_or_exit(config)
-    metrics = evaluate_flow(str(config), str(dataset.resolve()), str(model.resolve()),
-                            str(out.resolve()), split, num_beams)
-    print_evaluate_summary(metrics, split, out)
+    print_evaluate_summary(evaluate_flow(str(config), str(dataset.resolve()), str(model.resolve()),
+                                         str(out.resolve()), split, num_beams), split, out)
 
 
 @app.command("coco-eval")
@@ -167,8 +169,7 @@ def serve(
 @app.command()
 def demo(
     ctx: typer.Context,
-    work: Annotated[Path, typer.Option(help="folder for the generated data and the runs")] = Path(
-        "work/demo"),
+    work: Annotated[Path, typer.Option(help="folder for the generated data, the runs")] = Path("work/demo"),
 ) -> None:
     """Generate a synthetic LabelImg defect dataset and run the nightly retrain twice, offline:
     once on the first batch, once after new images land (tiny Florence-2, no download)."""

@@ -12,12 +12,13 @@ from tasks.evaluation.evaluate import evaluate_task_for, evaluation_artifacts_ta
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(config_path: str, dataset_dir: str, model_dir: str, out_dir: str,
-             split: str = "test", num_beams: int = 1) -> dict:
+             split: str = "test", num_beams: int | None = None) -> dict:
     """COCO mAP, per-class AP, confusion matrix and plots for a fine-tuned model."""
     config = load_config(config_path)
-    metrics = evaluate_task_for(out_dir)(
+    metrics = evaluate_task_for(out_dir, config.evaluate)(
         model=config.model, dataset_dir=dataset_dir, fingerprint=dataset_fingerprint_of(dataset_dir),
         model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=out_dir, split=split,
-        labels=config.labels, num_beams=num_beams)
+        labels=config.labels, num_beams=num_beams or config.evaluate.num_beams,
+        batch_size=config.evaluate.batch_size)
     evaluation_artifacts_task(metrics=metrics, role="model")
     return metrics

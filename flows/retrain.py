@@ -55,15 +55,16 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         model = warm_start_config(config.model, config.train, champion)
         identity = run_identity(fingerprint, model, config.train, max_steps)
         run_dir = work / "runs" / f"{fingerprint[:12]}-{identity[:8]}"
-        trained = train_task_for(run_dir, identity)(
+        trained = train_task_for(run_dir, identity, config.train)(
             dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
             train_config=config.train, out_dir=str(run_dir), max_steps=max_steps)
 
         def evaluate_on_test(model_dir: str, out_dir: Path, role: str) -> dict:
-            metrics = evaluate_task_for(out_dir)(
+            metrics = evaluate_task_for(out_dir, config.evaluate)(
                 model=config.model, dataset_dir=dataset, fingerprint=fingerprint,
                 model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=str(out_dir),
-                split="test", labels=config.labels)
+                split="test", labels=config.labels, num_beams=config.evaluate.num_beams,
+                batch_size=config.evaluate.batch_size)
             evaluation_artifacts_task(metrics=metrics, role=role)
             return metrics
 

@@ -48,3 +48,14 @@ def artifacts_of(flow_run_id) -> dict:
             flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
             sort=ArtifactSort.CREATED_DESC, limit=50, offset=0)
     return {a.key: a for a in artifacts}
+
+
+def demo_config(source: Path, name: str = "demo") -> str:
+    return f"""# Synthetic LabelImg-style defects made by `defectflow demo`.
+name: {name}
+source: {{format: voc, images: {source / 'images'}, annotations: {source / 'annotations'}}}
+grayscale: convert
+augment: {{hflip: true, vflip: false}}
+split: {{train: 0.7, validation: 0.15, test: 0.15}}
+publish: {{target: local}}
+"""

@@ -68,8 +68,10 @@ class LoraConfig(_Strict):
     r: int = Field(8, gt=0)
     alpha: int = Field(8, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    # The fabric-defect recipe: attention projections and the MLPs (BART's and DaViT's).
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "fc1", "fc2"]
+    # Every attention projection and MLP of Florence-2, by transformers' module names: BART's
+    # q_proj/k_proj/v_proj/out_proj and fc1/fc2, DaViT's fused qkv, its output proj, fc1/fc2.
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj",
+                                 "fc1", "fc2"]
 
 
 class ModelConfig(_Strict):
@@ -98,6 +100,13 @@ class TrainConfig(_Strict):
     save_total_limit: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     warm_start: bool = Field(False, description="nightly: start from the champion (full models only)")
+    timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
+
+
+class EvaluateConfig(_Strict):
+    num_beams: int = Field(1, ge=1, description="beams for `<OD>` generation")
+    batch_size: int = Field(8, gt=0)
+    timeout_minutes: float = Field(120, gt=0, description="a longer evaluation fails as TimedOut")
 
 
 DETECTOR_METRICS = ("map", "map50", "map75")
@@ -138,6 +147,7 @@ class DatasetConfig(_Strict):
     shard_size: int = Field(256, gt=0, description="images per prep task")
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     prep: PrepConfig = PrepConfig()
 

@@ -41,10 +41,6 @@ def voc_to_box(xmin: float, ymin: float, xmax: float, ymax: float, label: str, *
     return Box(x1=xmin - 1, y1=ymin - 1, x2=xmax, y2=ymax, label=label, **attrs)
 
 
-def box_to_voc(box: Box) -> tuple[float, float, float, float]:
-    return box.x1 + 1, box.y1 + 1, box.x2, box.y2
-
-
 def coco_to_box(x: float, y: float, w: float, h: float, label: str) -> Box:
     return Box(x1=x, y1=y, x2=x + w, y2=y + h, label=label)
 
@@ -90,25 +86,6 @@ class Rejection(BaseModel):
 def box_rejections(item: str, count: int, reason: str, detail: str = "") -> list[Rejection]:
     """The boxes of an image that left (`item#0`, `item#1`, ...), each counted under `reason`."""
     return [Rejection(item=f"{item}#{n}", reason=reason, detail=detail) for n in range(count)]
-
-
-# Stable reason codes, so reports can be compared across nights.
-IMAGE_REASONS = (
-    "image_missing",
-    "image_unreadable",
-    "image_too_large",
-    "not_an_image",
-    "junk_file",
-    "annotation_missing",
-    "xml_malformed",
-    "xml_forbidden",
-    "annotation_invalid",
-    "path_outside_source",
-    "size_mismatch",
-    "duplicate_image",
-    "duplicate_id",
-)
-BOX_REASONS = ("box_degenerate", "box_outside_image", "box_invalid", "unknown_label", "box_too_small")
 
 
 class Manifest(BaseModel, frozen=True):

@@ -10,7 +10,6 @@ untruncated centre (truncation would pull every box up to a pixel towards the or
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from prefect import task
@@ -20,8 +19,6 @@ from tasks.core.records import Box, Manifest, Sample, read_records, write_manife
 
 BINS = 1000
 OD_PROMPT = "<OD>"
-LOC_PATTERN = re.compile(r"<loc_(\d+)>")
-_PHRASE = re.compile(r"([^<]+)((?:<loc_\d+>){4,})")
 
 
 def encode_coord(value: float, size: float) -> int:
@@ -60,28 +57,8 @@ def od_target(boxes: list[Box], width: int, height: int) -> str:
     return "".join(label + "".join(f"<loc_{q}>" for q in quad) for quad, label in coded)
 
 
-def parse_od(text: str, width: int, height: int) -> tuple[list[Box], int]:
-    """Boxes from generated `<OD>` text, and how many phrases could not be parsed
-    (a run of loc tokens that is not a multiple of four, or bins outside 0..999)."""
-    text = text.replace("<s>", "").replace("</s>", "").replace("<pad>", "")
-    boxes: list[Box] = []
-    failures = 0
-    for label, locs in _PHRASE.findall(text):
-        bins = [int(q) for q in LOC_PATTERN.findall(locs)]
-        if len(bins) % 4 or any(q >= BINS for q in bins):
-            failures += 1
-            continue
-        for i in range(0, len(bins), 4):
-            boxes.append(decode_box(tuple(bins[i:i + 4]), width, height, label.strip()))
-    return boxes, failures
-
-
 def with_target(sample: Sample) -> Sample:
     return sample.model_copy(update={"target": od_target(sample.boxes, sample.width, sample.height)})
-
-
-def add_targets(samples: list[Sample]) -> list[Sample]:
-    return [with_target(s) for s in samples]
 
 
 def loc_targets_step(manifest: Manifest, manifests_dir: str | Path) -> Manifest:

@@ -50,28 +50,6 @@ def duplicate_rejections(sample: Sample, original: str) -> tuple[Rejection, list
             box_rejections(sample.item, len(sample.boxes), "image_rejected", "duplicate_image"))
 
 
-def dedupe_by_content(
-    samples: list[Sample],
-) -> tuple[list[Sample], list[Rejection], list[Rejection]]:
-    """Two annotations of the same pixels would leak across splits: keep the first (by item).
-    Returns (kept, rejected images, their rejected boxes)."""
-    ordered = sorted(samples, key=lambda s: s.item)
-    duplicates = duplicate_items(ordered)
-    kept, rejected, rejected_boxes = [], [], []
-    for sample in ordered:
-        if sample.item in duplicates:
-            image, boxes = duplicate_rejections(sample, duplicates[sample.item])
-            rejected.append(image)
-            rejected_boxes += boxes
-        else:
-            kept.append(sample)
-    return kept, rejected, rejected_boxes
-
-
-def assign_splits(samples: list[Sample], ratios: SplitConfig) -> list[Sample]:
-    return [s.model_copy(update={"split": split_of(s.sha256, ratios)}) for s in samples]
-
-
 class SplitOutput(BaseModel, frozen=True):
     samples: Manifest
     rejected: Manifest

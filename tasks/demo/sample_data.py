@@ -139,14 +139,3 @@ def write_troubles(folder: Path, size: int, rng: random.Random) -> None:
     (annotations / "lost_image.xml").write_text(
         voc_xml("lost_image.jpg", size, size, 3, boxes), encoding="utf-8")
     (images / "._defect_00001.jpg").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
-
-
-def demo_config(source: Path, name: str = "demo") -> str:
-    return f"""# Synthetic LabelImg-style defects made by `defectflow demo`.
-name: {name}
-source: {{format: voc, images: {source / 'images'}, annotations: {source / 'annotations'}}}
-grayscale: convert
-augment: {{hflip: true, vflip: false}}
-split: {{train: 0.7, validation: 0.15, test: 0.15}}
-publish: {{target: local}}
-"""

@@ -9,7 +9,7 @@ from prefect import task
 from tqdm.auto import tqdm
 
 from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
-from tasks.core.config import ModelConfig
+from tasks.core.config import EvaluateConfig, ModelConfig
 from tasks.core.records import Box
 from tasks.evaluation.coco import (
     CONFUSION_CONFIDENCE,
@@ -156,26 +156,28 @@ def metrics_table(metrics: dict) -> list[dict]:
 
 def evaluate_step(model: ModelConfig, dataset_dir: str | Path, model_dir: str | Path,
                   out_dir: str | Path, split: str = "test", labels: list[str] | None = None,
-                  num_beams: int = 1) -> dict:
+                  num_beams: int = 1, batch_size: int = 8) -> dict:
     """Evaluate a detector or a classifier (`model.kind`) on one split of a prepared dataset; a
     classifier's true class per image follows the config's `image_label` / `negative_label`."""
     if model.kind == "vit":
         return evaluate_classifier(dataset_dir, model_dir, out_dir, split, model.image_label,
-                                   model.negative_label)
-    return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams)
+                                   model.negative_label, batch_size)
+    return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams, batch_size)
 
 
 @task(name="evaluate", cache_policy=cache_policy(EVALUATION_LIBRARIES), persist_result=True)
 def evaluate_task(model: ModelConfig, dataset_dir: str, fingerprint: str, model_dir: str,
                   model_hash: str, out_dir: str, split: str = "test", labels: list[str] | None = None,
-                  num_beams: int = 1) -> dict:
+                  num_beams: int = 1, batch_size: int = 8) -> dict:
     """Cached on the dataset fingerprint and the model's hash."""
-    return evaluate_step(model, dataset_dir, model_dir, out_dir, split, labels, num_beams)
+    return evaluate_step(model, dataset_dir, model_dir, out_dir, split, labels, num_beams, batch_size)
 
 
-def evaluate_task_for(out_dir: str | Path):
-    """The evaluate task, cached like every step but run again when its files are gone."""
-    return evaluate_task.with_options(refresh_cache=not (Path(out_dir) / "metrics.json").is_file())
+def evaluate_task_for(out_dir: str | Path, config: EvaluateConfig):
+    """The evaluate task, cached like every step but run again when its files are gone, and
+    failing as TimedOut after `evaluate.timeout_minutes`."""
+    return evaluate_task.with_options(refresh_cache=not (Path(out_dir) / "metrics.json").is_file(),
+                                      timeout_seconds=config.timeout_minutes * 60)
 
 
 @task(name="evaluation-artifacts")

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from tasks.core.records import Box
-from tasks.dataset.loc_tokens import OD_PROMPT, decode_box
+from tasks.dataset.loc_tokens import BINS, OD_PROMPT, decode_box
 
 LOC = re.compile(r"^<loc_(\d+)>$")
 
@@ -39,7 +39,8 @@ def boxes_from_tokens(tokens: list[str], logprobs: list[float], width: int, heig
                       to_text=_piece_text) -> tuple[list[tuple[str, Box, float]], int]:
     """Walk generated tokens: label pieces, then groups of four loc tokens. Returns
     ((label, box, confidence) per box, number of unparseable fragments: loc runs that are not a
-    multiple of four, boxes without a label, a label without a box)."""
+    multiple of four or hold a bin outside 0..999, boxes without a label, a label without a
+    box)."""
     found: list[tuple[str, Box, float]] = []
     failures = 0
     pieces: list[str] = []
@@ -49,7 +50,7 @@ def boxes_from_tokens(tokens: list[str], logprobs: list[float], width: int, heig
     def close() -> None:
         nonlocal failures
         label = to_text(pieces)
-        if len(locs) % 4 or not label:
+        if len(locs) % 4 or not label or any(q >= BINS for q, _ in locs):
             failures += 1
             return
         for i in range(0, len(locs), 4):

@@ -82,16 +82,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class ImageTooLarge(ValueError):
+    """More pixels than `images.max_pixels` (or Pillow's own bomb limit): refused undecoded."""
+
+
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode fully (so truncation shows now); refuse bombs before decoding a single pixel.
-    Raises ValueError('image_too_large: ...') or OSError for unreadable data."""
+    Raises ImageTooLarge, or OSError / ValueError / SyntaxError for unreadable data."""
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ValueError(f"image_too_large: {exc}") from None
+        raise ImageTooLarge(str(exc)) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ValueError(f"image_too_large: {width}x{height} is over {max_pixels} pixels")
+        raise ImageTooLarge(f"{width}x{height} is over {max_pixels} pixels")
     if width <= 0 or height <= 0:
         raise OSError(f"empty image {width}x{height}")
     image.load()
@@ -101,9 +105,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 def inspect_bytes(data: bytes, sha: str, max_pixels: int, gray_tolerance: int) -> Inspection:
     try:
         image = open_image(data, max_pixels)
-    except ValueError as exc:
+    except ImageTooLarge as exc:
         return Inspection(sha256=sha, ok=False, reason="image_too_large", detail=str(exc))
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # Pillow raises ValueError for some broken files too: unreadable, not "too large".
         reason = "not_an_image" if isinstance(exc, UnidentifiedImageError) else "image_unreadable"
         return Inspection(sha256=sha, ok=False, reason=reason, detail=f"{type(exc).__name__}: {exc}")
     orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)

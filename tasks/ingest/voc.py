@@ -105,6 +105,23 @@ def object_to_box(obj: VocObject, allowed: set[str] | None) -> Box | tuple[str, 
     return box
 
 
+def read_annotation(xml_path: Path, annotations_root: Path, item: str) -> VocAnnotation | Rejection:
+    """One XML parsed, or the reason it cannot be: a symlink out of the source is never read,
+    entities are refused, oversized or malformed files are named as such."""
+    try:
+        inside(annotations_root, xml_path)
+        if xml_path.stat().st_size > MAX_XML_BYTES:
+            return Rejection(item=item, reason="xml_malformed",
+                             detail=f"larger than {MAX_XML_BYTES} bytes")
+        return parse_voc(xml_path.read_bytes())
+    except PathOutsideSource as exc:
+        return Rejection(item=item, reason="path_outside_source", detail=str(exc))
+    except DefusedXmlException as exc:
+        return Rejection(item=item, reason="xml_forbidden", detail=f"{type(exc).__name__}: {exc}")
+    except (ParseError, UnicodeDecodeError, ValueError, OSError) as exc:
+        return Rejection(item=item, reason="xml_malformed", detail=str(exc))
+
+
 def ingest_voc(
     images_root: Path,
     annotations_root: Path,
@@ -122,18 +139,14 @@ def ingest_voc(
     for xml_path in sorted(listing.annotations):
         item = xml_path.relative_to(annotations_root).as_posix()
         rel_folder = PurePosixPath(item).parent.as_posix().lstrip(".")
-        try:
-            if xml_path.stat().st_size > MAX_XML_BYTES:
-                result.rejected.append(Rejection(item=item, reason="xml_malformed",
-                                                 detail=f"larger than {MAX_XML_BYTES} bytes"))
-                continue
-            annotation = parse_voc(xml_path.read_bytes())
-        except DefusedXmlException as exc:
-            result.rejected.append(Rejection(item=item, reason="xml_forbidden",
-                                             detail=f"{type(exc).__name__}: {exc}"))
-            continue
-        except (ParseError, UnicodeDecodeError, ValueError) as exc:
-            result.rejected.append(Rejection(item=item, reason="xml_malformed", detail=str(exc)))
+        annotation = read_annotation(xml_path, annotations_root, item)
+        if isinstance(annotation, Rejection):
+            result.rejected.append(annotation)
+            # Its image (by the XML's stem) leaves with it: counted once, under this reason,
+            # not a second time as an image without annotation.
+            image = find_image(None, rel_folder, xml_path.stem, index)
+            if image is not None:
+                claimed.setdefault(image, item)
             continue
         result.boxes_found += len(annotation.objects)
         try:

@@ -38,10 +38,11 @@ def train_step(dataset_dir: str | Path, out_dir: str | Path, model_config: Model
 # Cached on the dataset fingerprint + model/train config + code version; a retry after a crash
 # resumes from the last checkpoint in out_dir.
 def _worth_retrying(task, task_run, state) -> bool:
-    """A crash is retried (and resumes); a checkpoint that cannot be loaded is not."""
+    """A crash is retried (and resumes); a checkpoint that cannot be loaded, or a training that
+    ran out of time, is not."""
     try:
         state.result()
-    except ModelUnavailable:
+    except (ModelUnavailable, TimeoutError):
         return False
     except Exception:  # noqa: BLE001 - any other failure is worth one more try
         return True
@@ -55,10 +56,12 @@ def train_task(dataset_dir: str, fingerprint: str, model_config: ModelConfig, tr
     return train_step(dataset_dir, out_dir, model_config, train_config, max_steps)
 
 
-def train_task_for(out_dir: str | Path, identity: str):
+def train_task_for(out_dir: str | Path, identity: str, train_config: TrainConfig):
     """The train task, cached like every step but run again when its output folder is gone or
-    holds another run's model (a cached result must never point at missing or foreign files)."""
-    return train_task.with_options(refresh_cache=not is_trained(out_dir, identity))
+    holds another run's model (a cached result must never point at missing or foreign files),
+    and failing as TimedOut after `train.timeout_minutes`."""
+    return train_task.with_options(refresh_cache=not is_trained(out_dir, identity),
+                                   timeout_seconds=train_config.timeout_minutes * 60)
 
 
 @task(name="check-train-config")

@@ -1,5 +1,7 @@
 """Florence-2 location codec and `<OD>` targets."""
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,8 +13,8 @@ from tasks.dataset.loc_tokens import (
     encode_coord,
     florence_safe,
     od_target,
-    parse_od,
 )
+from tasks.evaluation.predict import boxes_from_tokens
 
 
 def test_encode_is_floor_of_bins_and_clamped():
@@ -58,16 +60,21 @@ def test_target_is_label_then_four_locs_per_box_in_reading_order():
     assert od_target([], 200, 200) == ""
 
 
-def test_parse_od_round_trips_targets_and_counts_failures():
+def pieces(text: str) -> list[str]:
+    """A target split the way a tokenizer splits it: loc tokens, and the text between them."""
+    return re.findall(r"<loc_\d+>|</?s>|[^<]+", text)
+
+
+def test_the_prediction_parser_round_trips_targets_and_counts_failures():
     boxes = [Box(x1=0, y1=0, x2=20, y2=40, label="scratch"), Box(x1=100, y1=100, x2=150, y2=150,
                                                                 label="pitted surface")]
-    parsed, failures = parse_od("</s><s>" + od_target(boxes, 200, 200) + "</s>", 200, 200)
+    tokens = pieces("</s><s>" + od_target(boxes, 200, 200) + "</s>")
+    found, failures = boxes_from_tokens(tokens, [0.0] * len(tokens), 200, 200)
     assert failures == 0
-    assert [b.label for b in parsed] == ["scratch", "pitted surface"]
-    assert abs(parsed[0].x2 - 20) <= 0.2
-    _, failures = parse_od("spot<loc_1><loc_2><loc_3><loc_4><loc_5>dent<loc_1><loc_2><loc_3>"
-                           "<loc_1200>", 100, 100)
-    assert failures == 2
+    assert [label for label, _, _ in found] == ["scratch", "pitted surface"]
+    assert abs(found[0][1].x2 - 20) <= 0.2
+    tokens = pieces("spot<loc_1><loc_2><loc_3><loc_4><loc_5>dent<loc_1><loc_2><loc_3><loc_1200>")
+    assert boxes_from_tokens(tokens, [0.0] * len(tokens), 100, 100)[1] == 2
 
 
 def test_florence_safe_labels():

@@ -9,7 +9,7 @@ from PIL import Image
 from tasks.core.config import PublishConfig
 from tasks.core.records import Box, Sample, write_manifest
 from tasks.core.retry import with_backoff
-from tasks.dataset.loc_tokens import add_targets
+from tasks.dataset.loc_tokens import with_target
 from tasks.dataset.publish import is_published, publish_step
 
 
@@ -21,7 +21,7 @@ def make_samples(tmp_path: Path) -> list[Sample]:
         boxes = [Box(x1=5, y1=5, x2=25, y2=20, label="dent")] if n != 3 else []
         samples.append(Sample(item=f"img{n}.xml", image_path=str(path), source="x", sha256=f"{n:064d}",
                               width=50, height=40, mode="RGB", boxes=boxes, split=split))
-    return add_targets(samples)
+    return [with_target(sample) for sample in samples]
 
 
 def test_local_publish_is_read_back_by_load_dataset(tmp_path):

@@ -1,31 +1,43 @@
+"""The split step as production runs it: from shard manifests, streaming, frozen across nights."""
+
 import hashlib
 from collections import Counter
 
 from tasks.core.config import SplitConfig
-from tasks.core.records import Box, Sample
-from tasks.dataset.split import assign_splits, dedupe_by_content, split_of
+from tasks.core.records import Box, Sample, read_records, read_rejections, write_manifest
+from tasks.dataset.split import split_of, split_step
 
 
-def sample(n: int, label: str = "a") -> Sample:
+def sample(n: int, label: str = "a", item: str | None = None) -> Sample:
     sha = hashlib.sha256(str(n).encode()).hexdigest()
-    return Sample(item=f"{n}.xml", image_path=f"/x/{n}.jpg", source="s", sha256=sha,
+    return Sample(item=item or f"{n:05d}.xml", image_path=f"/x/{n}.jpg", source="s", sha256=sha,
                   boxes=[Box(x1=0, y1=0, x2=1, y2=1, label=label)])
 
 
-def test_split_is_a_pure_function_of_the_hash_and_never_moves_old_images():
+def run_split(shards: list[list[Sample]], ratios: SplitConfig, folder) -> tuple[dict, list, list]:
+    """split_step on shard manifests (each in item order, as the image step writes them)."""
+    manifests = [write_manifest(sorted(shard, key=lambda s: s.item), folder, "kept")
+                 for shard in shards]
+    out = split_step(manifests, ratios, folder)
+    splits = {s.item: s for s in read_records(out.samples, Sample)}
+    return splits, read_rejections(out.rejected), read_rejections(out.rejected_boxes)
+
+
+def test_split_is_a_pure_function_of_the_hash_and_never_moves_old_images(tmp_path):
     ratios = SplitConfig()
-    old = assign_splits([sample(n) for n in range(500)], ratios)
-    more = assign_splits([sample(n) for n in range(500, 600)] + [sample(n) for n in range(500)],
-                         ratios)
-    before = {s.item: s.split for s in old}
-    after = {s.item: s.split for s in more}
-    assert all(after[item] == split for item, split in before.items())
+    old, _, _ = run_split([[sample(n) for n in range(0, 500, 2)], [sample(n) for n in range(1, 500, 2)]],
+                          ratios, tmp_path)
+    more, _, _ = run_split([[sample(n) for n in range(600)]], ratios, tmp_path)
+    assert len(old) == 500 and len(more) == 600
+    assert all(more[item].split == s.split for item, s in old.items())
+    assert all(s.split == split_of(s.sha256, ratios) for s in more.values())
 
 
-def test_split_follows_the_ratios_in_every_class():
+def test_split_follows_the_ratios_in_every_class(tmp_path):
     ratios = SplitConfig(train=0.6, validation=0.2, test=0.2)
     samples = [sample(n, label="ab"[n % 2]) for n in range(4000)]
-    counts = Counter((s.boxes[0].label, s.split) for s in assign_splits(samples, ratios))
+    splits, _, _ = run_split([samples[:2000], samples[2000:]], ratios, tmp_path)
+    counts = Counter((s.boxes[0].label, s.split) for s in splits.values())
     for label in "ab":
         total = sum(v for (lab, _), v in counts.items() if lab == label)
         assert abs(counts[(label, "train")] / total - 0.6) < 0.04
@@ -38,9 +50,10 @@ def test_zero_ratio_splits_stay_empty():
     assert splits == {"train", "test"}
 
 
-def test_same_pixels_twice_keeps_the_first_and_names_the_second():
-    a, b = sample(1), sample(1).model_copy(update={"item": "0.xml"})
-    kept, rejected, boxes = dedupe_by_content([a, b])
-    assert [s.item for s in kept] == ["0.xml"]
+def test_same_pixels_twice_keeps_the_first_and_names_the_second(tmp_path):
+    # Two annotations of the same pixels, in different shards: kept once, whatever the shard.
+    first, second = sample(1, item="0.xml"), sample(1, item="1.xml")
+    splits, rejected, boxes = run_split([[second, sample(2)], [first]], SplitConfig(), tmp_path)
+    assert set(splits) == {"0.xml", "00002.xml"}
     assert [(r.item, r.reason) for r in rejected] == [("1.xml", "duplicate_image")]
-    assert len(boxes) == 1
+    assert [(r.item, r.reason) for r in boxes] == [("1.xml#0", "image_rejected")]

@@ -1,6 +1,7 @@
 """The command line, as a user types it (typer's runner, in-process, on the session's test server)."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,17 @@ def test_train_with_an_unreachable_checkpoint_exits_with_advice(synthetic_datase
                                  "--out", str(tmp_path / "m"), "--model", str(Path("/nonexistent"))])
     assert result.exit_code == 2
     assert "--model tiny" in result.output
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_training_that_runs_out_of_time_fails_in_one_line(synthetic_dataset, tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("name: s\nsource: {format: voc, images: x, annotations: y}\n"
+                      "train: {lr: 0.002, batch_size: 8, eval_steps: 50, timeout_minutes: 0.002}\n")
+    started = time.monotonic()
+    result = runner.invoke(app, ["train", str(config), "--dataset", str(synthetic_dataset),
+                                 "--out", str(tmp_path / "m"), "--model", "tiny", "--max-steps", "400"])
+    assert result.exit_code == 1, result.output
+    assert "train failed" in result.output and "timed out" in result.output
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started < 60  # stopped, and not retried (400 steps take minutes)

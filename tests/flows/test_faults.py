@@ -9,7 +9,8 @@ import pytest
 
 import tasks.images.shard
 from flows.prepare import prepare
-from tasks.demo.sample_data import demo_config, generate
+from tasks.demo.sample_data import generate
+from tests.support import demo_config
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -10,8 +10,8 @@ import pytest
 
 from flows.prepare import prepare
 from tasks.core.run_history import task_run_states
-from tasks.demo.sample_data import demo_config, generate
-from tests.support import REPO, shared_data
+from tasks.demo.sample_data import generate
+from tests.support import REPO, demo_config, shared_data
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

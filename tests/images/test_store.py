@@ -130,3 +130,15 @@ def test_the_memo_is_keyed_by_the_settings_that_shape_its_verdict(tmp_path: Path
     tolerant, reused = inspect_file(path, store, 10**8, 5)
     assert tolerant.grayscale is True and not reused
     assert inspect_file(path, store, 10**8, 5) == (tolerant, True)
+
+
+def test_a_pillow_value_error_is_unreadable_not_too_large(monkeypatch):
+    # Pillow raises ValueError for some corrupt files ("tile cannot extend outside image").
+    def broken_load(self):
+        raise ValueError("tile cannot extend outside image")
+
+    data = encoded(Image.new("RGB", (8, 8), 9), "PNG")
+    monkeypatch.setattr(Image.Image, "load", broken_load)
+    inspection = inspect_bytes(data, "sha", 10**8, 2)
+    assert not inspection.ok and inspection.reason == "image_unreadable"
+    assert "tile cannot extend" in inspection.detail

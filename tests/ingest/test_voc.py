@@ -171,3 +171,27 @@ def test_bad_boxes_are_dropped_with_reasons_and_counted(tmp_path):
     assert len(result.samples[0].boxes) == 1
     assert sorted(r.reason for r in result.rejected_boxes) == [
         "box_degenerate", "box_invalid", "unknown_label"]
+
+
+def test_an_xml_symlinked_from_outside_the_source_is_never_read(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    make_image(images / "a.jpg")
+    outside = tmp_path / "elsewhere.xml"
+    write_xml(outside, "a.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
+    xmls.mkdir(exist_ok=True)
+    (xmls / "a.xml").symlink_to(outside)
+    result = ingest(images, xmls)
+    assert result.samples == [] and result.boxes_found == 0  # its boxes were never parsed
+    assert reasons(result) == {"a.xml": "path_outside_source"}
+
+
+def test_a_malformed_xml_and_its_image_count_as_one_image(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    make_image(images / "good.jpg")
+    write_xml(xmls / "good.xml", "good.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
+    make_image(images / "bad.jpg")
+    (xmls / "bad.xml").write_text("<annotation><filename>bad.jpg</filename>")
+    result = ingest(images, xmls)
+    # found = kept + quarantined: 2 images, not 3 (bad.jpg is not also "annotation_missing").
+    assert len(result.samples) + len(result.rejected) == 2
+    assert reasons(result) == {"bad.xml": "xml_malformed"}

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from tasks.core.records import Box
-from tasks.dataset.loc_tokens import decode_like_processor, encode_coord, od_target, parse_od
+from tasks.dataset.loc_tokens import decode_like_processor, encode_coord, od_target
+from tasks.evaluation.predict import boxes_from_tokens
 from tasks.training.models import ModelUnavailable, load_detector
 
 
@@ -81,6 +82,64 @@ def test_codec_agrees_with_the_processors_quantizer_and_parser(tiny_florence):
         expected = [decode_like_processor(q, s) for q, s in zip(ours, (width, height, width, height),
                                                                 strict=True)]
         assert parsed["bboxes"][0] == expected
-        boxes, failures = parse_od(text, width, height)
-        assert failures == 0 and [int(v) for v in (boxes[0].x1, boxes[0].y1, boxes[0].x2,
-                                                   boxes[0].y2)] == expected
+        tokens = processor.tokenizer.tokenize(text)
+        found, failures = boxes_from_tokens(tokens, [0.0] * len(tokens), width, height,
+                                            processor.tokenizer.convert_tokens_to_string)
+        box = found[0][1]
+        assert failures == 0 and [int(v) for v in (box.x1, box.y1, box.x2, box.y2)] == expected
+
+
+def test_default_lora_targets_reach_both_towers_of_the_real_architecture(tiny_florence):
+    from transformers import AutoModelForImageTextToText
+
+    from tasks.core.config import ModelConfig
+    from tasks.training.detector import wrap_with_lora
+
+    model = wrap_with_lora(AutoModelForImageTextToText.from_pretrained(tiny_florence), ModelConfig())
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_modules()
+               if name.endswith(".lora_A")}
+    vision = {name.rsplit(".", 1)[-1] for name in adapted if "vision_tower" in name}
+    language = {name.rsplit(".", 1)[-1] for name in adapted if "language_model" in name}
+    assert vision == {"qkv", "proj", "fc1", "fc2"}  # DaViT: fused attention, output, MLP
+    assert language == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}  # BART
+
+
+def test_inference_goes_to_the_gpu_in_bf16_when_there_is_one(monkeypatch):
+    from tasks.training.models import inference_ready
+
+    moves = []
+
+    class Model:
+        def eval(self):
+            return self
+
+        def to(self, **kwargs):
+            moves.append(kwargs)
+            return self
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    inference_ready(Model())
+    assert moves == []  # no GPU: stays on the CPU in fp32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    inference_ready(Model())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    inference_ready(Model())
+    assert moves == [{"device": "cuda", "dtype": torch.bfloat16},
+                     {"device": "cuda", "dtype": torch.float32}]
+
+
+def test_prediction_runs_on_a_real_gpu(tiny_florence):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine: the GPU prediction path is not exercised")
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tasks.evaluation.predict import predict_batch
+    from tasks.training.models import inference_ready
+
+    processor = AutoProcessor.from_pretrained(tiny_florence)
+    model = inference_ready(AutoModelForImageTextToText.from_pretrained(tiny_florence))
+    assert next(model.parameters()).is_cuda
+    [prediction] = predict_batch(model, processor, [Image.new("RGB", (64, 64), 80)], {"spot"},
+                                 max_new_tokens=16)
+    assert prediction.text

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("scratch", "spot", "patch")
@@ -61,7 +62,11 @@ def voc_xml(filename: str, width: int, height: int, depth: int, boxes: list[Draw
 
 
 def _background(rng: random.Random, size: int, tint: tuple[int, int, int]) -> Image.Image:
-    noise = Image.effect_noise((size, size), rng.uniform(18, 30)).filter(ImageFilter.GaussianBlur(1))
+    # Gaussian grain around mid-gray, drawn from the seeded generator (Pillow's effect_noise uses
+    # an unseeded C generator: the same seed would give other pixels, hence other splits).
+    grain = np.random.default_rng(rng.getrandbits(32)).normal(128, rng.uniform(18, 30), (size, size))
+    noise = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8), "L")
+    noise = noise.filter(ImageFilter.GaussianBlur(1))
     base = Image.merge("RGB", [noise.point(lambda v, t=t: min(255, max(0, v * 0.5 + t - 64)))
                                for t in tint])
     return base

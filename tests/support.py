@@ -50,6 +50,27 @@ def artifacts_of(flow_run_id) -> dict:
     return {a.key: a for a in artifacts}
 
 
+def logs_of(flow_run_id) -> list[str]:
+    """The messages of a flow run's logs (its tasks' included), as the Prefect UI shows them."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs reach the API in batches: send what is pending
+    with get_client(sync_client=True) as client:
+        for _ in range(40):  # and give the server a moment to store them
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                limit=200, offset=0, sort=LogSort.TIMESTAMP_ASC)
+            if logs:
+                break
+            time.sleep(0.25)
+    return [log.message for log in logs]
+
+
 def demo_config(source: Path, name: str = "demo") -> str:
     return f"""# Synthetic LabelImg-style defects made by `defectflow demo`.
 name: {name}

@@ -84,3 +84,20 @@ def test_a_training_that_runs_out_of_time_fails_in_one_line(synthetic_dataset, t
     assert "train failed" in result.output and "timed out" in result.output
     assert "Traceback" not in result.output
     assert time.monotonic() - started < 60  # stopped, and not retried (400 steps take minutes)
+
+
+def test_serve_deploys_the_retrain_flow_on_the_schedule_one_run_at_a_time(tmp_path, monkeypatch):
+    from flows.retrain import retrain
+
+    served = {}
+    monkeypatch.setattr(type(retrain), "serve", lambda flow, **kwargs: served.update(kwargs))
+    config = tmp_path / "plant.yaml"
+    config.write_text("name: plant\nsource: {format: voc, images: x, annotations: y}\n")
+    result = runner.invoke(app, ["--home", str(tmp_path / "home"), "serve", str(config),
+                                 "--cron", "30 1 * * *", "--work", str(tmp_path / "w")])
+    assert result.exit_code == 0, result.output
+    assert served["name"] == "retrain-plant" and served["cron"] == "30 1 * * *"
+    assert served["limit"] == 1
+    assert served["parameters"] == {"config_path": str(config.resolve()),
+                                    "work_dir": str((tmp_path / "w").resolve()),
+                                    "home": str((tmp_path / "home").resolve())}

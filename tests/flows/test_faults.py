@@ -2,7 +2,6 @@
 
 import json
 import multiprocessing
-import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 import tasks.images.shard
 from flows.prepare import prepare
 from tasks.demo.sample_data import generate
-from tests.support import demo_config
+from tests.support import demo_config, logs_of
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -55,7 +54,7 @@ def _prepare_in_process(args: tuple[str, str, str]) -> str:
     return "ok"
 
 
-def test_two_runs_at_once_on_one_work_dir_leave_no_corruption(tmp_path):
+def test_two_prepares_into_one_output_at_once_leave_no_corruption(tmp_path):
     import datasets
 
     source = tmp_path / "source"
@@ -71,47 +70,43 @@ def test_two_runs_at_once_on_one_work_dir_leave_no_corruption(tmp_path):
     assert sum(len(split) for split in loaded.values()) > 40
 
 
-class RecordingHub:
-    def __init__(self, *args, **kwargs):
-        self.calls = []
+def recording_hub(sent: list[dict]):
+    """The real HfApi, stopped at the network: each call builds the request headers the way
+    huggingface_hub does (reading HF_TOKEN itself) and records them instead of sending."""
+    from huggingface_hub import HfApi
 
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id))
+    class RecordingHub(HfApi):
+        def create_repo(self, repo_id, **kwargs):
+            sent.append(self._build_hf_headers())
 
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs["repo_id"]))
-        return type("Commit", (), {"oid": "f00d"})()
+        def upload_folder(self, **kwargs):
+            sent.append(self._build_hf_headers())
+            return type("Commit", (), {"oid": "f00d"})()
+
+    return RecordingHub
 
 
 def test_the_hub_token_never_reaches_logs_reports_or_artifacts(tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.client.schemas.sorting import LogSort
 
     token = "hf_DEFECTFLOWtestTOKEN0123456789"
     monkeypatch.setenv("HF_TOKEN", token)
-    monkeypatch.setattr("huggingface_hub.HfApi", RecordingHub)
+    sent: list[dict] = []
+    monkeypatch.setattr("huggingface_hub.HfApi", recording_hub(sent))
     config = make_source(tmp_path, count=6)
     config.write_text(config.read_text().replace(
         "publish: {target: local}", "publish: {target: hub, repo_id: factory/defects}"))
     state = prepare(str(config), str(tmp_path / "out"), str(tmp_path / "home"), return_state=True)
     report = state.result()
     assert report["dataset"]["hub_revision"] == "f00d"
+    # The token was read and used, by huggingface_hub, for both calls...
+    assert len(sent) == 2 and all(headers["authorization"] == f"Bearer {token}" for headers in sent)
     run_id = state.state_details.flow_run_id
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)  # logs reach the API in batches: send what is pending
+    logs = logs_of(run_id)
     with get_client(sync_client=True) as client:
-        for _ in range(40):  # and give the server a moment to store them
-            logs = client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
-                limit=200, offset=0, sort=LogSort.TIMESTAMP_ASC)
-            if logs:
-                break
-            time.sleep(0.25)
         run = client.read_flow_run(run_id)
-    texts = [log.message for log in logs] + [json.dumps(report), run.model_dump_json()]
+    texts = list(logs) + [json.dumps(report), run.model_dump_json()]
     texts += [p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file()
               and p.suffix in (".json", ".jsonl", ".md", ".yaml", ".txt")]
     assert logs, "the flow run's logs were read"
-    assert not [t for t in texts if token in t]
+    assert not [t for t in texts if token in t]  # ... and appears nowhere we write

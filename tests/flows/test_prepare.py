@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from flows.prepare import prepare
@@ -95,6 +96,31 @@ def test_a_folder_another_run_published_into_is_rebuilt_not_reported_cached(tmp_
     card = (out / "dataset" / "README.md").read_text()
     assert first["fingerprint"] in card  # the folder holds what the report says, not b's data
     assert states["Completed"] == 2  # publish and report
+
+
+def test_vertical_flips_in_a_pipeline_run_mirror_boxes_top_to_bottom(tmp_path, home):
+    source = tmp_path / "source"
+    generate(source, count=12, size=48, seed=6, troubles=False)
+    config = tmp_path / "v.yaml"
+    config.write_text(demo_config(source).replace("vflip: false", "vflip: true"))
+    report, _ = run(config, tmp_path / "out", home)
+    train = report["splits"]["train"]
+    assert report["augmented"] == {"hflip": train, "vflip": train}
+    rows = datasets.load_dataset(str(tmp_path / "out" / "dataset"))["train"]
+    by_kind = {(row["source_id"], row["augmentation"]): row for row in rows}
+    assert len(rows) == 3 * train
+    for (item, kind), row in by_kind.items():
+        if kind != "vflip":
+            continue
+        original = by_kind[(item, "none")]
+        assert row["labels"] == original["labels"]
+        for (x1, y1, x2, y2), (ox1, oy1, ox2, oy2) in zip(row["boxes"], original["boxes"], strict=True):
+            assert (x1, x2) == (ox1, ox2)
+            assert (y1, y2) == pytest.approx((48 - oy2, 48 - oy1))
+        pixels = np.asarray(row["image"].convert("L"), dtype=float)
+        expected = np.asarray(original["image"].convert("L"), dtype=float)[::-1]
+        # Upside down, pixel for pixel (up to JPEG re-encoding), and not merely the same picture.
+        assert np.abs(pixels - expected).mean() < 3 < np.abs(pixels - expected[::-1]).mean()
 
 
 def loc_targets_are_valid(dataset_dir: Path, splits: dict[str, int]) -> datasets.DatasetDict:

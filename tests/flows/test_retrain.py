@@ -21,7 +21,7 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.runners import prep_task_runner
 from tasks.training.trainer import FAIL_ENV
-from tests.support import artifacts_of
+from tests.support import artifacts_of, logs_of
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -88,6 +88,8 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     assert prep and set(prep) == {"Cached"}, states
     result = fourth.result()
     assert result["train"]["resumed_from_step"] == 8 and result["train"]["global_step"] == 12
+    assert [line for line in logs_of(fourth.state_details.flow_run_id)
+            if line.startswith("resuming from") and "global step 8" in line]
     # Champion and challenger were both scored on tonight's (same) test split.
     decision = result["decision"]
     assert decision["champion_version"] == 1 and decision["challenger_version"] == 2
@@ -102,7 +104,8 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
     generate(source, count=30, size=64, seed=9, troubles=False)
     config = tmp_path / "vit.yaml"
     config.write_text(CONFIG.format(src=source).replace(
-        "model: {checkpoint: tiny, lora: null}", "model: {kind: vit, checkpoint: tiny}"))
+        "model: {checkpoint: tiny, lora: null}", "model: {kind: vit, checkpoint: tiny}").replace(
+        "warm_start: false", "warm_start: true"))
     home, work = tmp_path / "home", tmp_path / "work"
     first = retrain(str(config), str(work), str(home), return_state=True)
     assert first.is_completed(), first.message
@@ -117,6 +120,8 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
     assert second.is_completed(), second.message
     result = second.result()
     assert result["decision"]["champion_version"] == 1
+    # train.warm_start: night 2 starts from night 1's champion, not from the tiny base.
+    assert result["train"]["checkpoint"] == str(work / "champion" / "v1" / "model")
     assert result["decision"]["champion_metric"] == result["champion_metrics"]["macro_f1"]
     # The challenger's and the champion's evaluations each keep their own artifacts.
     artifacts = artifacts_of(second.state_details.flow_run_id)
@@ -124,6 +129,29 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
             "champion-evaluation", "promotion"} <= set(artifacts)
     assert artifacts["challenger-evaluation"].description.startswith("challenger")
     assert artifacts["champion-evaluation"].description.startswith("champion")
+
+
+@pytest.mark.slow
+def test_two_retrains_at_once_on_one_work_dir_one_runs_and_the_other_is_cancelled(tmp_path):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "source"
+    generate(source, count=20, size=48, seed=2, troubles=False)
+    config = tmp_path / "nightly.yaml"
+    config.write_text(CONFIG.format(src=source))
+    args = (str(config), str(tmp_path / "work"), str(tmp_path / "home"))
+    lock = tmp_path / "work" / ".retrain.lock"
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(retrain, *args, return_state=True)
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # until the first run holds the work dir
+        second = retrain(*args, return_state=True)
+        first = running.result()
+    assert second.is_cancelled() and "another retrain holds this work dir" in second.message
+    assert first.is_completed(), first.message
+    assert first.result()["version"]["version"] == 1
 
 
 def test_a_run_that_finds_the_work_dir_busy_exits_cleanly(tmp_path):
@@ -254,3 +282,40 @@ def test_registering_the_same_model_for_the_same_dataset_twice_returns_the_same_
                                    {"dataset_fingerprint": "f1"})
     assert (other_data["version"], other_files["version"]) == (2, 3)
     assert len(MlflowClient(uri).search_model_versions("name = 'm'")) == 3
+
+
+def test_a_new_champion_is_pushed_to_the_hub_by_the_promotion_step(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    pushed = []
+
+    class RecordingHub(HfApi):
+        def create_repo(self, repo_id, **kwargs):
+            pushed.append(("create_repo", repo_id, kwargs["repo_type"]))
+
+        def upload_folder(self, **kwargs):
+            card = (Path(kwargs["folder_path"]) / "README.md").read_text()
+            pushed.append(("upload_folder", kwargs["repo_id"], "model-index" in card))
+            return type("Commit", (), {"oid": "c0ffee"})()
+
+    monkeypatch.setattr("huggingface_hub.HfApi", RecordingHub)
+    uri = embedded_tracking_uri(tmp_path / "mlflow")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    metrics = {"coco": {"map": 0.5, "map50": 0.6, "map75": 0.4}}
+    version = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
+                               {"dataset_fingerprint": "f"})
+    rule = RegistryConfig(hub_repo="factory/detector")
+    challenger = Candidate(version=version["version"], metrics=metrics, model_dir=str(model_dir))
+    decision = promote_step(RegistryTarget(tracking_uri=uri, model_name="m"), rule, "map",
+                            challenger, None, {"dataset_fingerprint": "f"})
+    assert decision["promoted"] and decision["hub_revision"] == "c0ffee"
+    assert pushed == [("create_repo", "factory/detector", "model"),
+                      ("upload_folder", "factory/detector", True)]
+    # A challenger that does not beat the champion is not pushed.
+    pushed.clear()
+    champion = Candidate(version=version["version"], metrics=metrics, model_dir=str(model_dir))
+    kept = promote_step(RegistryTarget(tracking_uri=uri, model_name="m"), rule, "map",
+                        challenger, champion, {})
+    assert not kept["promoted"] and "hub_revision" not in kept and pushed == []

@@ -60,6 +60,7 @@ def test_generated_coco_quirks(tmp_path):
             {"id": 6, "image_id": 0, "category_id": 0, "bbox": [1, 1, -3, 2]},  # negative
             {"id": 7, "image_id": 0, "category_id": 0, "bbox": "oops"},
             {"id": 8, "image_id": 3, "category_id": 0, "bbox": [1, 1, 2, 2]},
+            {"id": 9, "image_id": 0, "category_id": 0, "bbox": [0, 0, 50, 50], "iscrowd": 1},
         ],
     }
     result = ingest(images, write_coco(tmp_path / "coco.json", data))
@@ -74,9 +75,9 @@ def test_generated_coco_quirks(tmp_path):
         ("c.jpg", "duplicate_id"),
     ]
     assert sorted(r.reason for r in result.rejected_boxes) == [
-        "annotation_orphan", "box_degenerate", "box_degenerate", "box_invalid", "duplicate_id",
-        "image_rejected", "unknown_label"]
-    assert result.boxes_found == 9
+        "annotation_orphan", "box_crowd", "box_degenerate", "box_degenerate", "box_invalid",
+        "duplicate_id", "image_rejected", "unknown_label"]
+    assert result.boxes_found == 10
 
 
 def test_unreadable_json_is_one_named_rejection(tmp_path):

@@ -143,3 +143,38 @@ def test_prediction_runs_on_a_real_gpu(tiny_florence):
     [prediction] = predict_batch(model, processor, [Image.new("RGB", (64, 64), 80)], {"spot"},
                                  max_new_tokens=16)
     assert prediction.text
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generation_scores_are_the_log_probabilities_of_the_tokens_they_belong_to(tiny_florence,
+                                                                                  num_beams):
+    """The confidence path: generate -> compute_transition_scores -> the tokens they are aligned
+    with in predict_batch, checked against a teacher-forced forward pass of the same model."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tasks.evaluation.predict import predict_batch
+
+    processor = AutoProcessor.from_pretrained(tiny_florence)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_florence).eval()
+    image = Image.new("RGB", (64, 64), (90, 60, 30))
+    inputs = processor(text=["<OD>"], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, num_beams=num_beams, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True)
+        scores = model.compute_transition_scores(out.sequences, out.scores,
+                                                 getattr(out, "beam_indices", None),
+                                                 normalize_logits=True)[0]
+        generated = out.sequences[0, -scores.shape[0]:]  # the alignment predict_batch uses
+        decoder_input = out.sequences[:, :-1][:, -scores.shape[0]:]
+        logits = model(**inputs, decoder_input_ids=torch.cat(
+            [out.sequences[:, :1], generated[None, :-1]], dim=1)).logits[0]
+    forced = torch.log_softmax(logits.float(), -1).gather(1, generated[:, None])[:, 0]
+    assert decoder_input.shape[1] == scores.shape[0]
+    if len(generated) == 12 and generated[-1] == model.generation_config.forced_eos_token_id:
+        # At max_new_tokens the end token is forced (log-probability 0), not the model's choice.
+        assert scores[-1] == 0
+        scores, forced = scores[:-1], forced[:-1]
+    assert torch.allclose(scores.float(), forced, atol=1e-4), (scores, forced)
+    [prediction] = predict_batch(model, processor, [image], {"spot"}, num_beams=num_beams,
+                                 max_new_tokens=12)
+    assert prediction.text == processor.tokenizer.decode(generated, skip_special_tokens=False)

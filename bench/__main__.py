@@ -192,7 +192,7 @@ def bench_map(repeats: int) -> list[tuple[str, float, float, str, str]]:
     import io
 
     from bench.data import NEU_DET
-    from tasks.evaluation.coco import coco_evaluate
+    from tasks.scoring.coco import coco_evaluate
 
     root = NEU_DET.parent / "cocoeval_ref"
     gt_path = root / "faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json"

@@ -116,7 +116,7 @@ def coco_eval(
     iou_type: Annotated[str, typer.Option(help="bbox | segm")] = "bbox",
 ) -> None:
     """Print COCOeval's 12 stats as JSON: {"stats": [...]} in COCOeval.stats order."""
-    from tasks.evaluation.coco import CocoInputError, coco_eval_files
+    from tasks.scoring.coco import CocoInputError, coco_eval_files
 
     if iou_type not in ("bbox", "segm"):
         console.print("[red]--iou-type must be bbox or segm[/red]")

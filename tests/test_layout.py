@@ -11,16 +11,17 @@ import pytest
 from tests.support import REPO
 
 # Which stages each stage may import (besides itself): core <- ingest, images <- dataset <-
-# training <- evaluation <- nightly; demo needs only core. `flows` may import anything.
+# scoring <- training <- evaluation <- nightly; demo needs only core. `flows` may import anything.
 ALLOWED = {
     "core": set(),
     "ingest": {"core"},
     "images": {"core"},
     "demo": {"core"},
     "dataset": {"core", "ingest", "images"},
-    "training": {"core", "ingest", "images", "dataset"},
-    "evaluation": {"core", "ingest", "images", "dataset", "training"},
-    "nightly": {"core", "ingest", "images", "dataset", "training", "evaluation"},
+    "scoring": {"core", "ingest", "images", "dataset"},
+    "training": {"core", "ingest", "images", "dataset", "scoring"},
+    "evaluation": {"core", "ingest", "images", "dataset", "scoring", "training"},
+    "nightly": {"core", "ingest", "images", "dataset", "scoring", "training", "evaluation"},
 }
 
 

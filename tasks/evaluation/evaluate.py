@@ -10,17 +10,9 @@ from tqdm.auto import tqdm
 
 from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
 from tasks.core.config import EvaluateConfig, ModelConfig
-from tasks.core.records import Box
-from tasks.evaluation.coco import (
-    CONFUSION_CONFIDENCE,
-    classification_metrics,
-    coco_detections,
-    coco_evaluate,
-    coco_ground_truth,
-    detection_confusion,
-)
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
-from tasks.evaluation.predict import predict_batch
+from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
+from tasks.scoring.score import original_rows, score_detector, truth_boxes
 from tasks.training.classifier import eval_transform, image_label
 from tasks.training.models import inference_ready, load_finetuned_detector
 
@@ -33,12 +25,7 @@ def _rows(dataset_dir: str | Path, split: str):
     loaded = datasets.load_dataset(str(dataset_dir))
     if split not in loaded:
         raise ValueError(f"{dataset_dir} has no {split!r} split (it has {sorted(loaded)})")
-    return loaded[split].filter(lambda aug: aug == "none", input_columns="augmentation")
-
-
-def _truth(row: dict) -> list[Box]:
-    return [Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=label)
-            for b, label in zip(row["boxes"], row["labels"], strict=True)]
+    return original_rows(loaded[split])
 
 
 def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
@@ -49,39 +36,34 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
     rows = _rows(dataset_dir, split)
     labels = labels or sorted({label for row in rows["labels"] for label in row})
     processor, model = load_finetuned_detector(model_dir)
-    truths, predictions, grid = [], [], []
-    parse_failures, unknown = 0, []
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"evaluate {split}", unit="batch"):
-        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        results = predict_batch(model, processor, [row["image"] for row in batch], set(labels),
-                                num_beams=num_beams)
+    grid: list[tuple] = []
+    bar = tqdm(total=len(rows), desc=f"evaluate {split}", unit="img")
+
+    def keep_for_the_picture(batch: list[dict], results: list) -> None:
+        bar.update(len(batch))
         for row, result in zip(batch, results, strict=True):
-            truth = [b for b in _truth(row) if b.label in labels]
-            truths.append((row["image_id"], row["width"], row["height"], truth))
-            predictions.append((result.boxes, result.scores))
-            parse_failures += result.parse_failures
-            unknown += result.unknown_labels
             if len(grid) < GRID_IMAGES:
-                grid.append((row["image"], row["image_id"], truth, result.boxes, result.scores))
-    gt = coco_ground_truth(truths, labels)
-    dt = coco_detections(((i + 1, boxes, scores) for i, (boxes, scores) in enumerate(predictions)),
-                         labels)
-    (out / "gt.json").write_text(json.dumps(gt))
-    (out / "dt.json").write_text(json.dumps(dt))
-    coco = coco_evaluate(gt, dt) if gt["annotations"] else None
-    confusion = detection_confusion(((t[3], p[0], p[1]) for t, p in zip(truths, predictions,
-                                                                         strict=True)),
-                                    labels, confidence=confidence)
+                grid.append((row["image"], row["image_id"], truth_boxes(row, labels),
+                             result.boxes, result.scores))
+
+    scores = score_detector(model, processor, rows, labels, batch_size, num_beams,
+                            on_batch=keep_for_the_picture)
+    bar.close()
+    (out / "gt.json").write_text(json.dumps(scores.gt))
+    (out / "dt.json").write_text(json.dumps(scores.dt))
+    coco = scores.coco
+    confusion = detection_confusion(((t[3], p[0], p[1]) for t, p in zip(
+        scores.truths, scores.predictions, strict=True)), labels, confidence=confidence)
     metrics = {
         "kind": "florence2", "split": split, "n_images": len(rows),
         "coco": ({"map": coco["map"], "map50": coco["map50"], "map75": coco["map75"],
                   "stats": coco["stats"]} if coco else None),
         "per_class": coco["per_class"] if coco else {},
         "confusion_matrix": confusion,
-        "parse_failures": parse_failures,
-        "unknown_labels": len(unknown),
-        "unknown_label_examples": sorted(set(unknown))[:10],
-        "n_predictions": len(dt),
+        "parse_failures": scores.parse_failures,
+        "unknown_labels": len(scores.unknown_labels),
+        "unknown_label_examples": sorted(set(scores.unknown_labels))[:10],
+        "n_predictions": len(scores.dt),
         "num_beams": num_beams,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.core.config import ModelConfig, TrainConfig
+from tasks.scoring.score import original_rows
 from tasks.training.models import unavailable
 from tasks.training.tiny import TINY, build_tiny_vit
 from tasks.training.trainer import (
@@ -101,7 +102,7 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
                         max_steps: int | None = None) -> dict:
     out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
                                                    train_config, max_steps)
-    train_set = train_set.filter(lambda aug: aug == "none", input_columns="augmentation")
+    train_set = original_rows(train_set)
     mode, negative = model_config.image_label, model_config.negative_label
     labels = sorted({image_label(row, mode, negative) for split in (train_set, eval_set)
                      for row in split["labels"]})

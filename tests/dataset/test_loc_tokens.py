@@ -14,7 +14,7 @@ from tasks.dataset.loc_tokens import (
     florence_safe,
     od_target,
 )
-from tasks.evaluation.predict import boxes_from_tokens
+from tasks.scoring.predict import boxes_from_tokens
 
 
 def test_encode_is_floor_of_bins_and_clamped():

@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.core.records import Box
-from tasks.evaluation.coco import (
+from tasks.scoring.coco import (
     CocoInputError,
     coco_detections,
     coco_evaluate,
     coco_ground_truth,
     detection_confusion,
 )
-from tasks.evaluation.predict import boxes_from_tokens
+from tasks.scoring.predict import boxes_from_tokens
 from tests.support import shared_data
 
 runner = CliRunner()
@@ -158,7 +158,7 @@ def test_bad_coco_inputs_are_refused_with_a_reason():
 
 
 def test_classification_metrics_on_a_known_input():
-    from tasks.evaluation.coco import classification_metrics
+    from tasks.scoring.coco import classification_metrics
 
     truth = ["passed", "passed", "passed", "scratch", "scratch", "spot"]
     predicted = ["passed", "passed", "scratch", "scratch", "passed", "spot"]
@@ -196,7 +196,7 @@ def test_each_box_keeps_its_own_label_through_prediction(tiny_florence):
     from PIL import Image
     from transformers import AutoProcessor
 
-    from tasks.evaluation.predict import predict_batch
+    from tasks.scoring.predict import predict_batch
 
     processor = AutoProcessor.from_pretrained(tiny_florence)
     text = "défaut<loc_100><loc_100><loc_500><loc_500>spot<loc_600><loc_600><loc_900><loc_900></s>"
@@ -216,7 +216,7 @@ def test_each_box_keeps_its_own_label_through_prediction(tiny_florence):
 def test_the_readme_states_the_confusion_threshold_the_code_uses():
     import re
 
-    from tasks.evaluation.coco import CONFUSION_CONFIDENCE
+    from tasks.scoring.coco import CONFUSION_CONFIDENCE
     from tests.support import REPO
 
     stated = re.findall(r"confidence >= ([0-9.]+)", (REPO / "README.md").read_text())

@@ -1,0 +1,65 @@
+"""Score a detector on rows of a prepared dataset: generate, parse, COCO mAP. One function, used
+by training (to choose checkpoints and stop) and by evaluation (the numbers the registry keeps),
+so a checkpoint is chosen by exactly the number it will be judged by."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tasks.core.records import Box
+from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth
+from tasks.scoring.predict import predict_batch
+
+
+def original_rows(split):
+    """A split of the prepared dataset without its flipped copies (an index, no lambda: `datasets`
+    would fingerprint a lambda by disassembling it)."""
+    keep = [i for i, augmentation in enumerate(split["augmentation"]) if augmentation == "none"]
+    return split.select(keep)
+
+
+def truth_boxes(row: dict, labels: Sequence[str]) -> list[Box]:
+    return [Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=label)
+            for b, label in zip(row["boxes"], row["labels"], strict=True) if label in labels]
+
+
+@dataclass
+class DetectionScores:
+    labels: list[str]
+    truths: list[tuple[str, int, int, list[Box]]] = field(default_factory=list)
+    predictions: list[tuple[list[Box], list[float]]] = field(default_factory=list)
+    parse_failures: int = 0
+    unknown_labels: list[str] = field(default_factory=list)
+    gt: dict = field(default_factory=dict)
+    dt: list[dict] = field(default_factory=list)
+    coco: dict | None = None  # coco_evaluate's result; None when there is no ground truth box
+
+    @property
+    def map50(self) -> float:
+        return self.coco["map50"] if self.coco else 0.0
+
+
+def score_detector(model, processor, rows, labels: Sequence[str], batch_size: int = 8,
+                   num_beams: int = 1, on_batch: Callable[[list[dict], list], None] | None = None
+                   ) -> DetectionScores:
+    """Predict every row (batched), then COCO mAP against the rows' boxes. `on_batch(rows,
+    predictions)` sees each batch (the evaluation keeps a few images for its picture)."""
+    scores = DetectionScores(labels=list(labels))
+    for start in range(0, len(rows), batch_size):
+        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        results = predict_batch(model, processor, [row["image"] for row in batch], set(labels),
+                                num_beams=num_beams)
+        for row, result in zip(batch, results, strict=True):
+            scores.truths.append((row["image_id"], row["width"], row["height"],
+                                  truth_boxes(row, labels)))
+            scores.predictions.append((result.boxes, result.scores))
+            scores.parse_failures += result.parse_failures
+            scores.unknown_labels += result.unknown_labels
+        if on_batch is not None:
+            on_batch(batch, results)
+    scores.gt = coco_ground_truth(scores.truths, scores.labels)
+    scores.dt = coco_detections(((i + 1, boxes, confidences) for i, (boxes, confidences)
+                                 in enumerate(scores.predictions)), scores.labels)
+    scores.coco = coco_evaluate(scores.gt, scores.dt) if scores.gt["annotations"] else None
+    return scores

@@ -96,6 +96,11 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     seed: int = 42
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    select: Literal["map50", "map", "loss", "accuracy"] | None = Field(
+        None, description="what chooses the best checkpoint and stops early; default map50 "
+        "(florence2: generated on the validation split, scored like `evaluate`), accuracy (vit)")
+    select_images: int = Field(64, gt=0, description="validation images scored per evaluation")
+    min_steps: int = Field(0, ge=0, description="no early stop before this many steps")
     eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -117,6 +122,11 @@ class PromoteConfig(_Strict):
     metric: Literal["map", "map50", "map75", "accuracy", "macro_f1"] | None = Field(
         None, description="default per model kind: map (florence2), macro_f1 (vit)")
     min_gain: float = Field(0.0, ge=0, description="the challenger must beat the champion by more")
+    min_metric: float = Field(0.0, ge=0, le=1, description="a floor: no model below it becomes "
+                              "champion, the first one included")
+    max_class_drop: float | None = Field(
+        None, ge=0, le=1, description="no class's AP50 (detector) or F1 (classifier) may fall by "
+        "more than this against the champion on the same test images")
 
 
 class RegistryConfig(_Strict):
@@ -167,6 +177,10 @@ class DatasetConfig(_Strict):
         if self.promotion_metric not in allowed:
             raise ValueError(f"registry.promote.metric {self.promotion_metric!r} does not exist for a "
                              f"{self.model.kind} model; use one of {', '.join(allowed)}")
+        selectable = ("map50", "map", "loss") if self.model.kind == "florence2" else ("accuracy", "loss")
+        if self.train.select is not None and self.train.select not in selectable:
+            raise ValueError(f"train.select {self.train.select!r} does not exist for a "
+                             f"{self.model.kind} model; use one of {', '.join(selectable)}")
         return self
 
     @field_validator("labels")

@@ -111,16 +111,18 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
     save_checkpoints_in_model_format(model)
     collator = _SplitCollator(model, ClassificationCollator(processor, label_ids, mode, negative, True),
                               ClassificationCollator(processor, label_ids, mode, negative, False))
-    args = training_arguments(out, train_config, max_steps, metric_for_best_model="accuracy",
-                              greater_is_better=True)
-    summary = run_trainer(model, args, train_set, eval_set, collator, train_config.patience, out,
+    select = train_config.select or "accuracy"
+    args = training_arguments(out, train_config, max_steps, metric_for_best_model=select,
+                              greater_is_better=select != "loss")
+    summary = run_trainer(model, args, train_set, eval_set, collator, train_config, out,
                           compute_metrics=accuracy)
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))
     processor.save_pretrained(model_dir)
     final = trainer.evaluate()
-    summary.update({"identity": identity, "kind": "vit", "checkpoint": model_config.checkpoint,
+    summary.update({"identity": identity, "select": select, "kind": "vit",
+                    "checkpoint": model_config.checkpoint,
                     "labels": labels,
                     "eval_accuracy": final.get("eval_accuracy"), "model_dir": str(model_dir),
                     "train_rows": len(train_set), "eval_rows": len(eval_set)})

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
+from tasks.scoring.score import original_rows, score_detector
 from tasks.training.models import load_detector
 from tasks.training.trainer import run_trainer, start_run, training_arguments
 
@@ -33,6 +36,37 @@ class DetectionCollator:
         labels[labels == self.processor.tokenizer.pad_token_id] = -100
         inputs["labels"] = labels
         return dict(inputs)
+
+
+def capped(split, count: int):
+    """At most `count` original (unflipped) rows, spread over the split, always the same ones."""
+    rows = original_rows(split)
+    if len(rows) <= count:
+        return rows
+    step = len(rows) / count
+    return rows.select([int(i * step) for i in range(count)])
+
+
+class DetectionQuality(TrainerCallback):
+    """At every evaluation, generate `<OD>` on (a capped sample of) the validation split and
+    score it exactly as `evaluate` does; `eval_map50` and `eval_map` join the metrics before
+    early stopping and the best-checkpoint choice read them (so this callback comes first)."""
+
+    def __init__(self, processor, rows, labels: list[str], batch_size: int):
+        self.processor, self.rows, self.labels, self.batch_size = processor, rows, labels, batch_size
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        import torch
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            scores = score_detector(model, self.processor, self.rows, self.labels, self.batch_size)
+        model.train(was_training)
+        quality = {"eval_map50": scores.map50, "eval_map": scores.coco["map"] if scores.coco else 0.0}
+        metrics.update(quality)
+        if state.log_history and "eval_loss" in state.log_history[-1]:
+            state.log_history[-1].update(quality)  # the curves and log_history.json show it
 
 
 def wrap_with_lora(model, config: ModelConfig):
@@ -61,9 +95,16 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     labels = sorted({label for row in train_set["labels"] for label in row})
     processor, model = load_detector(model_config.checkpoint, tiny_folder, labels)
     model = wrap_with_lora(model, model_config)
-    args = training_arguments(out, train_config, max_steps)
+    select = train_config.select or "map50"
+    callbacks: tuple = ()
+    if select != "loss":
+        callbacks = (DetectionQuality(processor, capped(eval_set, train_config.select_images),
+                                      labels, train_config.batch_size),)
+    args = training_arguments(out, train_config, max_steps,
+                              metric_for_best_model="loss" if select == "loss" else select,
+                              greater_is_better=select != "loss")
     summary = run_trainer(model, args, train_set, eval_set, DetectionCollator(processor),
-                          train_config.patience, out)
+                          train_config, out, callbacks=callbacks)
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model
@@ -72,7 +113,8 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
-    summary.update({"identity": identity, "kind": "florence2", "checkpoint": model_config.checkpoint,
+    summary.update({"identity": identity, "select": select, "kind": "florence2",
+                    "checkpoint": model_config.checkpoint,
                     "base_model": str(tiny_folder) if model_config.checkpoint == "tiny"
                     else model_config.checkpoint,
                     "lora": model_config.lora is not None, "model_dir": str(model_dir),

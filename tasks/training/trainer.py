@@ -14,6 +14,7 @@ from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, li
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.core.logs import run_logger
 from tasks.dataset.publish import dataset_fingerprint_of
+from tasks.training.curves import curves, evaluation_line, plot_training_curves
 
 # Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
 FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"
@@ -174,15 +175,35 @@ def save_checkpoints_in_model_format(model) -> None:
     model.save_pretrained = partial(model.save_pretrained, save_original_format=False)
 
 
-def run_trainer(model, args, train_set, eval_set, collator, patience: int, out: Path,
-                compute_metrics=None) -> dict:
-    """Train (resuming from the last checkpoint if one exists), keep the best, write the curve."""
-    from transformers import EarlyStoppingCallback, Trainer
+def quality_callbacks(patience: int, min_steps: int):
+    """Early stopping that waits for `min_steps`, then one line per evaluation to the console
+    and the run log. Callbacks that add metrics (mAP50) must come before these."""
+    from tqdm.auto import tqdm
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class EarlyStoppingAfter(EarlyStoppingCallback):
+        def on_evaluate(self, args, state, control, metrics, **kwargs):
+            if state.global_step >= min_steps:  # a model that has not learnt yet is not stuck
+                super().on_evaluate(args, state, control, metrics, **kwargs)
+
+    class EvaluationLines(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            line = evaluation_line(state.global_step, metrics or {}, state.log_history)
+            tqdm.write(line)
+            run_logger().info(line)
+
+    return [EarlyStoppingAfter(early_stopping_patience=patience), EvaluationLines()]
+
+
+def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, out: Path,
+                compute_metrics=None, callbacks: tuple = ()) -> dict:
+    """Train (resuming from the last checkpoint if one exists), keep the best, write the curves."""
+    from transformers import Trainer
 
     resume = last_checkpoint(args.output_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,
-                      callbacks=[EarlyStoppingCallback(early_stopping_patience=patience),
+                      callbacks=[*callbacks, *quality_callbacks(train.patience, train.min_steps),
                                  *_fault_callback()])
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     if resume:
@@ -190,39 +211,18 @@ def run_trainer(model, args, train_set, eval_set, collator, patience: int, out: 
     result = trainer.train(resume_from_checkpoint=resume)
     history = trainer.state.log_history
     train_losses = [h["loss"] for h in history if "loss" in h]
+    selected_by = args.metric_for_best_model
     summary = {
         "global_step": trainer.state.global_step,
         "resumed_from_step": resumed_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric,
-        "metric_for_best_model": args.metric_for_best_model,
+        "metric_for_best_model": selected_by,
         "first_train_loss": train_losses[0] if train_losses else None,
         "last_train_loss": train_losses[-1] if train_losses else None,
         "train_runtime_s": result.metrics.get("train_runtime"),
+        "curves": curves(history),
     }
-    plot_loss_curve(history, out / "loss_curve.png")
+    plot_training_curves(history, out / "loss_curve.png", selected_by)
     (out / "log_history.json").write_text(json.dumps(history, indent=1))
     return {"trainer": trainer, **summary}
-
-
-def plot_loss_curve(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss", color="tab:orange")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

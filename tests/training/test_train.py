@@ -25,6 +25,14 @@ def test_lora_training_lowers_the_loss_and_saves_a_loadable_adapter(synthetic_da
     history = json.loads((tmp_path / "log_history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert summary["global_step"] == 60 and summary["lora"]
+    # The best checkpoint was chosen by mAP50 on the validation split, generated and scored at
+    # every evaluation as `evaluate` scores it.
+    assert summary["metric_for_best_model"] == "map50" and summary["select"] == "map50"
+    val_map50 = summary["curves"]["val_map50"]
+    assert [step for step, _ in val_map50] == [20, 40, 60]
+    best = max(val_map50, key=lambda point: point[1])  # the first of equals, as the Trainer keeps
+    assert summary["best_metric"] == best[1]
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{best[0]}")
     assert losses[-1] < losses[0] - 0.1, losses
     assert (tmp_path / "loss_curve.png").stat().st_size > 10_000
     assert (tmp_path / "model" / "adapter_config.json").exists()

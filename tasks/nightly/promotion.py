@@ -13,12 +13,12 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.core.config import RegistryConfig
+from tasks.core.logs import run_logger
+from tasks.nightly.gate import decision_markdown, gate
 from tasks.nightly.registry import (
     RegistryTarget,
     champion_version,
-    decide,
     download_version,
-    metric_value,
     model_card,
     push_champion_to_hub,
     record_decision,
@@ -88,18 +88,6 @@ def current_champion_task(registry: RegistryTarget, download_to: str) -> dict | 
     return {**champion, "model_dir": str(local)}
 
 
-def promotion_markdown(decision: dict) -> str:
-    champion = decision["champion_metric"]
-    return "\n".join([
-        f"# Promotion decision: {'promoted' if decision['promoted'] else 'champion kept'}", "",
-        f"| | version | {decision['metric']} on the frozen test split |", "|---|---|---|",
-        f"| challenger | {decision['challenger_version']} | {decision['challenger_metric']} |",
-        f"| champion | {decision['champion_version'] or '-'} | "
-        f"{'-' if champion is None else champion} |", "",
-        decision["reason"],
-    ])
-
-
 class Candidate(BaseModel, frozen=True):
     """A registered version with its metrics on the frozen test split (and its model folder)."""
 
@@ -111,16 +99,14 @@ class Candidate(BaseModel, frozen=True):
 def promote_step(registry: RegistryTarget, config: RegistryConfig, metric: str,
                  challenger: Candidate, champion: Candidate | None,
                  lineage: dict | None = None) -> dict:
-    """Compare on the same split by `metric`; move `champion` only on a real improvement; say why."""
-    min_gain = config.promote.min_gain
-    new = metric_value(challenger.metrics, metric)
-    old = metric_value(champion.metrics, metric) if champion else None
-    promoted, reason = decide(new, old, metric, min_gain)
-    decision = {"promoted": promoted, "reason": reason, "metric": metric, "min_gain": min_gain,
-                "challenger_version": challenger.version, "challenger_metric": new,
-                "champion_version": champion.version if champion else None,
-                "champion_metric": old}
-    if promoted:
+    """Compare on the same split by `metric` through the gate; move `champion` only when it
+    passes; the decision (every number, per-class deltas) is a tag on the version and a log line."""
+    decision = {**gate(challenger.metrics, champion.metrics if champion else None, metric,
+                       config.promote),
+                "challenger_version": challenger.version,
+                "champion_version": champion.version if champion else None}
+    run_logger().info("promotion: %s", decision["reason"])
+    if decision["promoted"]:
         set_champion(registry.tracking_uri, registry.model_name, challenger.version, decision)
         if config.hub_repo:
             card = model_card(registry.model_name, challenger.metrics, lineage or {},
@@ -139,7 +125,7 @@ def promote_task(registry: RegistryTarget, config: RegistryConfig, metric: str, 
     from prefect.artifacts import create_markdown_artifact
 
     decision = promote_step(registry, config, metric, challenger, champion, lineage)
-    create_markdown_artifact(key="promotion", markdown=promotion_markdown(decision),
+    create_markdown_artifact(key="promotion", markdown=decision_markdown(decision),
                              description="champion vs challenger")
     return decision
 

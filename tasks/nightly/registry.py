@@ -39,29 +39,6 @@ def ui_command(tracking_uri: str, mlflow_dir: str | Path) -> str:
             f"--default-artifact-root {Path(mlflow_dir).resolve() / 'artifacts'}")
 
 
-def metric_value(metrics: dict, name: str) -> float | None:
-    """The promotion metric out of metrics.json (detector: COCO numbers; classifier: accuracy,
-    macro_f1)."""
-    if name in ("accuracy", "macro_f1"):
-        return metrics.get(name)
-    coco = metrics.get("coco") or {}
-    return coco.get(name)
-
-
-def decide(challenger: float | None, champion: float | None, metric: str,
-           min_gain: float) -> tuple[bool, str]:
-    """Promote only on a strict improvement larger than min_gain; equal or worse keeps the champion."""
-    if challenger is None:
-        return False, f"the challenger has no {metric}: champion kept"
-    if champion is None:
-        return True, f"no champion yet: the challenger ({metric} {challenger:.4f}) becomes champion"
-    if challenger > champion + min_gain:
-        return True, (f"challenger {metric} {challenger:.4f} > champion {champion:.4f}"
-                      f" + min_gain {min_gain:g}: promoted")
-    return False, (f"challenger {metric} {challenger:.4f} does not beat champion {champion:.4f}"
-                   f" + min_gain {min_gain:g}: champion kept")
-
-
 def _client(tracking_uri: str):
     import mlflow
     from mlflow import MlflowClient

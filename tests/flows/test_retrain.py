@@ -11,11 +11,11 @@ from flows.retrain import retrain
 from tasks.core.config import RegistryConfig, load_config
 from tasks.core.run_history import task_run_states
 from tasks.demo.sample_data import generate
+from tasks.nightly.gate import decide
 from tasks.nightly.promotion import Candidate, promote_step, work_dir_lock
 from tasks.nightly.registry import (
     RegistryTarget,
     champion_version,
-    decide,
     embedded_tracking_uri,
     register_version,
 )

@@ -1,6 +1,5 @@
-"""`defectflow`: the command line. Each command runs a flow and prints its summary; nothing here
-does the work itself. Prefect reads its settings when it is imported, so flows are imported
-inside the commands, after `--home` has pointed PREFECT_HOME at the work folder."""
+"""`defectflow`: the command line. Each command runs a flow and prints its summary. Flows are
+imported inside the commands, after `--home` has pointed PREFECT_HOME at the work folder."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from flows.summaries import console
@@ -73,21 +73,15 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="stop after N optimizer steps")] = None,
 ) -> None:
     """Fine-tune Florence-2 with LoRA (or a ViT classifier) on a prepared dataset."""
-    from flows.summaries import print_train_summary
+    from flows.summaries import print_train_summary, result_or_error
     from flows.train import train as train_flow
-    from tasks.training.models import ModelUnavailable
 
     _config_or_exit(config)
-    state = train_flow(str(config), str(dataset.resolve()), str(out.resolve()), model, max_steps,
-                       return_state=True)
-    try:
-        summary = state.result()
-    except ModelUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # noqa: BLE001 - the run log has the details; one line here
-        console.print(f"[red]train failed: {type(exc).__name__}: {exc}[/red]")
-        raise typer.Exit(1) from None
+    summary, error, code = result_or_error(train_flow(str(config), str(dataset.resolve()), str(out.resolve()),
+                                                      model, max_steps, return_state=True), "train")
+    if error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(code)
     print_train_summary(summary, out)
 
 
@@ -113,14 +107,10 @@ def evaluate(
 def coco_eval(
     gt: Annotated[Path, typer.Argument(help="COCO ground truth JSON")],
     dt: Annotated[Path, typer.Argument(help="COCO detections JSON (a list of results)")],
-    iou_type: Annotated[str, typer.Option(help="bbox | segm")] = "bbox",
+    iou_type: Annotated[str, typer.Option(click_type=click.Choice(["bbox", "segm"]))] = "bbox",
 ) -> None:
     """Print COCOeval's 12 stats as JSON: {"stats": [...]} in COCOeval.stats order."""
     from tasks.scoring.coco import CocoInputError, coco_eval_files
-
-    if iou_type not in ("bbox", "segm"):
-        console.print("[red]--iou-type must be bbox or segm[/red]")
-        raise typer.Exit(2)
     try:
         stats = coco_eval_files(gt, dt, iou_type)
     except CocoInputError as exc:
@@ -170,10 +160,20 @@ def serve(
 def demo(
     ctx: typer.Context,
     work: Annotated[Path, typer.Option(help="folder for the generated data, the runs")] = Path("work/demo"),
+    seed: Annotated[int, typer.Option(help="seed of the generated data and the training")] = 5,
+    nights: Annotated[int, typer.Option(min=1, max=2, help="2: new images land before night 2")] = 2,
 ) -> None:
-    """Generate a synthetic LabelImg defect dataset and run the nightly retrain twice, offline:
-    once on the first batch, once after new images land (tiny Florence-2, no download)."""
+    """Generate synthetic LabelImg defects and run the nightly retrain on them, offline (LoRA on
+    a tiny pretrained base): night 1 on a first batch, night 2 after new images land."""
     from flows.demo import run_demo
 
-    run_demo(work, ctx.obj)
+    run_demo(work, ctx.obj, seed, nights)
+
+
+@app.command("build-base")
+def build_base(ctx: typer.Context) -> None:
+    """Pretrain the tiny offline Florence-2 base on generic shapes (once; the demo uses it)."""
+    from flows.demo import build_base as build
+
+    console.print(f"base checkpoint: {build(ctx.obj)}")
 

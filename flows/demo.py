@@ -1,28 +1,56 @@
-"""demo = generate a first batch -> night 1 (retrain) -> new images land -> night 2 -> summary."""
+"""demo = build the base (once) -> generate a first batch -> night 1 (retrain) -> new images land
+-> night 2 -> summary (console and demo_summary.json)."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from flows.retrain import run_retrain
 from flows.summaries import console, demo_summary, print_retrain_summary
-from tasks.demo.scenario import DEMO_FIRST_BATCH, DEMO_SECOND_BATCH, add_batch, write_demo_config
+from tasks.core.home import resolve_home
+from tasks.demo.scenario import (
+    DEMO_FIRST_BATCH,
+    DEMO_SECOND_BATCH,
+    add_batch,
+    demo_record,
+    write_demo_config,
+)
+from tasks.training.pretrain import BASE_NAME, build_pretrained_base
+
+DEFAULT_SEED = 5
 
 
-def run_demo(work: Path, home: str | None) -> tuple[dict, dict]:
-    """Two nightly retrains on generated data, fully offline (tiny Florence-2, no download)."""
+def build_base(home: str | None) -> Path:
+    """The pretrained tiny Florence-2 base under the home, built once (about 2 minutes)."""
+    folder = resolve_home(home).bases / BASE_NAME
+    if not folder.is_dir():
+        console.print(f"building the tiny Florence-2 base (pretrained on generic shapes) in {folder}")
+    return build_pretrained_base(folder)
+
+
+def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int = 2) -> list[dict]:
+    """Nightly retrains on generated data, fully offline: a LoRA adapter on the base."""
+    started = time.monotonic()
     work = work.resolve()
-    config = write_demo_config(work)
+    config = write_demo_config(work, build_base(home), seed)
     source = work / "source"
     if not (source / "annotations").exists():
-        console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True))
+        console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True, seed=seed))
     console.rule("night 1")
-    first = run_retrain(config, work / "nightly", home)
-    print_retrain_summary(first)
-    console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH, troubles=False))
-    console.rule("night 2: new images landed")
-    second = run_retrain(config, work / "nightly", home)
-    print_retrain_summary(second)
+    results = [run_retrain(config, work / "nightly", home)]
+    print_retrain_summary(results[0])
+    if nights == 2:
+        console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH, troubles=False,
+                                seed=seed))
+        console.rule("night 2: new images landed")
+        results.append(run_retrain(config, work / "nightly", home))
+        print_retrain_summary(results[1])
     console.rule("summary")
-    console.print(demo_summary(first, second, home))
-    return first, second
+    console.print(demo_summary(results, home))
+    record = {"seed": seed, "nights": [demo_record(result) for result in results],
+              "seconds": round(time.monotonic() - started, 1)}
+    (work / "demo_summary.json").write_text(json.dumps(record, indent=1))
+    console.print(f"written: {work / 'demo_summary.json'}")
+    return results

@@ -79,7 +79,8 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         version = register_task(
             registry=registry, artifact_root=str(where.mlflow / "artifacts"),
             model_dir=trained["model_dir"], metrics=metrics, lineage=lineage,
-            files=[str(run_dir / "eval" / "metrics.json"), str(run_dir / "loss_curve.png")])
+            files=[str(run_dir / "eval" / "metrics.json"), str(run_dir / "loss_curve.png")],
+            curves=trained.get("curves"))
         decision = promote_task(
             registry=registry, config=config.registry, metric=config.promotion_metric,
             challenger=Candidate(version=version["version"], metrics=metrics,

@@ -63,6 +63,19 @@ def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path
                       "(with `grayscale: drop`, a grayscale dataset keeps nothing; use convert).[/yellow]")
 
 
+def result_or_error(state, what: str) -> tuple[object, str | None, int]:
+    """(a finished run's result, None, 0), or (None, one line that says why it failed, the exit
+    code: 2 for a checkpoint that cannot be loaded, 1 otherwise). The run log has the rest."""
+    from tasks.training.models import ModelUnavailable
+
+    try:
+        return state.result(), None, 0
+    except ModelUnavailable as exc:
+        return None, str(exc), 2
+    except Exception as exc:  # noqa: BLE001 - one line for the person; details in the run log
+        return None, f"{what} failed: {type(exc).__name__}: {exc}", 1
+
+
 def print_train_summary(summary: dict, out: Path) -> None:
     table = summary_table("train")
     for key in ("kind", "checkpoint", "global_step", "resumed_from_step", "first_train_loss",
@@ -111,10 +124,11 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def demo_summary(first: dict, second: dict, home: str | None) -> str:
-    """The demo's closing lines: both nights in one line each, then where to look."""
+def demo_summary(results: list[dict], home: str | None) -> str:
+    """The demo's closing lines: each night in one line, then where to look."""
     lines = []
-    for night, result in (("night 1", first), ("night 2", second)):
+    for number, result in enumerate(results, start=1):
+        night = f"night {number}"
         summary = result["summary"]
         states = [s for _, s in result["task_states"]]
         cached = states.count("Cached")
@@ -132,7 +146,7 @@ def demo_summary(first: dict, second: dict, home: str | None) -> str:
             f"{decision['challenger_metric']:.3f} vs champion "
             + ("-" if decision["champion_metric"] is None else f"{decision['champion_metric']:.3f}")
             + f" -> {'promoted to champion' if decision['promoted'] else 'champion kept'}")
-    final = second["summary"] or first["summary"]
+    final = next((r["summary"] for r in reversed(results) if r["summary"]), None)
     if final:
         mlflow_dir = Path(home or ".defectflow") / "mlflow"
         lines += ["", "where to look:",

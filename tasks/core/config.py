@@ -80,6 +80,8 @@ class ModelConfig(_Strict):
                             description="Hub id, local folder, or `tiny` (offline, random weights)")
     lora: LoraConfig | None = Field(LoraConfig(), description="null = full fine-tuning")
     freeze_vision: bool = False
+    adapter: str | None = Field(None, description="start from this LoRA adapter folder and keep "
+                                "training it (the nightly warm start from a champion adapter)")
     merge: bool = Field(False, description="also save the LoRA-merged model (merge_and_unload)")
     # ViT: what an image's label is. `majority`: its most frequent box class, `passed` if none.
     image_label: Literal["majority", "first"] = "majority"

@@ -30,6 +30,11 @@ class Home:
     def mlflow(self) -> Path:
         return self.root / "mlflow"
 
+    @property
+    def bases(self) -> Path:
+        """Base checkpoints defectflow builds itself (the pretrained tiny Florence-2)."""
+        return self.root / "bases"
+
 
 def resolve_home(home: str | Path | None = None) -> Home:
     return Home(Path(home or os.environ.get("DEFECTFLOW_HOME") or DEFAULT_HOME).resolve())

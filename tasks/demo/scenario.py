@@ -9,7 +9,9 @@ from tasks.demo.sample_data import generate
 DEMO_FIRST_BATCH = 800
 DEMO_SECOND_BATCH = 200
 DEFECT_EXTENT = (1 / 3, 1 / 2)  # defect sides as a fraction of the 128 px image
-DEMO_CONFIG = """# Written by `defectflow demo`: synthetic LabelImg-style defects, tiny offline Florence-2.
+DEMO_CONFIG = """# Written by `defectflow demo`: synthetic LabelImg-style defects, a LoRA adapter trained
+# on a tiny Florence-2 base that `defectflow build-base` pretrained offline on generic shapes
+# (the way a user fine-tunes Florence-2-base; no download).
 name: demo
 source: {{format: voc, images: {images}, annotations: {annotations}}}
 grayscale: convert
@@ -18,35 +20,58 @@ split: {{train: 0.7, validation: 0.1, test: 0.2}}
 labels: [patch, scratch, spot]
 model:
   kind: florence2
-  checkpoint: tiny      # built offline: the real architecture at toy size, random weights
-  lora: null            # from random weights LoRA has nothing to adapt: train it all
+  checkpoint: {base}
+  lora: {{r: {rank}, alpha: {alpha}, dropout: 0.0}}
 train:
   max_steps: {steps}
-  lr: 1.0e-3            # from scratch; fine-tuning a real checkpoint uses 1e-5 .. 5e-6
+  lr: {lr}              # a toy model's adapter; a real Florence-2 LoRA uses 1e-5 .. 1e-4
   batch_size: 16
   eval_steps: 250
-  patience: 4
+  patience: 3
+  min_steps: {min_steps}         # no early stop before the adapter had a fair chance
+  select: map50         # the checkpoint that finds defects best on the validation split
   warmup_ratio: 0.05
   weight_decay: 0.01
-  warm_start: true      # night 2 starts from night 1's champion
+  seed: {seed}
+  warm_start: true      # night 2 trains night 1's champion adapter further
 registry:
-  promote: {{metric: map50, min_gain: 0.0}}
+  promote: {{metric: map50, min_gain: 0.0, min_metric: 0.3, max_class_drop: 0.25}}
 """
-DEMO_STEPS = 2500  # the tiny model "clicks" between ~1000 and ~2000 steps, depending on float noise
+DEMO_STEPS = 1500
+DEMO_LORA_RANK = 16
+DEMO_LR = 2.0e-3
 
 
-def write_demo_config(work: Path, steps: int = DEMO_STEPS) -> Path:
+def write_demo_config(work: Path, base: Path, seed: int, steps: int = DEMO_STEPS) -> Path:
     source = work / "source"
     path = work / "demo.yaml"
     work.mkdir(parents=True, exist_ok=True)
-    path.write_text(DEMO_CONFIG.format(images=source / "images", annotations=source / "annotations",
-                                       steps=steps), encoding="utf-8")
+    path.write_text(DEMO_CONFIG.format(
+        images=source / "images", annotations=source / "annotations", base=base, steps=steps,
+        min_steps=steps // 2, rank=DEMO_LORA_RANK, alpha=2 * DEMO_LORA_RANK, lr=DEMO_LR,
+        seed=seed), encoding="utf-8")
     return path
 
 
-def add_batch(source: Path, count: int, start: int, troubles: bool) -> str:
-    written = generate(source, count=count, size=128, seed=5, start=start, troubles=troubles,
+def add_batch(source: Path, count: int, start: int, troubles: bool, seed: int) -> str:
+    written = generate(source, count=count, size=128, seed=seed, start=start, troubles=troubles,
                        max_defects=1, extent=DEFECT_EXTENT)
     extra = " + a truncated JPEG, an XML whose image is missing, a macOS junk file" if troubles else ""
     return (f"{'generated' if start == 0 else 'new images landed:'} {written['images']} images "
             f"({written['grayscale']} grayscale, {written['boxes']} boxes){extra} under {source}")
+
+
+def demo_record(result: dict) -> dict:
+    """One night of `demo_summary.json`: the numbers that say whether the demo learnt."""
+    summary = result["summary"] or {}
+    decision, train = summary.get("decision") or {}, summary.get("train") or {}
+    return {
+        "state": result["state"].name,
+        "flow_run_id": str(result["state"].state_details.flow_run_id),
+        "challenger_map50": ((summary.get("metrics") or {}).get("coco") or {}).get("map50"),
+        "champion_map50": ((summary.get("champion_metrics") or {}).get("coco") or {}).get("map50"),
+        "promoted": decision.get("promoted"),
+        "decision": decision.get("reason"),
+        "train": {"lora": train.get("lora"), "metric_for_best_model": train.get("metric_for_best_model"),
+                  "global_step": train.get("global_step"), "adapter": train.get("adapter")},
+    }

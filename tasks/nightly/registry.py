@@ -56,7 +56,8 @@ def _experiment_id(client, name: str, artifact_root: Path) -> str:
 
 
 def register_version(tracking_uri: str, artifact_root: str | Path, model_name: str, model_dir: str | Path,
-                     metrics: dict, lineage: dict[str, str], files: list[str | Path] = ()) -> dict:
+                     metrics: dict, lineage: dict[str, str], files: list[str | Path] = (),
+                     curves: dict[str, list] | None = None) -> dict:
     """Log the model folder (+ extra files) in a run and register it as a new model version
     carrying the lineage (plus the model files' hash) and the metrics as tags; alias
     `challenger` points at it. Registering the same files for the same dataset again returns
@@ -80,6 +81,9 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
     flat = _flat_metrics(metrics)
     for key, value in flat.items():
         client.log_metric(run_id, key, value)
+    for name, points in (curves or {}).items():  # the training curves, step by step
+        for step, value in points:
+            client.log_metric(run_id, f"train.{name}", float(value), step=int(step))
     client.log_artifacts(run_id, str(model_dir), artifact_path="model")
     for extra in files:
         if Path(extra).exists():
@@ -202,6 +206,6 @@ def push_champion_to_hub(model_dir: str | Path, repo_id: str, private: bool, car
 
 @task(name="register", retries=3, retry_delay_seconds=[5, 20, 60])
 def register_task(registry: RegistryTarget, artifact_root: str, model_dir: str, metrics: dict,
-                  lineage: dict, files: list[str]) -> dict:
+                  lineage: dict, files: list[str], curves: dict | None = None) -> dict:
     return register_version(registry.tracking_uri, artifact_root, registry.model_name, model_dir,
-                            metrics, lineage, files)
+                            metrics, lineage, files, curves)

@@ -70,9 +70,13 @@ class DetectionQuality(TrainerCallback):
 
 
 def wrap_with_lora(model, config: ModelConfig):
-    from peft import LoraConfig, get_peft_model
+    """A new LoRA adapter on the model, or the adapter `config.adapter` names, to train further
+    (a warm start from a champion adapter), or the model itself for full fine-tuning."""
+    from peft import LoraConfig, PeftModel, get_peft_model
 
-    if config.lora is None:
+    if config.adapter is not None:
+        peft_model = PeftModel.from_pretrained(model, config.adapter, is_trainable=True)
+    elif config.lora is None:
         peft_model = model
     else:
         lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
@@ -94,7 +98,7 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
                                                    train_config, max_steps)
     labels = sorted({label for row in train_set["labels"] for label in row})
     processor, model = load_detector(model_config.checkpoint, tiny_folder, labels)
-    model = wrap_with_lora(model, model_config)
+    model = wrap_with_lora(model, model_config)  # or, warm started, the champion's adapter
     select = train_config.select or "map50"
     callbacks: tuple = ()
     if select != "loss":
@@ -109,7 +113,7 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     model_dir = out / "model"
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model
     processor.save_pretrained(model_dir)
-    if model_config.lora is not None and model_config.merge:
+    if (model_config.lora is not None or model_config.adapter) and model_config.merge:
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
@@ -117,7 +121,8 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
                     "checkpoint": model_config.checkpoint,
                     "base_model": str(tiny_folder) if model_config.checkpoint == "tiny"
                     else model_config.checkpoint,
-                    "lora": model_config.lora is not None, "model_dir": str(model_dir),
+                    "lora": model_config.lora is not None or model_config.adapter is not None,
+                    "adapter": model_config.adapter, "model_dir": str(model_dir),
                     "train_rows": len(train_set), "eval_rows": len(eval_set)})
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -74,12 +75,13 @@ def check_train_config_task(model_config: ModelConfig, train_config: TrainConfig
 
 
 def warm_start_config(model: ModelConfig, train: TrainConfig, champion: dict | None) -> ModelConfig:
-    """With `train.warm_start`, tonight's training starts from the champion's weights (a full
-    model folder; a LoRA adapter starts again from its base checkpoint)."""
+    """With `train.warm_start`, tonight's training starts from the champion: a full model folder
+    becomes the checkpoint; a LoRA adapter is trained further on the base it was made for."""
     if not (train.warm_start and champion):
         return model
     folder = Path(champion["model_dir"])
-    if not (folder / "config.json").exists():
-        get_run_logger().warning("warm start skipped: the champion is an adapter, not a full model")
-        return model
+    adapter_config = folder / "adapter_config.json"
+    if adapter_config.exists():
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        return model.model_copy(update={"checkpoint": base, "adapter": str(folder)})
     return model.model_copy(update={"checkpoint": str(folder)})

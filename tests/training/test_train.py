@@ -160,6 +160,12 @@ def test_early_stopping_ends_a_run_that_stops_improving(synthetic_dataset, tmp_p
     summary = train_step(synthetic_dataset, tmp_path, ModelConfig(checkpoint="tiny"), train)
     assert summary["global_step"] == 4
     assert summary["best_checkpoint"].endswith("checkpoint-2")
+    # With min_steps the same run may not stop before step 6: a model that has not learnt yet
+    # is not stuck.
+    waiting = train.model_copy(update={"min_steps": 6})
+    summary = train_step(synthetic_dataset, tmp_path / "waiting", ModelConfig(checkpoint="tiny"),
+                         waiting)
+    assert summary["global_step"] == 6
 
 
 def test_freeze_vision_keeps_the_vision_tower_as_it_was(synthetic_dataset, tmp_path):
@@ -174,3 +180,41 @@ def test_freeze_vision_keeps_the_vision_tower_as_it_was(synthetic_dataset, tmp_p
     language = [name for name in before if "language_model" in name and "embed" not in name]
     assert vision and all(torch.equal(before[name], after[name]) for name in vision)
     assert any(not torch.equal(before[name], after[name]) for name in language)  # it did train
+
+
+def test_warm_start_trains_the_champion_adapter_further_on_its_base(tmp_path):
+    from tasks.training.train import warm_start_config
+
+    adapter = tmp_path / "champion" / "v1" / "model"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/bases/b"}))
+    full = tmp_path / "champion" / "v2" / "model"
+    full.mkdir(parents=True)
+    (full / "config.json").write_text("{}")
+    train = TrainConfig(warm_start=True)
+    model = ModelConfig(checkpoint="/bases/b")
+    assert warm_start_config(model, train, {"model_dir": str(adapter)}).model_dump() == {
+        **model.model_dump(), "checkpoint": "/bases/b", "adapter": str(adapter)}
+    assert warm_start_config(model, train, {"model_dir": str(full)}).checkpoint == str(full)
+    assert warm_start_config(model, TrainConfig(), {"model_dir": str(adapter)}) == model
+    assert warm_start_config(model, train, None) == model
+
+
+def test_the_pretrained_base_is_built_once_and_loads_like_a_checkpoint(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tasks.training.pretrain import DONE, SHAPES, build_pretrained_base
+
+    folder = build_pretrained_base(tmp_path / "base", steps=4, batch_size=2)
+    record = json.loads((folder / DONE).read_text())
+    assert record["steps"] == 4 and record["shapes"] == list(SHAPES)
+    built = (folder / "model.safetensors").stat().st_mtime_ns
+    assert build_pretrained_base(tmp_path / "base", steps=4) == folder  # reused, not rebuilt
+    assert (folder / "model.safetensors").stat().st_mtime_ns == built
+    processor = AutoProcessor.from_pretrained(folder)
+    AutoModelForImageTextToText.from_pretrained(folder)
+    # Its byte-level tokenizer spells any class name, in any script, and reads it back.
+    for label in ("scratch", "傷", "défaut"):
+        ids = processor.tokenizer(label, add_special_tokens=False).input_ids
+        assert processor.tokenizer.decode(ids) == label
+    assert not list(tmp_path.glob(".base.*"))  # no half-built folder left behind

@@ -1,0 +1,63 @@
+"""Learning measured, not hoped for: the demo's night 1 (a LoRA adapter on the pretrained tiny
+base) for several seeds, each in a fresh process, with its test mAP50 and its minutes.
+
+    python -m bench.learning [--seeds 1 2 3]
+
+The base is built once first (its minutes reported apart), as `make demo` builds it once per home.
+Writes bench/learning.json and prints a table; RESULTS.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GOAL = 0.6
+
+
+def defectflow(home: Path, *args: str) -> None:
+    command = [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), *args]
+    subprocess.run(command, cwd=HERE.parent, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="defectflow-learning-"))
+    home = work / "home"
+    started = time.monotonic()
+    defectflow(home, "build-base")
+    base_minutes = (time.monotonic() - started) / 60
+    nights = []
+    for seed in args.seeds:
+        started = time.monotonic()
+        defectflow(home, "demo", "--work", str(work / f"seed-{seed}"), "--seed", str(seed),
+                   "--nights", "1")
+        night = json.loads((work / f"seed-{seed}" / "demo_summary.json").read_text())["nights"][0]
+        nights.append({"seed": seed, "test_map50": night["challenger_map50"],
+                       "lora": night["train"]["lora"],
+                       "metric_for_best_model": night["train"]["metric_for_best_model"],
+                       "global_step": night["train"]["global_step"],
+                       "minutes": round((time.monotonic() - started) / 60, 2)})
+        print(f"seed {seed}: test mAP50 {night['challenger_map50']:.3f}, "
+              f"{nights[-1]['minutes']:.1f} min", flush=True)
+    scores = [n["test_map50"] or 0.0 for n in nights]
+    result = {"base_minutes": round(base_minutes, 2), "nights": nights,
+              "min_test_map50": min(scores), "median_test_map50": statistics.median(scores),
+              "median_minutes": statistics.median(n["minutes"] for n in nights),
+              "goal": f"every seed >= {GOAL}", "met": min(scores) >= GOAL}
+    (HERE / "learning.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""A pretrained tiny Florence-2 base, made offline: the stand-in for Florence-2-base where no
+weights can be downloaded (the demo, the tests, an air-gapped trial).
+
+A real user fine-tunes a LoRA adapter on a base that already knows how to find things and say
+where they are. `build_pretrained_base` makes such a base at toy size: the tiny random
+Florence-2 (`tiny.py`), trained in full on generic synthetic shapes (`SHAPES`: not the demo's
+defect classes) to answer `<OD>`. Its byte-level tokenizer spells any label, so a LoRA adapter can
+teach it new class names. Built once, into a folder (the home's `bases/`), reused after.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import uuid
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from tasks.core.records import Box
+from tasks.dataset.loc_tokens import OD_PROMPT, od_target
+from tasks.training.tiny import TinyFlorenceSize, build_tiny_florence
+
+SHAPES = ("circle", "square", "triangle", "cross")
+BASE_STEPS = 2500
+BASE_NAME = "tiny-florence2-shapes"
+DONE = "pretraining.json"
+
+
+def shape_image(rng: random.Random, size: int) -> tuple[Image.Image, list[Box]]:
+    """A plain, lightly textured background with one filled shape of random size, place and
+    colour (contrasting with the background)."""
+    background = tuple(rng.randint(60, 200) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):  # faint texture, seeded
+        x, y = rng.randrange(size), rng.randrange(size)
+        tone = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in background)
+        draw.ellipse([x, y, x + rng.randint(2, 10), y + rng.randint(2, 10)], fill=tone)
+    label = rng.choice(SHAPES)
+    w, h = rng.randint(size // 3, size // 2), rng.randint(size // 3, size // 2)
+    x0, y0 = rng.randint(0, size - w - 1), rng.randint(0, size - h - 1)
+    x1, y1 = x0 + w, y0 + h
+    dark = sum(background) > 3 * 128
+    colour = tuple(rng.randint(0, 50) if dark else rng.randint(205, 255) for _ in range(3))
+    if label == "circle":
+        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=colour)
+    elif label == "square":
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=colour)
+    elif label == "triangle":
+        draw.polygon([(x0, y1 - 1), ((x0 + x1) // 2, y0), (x1 - 1, y1 - 1)], fill=colour)
+    else:
+        thick = max(3, min(w, h) // 4)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        draw.rectangle([x0, cy - thick // 2, x1 - 1, cy + thick // 2], fill=colour)
+        draw.rectangle([cx - thick // 2, y0, cx + thick // 2, y1 - 1], fill=colour)
+    return image.filter(ImageFilter.GaussianBlur(0.5)), [Box(x1=x0, y1=y0, x2=x1, y2=y1, label=label)]
+
+
+def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int = 0,
+                          batch_size: int = 16, lr: float = 1e-3, image_size: int = 128) -> Path:
+    """The pretrained tiny base in `folder`, built (and trained) only if it is not there yet.
+    Written under a temporary name and renamed when complete, so a killed build leaves none."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = Path(folder)
+    if (folder / DONE).is_file():
+        return folder
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+    build_tiny_florence(staging, list(SHAPES), TinyFlorenceSize(), seed=seed)
+    processor = AutoProcessor.from_pretrained(staging)
+    model = AutoModelForImageTextToText.from_pretrained(staging)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        (step + 1) / warmup, 1 - step / steps))  # linear warmup and decay, as the Trainer does
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="pretraining the tiny base on shapes", unit="step"):
+        batch = [shape_image(rng, image_size) for _ in range(batch_size)]
+        inputs = processor(text=[OD_PROMPT] * batch_size, images=[image for image, _ in batch],
+                           return_tensors="pt", padding=True)
+        labels = processor.tokenizer([od_target(boxes, image_size, image_size) for _, boxes in batch],
+                                     return_tensors="pt", padding=True,
+                                     return_token_type_ids=False).input_ids
+        labels[labels == processor.tokenizer.pad_token_id] = -100
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        if len(losses) % 250 == 0:
+            tqdm.write(f"pretraining step {len(losses)}: loss {sum(losses[-250:]) / 250:.3f}")
+    model.save_pretrained(staging)
+    card = (staging / "README.md").read_text()
+    (staging / "README.md").write_text(card + (
+        f"\nPretrained by `defectflow build-base` for {steps} steps on generic synthetic shapes "
+        f"({', '.join(SHAPES)}): it has learnt to find things and say where they are, and knows "
+        "no defect class. Fine-tune it with LoRA as you would Florence-2-base.\n"))
+    (staging / DONE).write_text(json.dumps({"steps": steps, "seed": seed, "shapes": SHAPES,
+                                            "first_loss": losses[0], "last_loss": losses[-1]}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder

@@ -71,6 +71,16 @@ def logs_of(flow_run_id) -> list[str]:
     return [log.message for log in logs]
 
 
+def registry_and_model(tmp_path: Path) -> tuple[str, Path]:
+    """An embedded MLflow registry and a model folder to register in it."""
+    from tasks.nightly.registry import embedded_tracking_uri
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    return embedded_tracking_uri(tmp_path / "mlflow"), model_dir
+
+
 def demo_config(source: Path, name: str = "demo") -> str:
     return f"""# Synthetic LabelImg-style defects made by `defectflow demo`.
 name: {name}

@@ -21,7 +21,7 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.runners import prep_task_runner
 from tasks.training.trainer import FAIL_ENV
-from tests.support import artifacts_of, logs_of
+from tests.support import artifacts_of, logs_of, registry_and_model
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -181,10 +181,7 @@ def test_promotion_rule(challenger, champion, min_gain, promoted):
 
 
 def test_promotion_moves_the_alias_only_on_improvement(tmp_path):
-    uri = embedded_tracking_uri(tmp_path / "mlflow")
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
+    uri, model_dir = registry_and_model(tmp_path)
 
     def version(map_value):
         metrics = {"coco": {"map": map_value, "map50": map_value, "map75": map_value}}
@@ -265,10 +262,7 @@ def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
 def test_registering_the_same_model_for_the_same_dataset_twice_returns_the_same_version(tmp_path):
     from mlflow import MlflowClient
 
-    uri = embedded_tracking_uri(tmp_path / "mlflow")
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
+    uri, model_dir = registry_and_model(tmp_path)
     metrics = {"coco": {"map": 0.5, "map50": 0.6, "map75": 0.4}}
     first = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
                              {"dataset_fingerprint": "f1"})
@@ -299,10 +293,7 @@ def test_a_new_champion_is_pushed_to_the_hub_by_the_promotion_step(tmp_path, mon
             return type("Commit", (), {"oid": "c0ffee"})()
 
     monkeypatch.setattr("huggingface_hub.HfApi", RecordingHub)
-    uri = embedded_tracking_uri(tmp_path / "mlflow")
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
+    uri, model_dir = registry_and_model(tmp_path)
     metrics = {"coco": {"map": 0.5, "map50": 0.6, "map75": 0.4}}
     version = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
                                {"dataset_fingerprint": "f"})

@@ -5,7 +5,8 @@ import pytest
 from tasks.core.config import PromoteConfig, RegistryConfig
 from tasks.nightly.gate import decision_markdown, gate
 from tasks.nightly.promotion import Candidate, promote_step
-from tasks.nightly.registry import RegistryTarget, champion_version, embedded_tracking_uri, register_version
+from tasks.nightly.registry import RegistryTarget, champion_version, register_version
+from tests.support import registry_and_model
 
 
 def detector(map50: float, **ap50: float) -> dict:
@@ -45,10 +46,7 @@ def test_a_classifier_is_guarded_by_its_per_class_f1():
 
 
 def test_the_floor_holds_through_the_registry(tmp_path):
-    uri = embedded_tracking_uri(tmp_path / "mlflow")
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text("{}")
+    uri, model_dir = registry_and_model(tmp_path)
     metrics = detector(0.2, spot=0.2)
     version = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
                                {"dataset_fingerprint": "f"})

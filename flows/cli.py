@@ -4,10 +4,10 @@ imported inside the commands, after `--home` has pointed PREFECT_HOME at the wor
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from flows.summaries import console
@@ -18,6 +18,7 @@ app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
 WorkOption = Annotated[Path, typer.Option(help="work dir: prepared data, runs, champion copies")]
 
@@ -29,8 +30,7 @@ def main(
         help="work folder for Prefect's database, cached results and the content store "
         "(env DEFECTFLOW_HOME; default ./.defectflow)")] = None,
 ) -> None:
-    where = resolve_home(home)
-    configure_environment(where)
+    configure_environment(where := resolve_home(home))
     ctx.obj = str(where.root)  # the home every command passes to its flow
 
 
@@ -107,12 +107,12 @@ def evaluate(
 def coco_eval(
     gt: Annotated[Path, typer.Argument(help="COCO ground truth JSON")],
     dt: Annotated[Path, typer.Argument(help="COCO detections JSON (a list of results)")],
-    iou_type: Annotated[str, typer.Option(click_type=click.Choice(["bbox", "segm"]))] = "bbox",
+    iou_type: Annotated[IouType, typer.Option(help="what the detections are")] = IouType.bbox,
 ) -> None:
     """Print COCOeval's 12 stats as JSON: {"stats": [...]} in COCOeval.stats order."""
     from tasks.scoring.coco import CocoInputError, coco_eval_files
     try:
-        stats = coco_eval_files(gt, dt, iou_type)
+        stats = coco_eval_files(gt, dt, iou_type.value)
     except CocoInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

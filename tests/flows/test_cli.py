@@ -19,6 +19,14 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+@pytest.mark.parametrize("command", ["check", "prepare", "train", "evaluate", "coco-eval", "run",
+                                     "serve", "demo", "build-base"])
+def test_every_command_explains_itself(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and "Traceback" not in result.output
+
+
 def test_a_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nsource: {format: voc, images: a, annotations: b}\ngrayscale: maybe\n")

@@ -12,6 +12,7 @@ from tasks.core.config import ModelConfig, TrainConfig
 from tasks.training.classifier import finetune_classifier
 from tasks.training.detector import finetune_detector
 from tasks.training.models import ModelUnavailable
+from tasks.training.pretrain import DONE as PRETRAINING_RECORD
 from tasks.training.tiny import TINY
 from tasks.training.trainer import is_trained
 
@@ -19,7 +20,10 @@ HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
 
 
 def lr_warning(model: ModelConfig, train: TrainConfig) -> str | None:
-    if model.checkpoint != TINY and train.lr > HIGH_LR[model.kind]:
+    """A warning for a learning rate that would wreck a pretrained checkpoint (not for
+    defectflow's own toy models: the random `tiny` one and the pretrained tiny base)."""
+    toy = model.checkpoint == TINY or (Path(model.checkpoint) / PRETRAINING_RECORD).is_file()
+    if not toy and train.lr > HIGH_LR[model.kind]:
         return (f"lr {train.lr:g} is high for fine-tuning a pretrained {model.kind} "
                 f"(recipes use {'1e-5..5e-6' if model.kind == 'florence2' else '2e-5..5e-5'}); "
                 "the loss may diverge")

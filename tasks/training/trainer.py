@@ -176,9 +176,8 @@ def save_checkpoints_in_model_format(model) -> None:
 
 
 def quality_callbacks(patience: int, min_steps: int):
-    """Early stopping that waits for `min_steps`, then one line per evaluation to the console
-    and the run log. Callbacks that add metrics (mAP50) must come before these."""
-    from tqdm.auto import tqdm
+    """Early stopping that waits for `min_steps`, then one line per evaluation in the run log.
+    Callbacks that add metrics (mAP50) must come before these."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class EarlyStoppingAfter(EarlyStoppingCallback):
@@ -188,9 +187,8 @@ def quality_callbacks(patience: int, min_steps: int):
 
     class EvaluationLines(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            line = evaluation_line(state.global_step, metrics or {}, state.log_history)
-            tqdm.write(line)
-            run_logger().info(line)
+            # The run log: the Prefect UI, and the console through Prefect's handler.
+            run_logger().info(evaluation_line(state.global_step, metrics or {}, state.log_history))
 
     return [EarlyStoppingAfter(early_stopping_patience=patience), EvaluationLines()]
 

@@ -153,6 +153,14 @@ def test_high_learning_rate_warns_for_pretrained_checkpoints_only():
     assert lr_warning(ModelConfig(checkpoint="tiny"), TrainConfig(lr=1e-3)) is None
 
 
+def test_no_learning_rate_warning_for_the_pretrained_tiny_base(tmp_path):
+    from tasks.training.pretrain import DONE
+
+    (tmp_path / DONE).write_text("{}")
+    assert lr_warning(ModelConfig(checkpoint=str(tmp_path)), TrainConfig(lr=3e-3)) is None
+    assert lr_warning(ModelConfig(checkpoint=str(tmp_path / "elsewhere")), TrainConfig(lr=3e-3))
+
+
 def test_early_stopping_ends_a_run_that_stops_improving(synthetic_dataset, tmp_path):
     # A learning rate this small changes nothing: the validation loss never improves, so with
     # patience 1 the run stops at its second evaluation instead of running to max_steps.

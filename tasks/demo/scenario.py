@@ -37,7 +37,7 @@ train:
 registry:
   promote: {{metric: map50, min_gain: 0.0, min_metric: 0.3, max_class_drop: 0.25}}
 """
-DEMO_STEPS = 2500
+DEMO_STEPS = 2000
 DEMO_LORA_RANK = 16
 DEMO_LR = 3.0e-3
 

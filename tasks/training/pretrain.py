@@ -16,6 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from tasks.core.records import Box
@@ -29,15 +30,13 @@ DONE = "pretraining.json"
 
 
 def shape_image(rng: random.Random, size: int) -> tuple[Image.Image, list[Box]]:
-    """A plain, lightly textured background with one filled shape of random size, place and
-    colour (contrasting with the background)."""
+    """A grainy background (factory surfaces are rarely plain) with one filled shape of random
+    size, place and colour, contrasting with the background."""
     background = tuple(rng.randint(60, 200) for _ in range(3))
-    image = Image.new("RGB", (size, size), background)
+    grain = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(8, 24), (size, size))
+    image = Image.fromarray(np.clip(np.array(background)[None, None, :] + grain[..., None], 0, 255)
+                            .astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(1))
     draw = ImageDraw.Draw(image)
-    for _ in range(12):  # faint texture, seeded
-        x, y = rng.randrange(size), rng.randrange(size)
-        tone = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in background)
-        draw.ellipse([x, y, x + rng.randint(2, 10), y + rng.randint(2, 10)], fill=tone)
     label = rng.choice(SHAPES)
     w, h = rng.randint(size // 3, size // 2), rng.randint(size // 3, size // 2)
     x0, y0 = rng.randint(0, size - w - 1), rng.randint(0, size - h - 1)

@@ -57,25 +57,29 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         run_dir = work / "runs" / f"{fingerprint[:12]}-{identity[:8]}"
         trained = train_task_for(run_dir, identity, config.train)(
             dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
-            train_config=config.train, out_dir=str(run_dir), max_steps=max_steps)
+            train_config=config.train, out_dir=str(run_dir), max_steps=max_steps,
+            identity=identity)
 
-        def evaluate_on_test(model_dir: str, out_dir: Path, role: str) -> dict:
+        def evaluate_on_test(model_dir: str, model_hash: str, out_dir: Path, role: str) -> dict:
             metrics = evaluate_task_for(out_dir, config.evaluate)(
                 model=config.model, dataset_dir=dataset, fingerprint=fingerprint,
-                model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=str(out_dir),
+                model_dir=model_dir, model_hash=model_hash, out_dir=str(out_dir),
                 split="test", labels=config.labels, num_beams=config.evaluate.num_beams,
                 batch_size=config.evaluate.batch_size)
             evaluation_artifacts_task(metrics=metrics, role=role)
             return metrics
 
-        metrics = evaluate_on_test(trained["model_dir"], run_dir / "eval", "challenger")
+        challenger_files = folder_hash(trained["model_dir"])  # the evaluate key and a version tag
+        metrics = evaluate_on_test(trained["model_dir"], challenger_files, run_dir / "eval",
+                                   "challenger")
         champion_metrics = None if champion is None else evaluate_on_test(
-            champion["model_dir"], run_dir / f"champion-v{champion['version']}-eval", "champion")
+            champion["model_dir"], folder_hash(champion["model_dir"]),
+            run_dir / f"champion-v{champion['version']}-eval", "champion")
         lineage = {"dataset_fingerprint": fingerprint,
                    "hub_revision": report["dataset"]["hub_revision"] or "",
                    "prefect_flow_run_id": str(runtime.flow_run.id),
                    "config_hash": config.section_hash(), "code_version": code_version(),
-                   "base_checkpoint": model.checkpoint}
+                   "base_checkpoint": model.checkpoint, "model_files": challenger_files}
         version = register_task(
             registry=registry, artifact_root=str(where.mlflow / "artifacts"),
             model_dir=trained["model_dir"], metrics=metrics, lineage=lineage,

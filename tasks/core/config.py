@@ -106,7 +106,8 @@ class TrainConfig(_Strict):
     eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    warm_start: bool = Field(False, description="nightly: start from the champion (full models only)")
+    warm_start: bool = Field(False, description="nightly: start from the champion (its full model, "
+                             "or its LoRA adapter trained further)")
     timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
 
 

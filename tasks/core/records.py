@@ -1,6 +1,6 @@
 """The record that travels the whole way, quarantine entries, and manifest I/O.
 
-Box convention (written down once, tested in tests/test_records.py):
+Box convention (written down once, tested in tests/images/test_boxes.py):
 float pixel coordinates, 0-based, x2/y2 *exclusive* edges, so width = x2 - x1.
 Pascal VOC stores 1-based *inclusive* pixel indices: xmin..xmax covers xmax - xmin + 1
 pixels, hence x1 = xmin - 1 and x2 = xmax. COCO's [x, y, w, h] is already 0-based: x2 = x + w.
@@ -63,7 +63,7 @@ class Sample(BaseModel):
     mode: str = ""
     grayscale: bool = False
     image_format: str = ""
-    image_op: str | None = Field(None, description="how the source was re-rendered (see images.render)")
+    image_op: str | None = Field(None, description="how the source was re-rendered (images/store.py: render)")
     processed_path: str | None = Field(None, description="the image the dataset uses, if not the source")
     # Filled in by split / augment / loc targets:
     split: str | None = None

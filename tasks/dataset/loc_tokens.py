@@ -3,7 +3,7 @@
 encode: q = clamp(floor(x / (W / 1000)), 0, 999); decode: the bin centre (q + 0.5) * W / 1000,
 W and H being the original image size. transformers' `Florence2PostProcessor.dequantize`
 computes the same centre and then truncates it with `.int()`; `decode_like_processor` does that
-too, so the two can be compared exactly (tests/test_loc_tokens.py), while evaluation uses the
+too, so the two can be compared exactly (tests/training/test_models.py), while evaluation uses the
 untruncated centre (truncation would pull every box up to a pixel towards the origin).
 """
 

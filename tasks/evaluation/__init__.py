@@ -1,1 +1,1 @@
-"""Stage 5: predictions with confidences, COCO mAP, confusion matrices, plots."""
+"""Stage 5: the evaluate step (scores from `scoring/`), its metrics.json, PNGs and artifacts."""

@@ -67,7 +67,7 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
     client = _client(tracking_uri)
     # Idempotent: a retry after a half-done registration, or a rerun after a later step failed,
     # finds the version these files and this dataset already have instead of adding another.
-    lineage = {**lineage, "model_files": folder_hash(model_dir)}
+    lineage = {**lineage, "model_files": lineage.get("model_files") or folder_hash(model_dir)}
     existing = find_version(client, model_name, lineage["model_files"],
                             str(lineage.get("dataset_fingerprint", "")))
     if existing is not None:

@@ -99,9 +99,9 @@ def accuracy(eval_prediction) -> dict:
 
 def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                         train_config: TrainConfig, tiny_folder: str | Path,
-                        max_steps: int | None = None) -> dict:
+                        max_steps: int | None = None, identity: str | None = None) -> dict:
     out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
-                                                   train_config, max_steps)
+                                                   train_config, max_steps, identity)
     train_set = original_rows(train_set)
     mode, negative = model_config.image_label, model_config.negative_label
     labels = sorted({image_label(row, mode, negative) for split in (train_set, eval_set)

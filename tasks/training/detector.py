@@ -2,8 +2,8 @@
 
 One readable path, as in transformers' examples: load the prepared dataset, load the model,
 wrap it with LoRA, train with checkpoints every `eval_steps` (resuming from the last one after a
-crash), keep the best checkpoint by validation loss, save the adapter + processor (and optionally
-the merged model) where `from_pretrained` finds them.
+crash), keep the best checkpoint by validation mAP50 (`train.select`), save the adapter +
+processor (and optionally the merged model) where `from_pretrained` finds them.
 """
 
 from __future__ import annotations
@@ -92,10 +92,10 @@ def wrap_with_lora(model, config: ModelConfig):
 
 def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                       train_config: TrainConfig, tiny_folder: str | Path,
-                      max_steps: int | None = None) -> dict:
+                      max_steps: int | None = None, identity: str | None = None) -> dict:
     """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json)."""
     out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
-                                                   train_config, max_steps)
+                                                   train_config, max_steps, identity)
     labels = sorted({label for row in train_set["labels"] for label in row})
     processor, model = load_detector(model_config.checkpoint, tiny_folder, labels)
     model = wrap_with_lora(model, model_config)  # or, warm started, the champion's adapter

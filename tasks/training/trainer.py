@@ -74,14 +74,15 @@ def is_trained(out_dir: str | Path, identity: str) -> bool:
 
 
 def start_run(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
-              train_config: TrainConfig, max_steps: int | None):
+              train_config: TrainConfig, max_steps: int | None, identity: str | None = None):
     """(output folder, identity, train split, validation split), with the seed set and the
-    output folder claimed for this run (see `claim_output`)."""
+    output folder claimed for this run (see `claim_output`). A flow that already computed the
+    identity (to name the run folder) passes it: hashing a base folder again costs a full read."""
     from transformers import set_seed
 
     out = Path(out_dir)
-    identity = run_identity(dataset_fingerprint_of(dataset_dir), model_config, train_config,
-                            max_steps)
+    identity = identity or run_identity(dataset_fingerprint_of(dataset_dir), model_config,
+                                        train_config, max_steps)
     claim_output(out, identity)
     set_seed(train_config.seed)
     return (out, identity, *load_splits(dataset_dir))

@@ -12,6 +12,7 @@ from tasks.core.config import DatasetConfig, load_config
 from tasks.core.home import resolve_home
 from tasks.core.run_history import task_run_states
 from tasks.dataset.augment import augment_task
+from tasks.dataset.budget import budget_task
 from tasks.dataset.loc_tokens import loc_targets_task
 from tasks.dataset.publish import publish_task_for
 from tasks.dataset.report import report_task
@@ -27,7 +28,8 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     where = resolve_home(home)
     store, manifests = str(where.store), str(where.manifests)
 
-    ingested = ingest_task(source=config.source, labels=config.labels, manifests_dir=manifests)
+    ingested = ingest_task(source=config.source, rules=config.label_rules,
+                           manifests_dir=manifests)
     shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,
                         manifests_dir=manifests)
     image_step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
@@ -37,7 +39,9 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     shard_outputs = processed.result()
     split = split_task(kept=[s.kept for s in shard_outputs], ratios=config.split,
                        manifests_dir=manifests)
-    augment_state = augment_task(manifest=split.samples, config=config.augment,
+    budget = budget_task(samples=split.samples, budget=config.targets.max_tokens,
+                         checkpoint=config.model.checkpoint, manifests_dir=manifests)
+    augment_state = augment_task(manifest=budget.kept, config=config.augment,
                                  max_pixels=config.images.max_pixels, store_root=store,
                                  manifests_dir=manifests, return_state=True)
     augmented, flips = augment_state.result()
@@ -52,8 +56,8 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     return report_task(
         report_path=str(Path(out_dir) / "prepare_report.json"),
         name=config.name, grayscale_policy=config.grayscale, ingested=ingested,
-        shards=shard_outputs, split=split, augmented=flips, published=published,
-        work=work,
+        shards=shard_outputs, split=split, budget=budget, augmented=flips, published=published,
+        work=work, rules=config.label_rules,
     )
 
 

@@ -25,7 +25,12 @@ from tasks.nightly.promotion import (
 )
 from tasks.nightly.registry import RegistryTarget, embedded_tracking_uri, register_task
 from tasks.nightly.runners import prep_task_runner
-from tasks.training.train import check_train_config_task, train_task_for, warm_start_config
+from tasks.training.train import (
+    check_train_config_task,
+    train_task_for,
+    warm_start_config,
+    warm_start_train_config,
+)
 from tasks.training.trainer import run_identity
 
 
@@ -53,11 +58,12 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         fingerprint = report["fingerprint"]
         champion = current_champion_task(registry=registry, download_to=str(work / "champion"))
         model = warm_start_config(config.model, config.train, champion)
-        identity = run_identity(fingerprint, model, config.train, max_steps)
+        train = warm_start_train_config(config.train, champion)
+        identity = run_identity(fingerprint, model, train, max_steps)
         run_dir = work / "runs" / f"{fingerprint[:12]}-{identity[:8]}"
-        trained = train_task_for(run_dir, identity, config.train)(
+        trained = train_task_for(run_dir, identity, train)(
             dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
-            train_config=config.train, out_dir=str(run_dir), max_steps=max_steps,
+            train_config=train, out_dir=str(run_dir), max_steps=max_steps,
             identity=identity)
 
         def evaluate_on_test(model_dir: str, model_hash: str, out_dir: Path, role: str) -> dict:

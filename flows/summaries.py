@@ -51,13 +51,21 @@ def print_prepare_summary(report: dict, states: list[tuple[str, str]], out: Path
                   + f"  (+ flipped copies: hflip {report['augmented']['hflip']}, "
                   f"vflip {report['augmented']['vflip']})")
     table.add_row("classes", ", ".join(f"{k} {v}" for k, v in report["classes"].items()) or "-")
+    targets = report["targets"]
+    table.add_row("targets", f"longest {targets['max_tokens']} tokens, p99 {targets['p99_tokens']} "
+                  f"(budget {targets['budget']}; over it: {targets['over_budget']}; counted with "
+                  f"{targets['counted_with']})")
     table.add_row("prefect tasks", states_line(states))
     table.add_row("dataset", f"{report['dataset']['folder']}  rows {report['dataset']['rows']}")
     table.add_row("report", str(out / "prepare_report.json"))
     table.add_row("fingerprint", report["fingerprint"])
     console.print(table)
-    for warning in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for collision in report["label_collisions"]:
+        names = ", ".join(f"{name!r} ({count})" for name, count in collision["names"].items())
+        fate = (f"merged into {collision['merged_into']!r}" if collision["merged_into"] else
+                "kept as separate classes (merge_case_variants: true or label_map merges them)")
+        console.print(f"[yellow]warning:[/yellow] class names {names} differ only by case or "
+                      f"spacing: {fate}")
     if images["kept"] == 0:
         console.print("[yellow]No image was kept: see the quarantine and grayscale lines above "
                       "(with `grayscale: drop`, a grayscale dataset keeps nothing; use convert).[/yellow]")

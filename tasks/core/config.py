@@ -10,6 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.labels import LabelRules, label_problem, tidy
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and the problem."""
@@ -108,6 +110,9 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     warm_start: bool = Field(False, description="nightly: start from the champion (its full model, "
                              "or its LoRA adapter trained further)")
+    warm_start_steps: int | None = Field(None, gt=0, description="max_steps of a warm-started "
+                                         "run (it starts from a model that works already); "
+                                         "default: max_steps")
     timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
 
 
@@ -140,6 +145,12 @@ class RegistryConfig(_Strict):
     hub_private: bool = True
 
 
+class TargetsConfig(_Strict):
+    # Florence-2's BART decoder has 1024 positions: a longer target cannot be learnt whole.
+    max_tokens: int = Field(1024, gt=8, description="longest target (model tokens, with <s> and "
+                            "</s>); an image whose target is longer is quarantined (target_too_long)")
+
+
 class PrepConfig(_Strict):
     runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
@@ -157,7 +168,13 @@ class DatasetConfig(_Strict):
     labels: list[str] | None = Field(
         None, description="allowed class names; boxes with other names are dropped (unknown_label)"
     )
+    label_map: dict[str, str] = Field(
+        {}, description="annotation name -> class name, e.g. {Scratch: scratch, 'scr.': scratch}")
+    merge_case_variants: bool = Field(
+        False, description="names that differ only by case or spacing become one class (the "
+        "spelling in `labels`, else lower case); either way prepare_report.json lists them")
     shard_size: int = Field(256, gt=0, description="images per prep task")
+    targets: TargetsConfig = TargetsConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -191,7 +208,23 @@ class DatasetConfig(_Strict):
     def _labels_unique(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and len(set(value)) != len(value):
             raise ValueError("labels must be unique")
+        for name in value or ():
+            if (problem := label_problem(tidy(name))) is not None:
+                raise ValueError(problem)
         return value
+
+    @field_validator("label_map")
+    @classmethod
+    def _class_names_are_clean(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value.values():
+            if (problem := label_problem(tidy(name))) is not None:
+                raise ValueError(problem)
+        return value
+
+    @property
+    def label_rules(self) -> LabelRules:
+        return LabelRules(label_map=self.label_map, merge_case_variants=self.merge_case_variants,
+                          allowed=None if self.labels is None else frozenset(map(tidy, self.labels)))
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections, for cache keys (paths are part of it)."""

@@ -44,11 +44,6 @@ def decode_box(q: tuple[int, int, int, int], width: float, height: float,
                x2=decode_coord(q[2], width), y2=decode_coord(q[3], height), label=label)
 
 
-def florence_safe(label: str) -> bool:
-    """Florence's parser keeps ASCII only and splits phrases at '<'; other labels break."""
-    return bool(label.strip()) and label.isascii() and "<" not in label and label == label.strip()
-
-
 def od_target(boxes: list[Box], width: int, height: int) -> str:
     """`label<loc_x1><loc_y1><loc_x2><loc_y2>` per box, in reading order (top to bottom, then
     left to right, on the quantized values, so the order is what the model sees)."""

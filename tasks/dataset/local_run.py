@@ -10,6 +10,7 @@ from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
 from tasks.core.progress import work_this_run
 from tasks.dataset.augment import augment_step
+from tasks.dataset.budget import budget_step
 from tasks.dataset.loc_tokens import loc_targets_step
 from tasks.dataset.publish import PublishOutput, publish_step
 from tasks.dataset.split import split_step
@@ -19,17 +20,19 @@ from tasks.ingest.ingest import ingest_step, shard_step
 
 def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Path,
                   workers: int = 1) -> tuple[PublishOutput, dict[str, int]]:
-    """ingest -> shards (on `workers` threads) -> split -> flips -> targets -> publish.
+    """ingest -> shards (on `workers` threads) -> split -> target budget -> flips -> targets -> publish.
     Returns the publication and the work done (images decoded, reused, encoded)."""
     where = Home(Path(home))
     manifests, store = where.manifests, where.store
-    ingested = ingest_step(config.source, config.labels, manifests)
+    ingested = ingest_step(config.source, config.label_rules, manifests)
     step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
     shards = shard_step(ingested.candidates, config.shard_size, manifests)
     with ThreadPoolExecutor(workers) as pool:
         outputs = list(pool.map(lambda s: process_images_step(s, step, store, manifests), shards))
     split = split_step([o.kept for o in outputs], config.split, manifests)
-    augmented, flips = augment_step(split.samples, config.augment, config.images.max_pixels,
+    budget = budget_step(split.samples, config.targets.max_tokens, config.model.checkpoint,
+                         manifests)
+    augmented, flips = augment_step(budget.kept, config.augment, config.images.max_pixels,
                                     str(store), manifests)
     published = publish_step(loc_targets_step(augmented, manifests), config.name, config.publish,
                              dataset_dir)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from prefect import task
 
+from tasks.core.labels import ANY_LABEL, LabelRules, collisions
 from tasks.core.records import Sample, read_records, read_rejections, read_samples
-from tasks.dataset.loc_tokens import florence_safe
+from tasks.dataset.budget import TargetsCheck
 from tasks.dataset.publish import PublishOutput
 from tasks.dataset.split import SPLITS, SplitOutput
 from tasks.images.shard import ShardOutput
@@ -23,14 +24,16 @@ def report_step(
     ingested: IngestOutput,
     shards: list[ShardOutput],
     split: SplitOutput,
+    budget: TargetsCheck,
     augmented: dict[str, int],
     published: PublishOutput,
     work: dict[str, int],
+    rules: LabelRules = ANY_LABEL,
 ) -> dict:
     classes: Counter = Counter()
     splits: Counter = Counter()
     by_split: dict[str, Counter] = {name: Counter() for name in SPLITS}
-    for sample in read_records(split.samples, Sample):  # streamed: counts only
+    for sample in read_records(budget.kept, Sample):  # streamed: counts only
         labels = [box.label for box in sample.boxes]
         classes.update(labels)
         splits[sample.split] += 1
@@ -44,8 +47,8 @@ def report_step(
         box_rejections += read_rejections(shard.rejected_boxes)
         dropped_gray += [s.item for s in read_samples(shard.dropped_grayscale)]
         counters.update(shard.counters)
-    quarantine += read_rejections(split.rejected)
-    box_rejections += read_rejections(split.rejected_boxes)
+    quarantine += read_rejections(split.rejected) + read_rejections(budget.rejected)
+    box_rejections += read_rejections(split.rejected_boxes) + read_rejections(budget.rejected_boxes)
 
     kept_boxes = sum(classes.values())
     dropped = Counter(r.reason for r in box_rejections)
@@ -76,9 +79,10 @@ def report_step(
         "quarantine_reasons": dict(sorted(Counter(r.reason for r in quarantine).items())),
         "dropped_boxes": [r.model_dump() for r in sorted(box_rejections, key=lambda r: r.item)],
         "dropped_grayscale": sorted(dropped_gray),
-        "warnings": [f"label {label!r} will not survive Florence-2's output parser "
-                     "(non-ASCII, '<' or surrounding spaces)"
-                     for label in sorted(classes) if not florence_safe(label)],
+        # Names that differ only by case or spacing: merged (merge_case_variants, label_map)
+        # or, if not, two classes the model must tell apart.
+        "targets": budget.stats,
+        "label_collisions": collisions(ingested.label_spellings, rules),
         "dataset": {"folder": published.folder, "rows": published.rows,
                     "hub_revision": published.hub_revision},
         "work": dict(sorted(work.items())),

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.core.labels import ANY_LABEL, LabelRules
 from tasks.core.records import Box, Rejection, Sample, coco_to_box
 from tasks.ingest.results import IngestResult, reject_unclaimed_images
 from tasks.ingest.sources import (
@@ -25,14 +26,15 @@ from tasks.ingest.sources import (
 MAX_JSON_BYTES = 2_000_000_000
 
 
-def _annotation_to_box(ann: dict, categories: dict, allowed: set[str] | None) -> Box | tuple[str, str]:
+def _annotation_to_box(ann: dict, categories: dict, rules: LabelRules) -> Box | tuple[str, str]:
     if ann.get("iscrowd") in (1, True):
         return "box_crowd", "iscrowd=1 regions are not single objects"
     category = categories.get(_key(ann.get("category_id")))
     if category is None:
         return "unknown_label", f"category_id {ann.get('category_id')!r} is not in categories"
-    if allowed is not None and category not in allowed:
-        return "unknown_label", f"{category!r} is not in the configured labels"
+    label = rules.resolve(category)
+    if isinstance(label, tuple):
+        return label
     bbox = ann.get("bbox")
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         return "box_invalid", f"bbox is not [x, y, w, h]: {bbox!r}"
@@ -46,7 +48,7 @@ def _annotation_to_box(ann: dict, categories: dict, allowed: set[str] | None) ->
         return "box_degenerate", f"negative width or height: {bbox!r}"
     if w == 0 or h == 0:
         return "box_degenerate", f"zero area: {bbox!r}"
-    return coco_to_box(x, y, w, h, category)
+    return coco_to_box(x, y, w, h, label)
 
 
 def _key(value: object) -> str:
@@ -55,7 +57,7 @@ def _key(value: object) -> str:
 
 
 def ingest_coco(
-    images_root: Path, json_path: Path, listing: SourceListing, labels: list[str] | None = None,
+    images_root: Path, json_path: Path, listing: SourceListing, rules: LabelRules = ANY_LABEL,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> IngestResult:
     result = IngestResult()
@@ -116,7 +118,6 @@ def ingest_coco(
         boxes_by_image.setdefault(_key(ann["image_id"]), []).append((position, ann))
 
     index = index_images(images_root, listing.images)
-    allowed = set(labels) if labels is not None else None
     claimed: set[Path] = set()
     for item, image in image_items:
         annotations = boxes_by_image.get(_key(image["id"]), [])
@@ -142,7 +143,9 @@ def ingest_coco(
         claimed.add(path)
         boxes = []
         for position, ann in annotations:
-            box = _annotation_to_box(ann, categories, allowed)
+            if (category := categories.get(_key(ann.get("category_id")))) is not None:
+                result.spellings[category] += 1
+            box = _annotation_to_box(ann, categories, rules)
             if isinstance(box, Box):
                 boxes.append(box)
             else:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from tasks.core.caching import CACHE_POLICY
 from tasks.core.config import SourceConfig
+from tasks.core.labels import LabelRules
 from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, write_manifest
 from tasks.ingest.coco import ingest_coco
 from tasks.ingest.results import IngestResult
@@ -28,6 +29,7 @@ class IngestOutput(BaseModel, frozen=True):
     rejected_boxes: Manifest
     boxes_found: int
     images_found: int
+    label_spellings: dict[str, int] = {}  # raw class names with their box counts
 
 
 def list_configured_source(source: SourceConfig) -> SourceListing:
@@ -51,14 +53,14 @@ class SourceState(CachePolicy):
         return source_fingerprint(inputs[self.argument])
 
 
-def ingest_step(source: SourceConfig, labels: list[str] | None,
+def ingest_step(source: SourceConfig, rules: LabelRules,
                 manifests_dir: str | Path) -> IngestOutput:
     listing = list_configured_source(source)
     with ManifestWriter(manifests_dir, "candidates") as candidates:  # streamed as parsed
         if source.format == "coco":
-            result = ingest_coco(source.images, source.annotations, listing, labels, candidates.add)
+            result = ingest_coco(source.images, source.annotations, listing, rules, candidates.add)
         elif source.annotations.is_dir():
-            result = ingest_voc(source.images, source.annotations, listing, labels, candidates.add)
+            result = ingest_voc(source.images, source.annotations, listing, rules, candidates.add)
         else:
             result = IngestResult()
             result.rejected.append(Rejection(item=str(source.annotations), reason="annotation_missing",
@@ -69,6 +71,7 @@ def ingest_step(source: SourceConfig, labels: list[str] | None,
         rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "ingest-rejected-boxes"),
         boxes_found=result.boxes_found,
         images_found=candidates.count + len(result.rejected),
+        label_spellings=dict(sorted(result.spellings.items())),
     )
 
 
@@ -98,8 +101,8 @@ def source_fingerprint_task(source: SourceConfig) -> str:
 
 # SourceState: a file added, removed or touched under the source means a new ingest.
 @task(name="ingest", cache_policy=CACHE_POLICY + SourceState(argument="source"), persist_result=True)
-def ingest_task(source: SourceConfig, labels: list[str] | None, manifests_dir: str) -> IngestOutput:
-    return ingest_step(source, labels, manifests_dir)
+def ingest_task(source: SourceConfig, rules: LabelRules, manifests_dir: str) -> IngestOutput:
+    return ingest_step(source, rules, manifests_dir)
 
 
 @task(name="shard", cache_policy=CACHE_POLICY, persist_result=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ class IngestResult:
     rejected: list[Rejection] = field(default_factory=list)  # images / annotations
     rejected_boxes: list[Rejection] = field(default_factory=list)
     boxes_found: int = 0
+    spellings: Counter[str] = field(default_factory=Counter)  # raw class names, as annotated
 
 
 def reject_unclaimed_images(

@@ -15,6 +15,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from tasks.core.labels import ANY_LABEL, LabelRules
 from tasks.core.records import Box, Rejection, Sample, box_rejections, voc_to_box
 from tasks.ingest.results import IngestResult, reject_unclaimed_images
 from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image, index_images, inside
@@ -84,19 +85,20 @@ def parse_voc(xml_bytes: bytes) -> VocAnnotation:
     )
 
 
-def object_to_box(obj: VocObject, allowed: set[str] | None) -> Box | tuple[str, str]:
+def object_to_box(obj: VocObject, rules: LabelRules) -> Box | tuple[str, str]:
     """A Box, or (reason, detail) when the object cannot become one."""
     if not obj.name:
         return "box_invalid", "object without <name>"
-    if allowed is not None and obj.name not in allowed:
-        return "unknown_label", f"{obj.name!r} is not in the configured labels"
+    label = rules.resolve(obj.name)
+    if isinstance(label, tuple):
+        return label
     try:
         xmin, ymin, xmax, ymax = (float(obj.bndbox[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
     except (TypeError, ValueError):
         return "box_invalid", f"bndbox is not four numbers: {obj.bndbox}"
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
         return "box_invalid", f"bndbox has non-finite values: {obj.bndbox}"
-    box = voc_to_box(xmin, ymin, xmax, ymax, obj.name, difficult=obj.difficult,
+    box = voc_to_box(xmin, ymin, xmax, ymax, label, difficult=obj.difficult,
                      truncated=obj.truncated)
     if box.x2 < box.x1 or box.y2 < box.y1:
         return "box_degenerate", f"inverted corners {obj.bndbox}"
@@ -126,7 +128,7 @@ def ingest_voc(
     images_root: Path,
     annotations_root: Path,
     listing: SourceListing,
-    labels: list[str] | None = None,
+    rules: LabelRules = ANY_LABEL,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> IngestResult:
     """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too.
@@ -134,7 +136,6 @@ def ingest_voc(
     result = IngestResult()
     keep = on_sample or result.samples.append
     index = index_images(images_root, listing.images)
-    allowed = set(labels) if labels is not None else None
     claimed: dict[Path, str] = {}
     for xml_path in sorted(listing.annotations):
         item = xml_path.relative_to(annotations_root).as_posix()
@@ -174,7 +175,8 @@ def ingest_voc(
         claimed[image] = item
         boxes = []
         for number, obj in enumerate(annotation.objects):
-            box = object_to_box(obj, allowed)
+            result.spellings[obj.name] += 1
+            box = object_to_box(obj, rules)
             if isinstance(box, Box):
                 boxes.append(box)
             else:

@@ -24,7 +24,7 @@ from tasks.dataset.loc_tokens import OD_PROMPT, od_target
 from tasks.training.tiny import TinyFlorenceSize, build_tiny_florence
 
 SHAPES = ("circle", "square", "triangle", "cross")
-BASE_STEPS = 2500
+BASE_STEPS = 2000
 BASE_NAME = "tiny-florence2-shapes"
 DONE = "pretraining.json"
 
@@ -33,9 +33,12 @@ def shape_image(rng: random.Random, size: int) -> tuple[Image.Image, list[Box]]:
     """A grainy background (factory surfaces are rarely plain) with one filled shape of random
     size, place and colour, contrasting with the background."""
     background = tuple(rng.randint(60, 200) for _ in range(3))
-    grain = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(8, 24), (size, size))
+    grain = np.random.default_rng(rng.getrandbits(32)).normal(128, rng.uniform(8, 24), (size, size))
+    # Blurred as one gray channel (a third of the work of blurring RGB), then tinted.
+    grain = np.asarray(Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8), "L")
+                       .filter(ImageFilter.GaussianBlur(1)), dtype=np.int16) - 128
     image = Image.fromarray(np.clip(np.array(background)[None, None, :] + grain[..., None], 0, 255)
-                            .astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(1))
+                            .astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     label = rng.choice(SHAPES)
     w, h = rng.randint(size // 3, size // 2), rng.randint(size // 3, size // 2)
@@ -74,7 +77,8 @@ def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int
     model = AutoModelForImageTextToText.from_pretrained(staging)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    # fused: one kernel for all parameters (a quarter of a tiny model's step time otherwise)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
         (step + 1) / warmup, 1 - step / steps))  # linear warmup and decay, as the Trainer does

@@ -89,3 +89,11 @@ def warm_start_config(model: ModelConfig, train: TrainConfig, champion: dict | N
         base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
         return model.model_copy(update={"checkpoint": base, "adapter": str(folder)})
     return model.model_copy(update={"checkpoint": str(folder)})
+
+
+def warm_start_train_config(train: TrainConfig, champion: dict | None) -> TrainConfig:
+    """A run warm started from the champion trains `warm_start_steps` (when set)."""
+    if not (train.warm_start and champion and train.warm_start_steps):
+        return train
+    return train.model_copy(update={"max_steps": train.warm_start_steps,
+                                    "min_steps": min(train.min_steps, train.warm_start_steps)})

@@ -4,6 +4,7 @@ import pytest
 
 from tasks.core import caching
 from tasks.dataset.augment import augment_task
+from tasks.dataset.budget import budget_task
 from tasks.dataset.loc_tokens import loc_targets_task
 from tasks.dataset.publish import publish_task
 from tasks.dataset.split import split_task
@@ -14,7 +15,7 @@ from tasks.ingest.ingest import ingest_task, shard_task
 from tasks.training.train import train_task
 
 CACHED_TASKS = (ingest_task, shard_task, process_images_task, split_task, augment_task,
-                loc_targets_task, publish_task, train_task, evaluate_task)
+                budget_task, loc_targets_task, publish_task, train_task, evaluate_task)
 
 
 def test_no_cache_policy_writes_its_keys_somewhere_of_its_own():

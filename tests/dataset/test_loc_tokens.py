@@ -11,7 +11,6 @@ from tasks.dataset.loc_tokens import (
     decode_coord,
     encode_box,
     encode_coord,
-    florence_safe,
     od_target,
 )
 from tasks.scoring.predict import boxes_from_tokens
@@ -75,10 +74,3 @@ def test_the_prediction_parser_round_trips_targets_and_counts_failures():
     assert abs(found[0][1].x2 - 20) <= 0.2
     tokens = pieces("spot<loc_1><loc_2><loc_3><loc_4><loc_5>dent<loc_1><loc_2><loc_3><loc_1200>")
     assert boxes_from_tokens(tokens, [0.0] * len(tokens), 100, 100)[1] == 2
-
-
-def test_florence_safe_labels():
-    assert florence_safe("rolled-in_scale")
-    assert not florence_safe("臉書")
-    assert not florence_safe(" spot")
-    assert not florence_safe("a<b")

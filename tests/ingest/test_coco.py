@@ -5,13 +5,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from tasks.core.labels import LabelRules
 from tasks.ingest.coco import ingest_coco
 from tasks.ingest.sources import list_source
 from tests.support import shared_data
 
 
 def ingest(images: Path, json_path: Path, labels=None):
-    return ingest_coco(images, json_path, list_source(images, json_path, ".json"), labels)
+    return ingest_coco(images, json_path, list_source(images, json_path, ".json"),
+                       LabelRules(allowed=None if labels is None else frozenset(labels)))
 
 
 def test_sahi_terrain_missing_image_is_quarantined_and_the_others_kept():

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tasks.core.labels import LabelRules
 from tasks.demo.sample_data import DrawnBox, voc_xml
 from tasks.ingest.sources import list_source
 from tasks.ingest.voc import ingest_voc, parse_voc
@@ -12,7 +13,8 @@ from tests.support import shared_data
 
 
 def ingest(images: Path, annotations: Path, labels=None):
-    return ingest_voc(images, annotations, list_source(images, annotations, ".xml"), labels)
+    return ingest_voc(images, annotations, list_source(images, annotations, ".xml"),
+                       LabelRules(allowed=None if labels is None else frozenset(labels)))
 
 
 def reasons(result) -> dict[str, str]:

@@ -33,6 +33,7 @@ ui: venv
 
 bench: venv
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.base_size
 
 # The demo's night 1 for 3 seeds in fresh processes: test mAP50 (min / median) and minutes.
 bench-learning: venv

@@ -19,6 +19,6 @@ def evaluate(config_path: str, dataset_dir: str, model_dir: str, out_dir: str,
         model=config.model, dataset_dir=dataset_dir, fingerprint=dataset_fingerprint_of(dataset_dir),
         model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=out_dir, split=split,
         labels=config.labels, num_beams=num_beams or config.evaluate.num_beams,
-        batch_size=config.evaluate.batch_size)
+        batch_size=config.evaluate.batch_size, tiling=config.tiling)
     evaluation_artifacts_task(metrics=metrics, role="model")
     return metrics

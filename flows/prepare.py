@@ -40,8 +40,11 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     split = split_task(kept=[s.kept for s in shard_outputs], ratios=config.split,
                        manifests_dir=manifests)
     budget = budget_task(samples=split.samples, budget=config.targets.max_tokens,
-                         checkpoint=config.model.checkpoint, manifests_dir=manifests)
-    augment_state = augment_task(manifest=budget.kept, config=config.augment,
+                         checkpoint=config.model.checkpoint, manifests_dir=manifests,
+                         tiling=config.tiling, store_root=store,
+                         max_pixels=config.images.max_pixels,
+                         min_box_size=config.images.min_box_size)
+    augment_state = augment_task(manifest=budget.rows, config=config.augment,
                                  max_pixels=config.images.max_pixels, store_root=store,
                                  manifests_dir=manifests, return_state=True)
     augmented, flips = augment_state.result()

@@ -71,7 +71,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                 model=config.model, dataset_dir=dataset, fingerprint=fingerprint,
                 model_dir=model_dir, model_hash=model_hash, out_dir=str(out_dir),
                 split="test", labels=config.labels, num_beams=config.evaluate.num_beams,
-                batch_size=config.evaluate.batch_size)
+                batch_size=config.evaluate.batch_size, tiling=config.tiling)
             evaluation_artifacts_task(metrics=metrics, role=role)
             return metrics
 

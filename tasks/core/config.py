@@ -151,6 +151,15 @@ class TargetsConfig(_Strict):
                             "</s>); an image whose target is longer is quarantined (target_too_long)")
 
 
+class TilingConfig(_Strict):
+    size: int = Field(gt=16, description="tile side (px of the image as stored)")
+    overlap: float = Field(0.2, ge=0, lt=0.9, description="share of a side neighbours overlap")
+    all_images: bool = Field(False, description="tile every image larger than a tile, not only "
+                             "those whose target is over the budget")
+    min_visible: float = Field(0.5, gt=0, le=1, description="a box cut by a tile's edge belongs "
+                               "to the tile when this share of its area is inside")
+
+
 class PrepConfig(_Strict):
     runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
@@ -175,6 +184,9 @@ class DatasetConfig(_Strict):
         "spelling in `labels`, else lower case); either way prepare_report.json lists them")
     shard_size: int = Field(256, gt=0, description="images per prep task")
     targets: TargetsConfig = TargetsConfig()
+    tiling: TilingConfig | None = Field(None, description="cut dense images into overlapping "
+                                        "tiles (train, validation); test images are scored "
+                                        "through tiles, whole")
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

@@ -69,6 +69,11 @@ class Sample(BaseModel):
     split: str | None = None
     augmentation: str = "none"
     target: str | None = None
+    # Tiling (dense images): a tile names its image and its window (x, y, width, height); a test
+    # image too dense for one target stays whole and is scored through tiles (`sliced`).
+    tile_of: str | None = None
+    tile: tuple[int, int, int, int] | None = None
+    sliced: bool = False
 
     @property
     def dataset_image(self) -> str:

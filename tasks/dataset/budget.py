@@ -1,4 +1,5 @@
-"""Every target fits the decoder: its length measured in the model tokenizer's tokens.
+"""Every target fits the decoder: its length measured in the model tokenizer's tokens, and dense
+images cut into tiles (`tiling`) where one target cannot hold them.
 
 Florence-2's BART decoder has 1024 positions; a dense image (PCB, additive manufacturing: 50-300
 small defects, six tokens or more each) writes a longer target, which training would truncate
@@ -17,7 +18,8 @@ from pathlib import Path
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.core.caching import CACHE_POLICY
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
+from tasks.core.config import TilingConfig
 from tasks.core.records import (
     Manifest,
     ManifestWriter,
@@ -27,13 +29,16 @@ from tasks.core.records import (
     read_records,
 )
 from tasks.dataset.loc_tokens import od_target
+from tasks.images.store import ContentStore, derived_image
+from tasks.images.tiles import boxes_in_window, tile_windows
 
 LOC_TOKEN = re.compile(r"<loc_\d+>")
 BYTE_BOUND = "utf-8 bytes (an upper bound for byte-level BPE)"
 
 
 class TargetsCheck(BaseModel, frozen=True):
-    kept: Manifest
+    rows: Manifest  # what the dataset is made of: whole images and tiles
+    images: Manifest  # the kept images, whole (what the report counts)
     rejected: Manifest
     rejected_boxes: Manifest
     stats: dict
@@ -68,32 +73,107 @@ def percentile(values: list[int], q: float) -> int:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
-def budget_step(samples: Manifest, budget: int, checkpoint: str,
-                manifests_dir: str | Path) -> TargetsCheck:
-    """Measure every sample's `<OD>` target; keep those within `budget` tokens."""
+def cut_into_tiles(sample: Sample, tiling: TilingConfig, store: ContentStore,
+                   max_pixels: int, min_box_size: float) -> list[Sample]:
+    """The sample's tiles, their pixels made once per (image, window) in the content store."""
+    tiles = []
+    for window in tile_windows(sample.width, sample.height, tiling.size, tiling.overlap):
+        op = "+".join(filter(None, [sample.image_op, "crop-{}-{}-{}-{}".format(*window)]))
+        path, _ = derived_image(sample.image_path, sample.sha256, op, sample.image_format,
+                                max_pixels, store)
+        tiles.append(sample.model_copy(update={
+            "item": f"{sample.item}@{window[0]},{window[1]}", "tile_of": sample.item,
+            "tile": window, "width": window[2], "height": window[3], "image_op": op,
+            "processed_path": path,
+            "boxes": boxes_in_window(sample.boxes, window, tiling.min_visible, min_box_size)}))
+    return tiles
+
+
+def _covered(sample: Sample, tiles: list[Sample]) -> list[bool]:
+    """Which of the sample's boxes some tile kept (a box larger than a tile may be in none)."""
+    seen = [False] * len(sample.boxes)
+    for tile in tiles:
+        x, y, _, _ = tile.tile
+        for kept in tile.boxes:
+            for n, box in enumerate(sample.boxes):
+                inside = (box.x1 <= kept.x1 + x and box.y1 <= kept.y1 + y
+                          and kept.x2 + x <= box.x2 and kept.y2 + y <= box.y2)
+                if inside and box.label == kept.label:
+                    seen[n] = True
+    return seen
+
+
+def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: str | Path,
+                tiling: TilingConfig | None = None, store_root: str | Path | None = None,
+                max_pixels: int = 100_000_000, min_box_size: float = 1.0) -> TargetsCheck:
+    """Measure every sample's `<OD>` target. Within `budget` tokens it is kept; over it (or
+    always, with `tiling.all_images`) a train or validation image is cut into tiles and a test
+    image is kept whole, to be scored through tiles; an image whose tiles are still over the
+    budget, or any image over it without `tiling`, is quarantined (`target_too_long`)."""
     tokenizer, counted_with = target_tokenizer(checkpoint)
+    store = ContentStore(store_root) if tiling else None
     lengths: list[int] = []
-    with ManifestWriter(manifests_dir, "within-budget") as kept, \
+    tiled = {"images": 0, "tiles": 0, "sliced_test_images": 0}
+
+    def tokens(sample: Sample) -> int:
+        return target_tokens(od_target(sample.boxes, sample.width, sample.height), tokenizer)
+
+    with ManifestWriter(manifests_dir, "rows") as rows, \
+            ManifestWriter(manifests_dir, "within-budget") as images, \
             ManifestWriter(manifests_dir, "over-budget") as rejected, \
             ManifestWriter(manifests_dir, "over-budget-boxes") as rejected_boxes:
-        for sample in read_records(samples, Sample):
-            length = target_tokens(od_target(sample.boxes, sample.width, sample.height), tokenizer)
-            lengths.append(length)
-            if length <= budget:
-                kept.add(sample)
-                continue
-            detail = f"{length} target tokens ({len(sample.boxes)} boxes), over the {budget} budget"
+
+        def quarantine(sample: Sample, detail: str) -> None:
             rejected.add(Rejection(item=sample.item, reason="target_too_long", detail=detail))
             for box in box_rejections(sample.item, len(sample.boxes), "image_rejected",
                                       "target_too_long"):
                 rejected_boxes.add(box)
+
+        for sample in read_records(samples, Sample):
+            length = tokens(sample)
+            lengths.append(length)
+            over = length > budget
+            larger = tiling is not None and max(sample.width, sample.height) > tiling.size
+            if not (over or (larger and tiling.all_images)):
+                rows.add(sample)
+                images.add(sample)
+                continue
+            detail = f"{length} target tokens ({len(sample.boxes)} boxes), over the {budget} budget"
+            if tiling is None or not larger:
+                quarantine(sample, detail + ("" if tiling else "; `tiling` would cut it"))
+                continue
+            if sample.split == "test":
+                rows.add(sample.model_copy(update={"sliced": True}))
+                images.add(sample)
+                tiled["sliced_test_images"] += 1
+                continue
+            tiles = cut_into_tiles(sample, tiling, store, max_pixels, min_box_size)
+            longest = max(tokens(tile) for tile in tiles)
+            if longest > budget:
+                quarantine(sample, f"{detail}; its {tiling.size} px tiles still need {longest}")
+                continue
+            covered = _covered(sample, tiles)
+            for n, seen in enumerate(covered):
+                if not seen:
+                    rejected_boxes.add(Rejection(
+                        item=f"{sample.item}#{n}", reason="box_split_by_tiles",
+                        detail=f"less than {tiling.min_visible:.0%} of it inside any tile"))
+            for tile in tiles:
+                rows.add(tile)
+            images.add(sample.model_copy(update={
+                "boxes": [box for box, kept in zip(sample.boxes, covered, strict=True) if kept]}))
+            tiled["images"] += 1
+            tiled["tiles"] += len(tiles)
     stats = {"budget": budget, "counted_with": counted_with, "max_tokens": max(lengths, default=0),
              "p99_tokens": percentile(lengths, 99),
-             "over_budget": sum(length > budget for length in lengths)}
-    return TargetsCheck(kept=kept.manifest, rejected=rejected.manifest,
+             "over_budget": sum(length > budget for length in lengths), "tiling": tiled}
+    return TargetsCheck(rows=rows.manifest, images=images.manifest, rejected=rejected.manifest,
                         rejected_boxes=rejected_boxes.manifest, stats=stats)
 
 
-@task(name="target-budget", cache_policy=CACHE_POLICY, persist_result=True)
-def budget_task(samples: Manifest, budget: int, checkpoint: str, manifests_dir: str) -> TargetsCheck:
-    return budget_step(samples, budget, checkpoint, manifests_dir)
+@task(name="target-budget", cache_policy=cache_policy(IMAGE_LIBRARIES), persist_result=True)
+def budget_task(samples: Manifest, budget: int, checkpoint: str, manifests_dir: str,
+                tiling: TilingConfig | None = None, store_root: str | None = None,
+                max_pixels: int = 100_000_000, min_box_size: float = 1.0) -> TargetsCheck:
+    return budget_step(samples, budget, checkpoint, manifests_dir, tiling, store_root,
+                       max_pixels, min_box_size)

@@ -31,8 +31,9 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
         outputs = list(pool.map(lambda s: process_images_step(s, step, store, manifests), shards))
     split = split_step([o.kept for o in outputs], config.split, manifests)
     budget = budget_step(split.samples, config.targets.max_tokens, config.model.checkpoint,
-                         manifests)
-    augmented, flips = augment_step(budget.kept, config.augment, config.images.max_pixels,
+                         manifests, config.tiling, store, config.images.max_pixels,
+                         config.images.min_box_size)
+    augmented, flips = augment_step(budget.rows, config.augment, config.images.max_pixels,
                                     str(store), manifests)
     published = publish_step(loc_targets_step(augmented, manifests), config.name, config.publish,
                              dataset_dir)

@@ -46,6 +46,8 @@ FEATURES = datasets.Features({
     "augmentation": datasets.Value("string"),
     "prompt": datasets.Value("string"),
     "target": datasets.Value("string"),
+    "tile": datasets.List(datasets.Value("int32")),  # x, y, width, height in the source image
+    "sliced": datasets.Value("bool"),  # a whole test image scored through tiles
 })
 
 
@@ -55,7 +57,7 @@ def to_row(sample: Sample) -> dict:
     return {
         "image": {"bytes": image_path.read_bytes(), "path": Path(sample.item).stem + image_path.suffix},
         "image_id": sample.item + suffix,
-        "source_id": sample.item,
+        "source_id": sample.tile_of or sample.item,
         "sha256": sample.sha256,
         "width": sample.width,
         "height": sample.height,
@@ -65,6 +67,8 @@ def to_row(sample: Sample) -> dict:
         "augmentation": sample.augmentation,
         "prompt": OD_PROMPT,
         "target": sample.target or "",
+        "tile": list(sample.tile or ()),
+        "sliced": sample.sliced,
     }
 
 

@@ -33,7 +33,7 @@ def report_step(
     classes: Counter = Counter()
     splits: Counter = Counter()
     by_split: dict[str, Counter] = {name: Counter() for name in SPLITS}
-    for sample in read_records(budget.kept, Sample):  # streamed: counts only
+    for sample in read_records(budget.images, Sample):  # streamed: counts only
         labels = [box.label for box in sample.boxes]
         classes.update(labels)
         splits[sample.split] += 1

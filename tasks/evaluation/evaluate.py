@@ -9,9 +9,10 @@ from prefect import task
 from tqdm.auto import tqdm
 
 from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
-from tasks.core.config import EvaluateConfig, ModelConfig
+from tasks.core.config import EvaluateConfig, ModelConfig, TilingConfig
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
+from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector, truth_boxes
 from tasks.training.classifier import eval_transform, image_label
 from tasks.training.models import inference_ready, load_finetuned_detector
@@ -28,9 +29,18 @@ def _rows(dataset_dir: str | Path, split: str):
     return original_rows(loaded[split])
 
 
+def _all_targets(dataset_dir: str | Path) -> list[str]:
+    """Every split's targets: what the model learnt to say (tiles included) sizes generation."""
+    import datasets
+
+    loaded = datasets.load_dataset(str(dataset_dir))
+    return [target for split in loaded.values() for target in split["target"]]
+
+
 def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
                       split: str = "test", labels: list[str] | None = None, num_beams: int = 1,
-                      batch_size: int = 8, confidence: float = CONFUSION_CONFIDENCE) -> dict:
+                      batch_size: int = 8, confidence: float = CONFUSION_CONFIDENCE,
+                      tiling: TilingConfig | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _rows(dataset_dir, split)
@@ -47,7 +57,9 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                              result.boxes, result.scores))
 
     scores = score_detector(model, processor, rows, labels, batch_size, num_beams,
-                            on_batch=keep_for_the_picture)
+                            on_batch=keep_for_the_picture, tiling=tiling,
+                            max_new_tokens=new_token_budget(_all_targets(dataset_dir),
+                                                            processor.tokenizer))
     bar.close()
     (out / "gt.json").write_text(json.dumps(scores.gt))
     (out / "dt.json").write_text(json.dumps(scores.dt))
@@ -56,11 +68,14 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
         scores.truths, scores.predictions, strict=True)), labels, confidence=confidence)
     metrics = {
         "kind": "florence2", "split": split, "n_images": len(rows),
+        "sliced_images": sum(rows["sliced"]) if "sliced" in rows.column_names else 0,
         "coco": ({"map": coco["map"], "map50": coco["map50"], "map75": coco["map75"],
                   "stats": coco["stats"]} if coco else None),
         "per_class": coco["per_class"] if coco else {},
         "confusion_matrix": confusion,
         "parse_failures": scores.parse_failures,
+        "truncated_outputs": scores.truncated_outputs,
+        "max_new_tokens": scores.max_new_tokens,
         "unknown_labels": len(scores.unknown_labels),
         "unknown_label_examples": sorted(set(scores.unknown_labels))[:10],
         "n_predictions": len(scores.dt),
@@ -116,7 +131,8 @@ def metrics_markdown(metrics: dict) -> str:
     else:
         coco = metrics["coco"] or {"map": float("nan"), "map50": float("nan"), "map75": float("nan")}
         lines += [f"mAP **{coco['map']:.3f}**, mAP50 **{coco['map50']:.3f}**, mAP75 {coco['map75']:.3f};"
-                  f" parse failures {metrics['parse_failures']}, unknown labels "
+                  f" parse failures {metrics['parse_failures']}, truncated outputs "
+                  f"{metrics.get('truncated_outputs', 0)}, unknown labels "
                   f"{metrics['unknown_labels']}", "", "| class | AP | AP50 |", "|---|---|---|"]
         lines += [f"| {k} | {v['ap']:.3f} | {v['ap50']:.3f} |" for k, v in metrics["per_class"].items()]
     confusion = metrics["confusion_matrix"]
@@ -138,21 +154,24 @@ def metrics_table(metrics: dict) -> list[dict]:
 
 def evaluate_step(model: ModelConfig, dataset_dir: str | Path, model_dir: str | Path,
                   out_dir: str | Path, split: str = "test", labels: list[str] | None = None,
-                  num_beams: int = 1, batch_size: int = 8) -> dict:
+                  num_beams: int = 1, batch_size: int = 8, tiling: TilingConfig | None = None) -> dict:
     """Evaluate a detector or a classifier (`model.kind`) on one split of a prepared dataset; a
-    classifier's true class per image follows the config's `image_label` / `negative_label`."""
+    classifier's true class per image follows the config's `image_label` / `negative_label`; a
+    detector scores dense test images through the tiles `tiling` describes."""
     if model.kind == "vit":
         return evaluate_classifier(dataset_dir, model_dir, out_dir, split, model.image_label,
                                    model.negative_label, batch_size)
-    return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams, batch_size)
+    return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams, batch_size,
+                             tiling=tiling)
 
 
 @task(name="evaluate", cache_policy=cache_policy(EVALUATION_LIBRARIES), persist_result=True)
 def evaluate_task(model: ModelConfig, dataset_dir: str, fingerprint: str, model_dir: str,
                   model_hash: str, out_dir: str, split: str = "test", labels: list[str] | None = None,
-                  num_beams: int = 1, batch_size: int = 8) -> dict:
+                  num_beams: int = 1, batch_size: int = 8, tiling: TilingConfig | None = None) -> dict:
     """Cached on the dataset fingerprint and the model's hash."""
-    return evaluate_step(model, dataset_dir, model_dir, out_dir, split, labels, num_beams, batch_size)
+    return evaluate_step(model, dataset_dir, model_dir, out_dir, split, labels, num_beams,
+                         batch_size, tiling)
 
 
 def evaluate_task_for(out_dir: str | Path, config: EvaluateConfig):

@@ -155,7 +155,8 @@ def output_op(inspection: Inspection, policy: str) -> str | None:
 
 
 def render(image: Image.Image, op: str) -> Image.Image:
-    """Apply an op string (`orient`, `rgb`, `gray8`, `png`, `hflip`, `vflip`, joined by '+')."""
+    """Apply an op string (`orient`, `rgb`, `gray8`, `png`, `hflip`, `vflip`, `crop-X-Y-W-H`,
+    joined by '+')."""
     for step in op.split("+"):
         if step == "orient":
             image = ImageOps.exif_transpose(image)
@@ -167,6 +168,9 @@ def render(image: Image.Image, op: str) -> Image.Image:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         elif step == "vflip":
             image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        elif step.startswith("crop-"):  # crop-X-Y-W-H: a tile
+            x, y, w, h = (int(v) for v in step.split("-")[1:])
+            image = image.crop((x, y, x + w, y + h))
         elif step != "png":
             raise ValueError(f"unknown image op {step!r}")
     return image

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from tasks.core.records import Box
 from tasks.dataset.loc_tokens import BINS, OD_PROMPT, decode_box
+from tasks.images.tiles import merge_tile_boxes, tile_windows
 
 LOC = re.compile(r"^<loc_(\d+)>$")
 
@@ -29,6 +30,17 @@ class Prediction:
     text: str = ""
     parse_failures: int = 0
     unknown_labels: list[str] = field(default_factory=list)
+    truncated: bool = False  # generation hit max_new_tokens before `</s>`: boxes may be missing
+
+
+DECODER_POSITIONS = 1024  # Florence-2's BART decoder
+
+
+def new_token_budget(targets, tokenizer, cap: int = DECODER_POSITIONS) -> int:
+    """`max_new_tokens` sized from the data: the longest target (in this tokenizer's tokens) and
+    a quarter more, for a model that says a little more than the truth; never past the decoder."""
+    longest = max((len(tokenizer(target).input_ids) for target in targets if target), default=64)
+    return min(cap, longest + longest // 4 + 8)
 
 
 def _piece_text(pieces: list[str]) -> str:
@@ -78,6 +90,12 @@ def boxes_from_tokens(tokens: list[str], logprobs: list[float], width: int, heig
     return found, failures
 
 
+def hit_the_limit(generated: list[int], eos: int, max_new_tokens: int) -> bool:
+    """Whether generation stopped at `max_new_tokens` rather than by saying `</s>`. (BART's
+    `forced_eos_token_id` writes `</s>` into the last position, so a `</s>` there counts too.)"""
+    return eos not in generated or generated.index(eos) + 1 >= max_new_tokens
+
+
 def predict_batch(model, processor, images: list, labels: set[str], num_beams: int = 1,
                   max_new_tokens: int = 256) -> list[Prediction]:
     """Generate `<OD>` for a batch of PIL images; one Prediction per image."""
@@ -103,7 +121,9 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
                                             lambda pieces: tokenizer.convert_tokens_to_string(
                                                 pieces).strip())
         prediction = Prediction(text=tokenizer.decode(generated, skip_special_tokens=False),
-                                parse_failures=failures)
+                                parse_failures=failures,
+                                truncated=hit_the_limit(generated.tolist(), tokenizer.eos_token_id,
+                                                        max_new_tokens))
         for label, box, confidence in found:
             if label not in labels:
                 prediction.unknown_labels.append(label)
@@ -112,3 +132,22 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
             prediction.scores.append(confidence)
         results.append(prediction)
     return results
+
+
+def predict_sliced(model, processor, image, labels: set[str], size: int, overlap: float,
+                   num_beams: int = 1, max_new_tokens: int = 256,
+                   batch_size: int = 8) -> Prediction:
+    """`<OD>` on overlapping tiles of one whole image (as prepare cut the training images), the
+    boxes moved back and merged across tiles: one Prediction for the whole image."""
+    windows = tile_windows(image.width, image.height, size, overlap)
+    crops = [image.crop((x, y, x + w, y + h)) for x, y, w, h in windows]
+    per_tile = []
+    for start in range(0, len(crops), batch_size):
+        per_tile += predict_batch(model, processor, crops[start:start + batch_size], labels,
+                                  num_beams, max_new_tokens)
+    boxes, scores = merge_tile_boxes([(window, p.boxes, p.scores)
+                                      for window, p in zip(windows, per_tile, strict=True)])
+    return Prediction(boxes=boxes, scores=scores, text=" | ".join(p.text for p in per_tile),
+                      parse_failures=sum(p.parse_failures for p in per_tile),
+                      unknown_labels=[label for p in per_tile for label in p.unknown_labels],
+                      truncated=any(p.truncated for p in per_tile))

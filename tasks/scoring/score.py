@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tasks.core.config import TilingConfig
 from tasks.core.records import Box
 from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth
-from tasks.scoring.predict import predict_batch
+from tasks.scoring.predict import new_token_budget, predict_batch, predict_sliced
 
 
 def original_rows(split):
@@ -30,6 +31,8 @@ class DetectionScores:
     truths: list[tuple[str, int, int, list[Box]]] = field(default_factory=list)
     predictions: list[tuple[list[Box], list[float]]] = field(default_factory=list)
     parse_failures: int = 0
+    truncated_outputs: int = 0
+    max_new_tokens: int = 0
     unknown_labels: list[str] = field(default_factory=list)
     gt: dict = field(default_factory=dict)
     dt: list[dict] = field(default_factory=list)
@@ -41,20 +44,34 @@ class DetectionScores:
 
 
 def score_detector(model, processor, rows, labels: Sequence[str], batch_size: int = 8,
-                   num_beams: int = 1, on_batch: Callable[[list[dict], list], None] | None = None
-                   ) -> DetectionScores:
+                   num_beams: int = 1, on_batch: Callable[[list[dict], list], None] | None = None,
+                   max_new_tokens: int | None = None,
+                   tiling: TilingConfig | None = None) -> DetectionScores:
     """Predict every row (batched), then COCO mAP against the rows' boxes. `on_batch(rows,
-    predictions)` sees each batch (the evaluation keeps a few images for its picture)."""
+    predictions)` sees each batch (the evaluation keeps a few images for its picture).
+    `max_new_tokens` defaults to the rows' longest target and a quarter more. A row marked
+    `sliced` (a test image too dense for one target) is predicted through `tiling`'s tiles."""
     scores = DetectionScores(labels=list(labels))
+    if max_new_tokens is None:
+        max_new_tokens = new_token_budget(rows["target"], processor.tokenizer)
+    scores.max_new_tokens = max_new_tokens
     for start in range(0, len(rows), batch_size):
         batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
-        results = predict_batch(model, processor, [row["image"] for row in batch], set(labels),
-                                num_beams=num_beams)
+        if tiling is None and any(row.get("sliced") for row in batch):
+            raise ValueError("the dataset has test images to score through tiles: "
+                             "give the config's `tiling`")
+        plain = [row["image"] for row in batch if not row.get("sliced")]
+        whole = iter(predict_batch(model, processor, plain, set(labels), num_beams=num_beams,
+                                   max_new_tokens=max_new_tokens) if plain else [])
+        results = [predict_sliced(model, processor, row["image"], set(labels), tiling.size,
+                                  tiling.overlap, num_beams, max_new_tokens, batch_size)
+                   if row.get("sliced") else next(whole) for row in batch]
         for row, result in zip(batch, results, strict=True):
             scores.truths.append((row["image_id"], row["width"], row["height"],
                                   truth_boxes(row, labels)))
             scores.predictions.append((result.boxes, result.scores))
             scores.parse_failures += result.parse_failures
+            scores.truncated_outputs += result.truncated
             scores.unknown_labels += result.unknown_labels
         if on_batch is not None:
             on_batch(batch, results)

@@ -92,8 +92,10 @@ def wrap_with_lora(model, config: ModelConfig):
 
 def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                       train_config: TrainConfig, tiny_folder: str | Path,
-                      max_steps: int | None = None, identity: str | None = None) -> dict:
-    """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json)."""
+                      max_steps: int | None = None, identity: str | None = None,
+                      extra_callbacks: tuple = ()) -> dict:
+    """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json).
+    `extra_callbacks` (Trainer callbacks) watch the run, e.g. a benchmark's step timer."""
     out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
                                                    train_config, max_steps, identity)
     labels = sorted({label for row in train_set["labels"] for label in row})
@@ -108,7 +110,7 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
                               metric_for_best_model="loss" if select == "loss" else select,
                               greater_is_better=select != "loss")
     summary = run_trainer(model, args, train_set, eval_set, DetectionCollator(processor),
-                          train_config, out, callbacks=callbacks)
+                          train_config, out, callbacks=callbacks + tuple(extra_callbacks))
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from tasks.core.records import Box
 from tasks.dataset.loc_tokens import OD_PROMPT, od_target
-from tasks.training.tiny import TinyFlorenceSize, build_tiny_florence
+from tasks.training.tiny import FlorenceSize, build_tiny_florence
 
 SHAPES = ("circle", "square", "triangle", "cross")
 BASE_STEPS = 2000
@@ -72,7 +72,7 @@ def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int
     if (folder / DONE).is_file():
         return folder
     staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
-    build_tiny_florence(staging, list(SHAPES), TinyFlorenceSize(), seed=seed)
+    build_tiny_florence(staging, list(SHAPES), FlorenceSize(), seed=seed)
     processor = AutoProcessor.from_pretrained(staging)
     model = AutoModelForImageTextToText.from_pretrained(staging)
     torch.manual_seed(seed)

@@ -9,6 +9,7 @@ for a ViT classifier. Their model cards say what they are.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,23 +63,39 @@ with **random weights**. Use a real checkpoint (e.g. `google/vit-base-patch16-22
 
 
 @dataclass(frozen=True)
-class TinyFlorenceSize:
+class FlorenceSize:
+    """The architecture's sizes; the defaults are the toy model, `FLORENCE2_BASE` the real one."""
+
     image_size: int = 64
-    embed_dim: tuple[int, int] = (32, 64)
-    d_model: int = 64
+    embed_dim: tuple[int, ...] = (32, 64)  # DaViT, one entry per stage
+    depths: tuple[int, ...] = (1, 1)
+    vision_heads: tuple[int, ...] = (2, 4)
+    patch_size: tuple[int, ...] = (7, 3)
+    strides: tuple[int, ...] = (4, 2)  # DaViT patch strides of the stages
+    window_size: int = 4
+    d_model: int = 64  # BART
     layers: int = 2
     heads: int = 4
     ffn_dim: int = 128
     vocab_size: int = 400  # BPE merges on top of the 256 bytes; added tokens come after
-    strides: tuple[int, int] = (4, 2)  # DaViT patch strides of the two stages
+    model_vocab: int = 0  # embedding rows, if more than the tokenizer has (the real vocabulary's)
 
     @property
     def grid(self) -> int:
-        return self.image_size // (self.strides[0] * self.strides[1])
+        return self.image_size // math.prod(self.strides)
 
     @property
     def image_seq_length(self) -> int:
         return 1 + self.grid * self.grid  # a pooled token + one per grid cell (the projector's)
+
+
+# Florence-2-base as published (microsoft/Florence-2-base config.json): DaViT with 4 stages at
+# 768 px (577 image tokens), BART-base (6 + 6 layers, d_model 768, 12 heads, FFN 3072), 51289
+# token embeddings. About 230 M parameters.
+FLORENCE2_BASE = FlorenceSize(image_size=768, embed_dim=(128, 256, 512, 1024), depths=(1, 1, 9, 1),
+                              vision_heads=(4, 8, 16, 32), patch_size=(7, 3, 3, 3),
+                              strides=(4, 2, 2, 2), window_size=12, d_model=768, layers=6,
+                              heads=12, ffn_dim=3072, model_vocab=51289)
 
 
 def _tokenizer_corpus(labels: list[str]) -> list[str]:
@@ -95,7 +112,7 @@ def _tokenizer_corpus(labels: list[str]) -> list[str]:
     return sentences * 20 + [" ".join(labels)] * 50 + labels * 50
 
 
-def build_tiny_tokenizer(labels: list[str], size: TinyFlorenceSize):
+def build_tiny_tokenizer(labels: list[str], size: FlorenceSize):
     """A BartTokenizer (fast) trained here, with Florence's added tokens."""
     from tokenizers import AddedToken, ByteLevelBPETokenizer
     from tokenizers.processors import TemplateProcessing
@@ -120,13 +137,39 @@ def build_tiny_tokenizer(labels: list[str], size: TinyFlorenceSize):
     return tokenizer
 
 
+def florence_config(size: FlorenceSize, tokenizer):
+    """transformers' `Florence2Config` at `size`, for this tokenizer."""
+    from transformers import Florence2Config
+
+    text_config = {
+        "model_type": "bart", "vocab_size": max(len(tokenizer), size.model_vocab),
+        "d_model": size.d_model,
+        "encoder_layers": size.layers, "decoder_layers": size.layers,
+        "encoder_attention_heads": size.heads, "decoder_attention_heads": size.heads,
+        "encoder_ffn_dim": size.ffn_dim, "decoder_ffn_dim": size.ffn_dim,
+        "max_position_embeddings": 1024, "dropout": 0.1, "attention_dropout": 0.0,
+        "activation_dropout": 0.0, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+        "decoder_start_token_id": 2, "forced_eos_token_id": 2, "scale_embedding": False,
+    }
+    vision_config = {
+        "depths": list(size.depths), "patch_size": list(size.patch_size),
+        "patch_stride": list(size.strides), "patch_padding": [p // 2 for p in size.patch_size],
+        "patch_prenorm": [stage > 0 for stage in range(len(size.depths))],
+        "embed_dim": list(size.embed_dim), "num_heads": list(size.vision_heads),
+        "num_groups": list(size.vision_heads), "window_size": size.window_size,
+        "drop_path_rate": 0.0,
+        "projection_dim": size.d_model, "max_position_embeddings": 50,
+    }
+    return Florence2Config(text_config=text_config, vision_config=vision_config,
+                           image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+
+
 def build_tiny_florence(folder: str | Path, labels: list[str],
-                        size: TinyFlorenceSize = TinyFlorenceSize(), seed: int = 0) -> Path:
+                        size: FlorenceSize = FlorenceSize(), seed: int = 0) -> Path:
     """Create a tiny random Florence-2 checkpoint folder (config, weights, processor, card)."""
     import torch
     from transformers import (
         CLIPImageProcessor,
-        Florence2Config,
         Florence2ForConditionalGeneration,
         Florence2Processor,
     )
@@ -142,24 +185,7 @@ def build_tiny_florence(folder: str | Path, labels: list[str],
     processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer,
                                    num_additional_image_tokens=0,
                                    post_processor_config=POST_PROCESSOR_CONFIG)
-    text_config = {
-        "model_type": "bart", "vocab_size": len(tokenizer), "d_model": size.d_model,
-        "encoder_layers": size.layers, "decoder_layers": size.layers,
-        "encoder_attention_heads": size.heads, "decoder_attention_heads": size.heads,
-        "encoder_ffn_dim": size.ffn_dim, "decoder_ffn_dim": size.ffn_dim,
-        "max_position_embeddings": 1024, "dropout": 0.1, "attention_dropout": 0.0,
-        "activation_dropout": 0.0, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
-        "decoder_start_token_id": 2, "forced_eos_token_id": 2, "scale_embedding": False,
-    }
-    vision_config = {
-        "depths": [1, 1], "patch_size": [7, 3], "patch_stride": list(size.strides),
-        "patch_padding": [3, 1],
-        "patch_prenorm": [False, True], "embed_dim": list(size.embed_dim),
-        "num_heads": [2, 4], "num_groups": [2, 4], "window_size": 4, "drop_path_rate": 0.0,
-        "projection_dim": size.d_model, "max_position_embeddings": 50,
-    }
-    config = Florence2Config(text_config=text_config, vision_config=vision_config,
-                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    config = florence_config(size, tokenizer)
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config)
     localisation_prior(model, tokenizer, size.grid)
@@ -180,8 +206,6 @@ def build_tiny_florence(folder: str | Path, labels: list[str],
 
 def _position_code(positions: list[float], width: int) -> torch.Tensor:
     """Sinusoids of a position on the 0..1000 location scale (neighbours look alike)."""
-    import math
-
     import torch
 
     frequencies = torch.exp(torch.arange(0, width, 2, dtype=torch.float32)

@@ -208,6 +208,35 @@ def test_warm_start_trains_the_champion_adapter_further_on_its_base(tmp_path):
     assert warm_start_config(model, train, None) == model
 
 
+def test_a_warm_started_run_trains_warm_start_steps_and_a_first_run_max_steps():
+    from tasks.training.train import warm_start_train_config
+
+    train = TrainConfig(warm_start=True, max_steps=1500, min_steps=750, warm_start_steps=500)
+    warm = warm_start_train_config(train, {"model_dir": "/champion"})
+    assert (warm.max_steps, warm.min_steps) == (500, 500)
+    assert warm_start_train_config(train, None) == train  # night 1: no champion yet
+    assert warm_start_train_config(train.model_copy(update={"warm_start": False}),
+                                   {"model_dir": "/champion"}).max_steps == 1500
+    assert warm_start_train_config(TrainConfig(warm_start=True, max_steps=9),
+                                   {"model_dir": "/champion"}).max_steps == 9
+
+
+def test_the_base_size_is_florence_2_base_as_published():
+    import torch
+    from transformers import Florence2ForConditionalGeneration
+
+    from tasks.training.tiny import FLORENCE2_BASE, build_tiny_tokenizer, florence_config
+
+    config = florence_config(FLORENCE2_BASE, build_tiny_tokenizer(["scratch"], FLORENCE2_BASE))
+    assert FLORENCE2_BASE.image_seq_length == 577  # 24 x 24 cells + 1, as the released processor
+    assert (config.text_config.d_model, config.text_config.encoder_layers,
+            config.text_config.vocab_size) == (768, 6, 51289)
+    with torch.device("meta"):  # sizes only: no memory, no time
+        model = Florence2ForConditionalGeneration(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 225e6 < parameters < 240e6, parameters  # "Florence-2-base: 0.23B parameters"
+
+
 def test_the_pretrained_base_is_built_once_and_loads_like_a_checkpoint(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

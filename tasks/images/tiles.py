@@ -2,9 +2,9 @@
 boxes predicted on tiles merged back onto the whole image.
 
 The windows are laid out as `sahi.slicing.get_slice_bboxes` lays them out (a step of
-`size * (1 - overlap)`, the last window pushed back inside the image); the merge is class-wise
-NMS from torchvision. sahi itself is not a dependency: it would bring OpenCV and shapely for
-these few lines.
+`size * (1 - overlap)`, the last window pushed back inside the image) and boxes are merged as
+SAHI's postprocessing does by default (greedy, intersection over the smaller box >= 0.5). sahi
+itself is not a dependency: it would bring OpenCV and shapely for these few lines.
 """
 
 from __future__ import annotations
@@ -49,22 +49,30 @@ def boxes_in_window(boxes: list[Box], window: Window, min_visible: float,
 
 
 def merge_tile_boxes(per_tile: list[tuple[Window, list[Box], list[float]]],
-                     iou: float = 0.5) -> tuple[list[Box], list[float]]:
-    """Boxes predicted on tiles, moved onto the whole image; where tiles overlap and two boxes of
-    one class overlap by `iou` or more, the more confident one is kept (class-wise NMS)."""
-    import torch
-    from torchvision.ops import batched_nms
-
+                     threshold: float = 0.5) -> tuple[list[Box], list[float]]:
+    """Boxes predicted on tiles, moved onto the whole image and merged: greedily, most confident
+    (then largest) first, a box is dropped when a kept box of its class covers `threshold` of
+    the smaller of the two (intersection over smaller, SAHI's default match metric: a defect cut
+    by one tile's edge lies inside the whole box another tile saw, whatever their IoU)."""
     boxes: list[Box] = []
     scores: list[float] = []
     for (x, y, _, _), tile_boxes, tile_scores in per_tile:
         boxes += [b.model_copy(update={"x1": b.x1 + x, "y1": b.y1 + y, "x2": b.x2 + x,
                                        "y2": b.y2 + y}) for b in tile_boxes]
         scores += tile_scores
-    if not boxes:
-        return [], []
-    classes = {label: n for n, label in enumerate(sorted({b.label for b in boxes}))}
-    keep = batched_nms(torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in boxes], dtype=torch.float64),
-                       torch.tensor(scores, dtype=torch.float64),
-                       torch.tensor([classes[b.label] for b in boxes]), iou).tolist()
-    return [boxes[i] for i in keep], [scores[i] for i in keep]
+    order = sorted(range(len(boxes)), key=lambda i: (-scores[i], -boxes[i].width * boxes[i].height))
+    kept: list[int] = []
+    for i in order:
+        if not any(boxes[k].label == boxes[i].label
+                   and _over_smaller(boxes[k], boxes[i]) >= threshold for k in kept):
+            kept.append(i)
+    return [boxes[i] for i in kept], [scores[i] for i in kept]
+
+
+def _over_smaller(a: Box, b: Box) -> float:
+    width = min(a.x2, b.x2) - max(a.x1, b.x1)
+    height = min(a.y2, b.y2) - max(a.y1, b.y1)
+    if width <= 0 or height <= 0:
+        return 0.0
+    smaller = min(a.width * a.height, b.width * b.height)
+    return width * height / smaller if smaller > 0 else 0.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from tasks.core.config import TilingConfig
 from tasks.core.records import Box
-from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth
+from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth, dense_max_dets
 from tasks.scoring.predict import new_token_budget, predict_batch, predict_sliced
 
 
@@ -78,5 +78,6 @@ def score_detector(model, processor, rows, labels: Sequence[str], batch_size: in
     scores.gt = coco_ground_truth(scores.truths, scores.labels)
     scores.dt = coco_detections(((i + 1, boxes, confidences) for i, (boxes, confidences)
                                  in enumerate(scores.predictions)), scores.labels)
-    scores.coco = coco_evaluate(scores.gt, scores.dt) if scores.gt["annotations"] else None
+    scores.coco = (coco_evaluate(scores.gt, scores.dt, max_dets=dense_max_dets(scores.gt))
+                   if scores.gt["annotations"] else None)
     return scores

@@ -65,3 +65,65 @@ def test_markup_case_variants_any_language_and_a_300_box_image_are_all_accounted
     assert all("<" not in LOC.sub("", row["target"]) for row in rows)
     spoken = {label for row in rows for label in re.findall(r"([^<>]+)<loc_", row["target"])}
     assert spoken == {"défaut", "scratch", "spot", "傷", "欠け"}
+
+
+def dense_source(tmp_path: Path) -> Path:
+    source = tmp_path / "dense-source"
+    for number in range(2):
+        write_image(source, f"pcb{number}", dense_boxes(300), shade=number)
+    write_image(source, "sparse", [DrawnBox("scratch", 10, 10, 90, 90)], shade=7)
+    return source
+
+
+def config_with(tmp_path: Path, source: Path, split: str) -> Path:
+    config = tmp_path / f"{split}.yaml"
+    config.write_text(f"name: dense\nsource: {{format: voc, images: {source / 'images'}, "
+                      f"annotations: {source / 'annotations'}}}\ngrayscale: keep\n"
+                      f"split: {split}\ntiling: {{size: 128, overlap: 0.2}}\n", encoding="utf-8")
+    return config
+
+
+def test_with_tiling_dense_training_images_become_tiles_and_no_target_passes_the_budget(tmp_path, home):
+    source = dense_source(tmp_path)
+    config = config_with(tmp_path, source, "{train: 1.0, validation: 0.0, test: 0.0}")
+    report = prepare(str(config), str(tmp_path / "out"), str(home))
+    assert report["images"] == {"found": 3, "kept": 3, "quarantined": 0, "dropped_grayscale": 0}
+    assert report["boxes"]["found"] == 601 == report["boxes"]["kept"]
+    assert report["targets"]["tiling"] == {"images": 2, "tiles": 32, "sliced_test_images": 0}
+    rows = datasets.load_dataset(str(tmp_path / "out" / "dataset"))["train"]
+    originals = [row for row in rows if row["augmentation"] == "none"]
+    assert len(originals) == 32 + 1
+    assert all(target_tokens(row["target"]) <= 1024 for row in rows)
+    assert {row["source_id"] for row in originals} == {"pcb0.xml", "pcb1.xml", "sparse.xml"}
+
+
+def test_dense_test_images_are_scored_whole_through_tiles_with_no_output_cut(tmp_path, home,
+                                                                           tiny_florence):
+    from transformers import AutoProcessor
+
+    from tasks.core.config import TilingConfig
+    from tasks.images.tiles import boxes_in_window, tile_windows
+    from tasks.scoring.score import score_detector, truth_boxes
+    from tests.scoring.test_tiled_scoring import ScriptedByCall, answer
+
+    source = dense_source(tmp_path)
+    config = config_with(tmp_path, source, "{train: 0.0, validation: 0.0, test: 1.0}")
+    report = prepare(str(config), str(tmp_path / "out"), str(home))
+    assert report["targets"]["tiling"]["sliced_test_images"] == 2
+    rows = datasets.load_dataset(str(tmp_path / "out" / "dataset"))["test"]
+    processor = AutoProcessor.from_pretrained(tiny_florence)
+    # A detector that answers every tile (and the sparse image) perfectly, in call order.
+    outputs = []
+    for start in range(0, len(rows), 8):
+        batch = [rows[i] for i in range(start, min(start + 8, len(rows)))]
+        outputs += [answer(processor, truth_boxes(row, ["scratch"]), row["width"], row["height"])
+                    for row in batch if not row["sliced"]]
+        for row in (row for row in batch if row["sliced"]):
+            outputs += [answer(processor, boxes_in_window(truth_boxes(row, ["scratch"]), w, 0.5, 1),
+                               w[2], w[3]) for w in tile_windows(row["width"], row["height"], 128, 0.2)]
+    model = ScriptedByCall(outputs, processor.tokenizer.eos_token_id)
+    scores = score_detector(model, processor, rows, ["scratch"], batch_size=8,
+                            tiling=TilingConfig(size=128, overlap=0.2), max_new_tokens=512)
+    assert scores.truncated_outputs == 0 and scores.parse_failures == 0
+    assert sorted(len(boxes) for boxes, _ in scores.predictions) == [1, 300, 300]
+    assert scores.map50 == pytest.approx(1.0)  # on the whole images, against all 601 boxes

@@ -1,0 +1,70 @@
+"""The token budget: targets measured, dense images tiled (train) or kept whole to be scored
+through tiles (test), and what cannot fit quarantined as target_too_long."""
+
+import hashlib
+from pathlib import Path
+
+from PIL import Image
+
+from tasks.core.config import TilingConfig
+from tasks.core.records import Box, Sample, read_records, read_rejections, write_manifest
+from tasks.dataset.budget import budget_step, target_tokens
+from tasks.dataset.loc_tokens import loc_targets_step, od_target
+
+
+def dense_sample(folder: Path, split: str, count: int = 300, size: int = 400) -> Sample:
+    """`count` 12 px defects on a 20 px grid over a `size` px PCB-like image."""
+    path = folder / f"dense-{split}.png"
+    Image.new("RGB", (size, size), (90, 110, 90)).save(path)
+    boxes = [Box(x1=2 + (n % 20) * 20, y1=2 + (n // 20) * 20, x2=14 + (n % 20) * 20,
+                 y2=14 + (n // 20) * 20, label="solder_bridge") for n in range(count)]
+    return Sample(item=f"dense-{split}.xml", image_path=str(path), source="x", boxes=boxes,
+                  sha256=hashlib.sha256(path.read_bytes()).hexdigest(), width=size, height=size,
+                  mode="RGB", image_format="PNG", split=split)
+
+
+def run(tmp_path: Path, samples: list[Sample], tiling: TilingConfig | None, budget: int = 1024):
+    manifest = write_manifest(samples, tmp_path / "manifests", "split")
+    return budget_step(manifest, budget, "tiny", tmp_path / "manifests", tiling,
+                       tmp_path / "store")
+
+
+def test_a_target_over_the_budget_is_quarantined_without_tiling(tmp_path):
+    dense = dense_sample(tmp_path, "train")
+    assert target_tokens(od_target(dense.boxes, 400, 400)) > 1024
+    check = run(tmp_path, [dense], None)
+    assert [(r.item, r.reason) for r in read_rejections(check.rejected)] == [
+        ("dense-train.xml", "target_too_long")]
+    assert len(read_rejections(check.rejected_boxes)) == 300
+    assert list(read_records(check.rows)) == []
+    assert check.stats["over_budget"] == 1 and check.stats["max_tokens"] > 1024
+
+
+def test_a_dense_training_image_becomes_tiles_each_within_the_budget_with_every_box(tmp_path):
+    check = run(tmp_path, [dense_sample(tmp_path, "train")], TilingConfig(size=128, overlap=0.2))
+    tiles = list(read_records(check.rows))
+    assert len(tiles) == 16 and all(tile.tile_of == "dense-train.xml" for tile in tiles)
+    for tile in tiles:
+        assert target_tokens(od_target(tile.boxes, tile.width, tile.height)) <= 1024
+        with Image.open(tile.processed_path) as pixels:  # the crop itself, made once
+            assert pixels.size == (tile.width, tile.height) == (128, 128)
+        assert all(0 <= b.x1 < b.x2 <= 128 and 0 <= b.y1 < b.y2 <= 128 for b in tile.boxes)
+    [image] = read_records(check.images)
+    lost = read_rejections(check.rejected_boxes)
+    assert len(image.boxes) + len(lost) == 300 and lost == []
+    assert check.stats["tiling"] == {"images": 1, "tiles": 16, "sliced_test_images": 0}
+    assert read_rejections(check.rejected) == []
+
+
+def test_a_dense_test_image_stays_whole_to_be_scored_through_tiles_and_has_no_target(tmp_path):
+    check = run(tmp_path, [dense_sample(tmp_path, "test")], TilingConfig(size=128))
+    [row] = read_records(check.rows)
+    assert row.sliced and len(row.boxes) == 300 and (row.width, row.height) == (400, 400)
+    [with_target] = read_records(loc_targets_step(check.rows, tmp_path / "manifests"))
+    assert with_target.target is None  # never learnt from: no target over the budget anywhere
+
+
+def test_an_image_whose_tiles_are_still_too_long_is_quarantined_with_the_numbers(tmp_path):
+    check = run(tmp_path, [dense_sample(tmp_path, "train")], TilingConfig(size=300), budget=200)
+    [rejection] = read_rejections(check.rejected)
+    assert rejection.reason == "target_too_long" and "300 px tiles still need" in rejection.detail

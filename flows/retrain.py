@@ -15,6 +15,7 @@ from tasks.core.home import resolve_home
 from tasks.core.run_history import task_run_states
 from tasks.evaluation.evaluate import evaluate_task_for, evaluation_artifacts_task
 from tasks.ingest.ingest import source_fingerprint_task
+from tasks.nightly.alerts import notify_on_completion, notify_on_failure
 from tasks.nightly.promotion import (
     Candidate,
     current_champion_task,
@@ -34,7 +35,8 @@ from tasks.training.train import (
 from tasks.training.trainer import run_identity
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure],
+      on_completion=[notify_on_completion])
 def retrain(config_path: str, work_dir: str, home: str | None = None,
             max_steps: int | None = None):
     """The nightly run: retrain when new images landed, promote only a better model."""

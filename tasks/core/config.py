@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -160,6 +161,17 @@ class TilingConfig(_Strict):
                                "to the tile when this share of its area is inside")
 
 
+class NotifyConfig(_Strict):
+    on: list[Literal["failure", "promotion"]] = ["failure", "promotion"]
+    url: str | None = Field(None, description="Apprise URL(s), comma separated (slack://..., "
+                            "mailto://..., json://host/path); default: $DEFECTFLOW_NOTIFY_URL, "
+                            "so a webhook's secret need not sit in the YAML")
+
+    @property
+    def target(self) -> str | None:
+        return self.url or os.environ.get("DEFECTFLOW_NOTIFY_URL") or None
+
+
 class PrepConfig(_Strict):
     runner: Literal["threads", "dask"] = "threads"
     dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
@@ -192,6 +204,7 @@ class DatasetConfig(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegistryConfig = RegistryConfig()
     prep: PrepConfig = PrepConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def model_name(self) -> str:

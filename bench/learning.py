@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,16 +37,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="defectflow-learning-"))
-    home = work / "home"
     started = time.monotonic()
-    defectflow(home, "build-base")
+    defectflow(work / "base-home", "build-base")
     base_minutes = (time.monotonic() - started) / 60
     nights = []
     for seed in args.seeds:
+        # A home of its own per seed (its own registry: no champion from another seed to warm
+        # start from), holding a copy of the one base.
+        home = work / f"home-{seed}"
+        shutil.copytree(work / "base-home" / "bases", home / "bases")
         started = time.monotonic()
         defectflow(home, "demo", "--work", str(work / f"seed-{seed}"), "--seed", str(seed),
                    "--nights", "1")
         night = json.loads((work / f"seed-{seed}" / "demo_summary.json").read_text())["nights"][0]
+        if night["train"]["adapter"] or night["champion_map50"] is not None:
+            raise RuntimeError(f"seed {seed}: night 1 started from a champion: not a first night")
         nights.append({"seed": seed, "test_map50": night["challenger_map50"],
                        "lora": night["train"]["lora"],
                        "metric_for_best_model": night["train"]["metric_for_best_model"],

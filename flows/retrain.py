@@ -13,7 +13,11 @@ from tasks.core.caching import code_version, folder_hash
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
 from tasks.core.run_history import task_run_states
-from tasks.evaluation.evaluate import evaluate_task_for, evaluation_artifacts_task
+from tasks.evaluation.evaluate import (
+    EVALUATION_FILES,
+    evaluate_task_for,
+    evaluation_artifacts_task,
+)
 from tasks.ingest.ingest import source_fingerprint_task
 from tasks.nightly.alerts import notify_on_completion, notify_on_failure
 from tasks.nightly.promotion import (
@@ -91,8 +95,9 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         version = register_task(
             registry=registry, artifact_root=str(where.mlflow / "artifacts"),
             model_dir=trained["model_dir"], metrics=metrics, lineage=lineage,
-            files=[str(run_dir / "eval" / "metrics.json"), str(run_dir / "loss_curve.png")],
-            curves=trained.get("curves"))
+            files=[str(run_dir / "eval" / name) for name in EVALUATION_FILES]
+            + [str(run_dir / "loss_curve.png")],
+            curves=trained.get("curves"), params=config.as_params())
         decision = promote_task(
             registry=registry, config=config.registry, metric=config.promotion_metric,
             challenger=Candidate(version=version["version"], metrics=metrics,

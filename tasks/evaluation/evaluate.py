@@ -18,6 +18,8 @@ from tasks.training.classifier import eval_transform, image_label
 from tasks.training.models import inference_ready, load_finetuned_detector
 
 GRID_IMAGES = 12
+# What an evaluation writes that a person reads (the registry keeps them with the version).
+EVALUATION_FILES = ("metrics.json", "confusion_matrix.png", "pr_curves.png", "predictions.png")
 
 
 def _rows(dataset_dir: str | Path, split: str):

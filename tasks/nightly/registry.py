@@ -57,7 +57,8 @@ def _experiment_id(client, name: str, artifact_root: Path) -> str:
 
 def register_version(tracking_uri: str, artifact_root: str | Path, model_name: str, model_dir: str | Path,
                      metrics: dict, lineage: dict[str, str], files: list[str | Path] = (),
-                     curves: dict[str, list] | None = None) -> dict:
+                     curves: dict[str, list] | None = None,
+                     params: dict[str, str] | None = None) -> dict:
     """Log the model folder (+ extra files) in a run and register it as a new model version
     carrying the lineage (plus the model files' hash) and the metrics as tags; alias
     `challenger` points at it. Registering the same files for the same dataset again returns
@@ -78,6 +79,8 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
     run = client.create_run(experiment_id, run_name=lineage.get("prefect_flow_run_id", "defectflow"),
                             tags={f"defectflow.{k}": str(v) for k, v in lineage.items()})
     run_id = run.info.run_id
+    for key, value in (params or {}).items():  # the config that made this model
+        client.log_param(run_id, key, value)
     flat = _flat_metrics(metrics)
     for key, value in flat.items():
         client.log_metric(run_id, key, value)
@@ -206,6 +209,7 @@ def push_champion_to_hub(model_dir: str | Path, repo_id: str, private: bool, car
 
 @task(name="register", retries=3, retry_delay_seconds=[5, 20, 60])
 def register_task(registry: RegistryTarget, artifact_root: str, model_dir: str, metrics: dict,
-                  lineage: dict, files: list[str], curves: dict | None = None) -> dict:
+                  lineage: dict, files: list[str], curves: dict | None = None,
+                  params: dict[str, str] | None = None) -> dict:
     return register_version(registry.tracking_uri, artifact_root, registry.model_name, model_dir,
-                            metrics, lineage, files, curves)
+                            metrics, lineage, files, curves, params)

@@ -64,6 +64,17 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     for key in ("config_hash", "code_version", "metric.map", "metric.map50", "hub_revision"):
         assert key in tags
     assert summary["decision"]["promoted"] and summary["decision"]["champion_version"] is None
+    # MLflow: the config as parameters, the evaluation's pictures next to the model.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run_id = summary["version"]["run_id"]
+    params = client.get_run(run_id).data.params
+    assert (params["train.max_steps"], params["train.lr"], params["model.lora"]) == (
+        "12", "0.001", "None")
+    pictures = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png", "evaluation/predictions.png",
+            "evaluation/metrics.json"} <= pictures
 
     # Night 2, nothing new: completes quickly, says so, trains nothing.
     second = retrain(str(config), str(work), str(home), return_state=True)

@@ -20,6 +20,7 @@ from tasks.evaluation.evaluate import (
 )
 from tasks.ingest.ingest import source_fingerprint_task
 from tasks.nightly.alerts import notify_on_completion, notify_on_failure
+from tasks.nightly.changes import changes_task, save_index_task
 from tasks.nightly.promotion import (
     Candidate,
     current_champion_task,
@@ -62,6 +63,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
             config_path=config_path, out_dir=str(work / "prepared"), home=str(where.root))
         dataset = str(work / "prepared" / "dataset")
         fingerprint = report["fingerprint"]
+        changes, index = changes_task(work_dir=str(work), dataset_dir=dataset)
         champion = current_champion_task(registry=registry, download_to=str(work / "champion"))
         model = warm_start_config(config.model, config.train, champion)
         train = warm_start_train_config(config.train, champion)
@@ -106,11 +108,13 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                 version=champion["version"], metrics=champion_metrics,
                 model_dir=champion["model_dir"]),
             lineage=lineage)
+        save_index_task(work_dir=str(work), index=index)  # tomorrow's "since last night"
         record_success_task(work_dir=str(work), info={
             "source_fingerprint": source, "dataset_fingerprint": fingerprint,
             "model_version": version["version"]})
         return {"report": report, "train": trained, "metrics": metrics,
                 "champion_metrics": champion_metrics, "version": version, "decision": decision,
+                "changes": changes,
                 "tracking_uri": registry.tracking_uri, "source_fingerprint": source}
 
 

@@ -114,6 +114,11 @@ def print_retrain_summary(result: dict) -> None:
     report, decision, version = summary["report"], summary["decision"], summary["version"]
     table = summary_table("nightly retrain")
     add_image_rows(table, report)
+    if changes := summary.get("changes"):
+        table.add_row("since last night", "first night" if changes["first_night"] else (
+            f"+{changes['images_added']} images, -{changes['images_removed']}, "
+            f"{changes['images_relabelled']} relabelled, {changes['images_replaced']} replaced; "
+            f"test split {changes['test_images']['before']} -> {changes['test_images']['after']}"))
     table.add_row("trained", f"{summary['train']['global_step']} steps from "
                   f"{summary['train']['checkpoint']} (resumed from step "
                   f"{summary['train']['resumed_from_step']})")

@@ -95,10 +95,13 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     assert fourth.is_completed(), fourth.message
     states = states_of(fourth)
     prep = [s for name, s in states.items() if name.split("-")[0] in (
-        "ingest", "shard", "process", "split", "augment", "loc", "publish")]
+        "ingest", "shard", "process", "split", "target", "augment", "loc", "publish")]
     assert prep and set(prep) == {"Cached"}, states
     result = fourth.result()
     assert result["train"]["resumed_from_step"] == 8 and result["train"]["global_step"] == 12
+    # Night 3 failed, so "since last night" still compares with night 1: the 6 new images.
+    assert summary["changes"]["first_night"] and not result["changes"]["first_night"]
+    assert (result["changes"]["images_added"], result["changes"]["images_removed"]) == (6, 0)
     assert [line for line in logs_of(fourth.state_details.flow_run_id)
             if line.startswith("resuming from") and "global step 8" in line]
     # Champion and challenger were both scored on tonight's (same) test split.

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 
 from tasks.core.caching import folder_hash
 from tasks.core.config import load_config
 from tasks.dataset.publish import dataset_fingerprint_of
-from tasks.evaluation.evaluate import evaluate_task_for, evaluation_artifacts_task
+from tasks.evaluation.evaluate import (
+    EVALUATION_FILES,
+    evaluate_task_for,
+    evaluation_artifacts_task,
+)
 
 
 @flow(name="evaluate", log_prints=True)
@@ -20,5 +26,6 @@ def evaluate(config_path: str, dataset_dir: str, model_dir: str, out_dir: str,
         model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=out_dir, split=split,
         labels=config.labels, num_beams=num_beams or config.evaluate.num_beams,
         batch_size=config.evaluate.batch_size, tiling=config.tiling)
-    evaluation_artifacts_task(metrics=metrics, role="model")
+    evaluation_artifacts_task(metrics=metrics, role="model", pictures=[
+        str(Path(out_dir) / name) for name in EVALUATION_FILES if name.endswith(".png")])
     return metrics

@@ -80,7 +80,10 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                 model_dir=model_dir, model_hash=model_hash, out_dir=str(out_dir),
                 split="test", labels=config.labels, num_beams=config.evaluate.num_beams,
                 batch_size=config.evaluate.batch_size, tiling=config.tiling)
-            evaluation_artifacts_task(metrics=metrics, role=role)
+            pictures = [str(out_dir / name) for name in EVALUATION_FILES if name.endswith(".png")]
+            if role == "challenger":
+                pictures.append(str(run_dir / "loss_curve.png"))
+            evaluation_artifacts_task(metrics=metrics, role=role, pictures=pictures)
             return metrics
 
         challenger_files = folder_hash(trained["model_dir"])  # the evaluate key and a version tag

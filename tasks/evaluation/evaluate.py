@@ -183,12 +183,38 @@ def evaluate_task_for(out_dir: str | Path, config: EvaluateConfig):
                                       timeout_seconds=config.timeout_minutes * 60)
 
 
+def png_data_url(path: str | Path, max_side: int = 1000) -> str:
+    """The picture as a `data:` URL (the Prefect UI shows image artifacts by URL, and a local
+    file has none a browser may open), shrunk to `max_side` px so the run's record stays small."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.thumbnail((max_side, max_side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 @task(name="evaluation-artifacts")
-def evaluation_artifacts_task(metrics: dict, role: str) -> None:
+def evaluation_artifacts_task(metrics: dict, role: str, pictures: list[str] = ()) -> None:
     """The metrics table and the confusion matrix in the Prefect UI, under keys of their own per
-    role (`challenger-metrics`, `champion-evaluation`, ...). Never cached: a Cached evaluation
+    role (`challenger-metrics`, `champion-evaluation`, ...), and each PNG of `pictures` as an
+    image artifact (`challenger-confusion-matrix`, ...). Never cached: a Cached evaluation
     still shows its numbers on tonight's run."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import (
+        create_image_artifact,
+        create_markdown_artifact,
+        create_table_artifact,
+    )
+
+    for picture in map(Path, pictures):
+        if picture.is_file():
+            create_image_artifact(image_url=png_data_url(picture),
+                                  key=f"{role}-{picture.stem.replace('_', '-')}",
+                                  description=f"{role}: {picture.stem.replace('_', ' ')}")
 
     create_table_artifact(key=f"{role}-metrics", table=metrics_table(metrics),
                           description=f"{role}: per-class metrics on {metrics['split']}")

@@ -72,5 +72,7 @@ def test_evaluation_is_published_as_prefect_artifacts_even_when_cached(synthetic
         assert artifacts["model-metrics"].type == "table", artifacts
         assert artifacts["model-evaluation"].type == "markdown"
         assert "Confusion matrix" in artifacts["model-evaluation"].data
+        picture = artifacts["model-confusion-matrix"]  # the PNG, shown in the UI
+        assert picture.type == "image" and picture.data.startswith("data:image/png;base64,")
     states = dict(task_run_states(state.state_details.flow_run_id))
     assert [s for name, s in states.items() if name.startswith("evaluate-")] == ["Cached"]

@@ -140,7 +140,8 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
     # The challenger's and the champion's evaluations each keep their own artifacts.
     artifacts = artifacts_of(second.state_details.flow_run_id)
     assert {"challenger-metrics", "challenger-evaluation", "champion-metrics",
-            "champion-evaluation", "promotion"} <= set(artifacts)
+            "champion-evaluation", "promotion", "challenger-confusion-matrix",
+            "champion-confusion-matrix", "challenger-loss-curve", "what-changed"} <= set(artifacts)
     assert artifacts["challenger-evaluation"].description.startswith("challenger")
     assert artifacts["champion-evaluation"].description.startswith("champion")
 

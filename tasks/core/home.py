@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.core.logs import quiet_routine_states
+
 DEFAULT_HOME = ".defectflow"
 
 
@@ -57,3 +59,4 @@ def configure_environment(home: Home) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    quiet_routine_states()

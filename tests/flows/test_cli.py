@@ -68,6 +68,12 @@ def test_train_command_leaves_a_loadable_model_and_a_loss_curve(synthetic_datase
     states = dict(task_run_states(state.state_details.flow_run_id))
     assert [s for name, s in states.items() if name.startswith("train")] == ["Completed"]
     assert (tmp_path / "m" / "model" / "adapter_model.safetensors").exists()
+    # The CLI keeps routine "Finished in state Completed()" lines out of the run log.
+    from tests.support import logs_of
+
+    logs = logs_of(state.state_details.flow_run_id)
+    assert any(line.startswith("step 5 |") for line in logs), logs  # what happened is there
+    assert "Finished in state Completed()" not in logs
 
 
 @pytest.mark.usefixtures("prefect_server")

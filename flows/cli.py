@@ -142,18 +142,17 @@ def run_once(
 def serve(
     ctx: typer.Context,
     config: ConfigArg,
-    cron: Annotated[str, typer.Option(help="when to run (cron, server time zone)")] = "0 2 * * *",
+    cron: Annotated[str | None, typer.Option(help="override the config's schedule.cron")] = None,
     work: WorkOption = Path("work/retrain"),
+    port: Annotated[int, typer.Option(help="port of the home's Prefect server, if one is "
+                                      "started (no PREFECT_API_URL)")] = 4200,
 ) -> None:
-    """Serve the retrain flow as a Prefect deployment on a schedule (Ctrl-C stops)."""
-    from flows.retrain import retrain
+    """Serve the retrain deployment on the config's schedule against a lasting Prefect server
+    (PREFECT_API_URL's, or the home's own, started here); Ctrl-C stops."""
+    from flows.serve import serve_retrain
 
-    cfg = _config_or_exit(config)
-    console.print(f"serving retrain-{cfg.name} with cron {cron!r}; runs appear in the Prefect UI "
-                  "(`make ui`). A run that finds another one active on the work dir exits cleanly.")
-    retrain.serve(name=f"retrain-{cfg.name}", cron=cron, limit=1,
-                  parameters={"config_path": str(config.resolve()), "work_dir": str(work.resolve()),
-                              "home": ctx.obj})
+    _config_or_exit(config)
+    serve_retrain(config, work, ctx.obj, cron, port)
 
 
 @app.command()

@@ -161,6 +161,11 @@ class TilingConfig(_Strict):
                                "to the tile when this share of its area is inside")
 
 
+class ScheduleConfig(_Strict):
+    cron: str = Field("0 2 * * *", description="when `defectflow serve` runs the retrain")
+    timezone: str = Field("UTC", description="IANA name, e.g. Europe/Berlin")
+
+
 class NotifyConfig(_Strict):
     on: list[Literal["failure", "promotion"]] = ["failure", "promotion"]
     url: str | None = Field(None, description="Apprise URL(s), comma separated (slack://..., "
@@ -205,6 +210,7 @@ class DatasetConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     prep: PrepConfig = PrepConfig()
     notify: NotifyConfig = NotifyConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @property
     def model_name(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from tasks.core.labels import ANY_LABEL, LabelRules, collisions
+from tasks.core.logs import run_logger
 from tasks.core.records import Sample, read_records, read_rejections, read_samples
 from tasks.dataset.budget import TargetsCheck
 from tasks.dataset.publish import PublishOutput
@@ -108,9 +109,34 @@ def write_report(report: dict, path: str | Path) -> str:
     return str(path)
 
 
+def story(report: dict) -> list[str]:
+    """The report in a few lines a person reads in the run log."""
+    images, boxes, targets = report["images"], report["boxes"], report["targets"]
+
+    def counts(counter: dict) -> str:
+        return ", ".join(f"{key} {value}" for key, value in counter.items()) or "none"
+
+    lines = [
+        f"images: found {images['found']}, kept {images['kept']}, quarantined "
+        f"{images['quarantined']} ({counts(report['quarantine_reasons'])}), dropped as grayscale "
+        f"{images['dropped_grayscale']}",
+        f"boxes: found {boxes['found']}, kept {boxes['kept']}, clipped {boxes['clipped']}, "
+        f"dropped ({counts(boxes['dropped'])})",
+        f"work this run: {counts(report['work'])} (Cached steps did none)",
+        "splits: " + counts(report["splits"]) + "; classes: " + counts(report["classes"]),
+        f"targets: longest {targets['max_tokens']} tokens, p99 {targets['p99_tokens']}, over the "
+        f"{targets['budget']} budget {targets['over_budget']}",
+    ]
+    if targets.get("tiling", {}).get("images") or targets.get("tiling", {}).get("sliced_test_images"):
+        lines.append("tiling: " + counts(targets["tiling"]))
+    return lines
+
+
 @task(name="report")
 def report_task(report_path: str, **parts) -> dict:
     """Not cached: it also tells what work this very run did (cached steps did none)."""
     report = report_step(**parts)
     write_report(report, report_path)
+    for line in story(report):
+        run_logger().info(line)
     return report

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
 from tasks.core.config import EvaluateConfig, ModelConfig, TilingConfig
+from tasks.core.logs import run_logger
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
 from tasks.scoring.predict import new_token_budget
@@ -147,6 +148,17 @@ def metrics_markdown(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def metrics_line(metrics: dict) -> str:
+    """One line of the run log: the headline numbers and what went wrong in generation."""
+    where = f"on {metrics['n_images']} {metrics['split']} images"
+    if metrics["kind"] == "vit":
+        return f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} {where}"
+    coco = metrics["coco"] or {}
+    return (f"map50 {coco.get('map50', float('nan')):.4f}, map {coco.get('map', float('nan')):.4f} "
+            f"{where}; parse failures {metrics['parse_failures']}, truncated outputs "
+            f"{metrics.get('truncated_outputs', 0)}, unknown labels {metrics['unknown_labels']}")
+
+
 def metrics_table(metrics: dict) -> list[dict]:
     if metrics["kind"] == "vit":
         return [{"class": k, **v} for k, v in metrics["per_class"].items()]
@@ -210,6 +222,7 @@ def evaluation_artifacts_task(metrics: dict, role: str, pictures: list[str] = ()
         create_table_artifact,
     )
 
+    run_logger().info(f"{role}: " + metrics_line(metrics))
     for picture in map(Path, pictures):
         if picture.is_file():
             create_image_artifact(image_url=png_data_url(picture),

@@ -105,13 +105,16 @@ def test_serve_deploys_the_retrain_flow_on_the_schedule_one_run_at_a_time(tmp_pa
 
     served = {}
     monkeypatch.setattr(type(retrain), "serve", lambda flow, **kwargs: served.update(kwargs))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a server of the user's
     config = tmp_path / "plant.yaml"
-    config.write_text("name: plant\nsource: {format: voc, images: x, annotations: y}\n")
+    config.write_text("name: plant\nsource: {format: voc, images: x, annotations: y}\n"
+                      "schedule: {cron: '0 3 * * *', timezone: Europe/Berlin}\n")
     result = runner.invoke(app, ["--home", str(tmp_path / "home"), "serve", str(config),
                                  "--cron", "30 1 * * *", "--work", str(tmp_path / "w")])
     assert result.exit_code == 0, result.output
-    assert served["name"] == "retrain-plant" and served["cron"] == "30 1 * * *"
-    assert served["limit"] == 1
+    assert served["name"] == "retrain-plant" and served["schedule"].cron == "30 1 * * *"
+    assert served["schedule"].timezone == "Europe/Berlin"
+    assert served["limit"] == 1 and served["global_limit"] == 1  # one run across the deployment
     assert served["parameters"] == {"config_path": str(config.resolve()),
                                     "work_dir": str((tmp_path / "w").resolve()),
                                     "home": str((tmp_path / "home").resolve())}

@@ -64,6 +64,12 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     for key in ("config_hash", "code_version", "metric.map", "metric.map50", "hub_revision"):
         assert key in tags
     assert summary["decision"]["promoted"] and summary["decision"]["champion_version"] is None
+    # The run log tells the story: what prepare found and did, the test numbers, the decision.
+    logs = logs_of(first.state_details.flow_run_id)
+    for start, holds in (("images: found", "quarantined"), ("boxes: found", "dropped"),
+                         ("work this run:", "images_decoded"), ("targets: longest", "budget"),
+                         ("challenger: map50", "truncated outputs"), ("promotion:", "champion")):
+        assert any(line.startswith(start) and holds in line for line in logs), (start, logs)
     # MLflow: the config as parameters, the evaluation's pictures next to the model.
     from mlflow import MlflowClient
 

@@ -1,0 +1,29 @@
+"""serve = a Prefect server that lasts (the one PREFECT_API_URL names, or the home's own) ->
+the retrain deployment on the config's schedule, one run at a time across the deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.retrain import retrain
+from flows.summaries import console
+from tasks.core.config import load_config
+from tasks.core.home import resolve_home
+from tasks.nightly.server import prefect_server
+
+
+def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | None = None,
+                  port: int = 4200) -> None:
+    """Serve until Ctrl-C; scheduled runs appear in the Prefect UI at the server's address."""
+    from prefect.schedules import Cron
+
+    config = load_config(config_path)
+    schedule = Cron(cron or config.schedule.cron, timezone=config.schedule.timezone)
+    where = resolve_home(home)
+    with prefect_server(where.prefect, port=port) as api_url:
+        console.print(f"serving retrain-{config.name} on {schedule.cron!r} "
+                      f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}. "
+                      "One run at a time; Ctrl-C stops.")
+        retrain.serve(name=f"retrain-{config.name}", schedule=schedule, global_limit=1, limit=1,
+                      parameters={"config_path": str(config_path.resolve()),
+                                  "work_dir": str(work.resolve()), "home": str(where.root)})

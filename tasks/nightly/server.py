@@ -1,0 +1,82 @@
+"""A Prefect server that outlives one command: the one `PREFECT_API_URL` names, or, without it,
+one started here on the home's SQLite database (`<home>/prefect/prefect.db`, the same one
+`make ui` opens), so that schedules fire and runs stay in the history.
+
+Without this, a process with no `PREFECT_API_URL` gets a temporary server that lives as long as
+the process and whose runner refuses schedules ("cannot schedule flows on an ephemeral server").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ServerUnavailable(RuntimeError):
+    """The embedded Prefect server did not come up; the message says where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(api_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def prefect_server(log_dir: str | Path, port: int | None = None,
+                   timeout_s: float = 120) -> Iterator[str]:
+    """The API URL of a running Prefect server for the duration of the block: `PREFECT_API_URL`
+    when set, else the one already listening on 127.0.0.1:`port`, else `prefect server start`
+    there (its log in `log_dir/server.log`), stopped when the block ends. Prefect's settings
+    point at it inside the block."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    port = port or free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    if _healthy(api_url):  # one is up there already (`make ui`): use it
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            yield api_url
+        return
+    log_path = Path(log_dir) / "server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(api_url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise ServerUnavailable(f"the Prefect server did not start; see {log_path}")
+            time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            os.environ["PREFECT_API_URL"] = api_url  # and for the flow runs' subprocesses
+            try:
+                yield api_url
+            finally:
+                os.environ.pop("PREFECT_API_URL", None)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

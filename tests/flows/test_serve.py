@@ -1,0 +1,80 @@
+"""`defectflow serve` without PREFECT_API_URL: it starts the home's own Prefect server, deploys
+the retrain flow there on the config's schedule, and the server's scheduler books its runs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tasks.nightly.server import free_port
+from tests.support import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def api(port: int, path: str, body: dict | None = None):
+    url = f"http://127.0.0.1:{port}/api{path}"
+    response = httpx.post(url, json=body or {}, timeout=5) if body is not None else \
+        httpx.get(url, timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_for(check, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+            if found:
+                return found
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    return None
+
+
+def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
+    config = tmp_path / "plant.yaml"
+    config.write_text("name: plant\nsource: {format: voc, images: x, annotations: y}\n"
+                      "schedule: {cron: '*/5 * * * *', timezone: UTC}\n")
+    port, home = free_port(), tmp_path / "home"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("PREFECT_")}  # no API URL, no test settings
+    env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "2"  # book runs at once
+    env["PYTHONPATH"] = str(REPO)  # this checkout, whatever the venv was installed from
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
+         str(config), "--work", str(tmp_path / "w"), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
+        assert deployment, "no deployment on the home's server"
+        assert deployment["schedules"][0]["schedule"]["cron"] == "*/5 * * * *"
+        assert deployment["global_concurrency_limit"]["limit"] == 1
+        booked = wait_for(lambda: api(port, "/flow_runs/filter", {
+            "deployments": {"id": {"any_": [deployment["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}), 60)
+        assert booked, "the scheduler booked no run"
+        assert (home / "prefect" / "prefect.db").is_file()  # the home's database, as `make ui`'s
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            output = serve.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            output = serve.communicate()[0]
+    assert "cannot schedule" not in output, output
+    assert wait_for(lambda: not _listening(port), 30), "the server outlived serve"
+
+
+def _listening(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
+        return True
+    except httpx.HTTPError:
+        return False

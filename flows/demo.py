@@ -1,5 +1,5 @@
-"""demo = build the base (once) -> generate a first batch -> night 1 (retrain) -> new images land
--> night 2 -> summary (console and demo_summary.json)."""
+"""demo = build the base (once) -> generate a first batch -> serve the retrain deployment ->
+night 1 (a run of it) -> new images land -> night 2 -> summary (console and demo_summary.json)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from flows.retrain import run_retrain
+from flows.deployment import run_night, served
 from flows.summaries import console, demo_summary, print_retrain_summary
 from tasks.core.home import resolve_home
 from tasks.demo.scenario import (
@@ -38,15 +38,16 @@ def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int
     source = work / "source"
     if not (source / "annotations").exists():
         console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True, seed=seed))
-    console.rule("night 1")
-    results = [run_retrain(config, work / "nightly", home)]
-    print_retrain_summary(results[0])
-    if nights == 2:
-        console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH, troubles=False,
-                                seed=seed))
-        console.rule("night 2: new images landed")
-        results.append(run_retrain(config, work / "nightly", home))
-        print_retrain_summary(results[1])
+    with served(config, work / "nightly", str(resolve_home(home).root)) as deployment:
+        console.rule(f"night 1: a run of the {deployment} deployment")
+        results = [run_night(deployment)]
+        print_retrain_summary(results[0])
+        if nights == 2:
+            console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH,
+                                    troubles=False, seed=seed))
+            console.rule("night 2: new images landed")
+            results.append(run_night(deployment))
+            print_retrain_summary(results[1])
     console.rule("summary")
     console.print(demo_summary(results, home))
     record = {"seed": seed, "nights": [demo_record(result) for result in results],

@@ -118,11 +118,14 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def _fault_callback():
-    """Only when the tests ask for it: kill this process, or raise, right after a save."""
+    """Only when the tests ask for it: kill this process, or raise, right after a save.
+    `FAIL_ENV=N:path` raises only while `path` exists (a served deployment's runs inherit the
+    environment of the process that serves it: the test removes the file to let a retry pass)."""
     from transformers import TrainerCallback
 
     kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
-    fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
+    fail_at_text, _, flag = (os.environ.get(FAIL_ENV, "0") or "0").partition(":")
+    fail_at = int(fail_at_text) if not flag or Path(flag).exists() else 0
 
     class FaultAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):

@@ -1,0 +1,69 @@
+"""The retrain deployment, served for the length of a block, as a user serves it: a lasting
+Prefect server (see `tasks/nightly/server.py`) and `defectflow serve` in a process of its own
+(the deployment with its schedule, one run at a time, and the runner that executes its runs).
+The demo runs its nights through it (`run_night`), so the UI lists the deployment, its schedule
+and the nights under it.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tasks.core.config import load_config
+from tasks.core.run_history import task_run_states
+from tasks.nightly.server import ServerUnavailable, prefect_server
+
+FLOW_NAME = "retrain"
+
+
+def _deployment_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+@contextmanager
+def served(config_path: Path, work: Path, home_root: str, port: int = 4200,
+           timeout_s: float = 120) -> Iterator[str]:
+    """`defectflow serve` for the block; yields the deployment's name (`retrain/retrain-<name>`)."""
+    name = f"{FLOW_NAME}/retrain-{load_config(config_path).name}"
+    with prefect_server(Path(home_root) / "prefect", port=port):
+        serve = subprocess.Popen([str(Path(sys.executable).parent / "defectflow"), "--home",
+                                  home_root, "serve", str(config_path), "--work", str(work)])
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not _deployment_exists(name):
+                if serve.poll() is not None or time.monotonic() > deadline:
+                    raise ServerUnavailable(f"`defectflow serve` did not deploy {name}")
+                time.sleep(1)
+            yield name
+        finally:
+            serve.send_signal(signal.SIGINT)  # as Ctrl-C: the schedule is paused, runs end
+            try:
+                serve.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+
+
+def run_night(deployment: str) -> dict:
+    """One flow run of the deployment, waited for: as `run_retrain` returns it (final state,
+    summary, every task run's final state)."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(deployment, timeout=None, poll_interval=2, as_subflow=False)
+    state = flow_run.state
+    summary = state.result(raise_on_failure=False) if state.is_completed() else None
+    return {"state": state, "summary": summary if isinstance(summary, dict) else None,
+            "task_states": task_run_states(flow_run.id)}

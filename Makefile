@@ -8,7 +8,7 @@ export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test ui serve lint bench bench-learning clean
+.PHONY: venv demo test ui ui-check serve lint bench bench-learning clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: venv
 # The Prefect UI on the database the demo used (http://127.0.0.1:4200).
 ui: venv
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+# Screenshots of the Prefect UI (the newest retrain run's artifacts, the deployments) after
+# `make demo`, taken by headless Chromium; skipped when no browser is installed.
+ui-check: venv
+	$(BIN)/python -m bench.ui_screenshot --home $(HOME_DIR)
 
 # The nightly retrain on its schedule: make serve CONFIG=datasets_cfg/neu_det.yaml
 serve: venv

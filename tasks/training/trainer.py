@@ -182,6 +182,7 @@ def save_checkpoints_in_model_format(model) -> None:
 def quality_callbacks(patience: int, min_steps: int):
     """Early stopping that waits for `min_steps`, then one line per evaluation in the run log.
     Callbacks that add metrics (mAP50) must come before these."""
+    from tqdm.auto import tqdm
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class EarlyStoppingAfter(EarlyStoppingCallback):
@@ -191,8 +192,9 @@ def quality_callbacks(patience: int, min_steps: int):
 
     class EvaluationLines(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            # The run log: the Prefect UI, and the console through Prefect's handler.
-            run_logger().info(evaluation_line(state.global_step, metrics or {}, state.log_history))
+            line = evaluation_line(state.global_step, metrics or {}, state.log_history)
+            run_logger().info(line)  # the run log (Prefect UI)
+            tqdm.write(line)  # the console, above the steps bar: one table row per evaluation
 
     return [EarlyStoppingAfter(early_stopping_patience=patience), EvaluationLines()]
 
@@ -201,12 +203,20 @@ def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, 
                 compute_metrics=None, callbacks: tuple = ()) -> dict:
     """Train (resuming from the last checkpoint if one exists), keep the best, write the curves."""
     from transformers import Trainer
+    from transformers.trainer_callback import ProgressCallback
+
+    class StepsBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass  # the curves and log_history.json keep every number
 
     resume = last_checkpoint(args.output_dir)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,
                       callbacks=[*callbacks, *quality_callbacks(train.patience, train.min_steps),
                                  *_fault_callback()])
+    if not args.disable_tqdm:  # the steps bar, without a raw log dict printed every 10 steps
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(StepsBar())
     resumed_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     if resume:
         run_logger().warning("resuming from %s (global step %d)", resume, resumed_step)

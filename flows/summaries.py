@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.core.run_history import state_counts
-from tasks.nightly.registry import ui_command
 
 console = Console()
 
@@ -159,6 +158,8 @@ def demo_summary(results: list[dict], home: str | None) -> str:
             f"{decision['challenger_metric']:.3f} vs champion "
             + ("-" if decision["champion_metric"] is None else f"{decision['champion_metric']:.3f}")
             + f" -> {'promoted to champion' if decision['promoted'] else 'champion kept'}")
+    from tasks.nightly.registry import ui_command  # imports Prefect: not before --home is read
+
     final = next((r["summary"] for r in reversed(results) if r["summary"]), None)
     if final:
         mlflow_dir = Path(home or ".defectflow") / "mlflow"

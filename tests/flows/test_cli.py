@@ -118,3 +118,14 @@ def test_serve_deploys_the_retrain_flow_on_the_schedule_one_run_at_a_time(tmp_pa
     assert served["parameters"] == {"config_path": str(config.resolve()),
                                     "work_dir": str((tmp_path / "w").resolve()),
                                     "home": str((tmp_path / "home").resolve())}
+
+
+def test_the_cli_reads_home_before_prefect_is_imported():
+    # Prefect reads PREFECT_HOME once, when imported: importing it with the CLI module would put
+    # its database (and the UI's history) outside the --home the user gave, and warn.
+    import subprocess
+    import sys
+
+    code = "import sys, flows.cli; print('prefect' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

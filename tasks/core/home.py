@@ -4,6 +4,7 @@ and the manifests (so a cached result never points at a file that was cleaned aw
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,13 @@ def configure_environment(home: Home) -> None:
         "TOKENIZERS_PARALLELISM": "false",
         # The summary table tells the story; per-task lines still reach the Prefect UI.
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+        # Third-party console noise: datasets' "Generating train split" bars, MLflow's INFO
+        # lines, transformers' deprecation FutureWarnings (also in the runs' subprocesses).
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "PYTHONWARNINGS": "ignore::FutureWarning",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     quiet_routine_states()

@@ -1,5 +1,6 @@
-"""Look at the Prefect UI as a user would: the newest retrain run's Artifacts tab and the
-deployments page, screenshotted by a real headless browser, from the home `make demo` used.
+"""Look at the Prefect UI as a user would: the newest retrain run, two of its pictures (image
+artifacts) and the deployments page, screenshotted by a real headless browser, from the home
+`make demo` used.
 
     python -m bench.ui_screenshot [--home work/home] [--out bench/ui]
 
@@ -42,11 +43,12 @@ def newest_retrain_run():
     return runs[0] if runs else None
 
 
-def image_artifacts(flow_run_id) -> list[str]:
+def image_artifacts(flow_run_id) -> dict:
     from tests.support import artifacts_of
 
-    return sorted(key for key, artifact in artifacts_of(flow_run_id).items()
-                  if artifact.type == "image")
+    found = artifacts_of(flow_run_id)
+    return {key: found[key] for key in sorted(k for k in found if k)
+            if found[key].type == "image"}
 
 
 def main() -> None:
@@ -71,13 +73,15 @@ def main() -> None:
         if run is None:
             raise SystemExit(f"no retrain run in {home.prefect}: run `make demo` first")
         pictures = image_artifacts(run.id)
-        print(f"run {run.name} ({run.state_name}): image artifacts {pictures}")
+        print(f"run {run.name} ({run.state_name}): image artifacts {list(pictures)}")
         if not pictures:
             raise SystemExit("the run has no image artifact")
         ui = api_url.removesuffix("/api")
         args.out.mkdir(parents=True, exist_ok=True)
-        for name, url in (("artifacts", f"{ui}/runs/flow-run/{run.id}?tab=Artifacts"),
-                          ("deployments", f"{ui}/deployments")):
+        pages = [("run", f"{ui}/runs/flow-run/{run.id}"), ("deployments", f"{ui}/deployments")]
+        pages += [(key, f"{ui}/artifacts/artifact/{artifact.id}") for key, artifact in
+                  pictures.items() if key.endswith(("confusion-matrix", "predictions"))]
+        for name, url in pages:
             screenshot(browser, url, args.out / f"{name}.png")
             print(f"written: {args.out / f'{name}.png'} ({url})")
 

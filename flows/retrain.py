@@ -12,7 +12,9 @@ from flows.prepare import prepare
 from tasks.core.caching import code_version, folder_hash
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
+from tasks.core.logs import quiet_routine_states
 from tasks.core.run_history import task_run_states
+from tasks.dataset.report import story_task
 from tasks.evaluation.evaluate import (
     EVALUATION_FILES,
     evaluate_task_for,
@@ -39,6 +41,8 @@ from tasks.training.train import (
 )
 from tasks.training.trainer import run_identity
 
+quiet_routine_states()  # also in a deployment run's own process, which imports this module
+
 
 @flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure],
       on_completion=[notify_on_completion])
@@ -61,6 +65,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
 
         report = prepare.with_options(task_runner=prep_task_runner(config.prep))(
             config_path=config_path, out_dir=str(work / "prepared"), home=str(where.root))
+        story_task(report=report)
         dataset = str(work / "prepared" / "dataset")
         fingerprint = report["fingerprint"]
         changes, index = changes_task(work_dir=str(work), dataset_dir=dataset)

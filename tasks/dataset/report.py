@@ -132,6 +132,13 @@ def story(report: dict) -> list[str]:
     return lines
 
 
+@task(name="prepare-story")
+def story_task(report: dict) -> None:
+    """The report's lines in the log of the run that called prepare (a subflow has its own)."""
+    for line in story(report):
+        run_logger().info(line)
+
+
 @task(name="report")
 def report_task(report_path: str, **parts) -> dict:
     """Not cached: it also tells what work this very run did (cached steps did none)."""

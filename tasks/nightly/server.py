@@ -61,7 +61,9 @@ def prefect_server(log_dir: str | Path, port: int | None = None,
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 # the UI's pages call the API at this address (by default port 4200's)
+                 "PREFECT_UI_API_URL": api_url})
     try:
         deadline = time.monotonic() + timeout_s
         while not _healthy(api_url):

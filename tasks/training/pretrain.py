@@ -61,9 +61,11 @@ def shape_image(rng: random.Random, size: int) -> tuple[Image.Image, list[Box]]:
 
 
 def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int = 0,
-                          batch_size: int = 16, lr: float = 1e-3, image_size: int = 128) -> Path:
+                          batch_size: int = 16, lr: float = 1e-3, image_size: int = 64) -> Path:
     """The pretrained tiny base in `folder`, built (and trained) only if it is not there yet.
-    Written under a temporary name and renamed when complete, so a killed build leaves none."""
+    Written under a temporary name and renamed when complete, so a killed build leaves none.
+    Shapes are drawn at the model's input size (64 px): a quarter of the pixels of the demo's
+    128 px images, and nothing for the processor to resize."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -38,7 +38,7 @@ train:
 registry:
   promote: {{metric: map50, min_gain: 0.0, min_metric: 0.3, max_class_drop: 0.25}}
 """
-DEMO_STEPS = 1250
+DEMO_STEPS = 1500
 DEMO_WARM_STEPS = 250
 DEMO_LORA_RANK = 16
 DEMO_LR = 3.0e-3

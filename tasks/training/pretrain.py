@@ -61,11 +61,12 @@ def shape_image(rng: random.Random, size: int) -> tuple[Image.Image, list[Box]]:
 
 
 def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int = 0,
-                          batch_size: int = 16, lr: float = 1e-3, image_size: int = 64) -> Path:
+                          batch_size: int = 16, lr: float = 1e-3, image_size: int = 128) -> Path:
     """The pretrained tiny base in `folder`, built (and trained) only if it is not there yet.
     Written under a temporary name and renamed when complete, so a killed build leaves none.
-    Shapes are drawn at the model's input size (64 px): a quarter of the pixels of the demo's
-    128 px images, and nothing for the processor to resize."""
+    Shapes are drawn at 128 px, as the demo's images, and resized by the processor as they are
+    (drawn at the model's 64 px instead, the base built faster but an adapter on it reached
+    test mAP50 0.21 where this one reaches 0.99)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -12,7 +12,6 @@ from flows.prepare import prepare
 from tasks.core.caching import code_version, folder_hash
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
-from tasks.core.logs import quiet_routine_states
 from tasks.core.run_history import task_run_states
 from tasks.dataset.report import story_task
 from tasks.evaluation.evaluate import (
@@ -31,7 +30,12 @@ from tasks.nightly.promotion import (
     what_is_new_task,
     work_dir_lock,
 )
-from tasks.nightly.registry import RegistryTarget, embedded_tracking_uri, register_task
+from tasks.nightly.registry import (
+    RegistryTarget,
+    config_params,
+    embedded_tracking_uri,
+    register_task,
+)
 from tasks.nightly.runners import prep_task_runner
 from tasks.training.train import (
     check_train_config_task,
@@ -40,8 +44,6 @@ from tasks.training.train import (
     warm_start_train_config,
 )
 from tasks.training.trainer import run_identity
-
-quiet_routine_states()  # also in a deployment run's own process, which imports this module
 
 
 @flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure],
@@ -107,7 +109,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
             model_dir=trained["model_dir"], metrics=metrics, lineage=lineage,
             files=[str(run_dir / "eval" / name) for name in EVALUATION_FILES]
             + [str(run_dir / "loss_curve.png")],
-            curves=trained.get("curves"), params=config.as_params())
+            curves=trained.get("curves"), params=config_params(config))
         decision = promote_task(
             registry=registry, config=config.registry, metric=config.promotion_metric,
             challenger=Candidate(version=version["version"], metrics=metrics,

@@ -257,23 +257,6 @@ class DatasetConfig(_Strict):
         return LabelRules(label_map=self.label_map, merge_case_variants=self.merge_case_variants,
                           allowed=None if self.labels is None else frozenset(map(tidy, self.labels)))
 
-    def as_params(self) -> dict[str, str]:
-        """The settings that shape a model, flat (`train.lr`, `model.lora.r`...), for MLflow."""
-        params: dict[str, str] = {"name": self.name}
-
-        def walk(prefix: str, value: object) -> None:
-            if isinstance(value, dict):
-                for key, inner in value.items():
-                    walk(f"{prefix}.{key}", inner)
-            else:
-                params[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
-
-        data = self.model_dump(mode="json", include={"model", "train", "augment", "split",
-                                                     "grayscale", "targets", "tiling", "registry"})
-        for section, value in data.items():
-            walk(section, value)
-        return {key: value[:500] for key, value in params.items()}
-
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections, for cache keys (paths are part of it)."""
         data = self.model_dump(mode="json", include=set(sections) if sections else None)

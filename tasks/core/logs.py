@@ -32,3 +32,9 @@ def quiet_routine_states() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RoutineStateLines) for f in logger.filters):
             logger.addFilter(RoutineStateLines())
+
+
+# On import too: a deployment's runner starts each flow run in a spawned process that unpickles
+# the flow function by value (flows/retrain.py's own top level never runs there), but every
+# task module imports this one.
+quiet_routine_states()

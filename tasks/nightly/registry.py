@@ -17,6 +17,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.core.caching import folder_hash
+from tasks.core.config import DatasetConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -205,6 +206,25 @@ def push_champion_to_hub(model_dir: str | Path, repo_id: str, private: bool, car
                                                     commit_message="defectflow: new champion"),
                           sleep=sleep)
     return str(getattr(commit, "oid", None) or commit)
+
+
+
+def config_params(config: DatasetConfig) -> dict[str, str]:
+    """The settings that shape a model, flat (`train.lr`, `model.lora.r`...), for MLflow."""
+    params: dict[str, str] = {"name": config.name}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        else:
+            params[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+    data = config.model_dump(mode="json", include={"model", "train", "augment", "split",
+                                                   "grayscale", "targets", "tiling", "registry"})
+    for section, value in data.items():
+        walk(section, value)
+    return {key: value[:500] for key, value in params.items()}
 
 
 @task(name="register", retries=3, retry_delay_seconds=[5, 20, 60])

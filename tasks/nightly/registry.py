@@ -208,7 +208,6 @@ def push_champion_to_hub(model_dir: str | Path, repo_id: str, private: bool, car
     return str(getattr(commit, "oid", None) or commit)
 
 
-
 def config_params(config: DatasetConfig) -> dict[str, str]:
     """The settings that shape a model, flat (`train.lr`, `model.lora.r`...), for MLflow."""
     params: dict[str, str] = {"name": config.name}

@@ -232,8 +232,11 @@ def localisation_prior(model, tokenizer, grid: int, loc_scale: float = 0.05) -> 
     half = width // 2
     ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(LOC_TOKENS)))
     loc_code = _position_code([q + 0.5 for q in range(len(LOC_TOKENS))], half)
-    cells = _position_code([(g + 0.5) * 1000 / grid for g in range(grid)], half)
     projector = model.model.multi_modal_projector
+    # The position embeddings live on the vision features (half their width each axis): the
+    # text width's half in the toy model, 512 of DaViT's 1024 at base size.
+    cells = _position_code([(g + 0.5) * 1000 / grid for g in range(grid)],
+                           projector.image_position_embed.column_embeddings.weight.shape[1])
     with torch.no_grad():
         embeddings[ids] = torch.cat([loc_code, loc_code], dim=1) * loc_scale
         projector.image_position_embed.column_embeddings.weight[:grid] = cells

@@ -68,6 +68,7 @@ def test_a_night_is_a_deployment_run_and_retry_from_the_ui_resumes_training(tmp_
         result = retried.state.result()
         assert result["train"]["resumed_from_step"] == 8 and result["train"]["global_step"] == 12
         states = task_run_states(flow_run_id)
+        logs = logs_of(flow_run_id)  # while its server is up
 
     def runs_of(prefix: str) -> list[str]:
         return [state for name, state in states if name.startswith(prefix)]
@@ -82,6 +83,5 @@ def test_a_night_is_a_deployment_run_and_retry_from_the_ui_resumes_training(tmp_
         assert runs_of(step) == ["Completed"], step
     assert runs_of("evaluate") == runs_of("promote") == ["Completed"]
     # The runner's spawned run processes drop Prefect's routine state lines too.
-    logs = logs_of(flow_run_id)
     assert any(line.startswith("images: found") for line in logs), logs
     assert "Finished in state Completed()" not in logs

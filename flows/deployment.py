@@ -10,16 +10,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows.retrain import retrain
+from flows.serve import deployment_name
 from tasks.core.config import load_config
 from tasks.core.run_history import task_run_states
-from tasks.nightly.server import ServerUnavailable, prefect_server
-
-FLOW_NAME = "retrain"
+from tasks.nightly.server import prefect_server, stop, wait_until
 
 
 def _deployment_exists(name: str) -> bool:
@@ -38,23 +37,16 @@ def _deployment_exists(name: str) -> bool:
 def served(config_path: Path, work: Path, home_root: str, port: int = 4200,
            timeout_s: float = 120) -> Iterator[str]:
     """`defectflow serve` for the block; yields the deployment's name (`retrain/retrain-<name>`)."""
-    name = f"{FLOW_NAME}/retrain-{load_config(config_path).name}"
+    name = f"{retrain.name}/{deployment_name(load_config(config_path))}"
     with prefect_server(Path(home_root) / "prefect", port=port):
         serve = subprocess.Popen([str(Path(sys.executable).parent / "defectflow"), "--home",
                                   home_root, "serve", str(config_path), "--work", str(work)])
         try:
-            deadline = time.monotonic() + timeout_s
-            while not _deployment_exists(name):
-                if serve.poll() is not None or time.monotonic() > deadline:
-                    raise ServerUnavailable(f"`defectflow serve` did not deploy {name}")
-                time.sleep(1)
+            wait_until(lambda: _deployment_exists(name), serve, timeout_s,
+                       f"`defectflow serve` did not deploy {name}", interval_s=1)
             yield name
         finally:
-            serve.send_signal(signal.SIGINT)  # as Ctrl-C: the schedule is paused, runs end
-            try:
-                serve.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                serve.kill()
+            stop(serve, signal.SIGINT, timeout_s=60)  # as Ctrl-C: the schedule is paused
 
 
 def run_night(deployment: str) -> dict:

@@ -10,7 +10,7 @@ from tasks.core.caching import folder_hash
 from tasks.core.config import load_config
 from tasks.dataset.publish import dataset_fingerprint_of
 from tasks.evaluation.evaluate import (
-    EVALUATION_FILES,
+    EVALUATION_PICTURES,
     evaluate_task_for,
     evaluation_artifacts_task,
 )
@@ -27,5 +27,5 @@ def evaluate(config_path: str, dataset_dir: str, model_dir: str, out_dir: str,
         labels=config.labels, num_beams=num_beams or config.evaluate.num_beams,
         batch_size=config.evaluate.batch_size, tiling=config.tiling)
     evaluation_artifacts_task(metrics=metrics, role="model", pictures=[
-        str(Path(out_dir) / name) for name in EVALUATION_FILES if name.endswith(".png")])
+        str(Path(out_dir) / name) for name in EVALUATION_PICTURES])
     return metrics

@@ -16,6 +16,7 @@ from tasks.core.run_history import task_run_states
 from tasks.dataset.report import story_task
 from tasks.evaluation.evaluate import (
     EVALUATION_FILES,
+    EVALUATION_PICTURES,
     evaluate_task_for,
     evaluation_artifacts_task,
 )
@@ -87,7 +88,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                 model_dir=model_dir, model_hash=model_hash, out_dir=str(out_dir),
                 split="test", labels=config.labels, num_beams=config.evaluate.num_beams,
                 batch_size=config.evaluate.batch_size, tiling=config.tiling)
-            pictures = [str(out_dir / name) for name in EVALUATION_FILES if name.endswith(".png")]
+            pictures = [str(out_dir / name) for name in EVALUATION_PICTURES]
             if role == "challenger":
                 pictures.append(str(run_dir / "loss_curve.png"))
             evaluation_artifacts_task(metrics=metrics, role=role, pictures=pictures)

@@ -7,9 +7,14 @@ from pathlib import Path
 
 from flows.retrain import retrain
 from flows.summaries import console
-from tasks.core.config import load_config
+from tasks.core.config import DatasetConfig, load_config
 from tasks.core.home import resolve_home
 from tasks.nightly.server import prefect_server
+
+
+def deployment_name(config: DatasetConfig) -> str:
+    """`retrain-<dataset name>`: one retrain deployment per dataset config."""
+    return f"retrain-{config.name}"
 
 
 def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | None = None,
@@ -21,9 +26,9 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
     schedule = Cron(cron or config.schedule.cron, timezone=config.schedule.timezone)
     where = resolve_home(home)
     with prefect_server(where.prefect, port=port) as api_url:
-        console.print(f"serving retrain-{config.name} on {schedule.cron!r} "
+        console.print(f"serving {deployment_name(config)} on {schedule.cron!r} "
                       f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}. "
                       "One run at a time; Ctrl-C stops.")
-        retrain.serve(name=f"retrain-{config.name}", schedule=schedule, global_limit=1, limit=1,
+        retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1, limit=1,
                       parameters={"config_path": str(config_path.resolve()),
                                   "work_dir": str(work.resolve()), "home": str(where.root)})

@@ -8,8 +8,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.logs import quiet_routine_states
-
 DEFAULT_HOME = ".defectflow"
 
 
@@ -66,4 +64,3 @@ def configure_environment(home: Home) -> None:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    quiet_routine_states()

@@ -21,23 +21,17 @@ from tasks.training.models import inference_ready, load_finetuned_detector
 GRID_IMAGES = 12
 # What an evaluation writes that a person reads (the registry keeps them with the version).
 EVALUATION_FILES = ("metrics.json", "confusion_matrix.png", "pr_curves.png", "predictions.png")
+EVALUATION_PICTURES = tuple(name for name in EVALUATION_FILES if name.endswith(".png"))
 
 
-def _rows(dataset_dir: str | Path, split: str):
+def _load(dataset_dir: str | Path, split: str):
+    """(the prepared dataset, its `split` without flipped copies)."""
     import datasets
 
     loaded = datasets.load_dataset(str(dataset_dir))
     if split not in loaded:
         raise ValueError(f"{dataset_dir} has no {split!r} split (it has {sorted(loaded)})")
-    return original_rows(loaded[split])
-
-
-def _all_targets(dataset_dir: str | Path) -> list[str]:
-    """Every split's targets: what the model learnt to say (tiles included) sizes generation."""
-    import datasets
-
-    loaded = datasets.load_dataset(str(dataset_dir))
-    return [target for split in loaded.values() for target in split["target"]]
+    return loaded, original_rows(loaded[split])
 
 
 def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
@@ -46,9 +40,11 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                       tiling: TilingConfig | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(dataset_dir, split)
+    loaded, rows = _load(dataset_dir, split)
     labels = labels or sorted({label for row in rows["labels"] for label in row})
     processor, model = load_finetuned_detector(model_dir)
+    # Every split's targets (tiles included) are what the model learnt to say: they size generation.
+    learnt = [target for part in loaded.values() for target in part["target"]]
     grid: list[tuple] = []
     bar = tqdm(total=len(rows), desc=f"evaluate {split}", unit="img")
 
@@ -61,8 +57,7 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
 
     scores = score_detector(model, processor, rows, labels, batch_size, num_beams,
                             on_batch=keep_for_the_picture, tiling=tiling,
-                            max_new_tokens=new_token_budget(_all_targets(dataset_dir),
-                                                            processor.tokenizer))
+                            max_new_tokens=new_token_budget(learnt, processor.tokenizer))
     bar.close()
     (out / "gt.json").write_text(json.dumps(scores.gt))
     (out / "dt.json").write_text(json.dumps(scores.dt))
@@ -102,7 +97,7 @@ def evaluate_classifier(dataset_dir: str | Path, model_dir: str | Path, out_dir:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _rows(dataset_dir, split)
+    _, rows = _load(dataset_dir, split)
     model = inference_ready(AutoModelForImageClassification.from_pretrained(model_dir))
     weights = next(model.parameters())
     processor = AutoImageProcessor.from_pretrained(model_dir)

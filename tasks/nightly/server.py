@@ -9,6 +9,7 @@ the process and whose runner refuses schedules ("cannot schedule flows on an eph
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,22 +38,54 @@ def _healthy(api_url: str) -> bool:
         return False
 
 
+def wait_until(ready, process: subprocess.Popen, timeout_s: float, failure: str,
+               interval_s: float = 0.5) -> None:
+    """Poll `ready()` until true; raise ServerUnavailable(`failure`) if `process` exits first or
+    `timeout_s` pass."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise ServerUnavailable(failure)
+        time.sleep(interval_s)
+
+
+def stop(process: subprocess.Popen, signal_number: int = signal.SIGTERM,
+         timeout_s: float = 30) -> None:
+    """Ask the process to end with `signal_number`; kill it if it has not after `timeout_s`."""
+    process.send_signal(signal_number)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@contextmanager
+def _pointing_at(api_url: str) -> Iterator[str]:
+    """Prefect's settings, and the environment the block's subprocesses inherit, on `api_url`."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        os.environ["PREFECT_API_URL"] = api_url
+        try:
+            yield api_url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+
+
 @contextmanager
 def prefect_server(log_dir: str | Path, port: int | None = None,
                    timeout_s: float = 120) -> Iterator[str]:
     """The API URL of a running Prefect server for the duration of the block: `PREFECT_API_URL`
     when set, else the one already listening on 127.0.0.1:`port`, else `prefect server start`
     there (its log in `log_dir/server.log`), stopped when the block ends. Prefect's settings
-    point at it inside the block."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+    (and the block's subprocesses) point at it inside the block."""
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     if _healthy(api_url):  # one is up there already (`make ui`): use it
-        with temporary_settings({PREFECT_API_URL: api_url}):
+        with _pointing_at(api_url):
             yield api_url
         return
     log_path = Path(log_dir) / "server.log"
@@ -65,20 +98,9 @@ def prefect_server(log_dir: str | Path, port: int | None = None,
                  # the UI's pages call the API at this address (by default port 4200's)
                  "PREFECT_UI_API_URL": api_url})
     try:
-        deadline = time.monotonic() + timeout_s
-        while not _healthy(api_url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise ServerUnavailable(f"the Prefect server did not start; see {log_path}")
-            time.sleep(0.5)
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            os.environ["PREFECT_API_URL"] = api_url  # and for the flow runs' subprocesses
-            try:
-                yield api_url
-            finally:
-                os.environ.pop("PREFECT_API_URL", None)
+        wait_until(lambda: _healthy(api_url), server, timeout_s,
+                   f"the Prefect server did not start; see {log_path}")
+        with _pointing_at(api_url):
+            yield api_url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)

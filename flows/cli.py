@@ -10,14 +10,15 @@ from typing import Annotated
 
 import typer
 
-from flows.summaries import console
-from tasks.core.config import ConfigError, DatasetConfig, load_config
+from flows.predict_command import predict
+from flows.summaries import config_or_exit, console
 from tasks.core.home import configure_environment, resolve_home
 
 app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
+app.command()(predict)
 IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
 WorkOption = Annotated[Path, typer.Option(help="work dir: prepared data, runs, champion copies")]
@@ -34,18 +35,10 @@ def main(
     ctx.obj = str(where.root)  # the home every command passes to its flow
 
 
-def _config_or_exit(path: Path) -> DatasetConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-
-
 @app.command()
 def check(config: ConfigArg) -> None:
     """Validate a dataset config and print it with every default filled in."""
-    console.print_json(_config_or_exit(config).model_dump_json())
+    console.print_json(config_or_exit(config).model_dump_json())
 
 
 @app.command()
@@ -58,7 +51,7 @@ def prepare(
     from flows.prepare import run_prepare
     from flows.summaries import print_prepare_summary
 
-    _config_or_exit(config)
+    config_or_exit(config)
     report, states = run_prepare(config, out, ctx.obj)
     print_prepare_summary(report, states, out)
 
@@ -76,7 +69,7 @@ def train(
     from flows.summaries import print_train_summary, result_or_error
     from flows.train import train as train_flow
 
-    _config_or_exit(config)
+    config_or_exit(config)
     summary, error, code = result_or_error(train_flow(str(config), str(dataset.resolve()), str(out.resolve()),
                                                       model, max_steps, return_state=True), "train")
     if error:
@@ -98,7 +91,7 @@ def evaluate(
     from flows.evaluate import evaluate as evaluate_flow
     from flows.summaries import print_evaluate_summary
 
-    _config_or_exit(config)
+    config_or_exit(config)
     print_evaluate_summary(evaluate_flow(str(config), str(dataset.resolve()), str(model.resolve()),
                                          str(out.resolve()), split, num_beams), split, out)
 
@@ -130,7 +123,7 @@ def run_once(
     from flows.retrain import run_retrain
     from flows.summaries import print_retrain_summary
 
-    _config_or_exit(config)
+    config_or_exit(config)
     result = run_retrain(config, work, ctx.obj, max_steps)
     print_retrain_summary(result)
     if result["state"].is_failed():
@@ -151,7 +144,7 @@ def serve(
     (PREFECT_API_URL's, or the home's own, started here); Ctrl-C stops."""
     from flows.serve import serve_retrain
 
-    _config_or_exit(config)
+    config_or_exit(config)
     serve_retrain(config, work, ctx.obj, cron, port)
 
 

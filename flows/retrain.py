@@ -1,5 +1,5 @@
 """retrain = what is new? -> prepare -> train -> evaluate (challenger and champion, same split)
--> register -> promote."""
+-> register -> promote -> (pre-label the inbox with the champion)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ from tasks.nightly.registry import (
     register_task,
 )
 from tasks.nightly.runners import prep_task_runner
+from tasks.predict.predict import settings_for
+from tasks.predict.prelabel import prelabel_task
 from tasks.training.train import (
     check_train_config_task,
     train_task_for,
@@ -80,7 +82,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         trained = train_task_for(run_dir, identity, train)(
             dataset_dir=dataset, fingerprint=fingerprint, model_config=model,
             train_config=train, out_dir=str(run_dir), max_steps=max_steps,
-            identity=identity)
+            identity=identity, tiling=config.tiling)
 
         def evaluate_on_test(model_dir: str, model_hash: str, out_dir: Path, role: str) -> dict:
             metrics = evaluate_task_for(out_dir, config.evaluate)(
@@ -119,13 +121,21 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                 version=champion["version"], metrics=champion_metrics,
                 model_dir=champion["model_dir"]),
             lineage=lineage)
+        prelabels = None
+        tonight = trained["model_dir"] if decision["promoted"] else (champion or {}).get("model_dir")
+        if config.prelabel is not None and tonight:
+            prelabels = prelabel_task(inbox=str(config.prelabel.inbox), model_dir=tonight,
+                                      settings=settings_for(
+                                          tonight, config.prelabel.threshold,
+                                          config.evaluate.batch_size, config.evaluate.num_beams,
+                                          config.labels, config.tiling, config.images.max_pixels))
         save_index_task(work_dir=str(work), index=index)  # tomorrow's "since last night"
         record_success_task(work_dir=str(work), info={
             "source_fingerprint": source, "dataset_fingerprint": fingerprint,
             "model_version": version["version"]})
         return {"report": report, "train": trained, "metrics": metrics,
                 "champion_metrics": champion_metrics, "version": version, "decision": decision,
-                "changes": changes,
+                "changes": changes, "prelabels": prelabels,
                 "tracking_uri": registry.tracking_uri, "source_fingerprint": source}
 
 

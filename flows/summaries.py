@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
 from rich.console import Console
 from rich.table import Table
 
+from tasks.core.config import ConfigError, DatasetConfig, load_config
 from tasks.core.run_history import state_counts
 
 console = Console()
+
+
+def config_or_exit(path: Path) -> DatasetConfig:
+    """The validated config, or its errors in red and exit code 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 def summary_table(title: str) -> Table:
@@ -129,6 +140,31 @@ def print_retrain_summary(result: dict) -> None:
     table.add_row("decision", decision["reason"])
     table.add_row("registry", f"{version['model_name']} v{version['version']} "
                   f"({'champion' if decision['promoted'] else 'challenger'}) at {summary['tracking_uri']}")
+    if prelabels := summary.get("prelabels"):
+        table.add_row("pre-labels", f"{prelabels['written']} new XMLs ({prelabels['boxes']} boxes) "
+                      f"in {prelabels['inbox']}; {prelabels['already_labelled']} images already "
+                      "had one (kept)")
+    console.print(table)
+
+
+def print_predict_summary(report: dict, out: Path) -> None:
+    """Images in and out, boxes per class at the threshold, where the files are."""
+    table = summary_table(f"predict with {report['model']}")
+    table.add_row("images", f"found {report['found']} = predicted {report['predicted']} + "
+                  f"quarantined {report['quarantined']}")
+    if report["quarantine_reasons"]:
+        table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
+                                              report["quarantine_reasons"].items()))
+    per_class = ", ".join(f"{k} {v}" for k, v in sorted(report["boxes_per_class"].items()))
+    table.add_row(f"boxes >= {report['threshold']:g}", f"{report['boxes']}"
+                  + (f" ({per_class})" if per_class else "")
+                  + f"; {report['boxes_below_threshold']} below (kept in predictions.json)")
+    problems = {k: report.get(k, 0) for k in ("truncated_outputs", "parse_failures",
+                                             "unknown_labels")}
+    if any(problems.values()):
+        table.add_row("generation", ", ".join(f"{k} {v}" for k, v in problems.items()))
+    table.add_row("wrote", f"{out}/predictions.json (COCO), {out}/labelimg/ (open in LabelImg), "
+                  f"{out}/overlays/, {out}/predict_report.json")
     console.print(table)
 
 

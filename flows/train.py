@@ -22,4 +22,5 @@ def train(config_path: str, dataset_dir: str, out_dir: str, model: str | None = 
     identity = run_identity(fingerprint, model_config, config.train, max_steps)
     return train_task_for(out_dir, identity, config.train)(
         dataset_dir=dataset_dir, fingerprint=fingerprint, model_config=model_config,
-        train_config=config.train, out_dir=out_dir, max_steps=max_steps, identity=identity)
+        train_config=config.train, out_dir=out_dir, max_steps=max_steps, identity=identity,
+        tiling=config.tiling)

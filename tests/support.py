@@ -90,3 +90,22 @@ augment: {{hflip: true, vflip: false}}
 split: {{train: 0.7, validation: 0.15, test: 0.15}}
 publish: {{target: local}}
 """
+
+
+def scripted_step_scores(tokens, logprobs, vocab_size: int, spare_ids=(0, 1)):
+    """What `generate(output_scores=True)` returns per step for scripted outputs: at each step
+    the scripted token gets probability exp(logprob) and a spare token (never a location bin)
+    the rest. tokens, logprobs: [rows, steps]."""
+    import torch
+
+    tokens, logprobs = torch.as_tensor(tokens), torch.as_tensor(logprobs, dtype=torch.float32)
+    steps = []
+    for step in range(tokens.shape[1]):
+        probs = torch.zeros(tokens.shape[0], vocab_size)
+        for row, (token, logprob) in enumerate(zip(tokens[:, step].tolist(),
+                                                    logprobs[:, step].tolist(), strict=True)):
+            spare = spare_ids[0] if token != spare_ids[0] else spare_ids[1]
+            probs[row, token] = float(torch.tensor(logprob).exp())
+            probs[row, spare] += 1 - probs[row, token]
+        steps.append(probs.clamp(min=1e-30).log())
+    return tuple(steps)

@@ -11,7 +11,8 @@ import pytest
 from tests.support import REPO
 
 # Which stages each stage may import (besides itself): core <- ingest, images <- dataset <-
-# scoring <- training <- evaluation <- nightly; demo needs only core. `flows` may import anything.
+# scoring <- training <- evaluation <- nightly <- predict; demo needs only core. `flows` may
+# import anything.
 ALLOWED = {
     "core": set(),
     "ingest": {"core"},
@@ -22,6 +23,8 @@ ALLOWED = {
     "training": {"core", "ingest", "images", "dataset", "scoring"},
     "evaluation": {"core", "ingest", "images", "dataset", "scoring", "training"},
     "nightly": {"core", "ingest", "images", "dataset", "scoring", "training", "evaluation"},
+    "predict": {"core", "ingest", "images", "dataset", "scoring", "training", "evaluation",
+                "nightly"},
 }
 
 

@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tasks.core.labels import LabelRules, label_problem, tidy
+from tasks.core.operations_config import (
+    NotifyConfig,
+    PrelabelConfig,
+    PrepConfig,
+    ScheduleConfig,
+    Strict,
+)
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and the problem."""
 
 
-class _Strict(BaseModel):
-    # Unknown keys are errors: a typo such as `hflp: true` must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
-
-
+_Strict = Strict  # every section refuses unknown keys
 class SourceConfig(_Strict):
     format: Literal["voc", "coco"]
     images: Path = Field(description="folder with the images (searched recursively)")
@@ -161,28 +163,6 @@ class TilingConfig(_Strict):
                                "to the tile when this share of its area is inside")
 
 
-class ScheduleConfig(_Strict):
-    cron: str = Field("0 2 * * *", description="when `defectflow serve` runs the retrain")
-    timezone: str = Field("UTC", description="IANA name, e.g. Europe/Berlin")
-
-
-class NotifyConfig(_Strict):
-    on: list[Literal["failure", "promotion"]] = ["failure", "promotion"]
-    url: str | None = Field(None, description="Apprise URL(s), comma separated (slack://..., "
-                            "mailto://..., json://host/path); default: $DEFECTFLOW_NOTIFY_URL, "
-                            "so a webhook's secret need not sit in the YAML")
-
-    @property
-    def target(self) -> str | None:
-        return self.url or os.environ.get("DEFECTFLOW_NOTIFY_URL") or None
-
-
-class PrepConfig(_Strict):
-    runner: Literal["threads", "dask"] = "threads"
-    dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
-    dask_workers: int = Field(2, gt=0)
-
-
 class DatasetConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     source: SourceConfig
@@ -211,6 +191,8 @@ class DatasetConfig(_Strict):
     prep: PrepConfig = PrepConfig()
     notify: NotifyConfig = NotifyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    prelabel: PrelabelConfig | None = Field(None, description="after each night, the champion "
+                                            "pre-labels new images for LabelImg")
 
     @property
     def model_name(self) -> str:
@@ -295,4 +277,12 @@ def load_config(path: str | Path) -> DatasetConfig:
     source = config.source
     source.images = (base / source.images).resolve()
     source.annotations = (base / source.annotations).resolve()
+    if config.prelabel is not None:
+        config.prelabel.inbox = (base / config.prelabel.inbox).resolve()
+        inbox, annotations = config.prelabel.inbox, source.annotations
+        if inbox == annotations or annotations in inbox.parents or inbox in annotations.parents:
+            # Tomorrow's ingest would read the model's guesses as a person's labels.
+            raise ConfigError(f"{path}: prelabel.inbox {inbox} overlaps source.annotations "
+                              f"{annotations}: pre-labels are guesses, keep them apart until "
+                              "a person has corrected them in LabelImg")
     return config

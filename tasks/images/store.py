@@ -102,15 +102,22 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def inspect_bytes(data: bytes, sha: str, max_pixels: int, gray_tolerance: int) -> Inspection:
+def decode_or_reason(data: bytes, max_pixels: int) -> Image.Image | tuple[str, str]:
+    """The decoded image, or (reason, detail): image_too_large, not_an_image, image_unreadable."""
     try:
-        image = open_image(data, max_pixels)
+        return open_image(data, max_pixels)
     except ImageTooLarge as exc:
-        return Inspection(sha256=sha, ok=False, reason="image_too_large", detail=str(exc))
+        return "image_too_large", str(exc)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # Pillow raises ValueError for some broken files too: unreadable, not "too large".
         reason = "not_an_image" if isinstance(exc, UnidentifiedImageError) else "image_unreadable"
-        return Inspection(sha256=sha, ok=False, reason=reason, detail=f"{type(exc).__name__}: {exc}")
+        return reason, f"{type(exc).__name__}: {exc}"
+
+
+def inspect_bytes(data: bytes, sha: str, max_pixels: int, gray_tolerance: int) -> Inspection:
+    image = decode_or_reason(data, max_pixels)
+    if isinstance(image, tuple):
+        return Inspection(sha256=sha, ok=False, reason=image[0], detail=image[1])
     orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
     oriented = ImageOps.exif_transpose(image)
     return Inspection(

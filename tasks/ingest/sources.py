@@ -50,7 +50,8 @@ class SourceListing:
     fingerprint: str = ""
 
 
-def _walk(root: Path) -> list[Path]:
+def walk_files(root: Path) -> list[Path]:
+    """Every file under root, sorted, hidden folders skipped, symlinked folders not entered."""
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -62,11 +63,11 @@ def list_source(images: Path, annotations: Path, annotation_suffix: str) -> Sour
     """List images and annotation files; the fingerprint changes when any of them changes."""
     listing = SourceListing()
     digest = hashlib.sha256()
-    for path in _walk(images) if images.is_dir() else []:
+    for path in walk_files(images) if images.is_dir() else []:
         if is_image_name(path.name):
             listing.images.append(path)
     if annotations.is_dir():
-        listing.annotations = [p for p in _walk(annotations) if p.suffix.lower() == annotation_suffix]
+        listing.annotations = [p for p in walk_files(annotations) if p.suffix.lower() == annotation_suffix]
     elif annotations.is_file():
         listing.annotations = [annotations]
     for path in sorted(set(listing.images) | set(listing.annotations)):

@@ -3,11 +3,16 @@
 Each output is parsed once, by one parser of our own (`boxes_from_tokens`) that walks the
 generated tokens and keeps each box's label, coordinates and confidence together: the
 processor's `post_process_generation` would drop non-ASCII characters from labels and, paired
-with a second parse by position, could hand a box another phrase's label. The confidence of a
-box is exp(mean log-probability) of the tokens that generated it (its label's tokens and its
-four location tokens), so that the ranking inside mAP means something. Coordinates are the exact
-bin centres of the location tokens. Outputs that do not parse and labels outside the class list
-are counted, never silently dropped.
+with a second parse by position, could hand a box another phrase's label.
+
+The confidence of a box is exp(mean log-probability) over the tokens that generated it: its
+label's tokens, and for each of its four coordinates the probability the model gave to the
+location bins within `LOC_TOLERANCE` of the one it wrote. (With 1000 bins a sure model still
+spreads a coordinate over neighbouring bins: the chosen bin's own probability put a perfect
+detector's boxes at ~0.03, useless for a threshold; "this corner, to half a percent of the
+side" is the question a threshold asks.) Coordinates are the exact bin centres of the location
+tokens. Outputs that do not parse and labels outside the class list are counted, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tasks.dataset.loc_tokens import BINS, OD_PROMPT, decode_box
 from tasks.images.tiles import merge_tile_boxes, tile_windows
 
 LOC = re.compile(r"^<loc_(\d+)>$")
+LOC_TOKENS = [f"<loc_{q}>" for q in range(BINS)]
 
 
 @dataclass
@@ -34,6 +40,38 @@ class Prediction:
 
 
 DECODER_POSITIONS = 1024  # Florence-2's BART decoder
+LOC_TOLERANCE = 5  # bins either side of a coordinate: half a percent of the image's side
+DEFAULT_THRESHOLD = 0.25  # the confidence a box needs to be drawn or written for LabelImg
+
+
+def loc_window_logprobs(sequences, step_scores, beam_indices, loc_ids: list[int],
+                        tolerance: int = LOC_TOLERANCE):
+    """[rows, steps] log-probabilities: where the generated token is a location bin, the log of
+    the probability its step gave to the bins within `tolerance` of it (NaN elsewhere).
+    `step_scores` are generate's per-step scores (one [rows * beams, vocab] tensor a step)."""
+    import torch
+
+    steps = len(step_scores)
+    tokens = sequences[:, -steps:]
+    rows = tokens.shape[0]
+    loc = torch.tensor(loc_ids, device=tokens.device)
+    bin_of = torch.full((step_scores[0].shape[-1],), -1, device=tokens.device)
+    bin_of[loc] = torch.arange(len(loc_ids), device=tokens.device)
+    result = torch.full((rows, steps), float("nan"))
+    for step, scores in enumerate(step_scores):
+        bins = bin_of[tokens[:, step]]
+        source = beam_indices[:, step] if beam_indices is not None else torch.arange(
+            rows, device=tokens.device)
+        wanted = (bins >= 0) & (source >= 0)  # a finished beam's steps are padding (-1)
+        if not wanted.any():
+            continue
+        probs = scores[source.clamp(min=0)].float().log_softmax(-1)[:, loc].exp()
+        below = torch.nn.functional.pad(probs.cumsum(-1), (1, 0))  # below[i] = sum(probs[:i])
+        low = (bins - tolerance).clamp(0, len(loc_ids))[:, None]
+        high = (bins + tolerance + 1).clamp(0, len(loc_ids))[:, None]
+        mass = (below.gather(1, high) - below.gather(1, low))[:, 0].clamp(min=1e-12).log()
+        result[wanted.cpu(), step] = mass[wanted].cpu()
+    return result
 
 
 def new_token_budget(targets, tokenizer, cap: int = DECODER_POSITIONS) -> int:
@@ -96,9 +134,10 @@ def hit_the_limit(generated: list[int], eos: int, max_new_tokens: int) -> bool:
     return eos not in generated or generated.index(eos) + 1 >= max_new_tokens
 
 
-def predict_batch(model, processor, images: list, labels: set[str], num_beams: int = 1,
+def predict_batch(model, processor, images: list, labels: set[str] | None, num_beams: int = 1,
                   max_new_tokens: int = 256) -> list[Prediction]:
-    """Generate `<OD>` for a batch of PIL images; one Prediction per image."""
+    """Generate `<OD>` for a batch of PIL images; one Prediction per image. Boxes with a label
+    outside `labels` are counted as unknown, not kept (`None`: every label is kept)."""
     import torch
 
     inputs = processor(text=[OD_PROMPT] * len(images), images=[i.convert("RGB") for i in images],
@@ -109,14 +148,18 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams,
                              do_sample=False, output_scores=True, return_dict_in_generate=True)
-    transition = model.compute_transition_scores(
-        out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True)
+    beams = getattr(out, "beam_indices", None)
+    transition = model.compute_transition_scores(out.sequences, out.scores, beams,
+                                                 normalize_logits=True).float().cpu()
     tokenizer = processor.tokenizer
+    windows = loc_window_logprobs(out.sequences, out.scores, beams,
+                                  tokenizer.convert_tokens_to_ids(LOC_TOKENS))
+    token_logprobs = torch.where(windows.isnan(), transition, windows)
     results = []
     for row, image in enumerate(images):
         generated = out.sequences[row, -transition.shape[1]:]  # the tokens the scores belong to
         tokens = tokenizer.convert_ids_to_tokens(generated.tolist())
-        logprobs = transition[row].float().tolist()
+        logprobs = token_logprobs[row].tolist()
         found, failures = boxes_from_tokens(tokens, logprobs, image.width, image.height,
                                             lambda pieces: tokenizer.convert_tokens_to_string(
                                                 pieces).strip())
@@ -125,7 +168,7 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
                                 truncated=hit_the_limit(generated.tolist(), tokenizer.eos_token_id,
                                                         max_new_tokens))
         for label, box, confidence in found:
-            if label not in labels:
+            if labels is not None and label not in labels:
                 prediction.unknown_labels.append(label)
                 continue
             prediction.boxes.append(box)
@@ -134,7 +177,7 @@ def predict_batch(model, processor, images: list, labels: set[str], num_beams: i
     return results
 
 
-def predict_sliced(model, processor, image, labels: set[str], size: int, overlap: float,
+def predict_sliced(model, processor, image, labels: set[str] | None, size: int, overlap: float,
                    num_beams: int = 1, max_new_tokens: int = 256,
                    batch_size: int = 8) -> Prediction:
     """`<OD>` on overlapping tiles of one whole image (as prepare cut the training images), the

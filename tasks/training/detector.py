@@ -13,10 +13,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tasks.core.config import ModelConfig, TrainConfig
+from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
+from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector
-from tasks.training.models import load_detector
+from tasks.training.models import load_detector, write_model_facts
 from tasks.training.trainer import run_trainer, start_run, training_arguments
 
 
@@ -93,9 +94,11 @@ def wrap_with_lora(model, config: ModelConfig):
 def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                       train_config: TrainConfig, tiny_folder: str | Path,
                       max_steps: int | None = None, identity: str | None = None,
-                      extra_callbacks: tuple = ()) -> dict:
+                      extra_callbacks: tuple = (), tiling: TilingConfig | None = None) -> dict:
     """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json).
-    `extra_callbacks` (Trainer callbacks) watch the run, e.g. a benchmark's step timer."""
+    `extra_callbacks` (Trainer callbacks) watch the run, e.g. a benchmark's step timer. The
+    model folder also records its classes, answer length and the dataset's `tiling` (predict
+    reads them)."""
     out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
                                                    train_config, max_steps, identity)
     labels = sorted({label for row in train_set["labels"] for label in row})
@@ -115,6 +118,9 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     model_dir = out / "model"
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model
     processor.save_pretrained(model_dir)
+    write_model_facts(model_dir, labels,
+                      new_token_budget([*train_set["target"], *eval_set["target"]], processor.tokenizer),
+                      tiling.model_dump() if tiling else None)
     if (model_config.lora is not None or model_config.adapter) and model_config.merge:
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")

@@ -13,6 +13,22 @@ from pathlib import Path
 
 from tasks.training.tiny import TINY, build_tiny_florence
 
+# What a model folder written by `finetune_detector` says about itself, for `predict`: the
+# classes it learnt, the longest answer it was taught (sizes generation) and the tiles it saw.
+MODEL_FACTS = "defectflow.json"
+
+
+def write_model_facts(model_dir: str | Path, labels: list[str], max_new_tokens: int,
+                      tiling: dict | None) -> None:
+    facts = {"labels": labels, "max_new_tokens": max_new_tokens, "tiling": tiling}
+    (Path(model_dir) / MODEL_FACTS).write_text(json.dumps(facts, indent=1))
+
+
+def read_model_facts(model_dir: str | Path) -> dict:
+    """The facts, or {} for a folder without them (a checkpoint from elsewhere)."""
+    path = Path(model_dir) / MODEL_FACTS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
 
 class ModelUnavailable(RuntimeError):
     """A checkpoint that cannot be loaded, with a message that says what to do."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.core.caching import TRAINING_LIBRARIES, cache_policy
-from tasks.core.config import ModelConfig, TrainConfig
+from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.training.classifier import finetune_classifier
 from tasks.training.detector import finetune_detector
 from tasks.training.models import ModelUnavailable
@@ -32,12 +32,15 @@ def lr_warning(model: ModelConfig, train: TrainConfig) -> str | None:
 
 def train_step(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                train_config: TrainConfig, max_steps: int | None = None,
-               identity: str | None = None) -> dict:
+               identity: str | None = None, tiling: TilingConfig | None = None) -> dict:
     """Fine-tune the configured kind of model; a tiny base model is built inside `out_dir`.
-    `identity`: the run identity, when the caller computed it already (see `run_identity`)."""
-    finetune = finetune_classifier if model_config.kind == "vit" else finetune_detector
-    return finetune(dataset_dir, out_dir, model_config, train_config, Path(out_dir) / "tiny-base",
-                    max_steps, identity)
+    `identity`: the run identity, when the caller computed it already (see `run_identity`);
+    `tiling`: how the dataset's tiles were cut (a detector's model folder records it)."""
+    if model_config.kind == "vit":
+        return finetune_classifier(dataset_dir, out_dir, model_config, train_config,
+                                   Path(out_dir) / "tiny-base", max_steps, identity)
+    return finetune_detector(dataset_dir, out_dir, model_config, train_config,
+                             Path(out_dir) / "tiny-base", max_steps, identity, tiling=tiling)
 
 
 # Cached on the dataset fingerprint + model/train config + code version; a retry after a crash
@@ -57,8 +60,9 @@ def _worth_retrying(task, task_run, state) -> bool:
 @task(name="train", cache_policy=cache_policy(TRAINING_LIBRARIES), persist_result=True, retries=1,
       retry_condition_fn=_worth_retrying)
 def train_task(dataset_dir: str, fingerprint: str, model_config: ModelConfig, train_config: TrainConfig,
-               out_dir: str, max_steps: int | None = None, identity: str | None = None) -> dict:
-    return train_step(dataset_dir, out_dir, model_config, train_config, max_steps, identity)
+               out_dir: str, max_steps: int | None = None, identity: str | None = None,
+               tiling: TilingConfig | None = None) -> dict:
+    return train_step(dataset_dir, out_dir, model_config, train_config, max_steps, identity, tiling)
 
 
 def train_task_for(out_dir: str | Path, identity: str, train_config: TrainConfig):

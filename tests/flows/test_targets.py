@@ -121,7 +121,7 @@ def test_dense_test_images_are_scored_whole_through_tiles_with_no_output_cut(tmp
         for row in (row for row in batch if row["sliced"]):
             outputs += [answer(processor, boxes_in_window(truth_boxes(row, ["scratch"]), w, 0.5, 1),
                                w[2], w[3]) for w in tile_windows(row["width"], row["height"], 128, 0.2)]
-    model = ScriptedByCall(outputs, processor.tokenizer.eos_token_id)
+    model = ScriptedByCall(outputs, processor.tokenizer.eos_token_id, len(processor.tokenizer))
     scores = score_detector(model, processor, rows, ["scratch"], batch_size=8,
                             tiling=TilingConfig(size=128, overlap=0.2), max_new_tokens=512)
     assert scores.truncated_outputs == 0 and scores.parse_failures == 0

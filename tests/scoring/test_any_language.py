@@ -38,7 +38,7 @@ def test_names_in_any_language_come_back_from_prediction_as_the_same_names(proce
     target = od_target(boxes_named(NAMES), 100, 100)
     generated = processor.tokenizer(target + "</s>", add_special_tokens=False).input_ids
     # As `generate` returns it: the decoder start token, then one score per generated token.
-    model = ScriptedGenerator([2] + generated, [-0.1] * len(generated))
+    model = ScriptedGenerator([2] + generated, [-0.1] * len(generated), len(processor.tokenizer))
     [prediction] = predict_batch(model, processor, [Image.new("RGB", (100, 100))], set(NAMES),
                                  max_new_tokens=len(generated) + 5)
     assert [box.label for box in prediction.boxes] == NAMES
@@ -57,7 +57,7 @@ def test_an_output_that_fills_max_new_tokens_is_counted_as_truncated(processor):
     assert not hit_the_limit([5, eos, 1, 1], eos, max_new_tokens=4)
     target = od_target(boxes_named(["spot"] * 6), 100, 100)
     generated = processor.tokenizer(target, add_special_tokens=False).input_ids[:11] + [eos]
-    model = ScriptedGenerator([2] + generated, [0.0] * len(generated))
+    model = ScriptedGenerator([2] + generated, [0.0] * len(generated), len(processor.tokenizer))
     [prediction] = predict_batch(model, processor, [Image.new("RGB", (100, 100))], {"spot"},
                                  max_new_tokens=12)
     assert prediction.truncated and len(prediction.boxes) == 2

@@ -18,7 +18,7 @@ from tasks.scoring.coco import (
     detection_confusion,
 )
 from tasks.scoring.predict import boxes_from_tokens
-from tests.support import shared_data
+from tests.support import scripted_step_scores, shared_data
 
 runner = CliRunner()
 VAL2014 = "faster_coco_eval_tests/tests/dataset/cocoapi/instances_val2014_100.json"
@@ -183,10 +183,12 @@ class ScriptedGenerator:
     """A model whose `generate` returns a given token sequence with given log-probabilities, so
     that `predict_batch` can be checked on exactly the output that breaks a parser."""
 
-    def __init__(self, sequence: list[int], logprobs: list[float]):
+    def __init__(self, sequence: list[int], logprobs: list[float], vocab_size: int):
         import torch
 
         self.sequence, self.logprobs = torch.tensor([sequence]), torch.tensor([logprobs])
+        self.scores = scripted_step_scores(self.sequence[:, -self.logprobs.shape[1]:], self.logprobs,
+                                           vocab_size)
         self.weight = torch.zeros(1)
 
     def parameters(self):
@@ -195,7 +197,7 @@ class ScriptedGenerator:
     def generate(self, **kwargs):
         from types import SimpleNamespace
 
-        return SimpleNamespace(sequences=self.sequence, scores=None)
+        return SimpleNamespace(sequences=self.sequence, scores=self.scores)
 
     def compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits):
         return self.logprobs
@@ -210,7 +212,7 @@ def test_each_box_keeps_its_own_label_through_prediction(tiny_florence):
     processor = AutoProcessor.from_pretrained(tiny_florence)
     text = "défaut<loc_100><loc_100><loc_500><loc_500>spot<loc_600><loc_600><loc_900><loc_900></s>"
     ids = [2] + processor.tokenizer(text, add_special_tokens=False).input_ids
-    model = ScriptedGenerator(ids, [0.0] + [-0.1] * (len(ids) - 1))
+    model = ScriptedGenerator(ids, [0.0] + [-0.1] * (len(ids) - 1), len(processor.tokenizer))
     [prediction] = predict_batch(model, processor, [Image.new("RGB", (100, 100))],
                                  {"défaut", "spot"})
     # The processor's own parser turns "défaut" into "dfaut"; pairing its labels with our boxes

@@ -12,6 +12,7 @@ from tasks.dataset.loc_tokens import od_target
 from tasks.images.tiles import boxes_in_window, tile_windows
 from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth, dense_max_dets
 from tasks.scoring.predict import predict_batch, predict_sliced
+from tests.support import scripted_step_scores
 
 LABEL = "solder_bridge"
 
@@ -20,10 +21,11 @@ class ScriptedByCall:
     """`generate` answers each image of each call with the next scripted output, cut at
     `max_new_tokens` with a forced `</s>` last, as BART's generation config does."""
 
-    def __init__(self, outputs: list[list[int]], eos: int):
+    def __init__(self, outputs: list[list[int]], eos: int, vocab_size: int):
         import torch
 
         self.outputs, self.eos, self.weight = list(outputs), eos, torch.zeros(1)
+        self.vocab_size = vocab_size
 
     def parameters(self):
         yield self.weight
@@ -35,8 +37,9 @@ class ScriptedByCall:
         batch = [ids if len(ids) <= max_new_tokens else ids[:max_new_tokens - 1] + [self.eos]
                  for ids in batch]
         width = max(map(len, batch))
-        return SimpleNamespace(sequences=torch.tensor(
-            [[2] + ids + [1] * (width - len(ids)) for ids in batch]), scores=None)
+        sequences = torch.tensor([[2] + ids + [1] * (width - len(ids)) for ids in batch])
+        return SimpleNamespace(sequences=sequences, scores=scripted_step_scores(
+            sequences[:, 1:], torch.full((len(batch), width), -0.1), self.vocab_size))
 
     def compute_transition_scores(self, sequences, scores, beam_indices, normalize_logits):
         import torch
@@ -72,7 +75,7 @@ def test_a_dense_image_scored_through_tiles_is_whole_and_complete(processor):
     windows = tile_windows(400, 400, 128, 0.2)
     outputs = [answer(processor, boxes_in_window(truth, window, 0.5, 1.0), 128, 128)
                for window in windows]
-    model = ScriptedByCall(outputs, processor.tokenizer.eos_token_id)
+    model = ScriptedByCall(outputs, processor.tokenizer.eos_token_id, len(processor.tokenizer))
     prediction = predict_sliced(model, processor, image, {LABEL}, 128, 0.2,
                                 max_new_tokens=max(map(len, outputs)) + 8, batch_size=4)
     assert not prediction.truncated and prediction.parse_failures == 0
@@ -84,7 +87,7 @@ def test_the_same_image_in_one_generation_is_cut_at_the_decoder_and_counted(proc
     truth = dense_truth()
     whole = answer(processor, truth, 400, 400)
     assert len(whole) > 1024
-    model = ScriptedByCall([whole], processor.tokenizer.eos_token_id)
+    model = ScriptedByCall([whole], processor.tokenizer.eos_token_id, len(processor.tokenizer))
     [prediction] = predict_batch(model, processor, [Image.new("RGB", (400, 400))], {LABEL},
                                  max_new_tokens=1024)
     assert prediction.truncated

@@ -1,0 +1,34 @@
+"""predict = resolve the model (a folder or the registry's champion) -> predict a folder of
+images -> COCO, LabelImg XMLs, overlays and a report (one Prefect run, never cached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.core.config import DatasetConfig
+from tasks.core.home import resolve_home
+from tasks.nightly.registry import embedded_tracking_uri
+from tasks.predict.model import resolve_model
+from tasks.predict.predict import predict_task, settings_for
+
+
+def model_folder(model: str, out_dir: Path, config: DatasetConfig | None, home: str | None) -> Path:
+    """The model folder `--model` names (a champion is downloaded into OUT/model/). Raises
+    ModelNotFound with a message for the person at the keyboard."""
+    tracking_uri = None if config is None else (
+        config.registry.tracking_uri or embedded_tracking_uri(resolve_home(home).mlflow))
+    return resolve_model(model, tracking_uri, config.model_name if config else None,
+                         out_dir / "model")
+
+
+@flow(name="predict", log_prints=True)
+def predict(images_dir: str, model_dir: str, out_dir: str, threshold: float, batch_size: int,
+            num_beams: int = 1, config: DatasetConfig | None = None) -> dict:
+    """Apply a trained detector to every image of a folder."""
+    settings = settings_for(model_dir, threshold, batch_size, num_beams,
+                            config.labels if config else None, config.tiling if config else None,
+                            config.images.max_pixels if config else None)
+    return predict_task(images_dir=images_dir, model_dir=model_dir, out_dir=out_dir,
+                        settings=settings)

@@ -1,0 +1,43 @@
+"""The config sections of running every night (not of the data or the model): the schedule,
+alerts, the prep runner and pre-labelling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `hflp: true` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleConfig(Strict):
+    cron: str = Field("0 2 * * *", description="when `defectflow serve` runs the retrain")
+    timezone: str = Field("UTC", description="IANA name, e.g. Europe/Berlin")
+
+
+class NotifyConfig(Strict):
+    on: list[Literal["failure", "promotion"]] = ["failure", "promotion"]
+    url: str | None = Field(None, description="Apprise URL(s), comma separated (slack://..., "
+                            "mailto://..., json://host/path); default: $DEFECTFLOW_NOTIFY_URL, "
+                            "so a webhook's secret need not sit in the YAML")
+
+    @property
+    def target(self) -> str | None:
+        return self.url or os.environ.get("DEFECTFLOW_NOTIFY_URL") or None
+
+
+class PrepConfig(Strict):
+    runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
+    dask_workers: int = Field(2, gt=0)
+
+
+class PrelabelConfig(Strict):
+    inbox: Path = Field(description="folder of new, unlabelled images (not the annotations "
+                        "folder): the champion writes a LabelImg XML beside each image without one")
+    threshold: float = Field(0.25, ge=0, le=1, description="boxes at or above this confidence")

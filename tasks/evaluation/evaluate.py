@@ -12,6 +12,7 @@ from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
 from tasks.core.config import EvaluateConfig, ModelConfig, TilingConfig
 from tasks.core.logs import run_logger
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
+from tasks.evaluation.review import REVIEW_GALLERY, write_review
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
 from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector, truth_boxes
@@ -20,7 +21,8 @@ from tasks.training.models import inference_ready, load_finetuned_detector
 
 GRID_IMAGES = 12
 # What an evaluation writes that a person reads (the registry keeps them with the version).
-EVALUATION_FILES = ("metrics.json", "confusion_matrix.png", "pr_curves.png", "predictions.png")
+EVALUATION_FILES = ("metrics.json", "confusion_matrix.png", "pr_curves.png", "predictions.png",
+                    REVIEW_GALLERY)
 EVALUATION_PICTURES = tuple(name for name in EVALUATION_FILES if name.endswith(".png"))
 
 
@@ -59,6 +61,8 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                             on_batch=keep_for_the_picture, tiling=tiling,
                             max_new_tokens=new_token_budget(learnt, processor.tokenizer))
     bar.close()
+    review = write_review(out, rows, [truth[3] for truth in scores.truths], scores.predictions,
+                          labels)
     (out / "gt.json").write_text(json.dumps(scores.gt))
     (out / "dt.json").write_text(json.dumps(scores.dt))
     coco = scores.coco
@@ -78,6 +82,9 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
         "unknown_label_examples": sorted(set(scores.unknown_labels))[:10],
         "n_predictions": len(scores.dt),
         "num_beams": num_beams,
+        "review": {"images": len(review), "folder": "review",
+                   "worst": [{k: item[k] for k in ("image_id", "missed", "spurious")}
+                             for item in review[:3]]},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     confusion_png(confusion, out / "confusion_matrix.png",

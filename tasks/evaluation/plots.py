@@ -58,7 +58,9 @@ def pr_curves_png(curves: dict[str, list[float]], path: str | Path) -> None:
     plt.close(fig)
 
 
-def predictions_grid_png(items: list[tuple], path: str | Path, columns: int = 4) -> None:
+def predictions_grid_png(items: list[tuple], path: str | Path, columns: int = 4,
+                         title: str = "test images: ground truth (green) and predictions (red, "
+                         "with confidence)") -> None:
     """items: (PIL image, title, true boxes, predicted boxes, scores). Green = truth, red = prediction."""
     rows = max(1, math.ceil(len(items) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), dpi=110,
@@ -70,8 +72,7 @@ def predictions_grid_png(items: list[tuple], path: str | Path, columns: int = 4)
         ax.set_title(title, fontsize=8)
         _draw(ax, truth, [None] * len(truth), "lime")
         _draw(ax, predicted, scores, "red")
-    fig.suptitle("test images: ground truth (green) and predictions (red, with confidence)",
-                 fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -33,6 +33,9 @@ def test_evaluate_writes_metrics_and_pictures_that_agree_with_coco_eval(syntheti
     for picture in ("confusion_matrix.png", "pr_curves.png", "predictions.png"):
         with Image.open(out / picture) as image:
             assert image.width >= 400 and image.height >= 300
+    review = json.loads((out / "review" / "review.json").read_text())["images"]
+    assert metrics["review"]["images"] == len(review) > 0  # 20 steps: plenty of mistakes
+    assert all((out / "review" / path).is_file() for item in review for path in item["files"].values())
     again = runner.invoke(app, ["coco-eval", str(out / "gt.json"), str(out / "dt.json")])
     assert json.loads(again.stdout)["stats"] == metrics["coco"]["stats"]
     truth_boxes = sum(row[-1] for row in metrics["confusion_matrix"]["matrix"][:-1])

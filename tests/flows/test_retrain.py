@@ -47,14 +47,26 @@ def by_prefix(states: dict[str, str], prefix: str) -> list[str]:
 def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     source = tmp_path / "source"
     generate(source, count=30, size=64, seed=9)
+    inbox = tmp_path / "inbox"  # new photos nobody has labelled yet, and one a person has
+    generate(inbox, count=3, size=64, seed=10, troubles=False)
+    for xml in sorted((inbox / "annotations").glob("*.xml"))[1:]:
+        xml.unlink()
+    human = sorted((inbox / "annotations").glob("*.xml"))[0]
+    human_xml = human.read_bytes()
+    human.rename(inbox / "images" / human.name)
     config = tmp_path / "nightly.yaml"
-    config.write_text(CONFIG.format(src=source))
+    config.write_text(CONFIG.format(src=source) + f"prelabel: {{inbox: {inbox}/images, threshold: 0}}\n")
     home, work = tmp_path / "home", tmp_path / "work"
 
-    # Night 1: everything runs; version 1 carries its lineage and becomes champion.
+    # Night 1: everything runs; version 1 carries its lineage and becomes champion; the
+    # champion pre-labels the two inbox images without an XML and leaves the person's alone.
     first = retrain(str(config), str(work), str(home), return_state=True)
     assert first.is_completed(), first.message
     summary = first.result()
+    prelabels = summary["prelabels"]
+    assert (prelabels["images"], prelabels["already_labelled"], prelabels["written"]) == (3, 1, 2)
+    assert (inbox / "images" / human.name).read_bytes() == human_xml
+    assert len(list((inbox / "images").glob("*.xml"))) == 3
     tracking_uri = embedded_tracking_uri(home / "mlflow")
     champion = champion_version(tracking_uri, "nightly-florence2")
     assert champion["version"] == 1 == summary["version"]["version"]
@@ -68,7 +80,8 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     logs = logs_of(first.state_details.flow_run_id)
     for start, holds in (("images: found", "quarantined"), ("boxes: found", "dropped"),
                          ("work this run:", "images_decoded"), ("targets: longest", "budget"),
-                         ("challenger: map50", "truncated outputs"), ("promotion:", "champion")):
+                         ("challenger: map50", "truncated outputs"), ("promotion:", "champion"),
+                         ("pre-labelled 2 inbox images", "1 already had an XML")):
         assert any(line.startswith(start) and holds in line for line in logs), (start, logs)
     # MLflow: the config as parameters, the evaluation's pictures next to the model.
     from mlflow import MlflowClient

@@ -48,11 +48,15 @@ def prepare(
     out: Annotated[Path, typer.Option("--out", help="writes OUT/dataset/ and OUT/prepare_report.json")],
 ) -> None:
     """Ingest, check, split, flip and publish a Florence-2 <OD> dataset."""
-    from flows.prepare import run_prepare
+    from flows.prepare import SourceUnreadable, run_prepare
     from flows.summaries import print_prepare_summary
 
     config_or_exit(config)
-    report, states = run_prepare(config, out, ctx.obj)
+    try:
+        report, states = run_prepare(config, out, ctx.obj)
+    except SourceUnreadable as exc:
+        console.print(f"[red]error: {exc}[/red]")
+        raise typer.Exit(2) from None
     print_prepare_summary(report, states, out)
 
 

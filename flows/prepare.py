@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow, unmapped
 from prefect.futures import wait
+from prefect.states import Failed
 
 from tasks.core import progress
 from tasks.core.config import DatasetConfig, load_config
@@ -20,6 +21,8 @@ from tasks.dataset.split import split_task
 from tasks.images.shard import ImageStepConfig, process_images_task
 from tasks.ingest.ingest import ingest_task, shard_task
 
+SOURCE_UNREADABLE = "source unreadable: "
+
 
 @flow(name="prepare", log_prints=True)
 def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
@@ -29,7 +32,9 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     store, manifests = str(where.store), str(where.manifests)
 
     ingested = ingest_task(source=config.source, rules=config.label_rules,
-                           manifests_dir=manifests)
+                           manifests_dir=manifests, labels=config.labels)
+    if ingested.fatal:  # the source cannot be read at all: one line, no traceback
+        return Failed(message=SOURCE_UNREADABLE + ingested.fatal)
     shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,
                         manifests_dir=manifests)
     image_step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
@@ -64,8 +69,15 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     )
 
 
+class SourceUnreadable(RuntimeError):
+    """The run stopped because its source cannot be read at all (the message says why)."""
+
+
 def run_prepare(config_path: Path, out_dir: Path, home: str | None) -> tuple[dict, list[tuple[str, str]]]:
-    """Run the flow; its report and the final state of every task run."""
+    """Run the flow; its report and the final state of every task run. Raises
+    SourceUnreadable when the flow stopped on its source."""
     state = prepare(str(config_path), str(out_dir), home, return_state=True)
+    if state.is_failed() and (state.message or "").startswith(SOURCE_UNREADABLE):
+        raise SourceUnreadable(state.message.removeprefix(SOURCE_UNREADABLE))
     report = state.result()
     return report, task_run_states(state.state_details.flow_run_id)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, runtime
-from prefect.states import Cancelled, Completed
+from prefect.states import Cancelled, Completed, Failed
 
-from flows.prepare import prepare
+from flows.prepare import SOURCE_UNREADABLE, prepare
 from tasks.core.caching import code_version, folder_hash
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
@@ -68,8 +68,12 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         if not what_is_new_task(work_dir=str(work), source_fingerprint=source):
             return Completed(message="no new images: nothing to retrain")
 
-        report = prepare.with_options(task_runner=prep_task_runner(config.prep))(
-            config_path=config_path, out_dir=str(work / "prepared"), home=str(where.root))
+        prepared = prepare.with_options(task_runner=prep_task_runner(config.prep))(
+            config_path=config_path, out_dir=str(work / "prepared"), home=str(where.root),
+            return_state=True)
+        if prepared.is_failed() and (prepared.message or "").startswith(SOURCE_UNREADABLE):
+            return Failed(message=prepared.message)  # one line for the log and the alert
+        report = prepared.result()
         story_task(report=report)
         dataset = str(work / "prepared" / "dataset")
         fingerprint = report["fingerprint"]

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tasks.core.labels import LabelRules, label_problem, tidy
+from tasks.core.model_config import EvaluateConfig, ModelConfig, TrainConfig
 from tasks.core.operations_config import (
     NotifyConfig,
     PrelabelConfig,
@@ -25,10 +26,28 @@ class ConfigError(ValueError):
 
 
 _Strict = Strict  # every section refuses unknown keys
+
+
 class SourceConfig(_Strict):
-    format: Literal["voc", "coco"]
+    format: Literal["voc", "coco", "yolo"]
     images: Path = Field(description="folder with the images (searched recursively)")
-    annotations: Path = Field(description="VOC: folder of XML files; COCO: the JSON file")
+    annotations: Path | list[Path] = Field(
+        description="VOC: a folder of XML files, or a list of folders (one per annotation pass: "
+        "boxes for the same image merge); COCO: the JSON file; YOLO: the folder of LabelImg "
+        ".txt files with its classes.txt")
+
+    @model_validator(mode="after")
+    def _one_file_for_coco(self) -> SourceConfig:
+        if isinstance(self.annotations, list):
+            if self.format != "voc":
+                raise ValueError(f"a list of annotation folders is for VOC, not {self.format}")
+            if not self.annotations:
+                raise ValueError("annotations: the list of folders is empty")
+        return self
+
+    @property
+    def annotation_paths(self) -> list[Path]:
+        return list(self.annotations) if isinstance(self.annotations, list) else [self.annotations]
 
 
 class AugmentConfig(_Strict):
@@ -67,62 +86,6 @@ class ImageLimits(_Strict):
     # JPEG rounding can leave R, G, B a unit or two apart in a gray picture.
     gray_tolerance: int = Field(2, ge=0, le=255)
     min_box_size: float = Field(1.0, ge=0, description="boxes narrower or lower (px) are dropped")
-
-
-class LoraConfig(_Strict):
-    r: int = Field(8, gt=0)
-    alpha: int = Field(8, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    # Every attention projection and MLP of Florence-2, by transformers' module names: BART's
-    # q_proj/k_proj/v_proj/out_proj and fc1/fc2, DaViT's fused qkv, its output proj, fc1/fc2.
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj",
-                                 "fc1", "fc2"]
-
-
-class ModelConfig(_Strict):
-    kind: Literal["florence2", "vit"] = "florence2"
-    checkpoint: str = Field("florence-community/Florence-2-base",
-                            description="Hub id, local folder, or `tiny` (offline, random weights)")
-    lora: LoraConfig | None = Field(LoraConfig(), description="null = full fine-tuning")
-    freeze_vision: bool = False
-    adapter: str | None = Field(None, description="start from this LoRA adapter folder and keep "
-                                "training it (the nightly warm start from a champion adapter)")
-    merge: bool = Field(False, description="also save the LoRA-merged model (merge_and_unload)")
-    # ViT: what an image's label is. `majority`: its most frequent box class, `passed` if none.
-    image_label: Literal["majority", "first"] = "majority"
-    negative_label: str = "passed"
-
-
-class TrainConfig(_Strict):
-    epochs: float = Field(10, gt=0)
-    max_steps: int = Field(-1, description="> 0 overrides epochs")
-    lr: float = Field(5e-6, gt=0)  # Florence-2 LoRA recipes use 1e-5 .. 5e-6
-    batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    seed: int = 42
-    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
-    select: Literal["map50", "map", "loss", "accuracy"] | None = Field(
-        None, description="what chooses the best checkpoint and stops early; default map50 "
-        "(florence2: generated on the validation split, scored like `evaluate`), accuracy (vit)")
-    select_images: int = Field(64, gt=0, description="validation images scored per evaluation")
-    min_steps: int = Field(0, ge=0, description="no early stop before this many steps")
-    eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
-    save_total_limit: int = Field(2, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    warm_start: bool = Field(False, description="nightly: start from the champion (its full model, "
-                             "or its LoRA adapter trained further)")
-    warm_start_steps: int | None = Field(None, gt=0, description="max_steps of a warm-started "
-                                         "run (it starts from a model that works already); "
-                                         "default: max_steps")
-    timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
-
-
-class EvaluateConfig(_Strict):
-    num_beams: int = Field(1, ge=1, description="beams for `<OD>` generation")
-    batch_size: int = Field(8, gt=0)
-    timeout_minutes: float = Field(120, gt=0, description="a longer evaluation fails as TimedOut")
 
 
 DETECTOR_METRICS = ("map", "map50", "map75")
@@ -276,13 +239,15 @@ def load_config(path: str | Path) -> DatasetConfig:
     base = path.resolve().parent
     source = config.source
     source.images = (base / source.images).resolve()
-    source.annotations = (base / source.annotations).resolve()
+    source.annotations = ([(base / p).resolve() for p in source.annotations]
+                          if isinstance(source.annotations, list)
+                          else (base / source.annotations).resolve())
     if config.prelabel is not None:
-        config.prelabel.inbox = (base / config.prelabel.inbox).resolve()
-        inbox, annotations = config.prelabel.inbox, source.annotations
-        if inbox == annotations or annotations in inbox.parents or inbox in annotations.parents:
-            # Tomorrow's ingest would read the model's guesses as a person's labels.
-            raise ConfigError(f"{path}: prelabel.inbox {inbox} overlaps source.annotations "
-                              f"{annotations}: pre-labels are guesses, keep them apart until "
-                              "a person has corrected them in LabelImg")
+        config.prelabel.inbox = inbox = (base / config.prelabel.inbox).resolve()
+        for annotations in source.annotation_paths:
+            if inbox == annotations or annotations in inbox.parents or inbox in annotations.parents:
+                # Tomorrow's ingest would read the model's guesses as a person's labels.
+                raise ConfigError(f"{path}: prelabel.inbox {inbox} overlaps source.annotations "
+                                  f"{annotations}: pre-labels are guesses, keep them apart "
+                                  "until a person has corrected them in LabelImg")
     return config

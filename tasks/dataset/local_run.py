@@ -24,7 +24,9 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
     Returns the publication and the work done (images decoded, reused, encoded)."""
     where = Home(Path(home))
     manifests, store = where.manifests, where.store
-    ingested = ingest_step(config.source, config.label_rules, manifests)
+    ingested = ingest_step(config.source, config.label_rules, manifests, config.labels)
+    if ingested.fatal:
+        raise ValueError(ingested.fatal)
     step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
     shards = shard_step(ingested.candidates, config.shard_size, manifests)
     with ThreadPoolExecutor(workers) as pool:

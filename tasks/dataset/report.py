@@ -60,6 +60,7 @@ def report_step(
             "kept": sum(splits.values()),
             "quarantined": len(quarantine),
             "dropped_grayscale": len(dropped_gray),
+            "from_several_annotation_folders": ingested.several_passes,
         },
         "boxes": {
             "found": ingested.boxes_found,

@@ -26,6 +26,11 @@ from tasks.ingest.sources import (
 MAX_JSON_BYTES = 2_000_000_000
 
 
+class CocoUnreadable(ValueError):
+    """The COCO file cannot be read at all; it is the whole dataset, so the run stops with this
+    one line (naming the file)."""
+
+
 def _annotation_to_box(ann: dict, categories: dict, rules: LabelRules) -> Box | tuple[str, str]:
     if ann.get("iscrowd") in (1, True):
         return "box_crowd", "iscrowd=1 regions are not single objects"
@@ -60,24 +65,13 @@ def ingest_coco(
     images_root: Path, json_path: Path, listing: SourceListing, rules: LabelRules = ANY_LABEL,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> IngestResult:
+    """Raises CocoUnreadable when the file cannot be parsed (any cause, absurd nesting
+    included) or is not a COCO file."""
     result = IngestResult()
     keep = on_sample or result.samples.append
     source = json_path.name
-    try:
-        if json_path.stat().st_size > MAX_JSON_BYTES:
-            raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
-        data = json.loads(json_path.read_bytes())
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-            raise ValueError("no 'images' list at the top level")
-    except (OSError, ValueError) as exc:
-        result.rejected.append(Rejection(item=source, reason="annotation_invalid", detail=str(exc)))
-        reject_unclaimed_images(images_root, listing, set(), result)
-        return result
-
-    categories: dict[str, str] = {}
-    for category in data.get("categories") or []:
-        if isinstance(category, dict) and "id" in category and category.get("name"):
-            categories.setdefault(_key(category["id"]), str(category["name"]).strip())
+    data = read_coco(json_path)
+    categories, ambiguous = read_categories(data.get("categories"))
 
     # Annotations grouped by image, with duplicate ids and orphans rejected by name.
     images_by_id: dict[str, dict] = {}
@@ -122,10 +116,7 @@ def ingest_coco(
     for item, image in image_items:
         annotations = boxes_by_image.get(_key(image["id"]), [])
         try:
-            name = check_relative_name(item)
-            path = index.get(name.lower())
-            if path is not None:
-                inside(images_root, path)
+            name, path = find_coco_image(item, images_root, json_path.parent, index)
         except PathOutsideSource as exc:
             result.rejected.append(Rejection(item=item, reason="path_outside_source", detail=str(exc)))
             _reject_boxes_of(item, annotations, "image_rejected", result)
@@ -146,6 +137,9 @@ def ingest_coco(
             if (category := categories.get(_key(ann.get("category_id")))) is not None:
                 result.spellings[category] += 1
             box = _annotation_to_box(ann, categories, rules)
+            if _key(ann.get("category_id")) in ambiguous:
+                box = "duplicate_id", (f"category id {ann.get('category_id')!r} names "
+                                       f"{' and '.join(ambiguous[_key(ann.get('category_id'))])}")
             if isinstance(box, Box):
                 boxes.append(box)
             else:
@@ -160,6 +154,56 @@ def ingest_coco(
         ))
     reject_unclaimed_images(images_root, listing, claimed, result)
     return result
+
+
+def read_coco(json_path: Path) -> dict:
+    try:
+        if json_path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+        data = json.loads(json_path.read_bytes())
+    except RecursionError:
+        raise CocoUnreadable(f"{json_path}: nested too deeply to parse") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        raise CocoUnreadable(f"{json_path}: not readable as JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise CocoUnreadable(f"{json_path}: not a COCO file (no 'images' list at the top level)")
+    return data
+
+
+def read_categories(entries: object) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(id -> name, id -> its names where one id is given different names): the boxes of an
+    ambiguous id are quarantined (duplicate_id), never handed one of the names."""
+    names: dict[str, list[str]] = {}
+    for category in entries if isinstance(entries, list) else []:
+        if isinstance(category, dict) and "id" in category and category.get("name"):
+            spelled = names.setdefault(_key(category["id"]), [])
+            if (name := str(category["name"]).strip()) not in spelled:
+                spelled.append(name)
+    return ({key: spelled[0] for key, spelled in names.items()},
+            {key: spelled for key, spelled in names.items() if len(spelled) > 1})
+
+
+def find_coco_image(file_name: str, images_root: Path, json_folder: Path,
+                    index: dict[str, Path]) -> tuple[str, Path | None]:
+    """(the name looked up, the image or None). `file_name` is taken relative to the images
+    folder; exports often write it relative to the JSON's folder instead (`images/x.jpg`,
+    `../images/x.jpg`): that is found too, when it lands inside the images folder. Raises
+    PathOutsideSource for a name that leaves it."""
+    candidates = []
+    try:
+        candidates.append(check_relative_name(file_name))
+    except PathOutsideSource:
+        pass
+    beside_json = (json_folder / file_name.replace("\\", "/")).resolve()
+    if beside_json.is_relative_to(images_root.resolve()):
+        candidates.append(beside_json.relative_to(images_root.resolve()).as_posix())
+    if not candidates:
+        raise PathOutsideSource(f"{file_name!r} climbs out of {images_root}")
+    for name in candidates:
+        if (path := index.get(name.lower())) is not None:
+            inside(images_root, path)  # a symlink may still point out
+            return name, path
+    return candidates[0], None
 
 
 def _reject_boxes_of(item: str, annotations: list[tuple[int, dict]], reason: str,

@@ -17,13 +17,16 @@ from tasks.core.caching import CACHE_POLICY
 from tasks.core.config import SourceConfig
 from tasks.core.labels import LabelRules
 from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, write_manifest
-from tasks.ingest.coco import ingest_coco
+from tasks.ingest.coco import CocoUnreadable, ingest_coco
 from tasks.ingest.results import IngestResult
 from tasks.ingest.sources import SourceListing, list_source
 from tasks.ingest.voc import ingest_voc
+from tasks.ingest.yolo import ingest_yolo
 
 
 class IngestOutput(BaseModel, frozen=True):
+    fatal: str | None = None  # the source cannot be read at all: the run stops with this line
+    several_passes: int = 0  # images whose boxes came from more than one annotation folder
     candidates: Manifest
     rejected: Manifest
     rejected_boxes: Manifest
@@ -32,9 +35,11 @@ class IngestOutput(BaseModel, frozen=True):
     label_spellings: dict[str, int] = {}  # raw class names with their box counts
 
 
+ANNOTATION_SUFFIX = {"voc": ".xml", "coco": ".json", "yolo": ".txt"}
+
+
 def list_configured_source(source: SourceConfig) -> SourceListing:
-    suffix = ".xml" if source.format == "voc" else ".json"
-    return list_source(source.images, source.annotations, suffix)
+    return list_source(source.images, source.annotations, ANNOTATION_SUFFIX[source.format])
 
 
 def source_fingerprint(source: SourceConfig) -> str:
@@ -53,19 +58,34 @@ class SourceState(CachePolicy):
         return source_fingerprint(inputs[self.argument])
 
 
-def ingest_step(source: SourceConfig, rules: LabelRules,
-                manifests_dir: str | Path) -> IngestOutput:
+def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Path,
+                labels: list[str] | None = None) -> IngestOutput:
+    """Parse the source's annotations into candidate samples (streamed to a manifest) and
+    rejections. A COCO file that cannot be read at all is `fatal` (it is the whole dataset);
+    `labels` name YOLO's class ids where there is no classes.txt."""
     listing = list_configured_source(source)
+    missing = [p for p in source.annotation_paths if not p.is_dir()]
+    fatal = None
     with ManifestWriter(manifests_dir, "candidates") as candidates:  # streamed as parsed
+        result = IngestResult()
         if source.format == "coco":
-            result = ingest_coco(source.images, source.annotations, listing, rules, candidates.add)
-        elif source.annotations.is_dir():
-            result = ingest_voc(source.images, source.annotations, listing, rules, candidates.add)
+            try:
+                result = ingest_coco(source.images, source.annotations, listing, rules,
+                                     candidates.add)
+            except CocoUnreadable as exc:
+                fatal = str(exc)
+        elif missing:
+            result.rejected += [Rejection(item=str(p), reason="annotation_missing",
+                                          detail=f"the {source.format.upper()} annotations "
+                                          "folder does not exist") for p in missing]
+        elif source.format == "yolo":
+            result = ingest_yolo(source.images, source.annotations, listing, labels, rules,
+                                 candidates.add)
         else:
-            result = IngestResult()
-            result.rejected.append(Rejection(item=str(source.annotations), reason="annotation_missing",
-                                             detail="the VOC annotations folder does not exist"))
+            result = ingest_voc(source.images, source.annotation_paths, listing, rules,
+                                candidates.add)
     return IngestOutput(
+        fatal=fatal, several_passes=result.several_passes,
         candidates=candidates.manifest,
         rejected=write_manifest(result.rejected, manifests_dir, "ingest-rejected"),
         rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "ingest-rejected-boxes"),
@@ -101,8 +121,9 @@ def source_fingerprint_task(source: SourceConfig) -> str:
 
 # SourceState: a file added, removed or touched under the source means a new ingest.
 @task(name="ingest", cache_policy=CACHE_POLICY + SourceState(argument="source"), persist_result=True)
-def ingest_task(source: SourceConfig, rules: LabelRules, manifests_dir: str) -> IngestOutput:
-    return ingest_step(source, rules, manifests_dir)
+def ingest_task(source: SourceConfig, rules: LabelRules, manifests_dir: str,
+                labels: list[str] | None = None) -> IngestOutput:
+    return ingest_step(source, rules, manifests_dir, labels)
 
 
 @task(name="shard", cache_policy=CACHE_POLICY, persist_result=True)

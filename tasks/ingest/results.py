@@ -17,6 +17,7 @@ class IngestResult:
     rejected_boxes: list[Rejection] = field(default_factory=list)
     boxes_found: int = 0
     spellings: Counter[str] = field(default_factory=Counter)  # raw class names, as annotated
+    several_passes: int = 0  # images whose boxes came from more than one annotation folder
 
 
 def reject_unclaimed_images(

@@ -59,17 +59,20 @@ def walk_files(root: Path) -> list[Path]:
     return found
 
 
-def list_source(images: Path, annotations: Path, annotation_suffix: str) -> SourceListing:
-    """List images and annotation files; the fingerprint changes when any of them changes."""
+def list_source(images: Path, annotations: Path | list[Path], annotation_suffix: str) -> SourceListing:
+    """List images and annotation files (under one folder or file, or several folders); the
+    fingerprint changes when any of them changes."""
     listing = SourceListing()
     digest = hashlib.sha256()
     for path in walk_files(images) if images.is_dir() else []:
         if is_image_name(path.name):
             listing.images.append(path)
-    if annotations.is_dir():
-        listing.annotations = [p for p in walk_files(annotations) if p.suffix.lower() == annotation_suffix]
-    elif annotations.is_file():
-        listing.annotations = [annotations]
+    for folder in annotations if isinstance(annotations, list) else [annotations]:
+        if folder.is_dir():
+            listing.annotations += [p for p in walk_files(folder)
+                                    if p.suffix.lower() == annotation_suffix]
+        elif folder.is_file():
+            listing.annotations.append(folder)
     for path in sorted(set(listing.images) | set(listing.annotations)):
         try:
             stat = path.lstat()

@@ -109,7 +109,7 @@ def object_to_box(obj: VocObject, rules: LabelRules) -> Box | tuple[str, str]:
 
 def read_annotation(xml_path: Path, annotations_root: Path, item: str) -> VocAnnotation | Rejection:
     """One XML parsed, or the reason it cannot be: a symlink out of the source is never read,
-    entities are refused, oversized or malformed files are named as such."""
+    entities are refused, oversized, malformed or absurdly nested files are named as such."""
     try:
         inside(annotations_root, xml_path)
         if xml_path.stat().st_size > MAX_XML_BYTES:
@@ -120,27 +120,62 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str) -> VocAnn
         return Rejection(item=item, reason="path_outside_source", detail=str(exc))
     except DefusedXmlException as exc:
         return Rejection(item=item, reason="xml_forbidden", detail=f"{type(exc).__name__}: {exc}")
+    except RecursionError:
+        return Rejection(item=item, reason="xml_malformed", detail="nested too deeply to parse")
     except (ParseError, UnicodeDecodeError, ValueError, OSError) as exc:
         return Rejection(item=item, reason="xml_malformed", detail=str(exc))
 
 
+def read_passes(files: list[tuple[Path, Path]], item: str) -> VocAnnotation | Rejection:
+    """The XMLs of one image from several annotation folders (annotation passes), merged: their
+    objects together, one filename and size. Any unreadable file, or sizes that disagree,
+    quarantine the image: training on part of its labels would teach that the rest is
+    background."""
+    merged: VocAnnotation | None = None
+    for root, xml_path in files:
+        annotation = read_annotation(xml_path, root, item)
+        if isinstance(annotation, Rejection):
+            if len(files) > 1:
+                annotation.detail = f"{xml_path}: {annotation.detail}"
+            return annotation
+        if merged is None:
+            merged = annotation
+            continue
+        sizes = [(a.width, a.height) for a in (merged, annotation)]
+        if all(all(size) for size in sizes) and sizes[0] != sizes[1]:
+            return Rejection(item=item, reason="annotation_conflict", detail=(
+                f"{files[0][1]} says {sizes[0][0]}x{sizes[0][1]}, {xml_path} says "
+                f"{sizes[1][0]}x{sizes[1][1]}"))
+        merged.objects += annotation.objects
+        merged.filename = merged.filename or annotation.filename
+        merged.width, merged.height = merged.width or annotation.width, merged.height or annotation.height
+    return merged
+
+
 def ingest_voc(
     images_root: Path,
-    annotations_root: Path,
+    annotations_roots: Path | list[Path],
     listing: SourceListing,
     rules: LabelRules = ANY_LABEL,
     on_sample: Callable[[Sample], None] | None = None,
 ) -> IngestResult:
     """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too.
-    With `on_sample`, samples go there as they are made instead of into `result.samples`."""
+    With several annotation folders, XMLs at the same relative path are one image's passes and
+    merge (a box drawn identically in two passes is kept once). With `on_sample`, samples go
+    there as they are made instead of into `result.samples`."""
+    roots = annotations_roots if isinstance(annotations_roots, list) else [annotations_roots]
     result = IngestResult()
     keep = on_sample or result.samples.append
     index = index_images(images_root, listing.images)
-    claimed: dict[Path, str] = {}
+    passes: dict[str, list[tuple[Path, Path]]] = {}
     for xml_path in sorted(listing.annotations):
-        item = xml_path.relative_to(annotations_root).as_posix()
+        root = next(r for r in roots if xml_path.is_relative_to(r))
+        passes.setdefault(xml_path.relative_to(root).as_posix(), []).append((root, xml_path))
+    claimed: dict[Path, str] = {}
+    for item, files in sorted(passes.items()):
+        xml_path = files[0][1]
         rel_folder = PurePosixPath(item).parent.as_posix().lstrip(".")
-        annotation = read_annotation(xml_path, annotations_root, item)
+        annotation = read_passes(files, item)
         if isinstance(annotation, Rejection):
             result.rejected.append(annotation)
             # Its image (by the XML's stem) leaves with it: counted once, under this reason,
@@ -173,10 +208,13 @@ def ingest_voc(
                                f"{image.name} is already annotated by {claimed[image]}")
             continue
         claimed[image] = item
-        boxes = []
+        result.several_passes += len(files) > 1
+        boxes: list[Box] = []
         for number, obj in enumerate(annotation.objects):
             result.spellings[obj.name] += 1
             box = object_to_box(obj, rules)
+            if isinstance(box, Box) and len(files) > 1 and box in boxes:
+                box = "box_duplicate", "the same box and class again (drawn in two passes?)"
             if isinstance(box, Box):
                 boxes.append(box)
             else:
@@ -185,8 +223,9 @@ def ingest_voc(
                                                        detail=detail))
         stat = image.stat()
         keep(Sample(
-            item=item, image_path=str(image), source=str(xml_path), boxes=boxes,
-            declared_width=annotation.width or None, declared_height=annotation.height or None,
+            item=item, image_path=str(image), source=";".join(str(p) for _, p in files),
+            boxes=boxes, declared_width=annotation.width or None,
+            declared_height=annotation.height or None,
             file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
         ))
     reject_unclaimed_images(images_root, listing, set(claimed), result)

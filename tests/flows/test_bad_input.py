@@ -74,6 +74,9 @@ def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
     case("zero", b"", reason="not_an_image")
     case("text", b"just some text, not a picture", reason="not_an_image")
     case("missing", None, reason="image_missing")
+    deep = "<a>" * 100_000 + "</a>" * 100_000  # nested deeper than any recursive parser goes
+    case("deep", jpeg(Image.new("RGB", (32, 32), 33)), reason="kept",
+         xml_text=voc_xml("deep.jpg", 32, 32, 3, box).replace("<segmented>", deep + "<segmented>"))
     cmyk = io.BytesIO()
     Image.new("CMYK", (32, 32), (0, 200, 0, 0)).save(cmyk, "JPEG")
     case("cmyk", cmyk.getvalue(), reason="kept")
@@ -106,7 +109,7 @@ def build_corpus(root: Path) -> tuple[Path, Path, dict[str, str]]:
     return images, xmls, expected
 
 
-def test_bad_input_corpus(tmp_path):
+def test_bad_input_corpus(tmp_path, capfd):
     images, xmls, expected = build_corpus(tmp_path)
     config = tmp_path / "bad.yaml"
     config.write_text(f"name: bad\nsource: {{format: voc, images: {images}, annotations: {xmls}}}\n"
@@ -142,6 +145,7 @@ def test_bad_input_corpus(tmp_path):
     everything = json.dumps(report) + "".join(
         p.read_text(errors="ignore") for p in (tmp_path / "home").rglob("*.jsonl"))
     assert SECRET not in everything
+    assert "Traceback" not in "".join(capfd.readouterr())
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -159,3 +163,55 @@ def test_bad_configs_are_clear_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(path)
+
+
+def test_an_unparseable_coco_file_stops_prepare_with_one_line_and_exit_code_2(tmp_path, capfd):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (10, 10)).save(images / "a.png")
+    (tmp_path / "deep.json").write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nsource: {{format: coco, images: {images}, "
+                      f"annotations: {tmp_path / 'deep.json'}}}\n")
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "prepare", str(config),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert said.startswith("error: ") and "deep.json: nested too deeply to parse" in said
+    assert "Traceback" not in result.output + "".join(capfd.readouterr())
+
+
+def test_several_annotation_folders_and_yolo_through_prepare(tmp_path):
+    """Passes merge in the flow and the report counts them; a YOLO folder prepares the same way."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for stem, shade in (("a", 30), ("b", 90)):  # different pixels: not one image twice
+        Image.new("RGB", (32, 32), (10, 120, shade)).save(images / f"{stem}.jpg")
+    for folder, boxes in (("first", [DrawnBox("dent", 2, 2, 9, 9)]),
+                          ("second", [DrawnBox("dent", 20, 20, 29, 29)])):
+        (tmp_path / folder).mkdir()
+        for stem in ("a", "b"):
+            (tmp_path / folder / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", 32, 32, 3, boxes))
+    config = tmp_path / "passes.yaml"
+    config.write_text(f"name: passes\nsource: {{format: voc, images: {images}, annotations: "
+                      f"[{tmp_path / 'first'}, {tmp_path / 'second'}]}}\nsplit: {{train: 1.0, "
+                      "validation: 0.0, test: 0.0}\n")
+    report = prepare(str(config), str(tmp_path / "out"), str(tmp_path / "home"))
+    assert report["images"]["from_several_annotation_folders"] == 2
+    assert (report["images"]["kept"], report["boxes"]["kept"]) == (2, 4)
+
+    (tmp_path / "yolo").mkdir()
+    (tmp_path / "yolo" / "classes.txt").write_text("dent\n")
+    for stem in ("a", "b"):
+        (tmp_path / "yolo" / f"{stem}.txt").write_text("0 0.5 0.5 0.25 0.25\n0 9 0.5 0.1 0.1\n")
+    config.write_text(f"name: yolo\nsource: {{format: yolo, images: {images}, "
+                      f"annotations: {tmp_path / 'yolo'}}}\nsplit: {{train: 1.0, validation: 0.0, "
+                      "test: 0.0}\n")
+    report = prepare(str(config), str(tmp_path / "out2"), str(tmp_path / "home"))
+    assert (report["images"]["kept"], report["boxes"]["kept"]) == (2, 2)
+    assert report["boxes"]["dropped"] == {"yolo_coords_out_of_range": 2}
+    assert report["boxes"]["found"] == 4

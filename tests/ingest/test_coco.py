@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tasks.core.labels import LabelRules
-from tasks.ingest.coco import ingest_coco
+from tasks.ingest.coco import CocoUnreadable, ingest_coco
 from tasks.ingest.sources import list_source
 from tests.support import shared_data
 
@@ -82,12 +83,50 @@ def test_generated_coco_quirks(tmp_path):
     assert result.boxes_found == 10
 
 
-def test_unreadable_json_is_one_named_rejection(tmp_path):
+def test_an_unreadable_coco_file_stops_with_one_line_naming_it(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (10, 10)).save(images / "a.png")
-    result = ingest(images, write_coco(tmp_path / "c.json", {"images": "nope"}))
-    assert [(r.item, r.reason) for r in result.rejected] == [
-        ("c.json", "annotation_invalid"), ("a.png", "annotation_missing")]
+    with pytest.raises(CocoUnreadable, match=r"c\.json: not a COCO file"):
+        ingest(images, write_coco(tmp_path / "c.json", {"images": "nope"}))
     (tmp_path / "d.json").write_text("{not json")
-    assert ingest(images, tmp_path / "d.json").rejected[0].reason == "annotation_invalid"
+    with pytest.raises(CocoUnreadable, match=r"d\.json: not readable as JSON"):
+        ingest(images, tmp_path / "d.json")
+    (tmp_path / "deep.json").write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CocoUnreadable, match=r"deep\.json: nested too deeply"):
+        ingest(images, tmp_path / "deep.json")
+
+
+def test_a_category_id_given_two_names_gives_its_boxes_neither(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 40)).save(images / "a.png")
+    result = ingest(images, write_coco(tmp_path / "c.json", {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 40}],
+        "categories": [{"id": 1, "name": "scratch"}, {"id": 1, "name": "crack"},
+                       {"id": 2, "name": "spot"}, {"id": 2, "name": "spot"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [9, 9, 5, 5]}]}))
+    assert [b.label for b in result.samples[0].boxes] == ["spot"]  # the same name twice is one
+    [dropped] = result.rejected_boxes
+    assert dropped.reason == "duplicate_id" and "scratch and crack" in dropped.detail
+
+
+def test_file_names_written_relative_to_the_json_are_found_inside_the_images_folder(tmp_path):
+    root = tmp_path / "export"
+    images = root / "images"
+    images.mkdir(parents=True)
+    (tmp_path / "outside.png").write_bytes(b"")
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (20, 20)).save(images / name)
+    (root / "annotations").mkdir()
+    result = ingest(images, write_coco(root / "annotations" / "c.json", {"images": [
+        {"id": 1, "file_name": "a.png"},  # relative to the images folder
+        {"id": 2, "file_name": "../images/b.png"},  # relative to the JSON's folder
+        {"id": 3, "file_name": "../../outside.png"}]}))  # relative to the JSON, leaves the source
+    assert [s.item for s in result.samples] == ["a.png", "../images/b.png"]
+    assert {r.item: r.reason for r in result.rejected} == {
+        "../../outside.png": "path_outside_source", "c.png": "annotation_missing"}
+    beside = ingest(images, write_coco(root / "c.json", {"images": [
+        {"id": 1, "file_name": "images/c.png"}]}))  # the JSON beside the images folder
+    assert [Path(s.image_path).name for s in beside.samples] == ["c.png"]

@@ -197,3 +197,18 @@ def test_a_malformed_xml_and_its_image_count_as_one_image(tmp_path):
     # found = kept + quarantined: 2 images, not 3 (bad.jpg is not also "annotation_missing").
     assert len(result.samples) + len(result.rejected) == 2
     assert reasons(result) == {"bad.xml": "xml_malformed"}
+
+
+def test_an_xml_too_deep_for_the_parser_is_quarantined_not_a_traceback(tmp_path, monkeypatch):
+    import tasks.ingest.voc as voc
+
+    Image.new("RGB", (10, 10)).save(tmp_path / "a.jpg")
+    (tmp_path / "a.xml").write_text(voc_xml("a.jpg", 10, 10, 3, []))
+
+    def too_deep(data: bytes):  # what a recursive parser does with absurd nesting
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(voc, "parse_voc", too_deep)
+    result = ingest(tmp_path, tmp_path)
+    assert [(r.item, r.reason, r.detail) for r in result.rejected] == [
+        ("a.xml", "xml_malformed", "nested too deeply to parse")]

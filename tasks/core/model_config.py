@@ -1,0 +1,66 @@
+"""The config sections of the model: what is trained (Florence-2 or ViT, LoRA), how, and how it
+is evaluated. Part of the one config model (`config.py`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.core.operations_config import Strict
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(8, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # Every attention projection and MLP of Florence-2, by transformers' module names: BART's
+    # q_proj/k_proj/v_proj/out_proj and fc1/fc2, DaViT's fused qkv, its output proj, fc1/fc2.
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj",
+                                 "fc1", "fc2"]
+
+
+class ModelConfig(Strict):
+    kind: Literal["florence2", "vit"] = "florence2"
+    checkpoint: str = Field("florence-community/Florence-2-base",
+                            description="Hub id, local folder, or `tiny` (offline, random weights)")
+    lora: LoraConfig | None = Field(LoraConfig(), description="null = full fine-tuning")
+    freeze_vision: bool = False
+    adapter: str | None = Field(None, description="start from this LoRA adapter folder and keep "
+                                "training it (the nightly warm start from a champion adapter)")
+    merge: bool = Field(False, description="also save the LoRA-merged model (merge_and_unload)")
+    # ViT: what an image's label is. `majority`: its most frequent box class, `passed` if none.
+    image_label: Literal["majority", "first"] = "majority"
+    negative_label: str = "passed"
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(10, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides epochs")
+    lr: float = Field(5e-6, gt=0)  # Florence-2 LoRA recipes use 1e-5 .. 5e-6
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
+    select: Literal["map50", "map", "loss", "accuracy"] | None = Field(
+        None, description="what chooses the best checkpoint and stops early; default map50 "
+        "(florence2: generated on the validation split, scored like `evaluate`), accuracy (vit)")
+    select_images: int = Field(64, gt=0, description="validation images scored per evaluation")
+    min_steps: int = Field(0, ge=0, description="no early stop before this many steps")
+    eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    warm_start: bool = Field(False, description="nightly: start from the champion (its full model, "
+                             "or its LoRA adapter trained further)")
+    warm_start_steps: int | None = Field(None, gt=0, description="max_steps of a warm-started "
+                                         "run (it starts from a model that works already); "
+                                         "default: max_steps")
+    timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
+
+
+class EvaluateConfig(Strict):
+    num_beams: int = Field(1, ge=1, description="beams for `<OD>` generation")
+    batch_size: int = Field(8, gt=0)
+    timeout_minutes: float = Field(120, gt=0, description="a longer evaluation fails as TimedOut")

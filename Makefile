@@ -40,8 +40,10 @@ ui-check: venv
 serve: venv
 	$(BIN)/defectflow serve $(CONFIG) --work work/retrain
 
+# Run after `make demo`: the evaluation throughput is measured on the demo's champion.
 bench: venv
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.base_size
 
 # The demo's night 1 for 3 seeds in fresh processes: test mAP50 (min / median) and minutes.

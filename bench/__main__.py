@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.results import RESULTS, sections_owned_elsewhere
+from bench.results import RESULTS, record, sections_owned_elsewhere
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -271,6 +271,18 @@ def bench_training(work: Path) -> list[tuple[str, float, float, str, str]]:
     return rows
 
 
+def _result_name(measurement: str) -> str | None:
+    """The results.json name of a RESULTS.md row, where it has one."""
+    for prefix, name in (("prep work, ", "prep_vs_decode_limit"),
+                         ("notebook loop / prep work", "notebook_speedup"),
+                         ("incremental work:", "incremental_work"),
+                         ("peak RSS", "rss_10x"),
+                         ("COCO mAP, cocoeval", "coco_eval_vs_pycocotools")):
+        if measurement.startswith(prefix) and "3.1 MP" not in measurement:
+            return name
+    return None
+
+
 def render(rows: list[tuple[str, float, float, str, str]]) -> str:
     lines = ["| measurement | value | baseline | ratio | baseline is | goal |", "|---|---|---|---|---|---|"]
     for name, value, base, what, goal in rows:
@@ -299,6 +311,9 @@ def main() -> None:
         part = runner()
         print(render(part), flush=True)
         rows += part
+        for row in part:
+            if (key := _result_name(row[0])) is not None:
+                record(key, row[1], row[2], measurement=row[0])
     machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} cores, Python {platform.python_version()}")
     text = "\n".join([

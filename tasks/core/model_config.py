@@ -58,6 +58,8 @@ class TrainConfig(Strict):
                                          "run (it starts from a model that works already); "
                                          "default: max_steps")
     timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
+    dataloader_workers: int | None = Field(None, ge=0, description="processes preparing batches; "
+                                           "default: all cores but one with a GPU, 0 without")
 
 
 class EvaluateConfig(Strict):

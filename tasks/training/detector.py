@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 from transformers import TrainerCallback
 
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
@@ -18,25 +19,44 @@ from tasks.dataset.loc_tokens import OD_PROMPT
 from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector
 from tasks.training.models import load_detector, write_model_facts
+from tasks.training.pixels import PixelCache
 from tasks.training.trainer import run_trainer, start_run, training_arguments
 
 
 class DetectionCollator:
-    """Rows -> model inputs: `<OD>` prompts and PIL images through the processor, the target text
-    as labels with padding masked to -100 (so padding costs no loss)."""
+    """Rows -> model inputs: `<OD>` prompts and images, the target text as labels with padding
+    masked to -100 (so padding costs no loss). With a `PixelCache`, rows carry undecoded images
+    ({bytes, path}) and pixels come from the cache as uint8 (the Trainer normalises them on the
+    model's device); without one, PIL images go through the processor."""
 
-    def __init__(self, processor):
-        self.processor = processor
+    def __init__(self, processor, pixels: PixelCache | None = None):
+        self.processor, self.pixels = processor, pixels
+        self.prompt = None
 
     def __call__(self, rows: list[dict]) -> dict:
-        images = [row["image"].convert("RGB") for row in rows]
-        inputs = self.processor(text=[OD_PROMPT] * len(rows), images=images, return_tensors="pt",
-                                padding=True)
+        if self.pixels is None:
+            images = [row["image"].convert("RGB") for row in rows]
+            inputs = dict(self.processor(text=[OD_PROMPT] * len(rows), images=images,
+                                         return_tensors="pt", padding=True))
+        else:
+            inputs = {"pixel_values": self.pixels.batch([row["image"] for row in rows]),
+                      **{k: v.expand(len(rows), -1) for k, v in self._prompt().items()}}
         labels = self.processor.tokenizer([row["target"] for row in rows], return_tensors="pt",
                                           padding=True, return_token_type_ids=False).input_ids
         labels[labels == self.processor.tokenizer.pad_token_id] = -100
         inputs["labels"] = labels
-        return dict(inputs)
+        return inputs
+
+    def _prompt(self) -> dict:
+        """The prompt's ids (image placeholders + `<OD>`): the same for every row."""
+        if self.prompt is None:
+            from PIL import Image
+
+            size = self.processor.image_processor.size
+            blank = Image.new("RGB", (size["width"], size["height"]))
+            encoded = self.processor(text=[OD_PROMPT], images=[blank], return_tensors="pt")
+            self.prompt = {k: v for k, v in encoded.items() if k != "pixel_values"}
+        return self.prompt
 
 
 def capped(split, count: int):
@@ -112,8 +132,14 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     args = training_arguments(out, train_config, max_steps,
                               metric_for_best_model="loss" if select == "loss" else select,
                               greater_is_better=select != "loss")
-    summary = run_trainer(model, args, train_set, eval_set, DetectionCollator(processor),
-                          train_config, out, callbacks=callbacks + tuple(extra_callbacks))
+    # The Trainer reads images undecoded: the pixel cache decodes and resizes each one once.
+    undecoded = datasets.Image(decode=False)
+    summary = run_trainer(model, args, train_set.cast_column("image", undecoded),
+                          eval_set.cast_column("image", undecoded),
+                          DetectionCollator(processor, PixelCache(out / "pixels",
+                                                                  processor.image_processor)),
+                          train_config, out, callbacks=callbacks + tuple(extra_callbacks),
+                          normalise=processor.image_processor)
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model

@@ -137,6 +137,18 @@ def _fault_callback():
     return [FaultAfterSave()] if kill_at or fail_at else []
 
 
+def input_workers(train: TrainConfig) -> int:
+    """Processes that prepare batches: the config's number, else (with a GPU to keep fed) all
+    cores but one, at most 8; 0 on a CPU-only machine, whose cores train."""
+    import os
+
+    import torch
+
+    if train.dataloader_workers is not None:
+        return train.dataloader_workers
+    return min(8, max(0, (os.cpu_count() or 1) - 1)) if torch.cuda.is_available() else 0
+
+
 def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **extra):
     import torch
     from transformers import TrainingArguments
@@ -161,7 +173,8 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **e
         logging_steps=max(1, min(10, train.eval_steps)),
         remove_unused_columns=False,
         report_to=[],
-        dataloader_num_workers=0,
+        dataloader_num_workers=(workers := input_workers(train)),
+        dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         **precision_flags(train.precision),
@@ -200,17 +213,29 @@ def quality_callbacks(patience: int, min_steps: int):
 
 
 def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, out: Path,
-                compute_metrics=None, callbacks: tuple = ()) -> dict:
-    """Train (resuming from the last checkpoint if one exists), keep the best, write the curves."""
+                compute_metrics=None, callbacks: tuple = (), normalise=None) -> dict:
+    """Train (resuming from the last checkpoint if one exists), keep the best, write the curves.
+    `normalise`: the image processor whose normalisation uint8 batches get on the device."""
     from transformers import Trainer
     from transformers.trainer_callback import ProgressCallback
+
+    from tasks.training.pixels import normalise_on_device
+
+    class NormalisingTrainer(Trainer):
+        """The Trainer, normalising uint8 pixel batches once they are on the device."""
+
+        def _prepare_inputs(self, inputs):
+            inputs = super()._prepare_inputs(inputs)
+            if normalise is not None and "pixel_values" in inputs:
+                inputs["pixel_values"] = normalise_on_device(inputs["pixel_values"], normalise)
+            return inputs
 
     class StepsBar(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass  # the curves and log_history.json keep every number
 
     resume = last_checkpoint(args.output_dir)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+    trainer = NormalisingTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,
                       callbacks=[*callbacks, *quality_callbacks(train.patience, train.min_steps),
                                  *_fault_callback()])

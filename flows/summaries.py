@@ -38,7 +38,7 @@ def add_image_rows(table: Table, report: dict) -> None:
     if report["quarantine_reasons"]:
         table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
                                               report["quarantine_reasons"].items()))
-    if merged := images.get("from_several_annotation_folders"):
+    if merged := report.get("annotations", {}).get("images_from_several_folders"):
         table.add_row("annotation passes", f"{merged} images drew boxes from several folders")
     table.add_row("work this run", f"decoded {work.get('images_decoded', 0)}, reused "
                   f"{work.get('images_reused', 0)} (content store), encoded "

@@ -60,8 +60,9 @@ def report_step(
             "kept": sum(splits.values()),
             "quarantined": len(quarantine),
             "dropped_grayscale": len(dropped_gray),
-            "from_several_annotation_folders": ingested.several_passes,
         },
+        # VOC in passes (several annotation folders): images whose boxes merged from several.
+        "annotations": {"images_from_several_folders": ingested.several_passes},
         "boxes": {
             "found": ingested.boxes_found,
             "kept": kept_boxes,

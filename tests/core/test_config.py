@@ -25,7 +25,9 @@ def test_minimal_config_gets_defaults_and_resolves_paths_against_the_yaml(tmp_pa
     ("text", "expected"),
     [
         ("name: x\nsource: {format: voc, images: a, annotations: b}\nhflp: true\n", "hflp: unknown key"),
-        ("name: x\nsource: {format: yolo, images: a, annotations: b}\n", "source.format"),
+        ("name: x\nsource: {format: labelme, images: a, annotations: b}\n", "source.format"),
+        ("name: x\nsource: {format: coco, images: a, annotations: [b, c]}\n",
+         "list of annotation folders is for VOC"),
         ("name: x\n", "source: required key is missing"),
         ("name: x\nsource: {format: voc, images: a, annotations: b}\ngrayscale: maybe\n", "grayscale"),
         ("name: x\nsource: {format: voc, images: a, annotations: b}\n"

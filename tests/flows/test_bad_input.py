@@ -201,7 +201,7 @@ def test_several_annotation_folders_and_yolo_through_prepare(tmp_path):
                       f"[{tmp_path / 'first'}, {tmp_path / 'second'}]}}\nsplit: {{train: 1.0, "
                       "validation: 0.0, test: 0.0}\n")
     report = prepare(str(config), str(tmp_path / "out"), str(tmp_path / "home"))
-    assert report["images"]["from_several_annotation_folders"] == 2
+    assert report["annotations"]["images_from_several_folders"] == 2
     assert (report["images"]["kept"], report["boxes"]["kept"]) == (2, 4)
 
     (tmp_path / "yolo").mkdir()

@@ -43,9 +43,10 @@ def test_cached_pixels_normalised_on_the_device_are_the_processors_own(tmp_path,
 def test_the_collator_gives_the_same_batch_with_and_without_the_cache(tmp_path, processor):
     images = [Image.effect_noise((120, 100), 40).convert("RGB") for _ in range(3)]
     targets = ["scratch<loc_1><loc_2><loc_300><loc_400>", "", "spot<loc_5><loc_6><loc_7><loc_8>"]
-    plain = DetectionCollator(processor)([{"image": i, "target": t} for i, t in zip(images, targets)])
+    pairs = list(zip(images, targets, strict=True))
+    plain = DetectionCollator(processor)([{"image": i, "target": t} for i, t in pairs])
     cached = DetectionCollator(processor, PixelCache(tmp_path, processor.image_processor))(
-        [{"image": cell(i, "PNG"), "target": t} for i, t in zip(images, targets)])
+        [{"image": cell(i, "PNG"), "target": t} for i, t in pairs])
     assert set(plain) == set(cached)
     for key in ("input_ids", "attention_mask", "labels"):
         assert torch.equal(plain[key], cached[key]), key

@@ -24,7 +24,7 @@ def model_folder(model: str, out_dir: Path, config: DatasetConfig | None, home: 
 
 
 @flow(name="predict", log_prints=True)
-def predict(images_dir: str, model_dir: str, out_dir: str, threshold: float, batch_size: int,
+def predict(images_dir: str, model_dir: str, out_dir: str, threshold: float | None, batch_size: int,
             num_beams: int = 1, config: DatasetConfig | None = None) -> dict:
     """Apply a trained detector to every image of a folder."""
     settings = settings_for(model_dir, threshold, batch_size, num_beams,

@@ -18,8 +18,9 @@ def predict(
                                        "registry of --config")],
     out: Annotated[Path, typer.Option(help="writes predictions.json, labelimg/, overlays/, "
                                       "predict_report.json")],
-    threshold: Annotated[float, typer.Option(min=0, max=1, help="confidence a box needs to be "
-                                             "drawn and written for LabelImg")] = 0.25,
+    threshold: Annotated[float | None, typer.Option(
+        min=0, max=1, help="confidence a box needs to be drawn and written for LabelImg; "
+        "default: the one the model's validation images chose (best F1), else 0.25")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per generation")] = 8,
     num_beams: Annotated[int, typer.Option(min=1, help="beams for generation")] = 1,
     config: Annotated[Path | None, typer.Option(help="dataset config: its registry (for "

@@ -40,4 +40,6 @@ class PrepConfig(Strict):
 class PrelabelConfig(Strict):
     inbox: Path = Field(description="folder of new, unlabelled images (not the annotations "
                         "folder): the champion writes a LabelImg XML beside each image without one")
-    threshold: float = Field(0.25, ge=0, le=1, description="boxes at or above this confidence")
+    threshold: float | None = Field(None, ge=0, le=1, description="boxes at or above this "
+                                    "confidence; default: the one the champion's validation "
+                                    "chose (best F1), else 0.25")

@@ -16,8 +16,14 @@ from tasks.evaluation.review import REVIEW_GALLERY, write_review
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
 from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector, truth_boxes
+from tasks.scoring.threshold import best_f1_threshold
 from tasks.training.classifier import eval_transform, image_label
-from tasks.training.models import inference_ready, load_finetuned_detector
+from tasks.training.models import (
+    inference_ready,
+    load_finetuned_detector,
+    model_threshold,
+    read_model_facts,
+)
 
 GRID_IMAGES = 12
 # What an evaluation writes that a person reads (the registry keeps them with the version).
@@ -61,8 +67,9 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                             on_batch=keep_for_the_picture, tiling=tiling,
                             max_new_tokens=new_token_budget(learnt, processor.tokenizer))
     bar.close()
-    review = write_review(out, rows, [truth[3] for truth in scores.truths], scores.predictions,
-                          labels)
+    truths = [truth[3] for truth in scores.truths]
+    threshold = model_threshold(read_model_facts(model_dir))
+    review = write_review(out, rows, truths, scores.predictions, labels, threshold)
     (out / "gt.json").write_text(json.dumps(scores.gt))
     (out / "dt.json").write_text(json.dumps(scores.dt))
     coco = scores.coco
@@ -82,6 +89,9 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
         "unknown_label_examples": sorted(set(scores.unknown_labels))[:10],
         "n_predictions": len(scores.dt),
         "num_beams": num_beams,
+        # The threshold the model's validation chose (predict's default) and the best on this split.
+        "threshold": threshold,
+        "best_f1": best_f1_threshold(truths, scores.predictions),
         "review": {"images": len(review), "folder": "review",
                    "worst": [{k: item[k] for k in ("image_id", "missed", "spurious")}
                              for item in review[:3]]},

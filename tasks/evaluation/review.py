@@ -20,32 +20,12 @@ from tasks.core.records import Box
 from tasks.evaluation.plots import predictions_grid_png
 from tasks.images.overlay import TRUTH_COLOUR, draw_boxes
 from tasks.ingest.labelimg_writer import labelimg_xml
-from tasks.scoring.coco import IOU_MATCH, iou
+from tasks.scoring.coco import IOU_MATCH
 from tasks.scoring.predict import DEFAULT_THRESHOLD
+from tasks.scoring.threshold import missed_and_spurious
 
 REVIEW_IMAGES = 8
 REVIEW_GALLERY = "review/review_gallery.png"
-
-
-def missed_and_spurious(truth: list[Box], predicted: list[Box], scores: list[float],
-                        threshold: float = DEFAULT_THRESHOLD) -> tuple[int, int]:
-    """Predictions at or above `threshold`, most confident first, each matched to the unmatched
-    true box of its class it overlaps most (IoU >= 0.5). (true boxes left, predictions left):
-    a box of the wrong class counts once in each."""
-    taken = [False] * len(truth)
-    spurious = 0
-    for _, box in sorted(((s, b) for b, s in zip(predicted, scores, strict=True)
-                          if s >= threshold), key=lambda pair: -pair[0]):
-        best, best_iou = None, IOU_MATCH
-        for j, true_box in enumerate(truth):
-            overlap = iou(box, true_box)
-            if not taken[j] and true_box.label == box.label and overlap >= best_iou:
-                best, best_iou = j, overlap
-        if best is None:
-            spurious += 1
-        else:
-            taken[best] = True
-    return taken.count(False), spurious
 
 
 def worst_images(truths: list[list[Box]], predictions: list[tuple[list[Box], list[float]]],

@@ -31,7 +31,7 @@ from tasks.scoring.predict import (
     predict_batch,
     predict_sliced,
 )
-from tasks.training.models import read_model_facts
+from tasks.training.models import model_threshold, read_model_facts
 
 
 @dataclass
@@ -45,14 +45,16 @@ class PredictSettings:
     max_pixels: int = ImageLimits().max_pixels
 
 
-def settings_for(model_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, batch_size: int = 8,
+def settings_for(model_dir: str | Path, threshold: float | None = None, batch_size: int = 8,
                  num_beams: int = 1, labels: list[str] | None = None,
                  tiling: TilingConfig | None = None, max_pixels: int | None = None) -> PredictSettings:
-    """What the model folder says it learnt (classes, answer length, tiles) comes first; the
-    config's `labels` and `tiling` stand in for a folder that does not say."""
+    """What the model folder says it learnt (classes, answer length, tiles, the threshold its
+    validation chose) comes first; the config's `labels` and `tiling` stand in for a folder that
+    does not say; a threshold given here wins over the model's."""
     facts = read_model_facts(model_dir)
     return PredictSettings(
-        threshold=threshold, batch_size=batch_size, num_beams=num_beams,
+        threshold=threshold if threshold is not None else model_threshold(facts),
+        batch_size=batch_size, num_beams=num_beams,
         max_new_tokens=facts.get("max_new_tokens") or DECODER_POSITIONS,
         labels=facts.get("labels") or labels,
         tiling=TilingConfig(**facts["tiling"]) if facts.get("tiling") else tiling,

@@ -18,6 +18,7 @@ from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
 from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector
+from tasks.scoring.threshold import best_f1_threshold
 from tasks.training.models import load_detector, write_model_facts
 from tasks.training.pixels import PixelCache
 from tasks.training.trainer import run_trainer, start_run, training_arguments
@@ -111,6 +112,18 @@ def wrap_with_lora(model, config: ModelConfig):
     return peft_model
 
 
+def validation_threshold(model, processor, eval_set, labels: list[str],
+                         train_config: TrainConfig) -> dict | None:
+    """The chosen model on (a capped sample of) the validation images: the confidence threshold
+    with the best F1, which `predict` uses unless told otherwise."""
+    model.eval()
+    scores = score_detector(model, processor, capped(eval_set, train_config.select_images), labels,
+                            train_config.batch_size)
+    best = best_f1_threshold([truth[3] for truth in scores.truths], scores.predictions)
+    return None if best is None else {**best, "chosen_on": "validation",
+                                      "images": len(scores.truths)}
+
+
 def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                       train_config: TrainConfig, tiny_folder: str | Path,
                       max_steps: int | None = None, identity: str | None = None,
@@ -146,7 +159,8 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     processor.save_pretrained(model_dir)
     write_model_facts(model_dir, labels,
                       new_token_budget([*train_set["target"], *eval_set["target"]], processor.tokenizer),
-                      tiling.model_dump() if tiling else None)
+                      tiling.model_dump() if tiling else None,
+                      validation_threshold(trainer.model, processor, eval_set, labels, train_config))
     if (model_config.lora is not None or model_config.adapter) and model_config.merge:
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")

@@ -14,13 +14,17 @@ from pathlib import Path
 from tasks.training.tiny import TINY, build_tiny_florence
 
 # What a model folder written by `finetune_detector` says about itself, for `predict`: the
-# classes it learnt, the longest answer it was taught (sizes generation) and the tiles it saw.
+# classes it learnt, the longest answer it was taught (sizes generation), the tiles it saw and
+# the confidence threshold its validation images chose.
 MODEL_FACTS = "defectflow.json"
 
 
 def write_model_facts(model_dir: str | Path, labels: list[str], max_new_tokens: int,
-                      tiling: dict | None) -> None:
-    facts = {"labels": labels, "max_new_tokens": max_new_tokens, "tiling": tiling}
+                      tiling: dict | None, threshold: dict | None = None) -> None:
+    """`threshold`: the confidence with the best F1 on validation images (with its F1,
+    precision and recall), the default of `predict`."""
+    facts = {"labels": labels, "max_new_tokens": max_new_tokens, "tiling": tiling,
+             "threshold": threshold}
     (Path(model_dir) / MODEL_FACTS).write_text(json.dumps(facts, indent=1))
 
 
@@ -28,6 +32,14 @@ def read_model_facts(model_dir: str | Path) -> dict:
     """The facts, or {} for a folder without them (a checkpoint from elsewhere)."""
     path = Path(model_dir) / MODEL_FACTS
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_threshold(facts: dict) -> float:
+    """The confidence threshold the model's validation images chose, else DEFAULT_THRESHOLD."""
+    from tasks.scoring.predict import DEFAULT_THRESHOLD
+
+    chosen = facts.get("threshold")
+    return chosen["threshold"] if chosen else DEFAULT_THRESHOLD
 
 
 class ModelUnavailable(RuntimeError):

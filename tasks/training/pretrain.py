@@ -60,6 +60,21 @@ def shape_image(rng: random.Random, size: int) -> tuple[Image.Image, list[Box]]:
     return image.filter(ImageFilter.GaussianBlur(0.5)), [Box(x1=x0, y1=y0, x2=x1, y2=y1, label=label)]
 
 
+def made_ahead(make, count: int, depth: int = 2):
+    """`make()`'s results, `count` of them, each made on a worker thread while the previous one
+    is used (drawing shapes overlaps the training step). One worker calls `make` in order, so
+    the sequence, and the random numbers it draws, are those of a plain loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = [pool.submit(make) for _ in range(min(depth, count))]
+        for made in range(count):
+            result = pending.pop(0).result()
+            if made + depth < count:
+                pending.append(pool.submit(make))
+            yield result
+
+
 def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int = 0,
                           batch_size: int = 16, lr: float = 1e-3, image_size: int = 128) -> Path:
     """The pretrained tiny base in `folder`, built (and trained) only if it is not there yet.
@@ -87,7 +102,8 @@ def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int
         (step + 1) / warmup, 1 - step / steps))  # linear warmup and decay, as the Trainer does
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc="pretraining the tiny base on shapes", unit="step"):
+
+    def next_batch() -> tuple[dict, object]:
         batch = [shape_image(rng, image_size) for _ in range(batch_size)]
         inputs = processor(text=[OD_PROMPT] * batch_size, images=[image for image, _ in batch],
                            return_tensors="pt", padding=True)
@@ -95,6 +111,11 @@ def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int
                                      return_tensors="pt", padding=True,
                                      return_token_type_ids=False).input_ids
         labels[labels == processor.tokenizer.pad_token_id] = -100
+        return inputs, labels
+
+    batches = made_ahead(next_batch, steps)
+    for inputs, labels in tqdm(batches, total=steps, desc="pretraining the tiny base on shapes",
+                               unit="step"):
         loss = model(**inputs, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

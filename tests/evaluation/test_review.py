@@ -6,8 +6,9 @@ import json
 from PIL import Image
 
 from tasks.core.records import Box
-from tasks.evaluation.review import REVIEW_GALLERY, missed_and_spurious, worst_images, write_review
+from tasks.evaluation.review import REVIEW_GALLERY, worst_images, write_review
 from tasks.ingest.voc import parse_voc
+from tasks.scoring.threshold import missed_and_spurious
 
 
 def box(x: float, label: str = "scratch") -> Box:
@@ -16,12 +17,12 @@ def box(x: float, label: str = "scratch") -> Box:
 
 def test_a_box_of_the_wrong_class_is_one_miss_and_one_spurious_box():
     truth = [box(0), box(50, "spot")]
-    assert missed_and_spurious(truth, [box(1), box(50)], [0.9, 0.9]) == (1, 1)
-    assert missed_and_spurious(truth, [box(1), box(51, "spot")], [0.9, 0.9]) == (0, 0)
+    assert missed_and_spurious(truth, [box(1), box(50)], [0.9, 0.9], 0.25) == (1, 1)
+    assert missed_and_spurious(truth, [box(1), box(51, "spot")], [0.9, 0.9], 0.25) == (0, 0)
     # Below the threshold a prediction is not an answer: the true box counts as missed.
-    assert missed_and_spurious(truth, [box(1), box(51, "spot")], [0.9, 0.1]) == (1, 0)
+    assert missed_and_spurious(truth, [box(1), box(51, "spot")], [0.9, 0.1], 0.25) == (1, 0)
     # Two predictions of one true box: the second is spurious.
-    assert missed_and_spurious([box(0)], [box(0), box(2)], [0.9, 0.8]) == (0, 1)
+    assert missed_and_spurious([box(0)], [box(0), box(2)], [0.9, 0.8], 0.25) == (0, 1)
 
 
 def test_the_worst_images_come_first_and_perfect_ones_never():

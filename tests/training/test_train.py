@@ -36,6 +36,11 @@ def test_lora_training_lowers_the_loss_and_saves_a_loadable_adapter(synthetic_da
     assert losses[-1] < losses[0] - 0.1, losses
     assert (tmp_path / "loss_curve.png").stat().st_size > 10_000
     assert (tmp_path / "model" / "adapter_config.json").exists()
+    # What predict reads: the classes, the answer length, and the threshold validation chose.
+    facts = json.loads((tmp_path / "model" / "defectflow.json").read_text())
+    assert facts["labels"] == ["patch", "scratch", "spot"] and 16 < facts["max_new_tokens"] <= 1024
+    chosen = facts["threshold"]
+    assert chosen is None or (0 < chosen["threshold"] <= 1 and chosen["chosen_on"] == "validation")
     processor, loaded = load_finetuned_detector(tmp_path / "model")
     assert type(loaded).__name__ == "PeftModel"
     merged = load_finetuned_detector(tmp_path / "merged")[1]

@@ -1,0 +1,62 @@
+"""Which confidence makes a box an answer: matched predictions, and the threshold with the best
+F1 on a labelled split (what `predict`, pre-labels and the review set use by default).
+
+A model's confidences are its own scale: a small model that places boxes right may still give
+them 0.03 (flat token distributions), a big one 0.9. A fixed 0.25 would then drop every box of
+the first; the threshold that best trades missed against spurious boxes on validation images is
+the model's own.
+"""
+
+from __future__ import annotations
+
+from tasks.core.records import Box
+from tasks.scoring.coco import IOU_MATCH, iou
+
+
+def matched(truth: list[Box], predicted: list[Box], scores: list[float],
+            iou_threshold: float = IOU_MATCH) -> list[tuple[float, bool]]:
+    """(score, matched) per prediction: most confident first, each takes the unmatched true box
+    of its class it overlaps most (IoU >= 0.5). The order makes this the same for every
+    confidence threshold: a prediction only competes with more confident ones."""
+    taken = [False] * len(truth)
+    result = []
+    for score, box in sorted(zip(scores, predicted, strict=True), key=lambda pair: -pair[0]):
+        best, best_iou = None, iou_threshold
+        for j, true_box in enumerate(truth):
+            overlap = iou(box, true_box)
+            if not taken[j] and true_box.label == box.label and overlap >= best_iou:
+                best, best_iou = j, overlap
+        if best is not None:
+            taken[best] = True
+        result.append((score, best is not None))
+    return result
+
+
+def missed_and_spurious(truth: list[Box], predicted: list[Box], scores: list[float],
+                        threshold: float) -> tuple[int, int]:
+    """(true boxes no prediction at or above `threshold` matched, such predictions matching
+    none): a box of the wrong class counts once in each."""
+    kept = [hit for score, hit in matched(truth, predicted, scores) if score >= threshold]
+    return len(truth) - sum(kept), kept.count(False)
+
+
+def best_f1_threshold(truths: list[list[Box]],
+                      predictions: list[tuple[list[Box], list[float]]]) -> dict | None:
+    """The confidence threshold with the highest F1 over these images (ties: the lower one),
+    with its precision and recall; None without true boxes or predictions."""
+    total = sum(len(truth) for truth in truths)
+    outcomes = sorted((pair for truth, (boxes, scores) in zip(truths, predictions, strict=True)
+                       for pair in matched(truth, boxes, scores)), key=lambda pair: -pair[0])
+    if not total or not outcomes:
+        return None
+    best = None
+    hits = 0
+    for rank, (score, hit) in enumerate(outcomes, start=1):
+        hits += hit
+        if rank < len(outcomes) and outcomes[rank][0] == score:
+            continue  # a threshold keeps all boxes of one score or none
+        precision, recall = hits / rank, hits / total
+        f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+        if best is None or f1 >= best["f1"]:
+            best = {"threshold": score, "f1": f1, "precision": precision, "recall": recall}
+    return best

@@ -1,0 +1,47 @@
+"""The confidence threshold a model's own validation images choose (best F1), and predict
+using it by default: a small model whose well-placed boxes score 0.03 still gets its boxes."""
+
+import json
+
+import pytest
+
+from tasks.core.records import Box
+from tasks.predict.predict import settings_for
+from tasks.scoring.predict import DEFAULT_THRESHOLD
+from tasks.scoring.threshold import best_f1_threshold, matched
+
+
+def box(x: float, label: str = "dent") -> Box:
+    return Box(x1=x, y1=0, x2=x + 10, y2=10, label=label)
+
+
+def test_matching_is_greedy_by_confidence_within_a_class():
+    truth = [box(0), box(50)]
+    assert matched(truth, [box(1), box(2), box(51, "spot")], [0.5, 0.9, 0.7]) == [
+        (0.9, True), (0.7, False), (0.5, False)]
+
+
+def test_the_threshold_with_the_best_f1_on_a_small_models_scale():
+    truths = [[box(0)], [box(0)], [box(0)], [box(0)]]
+    # Right boxes at 0.03-0.04, wrong ones at 0.02 and 0.01: 0.03 keeps every right box only.
+    predictions = [([box(0), box(60)], [0.04, 0.02]), ([box(1)], [0.03]), ([box(0)], [0.035]),
+                   ([box(2), box(70)], [0.031, 0.01])]
+    best = best_f1_threshold(truths, predictions)
+    assert best["threshold"] == 0.03 and best["f1"] == 1.0
+    assert (best["precision"], best["recall"]) == (1.0, 1.0)
+    assert best_f1_threshold([[]], [([], [])]) is None
+
+
+def test_a_tie_in_scores_is_kept_or_dropped_as_one():
+    best = best_f1_threshold([[box(0)]], [([box(0), box(40)], [0.5, 0.5])])
+    assert best["threshold"] == 0.5 and best["precision"] == 0.5
+
+
+@pytest.mark.parametrize(("facts", "given", "expected"), [
+    ({"threshold": {"threshold": 0.031, "f1": 0.98}}, None, 0.031),
+    ({"threshold": {"threshold": 0.031, "f1": 0.98}}, 0.5, 0.5),
+    ({}, None, DEFAULT_THRESHOLD),
+])
+def test_predict_takes_the_models_threshold_unless_told(tmp_path, facts, given, expected):
+    (tmp_path / "defectflow.json").write_text(json.dumps(facts))
+    assert settings_for(tmp_path, given).threshold == expected

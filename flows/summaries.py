@@ -114,6 +114,12 @@ def print_evaluate_summary(metrics: dict, split: str, out: Path) -> None:
         console.print(f"mAP {coco['map']:.3f}  mAP50 {coco['map50']:.3f}  on {metrics['n_images']} "
                       f"{split} images; parse failures {metrics['parse_failures']}, "
                       f"unknown labels {metrics['unknown_labels']}")
+        if best := metrics.get("best_f1"):
+            console.print(f"confidence threshold {metrics['threshold']:.3g} (the model's); on these "
+                          f"images the best F1 {best['f1']:.3f} is at {best['threshold']:.3g}")
+        if metrics.get("review", {}).get("images"):
+            console.print(f"look first at {out / 'review'}: {metrics['review']['images']} images "
+                          "with the most missed or spurious boxes")
     console.print(f"written: {out / 'metrics.json'} and PNGs in {out}")
 
 

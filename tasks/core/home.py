@@ -59,6 +59,7 @@ def configure_environment(home: Home) -> None:
         # lines, transformers' deprecation FutureWarnings (also in the runs' subprocesses).
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a champion's download, file by file
         "PYTHONWARNINGS": "ignore::FutureWarning",
     }
     for key, value in defaults.items():

@@ -72,6 +72,19 @@ def _pointing_at(api_url: str) -> Iterator[str]:
             os.environ.pop("PREFECT_API_URL", None)
 
 
+def _dies_with_its_parent() -> None:
+    """(Runs in the server's process before it starts.) On Linux, the server is sent SIGTERM
+    when the process that started it dies, even by SIGKILL: a killed `serve` or demo never
+    leaves an orphan server holding the port and the database."""
+    if sys.platform == "linux":
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 @contextmanager
 def prefect_server(log_dir: str | Path, port: int | None = None,
                    timeout_s: float = 120) -> Iterator[str]:
@@ -94,6 +107,7 @@ def prefect_server(log_dir: str | Path, port: int | None = None,
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_dies_with_its_parent,
             env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  # the UI's pages call the API at this address (by default port 4200's)
                  "PREFECT_UI_API_URL": api_url})

@@ -64,7 +64,7 @@ def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
     finally:
         serve.send_signal(signal.SIGINT)
         try:
-            output = serve.communicate(timeout=60)[0]
+            output = serve.communicate(timeout=120)[0]
         except subprocess.TimeoutExpired:
             serve.kill()
             output = serve.communicate()[0]
@@ -79,3 +79,22 @@ def _listening(port: int) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_killed_serve_leaves_no_server_behind(tmp_path):
+    config = tmp_path / "plant.yaml"
+    config.write_text("name: plant\nsource: {format: voc, images: x, annotations: y}\n")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env["PYTHONPATH"] = str(REPO)
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "defectflow"), "--home", str(tmp_path / "home"),
+         "serve", str(config), "--work", str(tmp_path / "w"), "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
+    finally:
+        serve.kill()  # SIGKILL: no handler, no finally block runs in serve
+        serve.wait()
+    assert wait_for(lambda: not _listening(port), 60), "an orphan server still holds the port"

@@ -164,7 +164,7 @@ def print_predict_summary(report: dict, out: Path) -> None:
         table.add_row("quarantine", ", ".join(f"{k} {v}" for k, v in
                                               report["quarantine_reasons"].items()))
     per_class = ", ".join(f"{k} {v}" for k, v in sorted(report["boxes_per_class"].items()))
-    table.add_row(f"boxes >= {report['threshold']:g}", f"{report['boxes']}"
+    table.add_row(f"boxes >= {report['threshold']:.3g}", f"{report['boxes']}"
                   + (f" ({per_class})" if per_class else "")
                   + f"; {report['boxes_below_threshold']} below (kept in predictions.json)")
     problems = {k: report.get(k, 0) for k in ("truncated_outputs", "parse_failures",

@@ -34,6 +34,7 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Box], scores: Sequence[float 
         caption = box.label if score is None else f"{box.label} {score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
         y = box.y1 - (bottom - top) - 2 if box.y1 >= bottom - top + 2 else box.y1
-        draw.rectangle((box.x1, y, box.x1 + right - left + 2, y + bottom - top + 2), fill=ink)
-        draw.text((box.x1 + 1 - left, y + 1 - top), caption, fill="white", font=font)
+        x = max(0, min(box.x1, out.width - (right - left) - 3))  # the caption stays in the image
+        draw.rectangle((x, y, x + right - left + 2, y + bottom - top + 2), fill=ink)
+        draw.text((x + 1 - left, y + 1 - top), caption, fill="white", font=font)
     return out

@@ -68,3 +68,18 @@ def test_an_image_whose_tiles_are_still_too_long_is_quarantined_with_the_numbers
     check = run(tmp_path, [dense_sample(tmp_path, "train")], TilingConfig(size=300), budget=200)
     [rejection] = read_rejections(check.rejected)
     assert rejection.reason == "target_too_long" and "300 px tiles still need" in rejection.detail
+
+
+def test_counting_without_a_local_tokenizer_never_loads_torch(tmp_path):
+    """Prep's memory: a Hub checkpoint never downloaded is counted by the byte bound, and the
+    lookup does not import transformers (which brings torch: ~900 MiB instead of ~300)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tasks.dataset.budget import target_tokenizer; "
+            "print(target_tokenizer('florence-community/Florence-2-base')[1], "
+            "'torch' in sys.modules, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1",
+                               "HF_HOME": str(tmp_path)})  # an empty Hub cache
+    assert done.stdout.split()[-2:] == ["False", "False"], done.stdout

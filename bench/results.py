@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -54,3 +56,13 @@ def sections_owned_elsewhere(owned_here: tuple[str, ...]) -> str:
         return ""
     parts = sections(RESULTS.read_text())[1:]
     return "\n\n".join(p.rstrip("\n") for p in parts if not p.startswith(owned_here))
+
+
+def median_time(action, repeats: int) -> float:
+    """The median of `repeats` timings of `action()`, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

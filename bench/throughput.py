@@ -15,24 +15,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.results import record, write_section
+from bench.results import median_time, record, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "work" / "demo" / "nightly"
-
-
-def seconds(action, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def photos(count: int) -> list[bytes]:
@@ -77,10 +67,10 @@ def bench_train_input(count: int, batch: int = 8) -> list[tuple]:
             if normalise_here:  # what a CPU-only run adds in its training step
                 normalise_on_device(inputs["pixel_values"], processor.image_processor)
 
-    first = seconds(ours_epoch, 1)  # cold: every image decoded and resized once
-    seeds = seconds(seeds_epoch)
-    ours = seconds(ours_epoch)
-    ours_cpu = seconds(lambda: ours_epoch(True))
+    first = median_time(ours_epoch, 1)  # cold: every image decoded and resized once
+    seeds = median_time(seeds_epoch, 3)
+    ours = median_time(ours_epoch, 3)
+    ours_cpu = median_time(lambda: ours_epoch(True), 3)
     record("train_input_speedup", count / ours, count / seeds,
            measurement=f"samples/s at 768 x 768, {count} images, batch {batch}, warm cache")
     return [("training input, samples/s at 768 px (warm cache; normalised on the device)",

@@ -22,7 +22,7 @@ from tasks.images.overlay import TRUTH_COLOUR, draw_boxes
 from tasks.ingest.labelimg_writer import labelimg_xml
 from tasks.scoring.coco import IOU_MATCH
 from tasks.scoring.predict import DEFAULT_THRESHOLD
-from tasks.scoring.threshold import missed_and_spurious
+from tasks.scoring.threshold import at_or_above, missed_and_spurious
 
 REVIEW_IMAGES = 8
 REVIEW_GALLERY = "review/review_gallery.png"
@@ -58,23 +58,23 @@ def write_review(out_dir: str | Path, rows, truths: list[list[Box]],
         image = row["image"].convert("RGB")
         name = f"{rank:02d}-{file_stem(row['image_id'])}"
         boxes, scores = predictions[index]
-        kept = [(b, s) for b, s in zip(boxes, scores, strict=True) if s >= threshold]
+        kept_boxes, kept_scores = at_or_above(boxes, scores, threshold)
         files = {"image": f"images/{name}.jpg", "ground_truth": f"ground_truth/{name}.xml",
                  "predictions": f"predictions/{name}.xml", "overlay": f"overlays/{name}.jpg"}
         for path in files.values():
             (review / path).parent.mkdir(parents=True, exist_ok=True)
         image.save(review / files["image"], quality=95)
-        for key, found in (("ground_truth", truths[index]), ("predictions", [b for b, _ in kept])):
+        for key, found in (("ground_truth", truths[index]), ("predictions", kept_boxes)):
             (review / files[key]).write_bytes(labelimg_xml(review / files["image"], image.width,
                                                            image.height, 3, found))
         overlay = draw_boxes(image, truths[index], [None] * len(truths[index]),
                              colour=TRUTH_COLOUR)
-        draw_boxes(overlay, [b for b, _ in kept], [s for _, s in kept], labels).save(
+        draw_boxes(overlay, kept_boxes, kept_scores, labels).save(
             review / files["overlay"], quality=90)
         listed.append({"rank": rank, "image_id": row["image_id"], "missed": missed,
                        "spurious": spurious, "files": files})
         grid.append((image, f"#{rank} {row['image_id']}\nmissed {missed}, spurious {spurious}",
-                     truths[index], [b for b, _ in kept], [s for _, s in kept]))
+                     truths[index], kept_boxes, kept_scores))
     if listed:
         (review / "review.json").write_text(json.dumps(
             {"threshold": threshold, "iou": IOU_MATCH, "images": listed}, indent=1,

@@ -31,6 +31,7 @@ from tasks.scoring.predict import (
     predict_batch,
     predict_sliced,
 )
+from tasks.scoring.threshold import at_or_above
 from tasks.training.models import model_threshold, read_model_facts
 
 
@@ -108,9 +109,7 @@ def predict_stream(inputs: list[ImageInput], model, processor, settings: Predict
 
 
 def kept_boxes(prediction: Prediction, threshold: float) -> tuple[list, list[float]]:
-    pairs = [(b, s) for b, s in zip(prediction.boxes, prediction.scores, strict=True)
-             if s >= threshold]
-    return [b for b, _ in pairs], [s for _, s in pairs]
+    return at_or_above(prediction.boxes, prediction.scores, threshold)
 
 
 @dataclass

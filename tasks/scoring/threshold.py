@@ -32,6 +32,13 @@ def matched(truth: list[Box], predicted: list[Box], scores: list[float],
     return result
 
 
+def at_or_above(boxes: list[Box], scores: list[float],
+                threshold: float) -> tuple[list[Box], list[float]]:
+    """The boxes (and their scores) that count as answers at `threshold`."""
+    pairs = [(b, s) for b, s in zip(boxes, scores, strict=True) if s >= threshold]
+    return [b for b, _ in pairs], [s for _, s in pairs]
+
+
 def missed_and_spurious(truth: list[Box], predicted: list[Box], scores: list[float],
                         threshold: float) -> tuple[int, int]:
     """(true boxes no prediction at or above `threshold` matched, such predictions matching

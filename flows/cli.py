@@ -143,13 +143,14 @@ def serve(
     work: WorkOption = Path("work/retrain"),
     port: Annotated[int, typer.Option(help="port of the home's Prefect server, if one is "
                                       "started (no PREFECT_API_URL)")] = 4200,
+    quiet: Annotated[bool, typer.Option(help="print nothing when serving starts")] = False,
 ) -> None:
     """Serve the retrain deployment on the config's schedule against a lasting Prefect server
     (PREFECT_API_URL's, or the home's own, started here); Ctrl-C stops."""
     from flows.serve import serve_retrain
 
     config_or_exit(config)
-    serve_retrain(config, work, ctx.obj, cron, port)
+    serve_retrain(config, work, ctx.obj, cron, port, announce=not quiet)
 
 
 @app.command()

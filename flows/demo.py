@@ -1,11 +1,15 @@
-"""demo = build the base (once) -> generate a first batch -> serve the retrain deployment ->
+"""demo = generate a first batch -> build the base (once) while the retrain deployment is served ->
 night 1 (a run of it) -> new images land -> night 2 -> summary (console and demo_summary.json)."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from flows.deployment import run_night, served
 from flows.summaries import console, demo_summary, print_retrain_summary
@@ -20,25 +24,54 @@ from tasks.demo.scenario import (
 from tasks.training.pretrain import BASE_NAME, build_pretrained_base
 
 DEFAULT_SEED = 5
+T = TypeVar("T")
 
 
 def build_base(home: str | None) -> Path:
-    """The pretrained tiny Florence-2 base under the home, built once (about 2 minutes)."""
+    """The pretrained tiny Florence-2 base under the home, built once (about 5 minutes on 2 cores)."""
     folder = resolve_home(home).bases / BASE_NAME
     if not folder.is_dir():
         console.print(f"building the tiny Florence-2 base (pretrained on generic shapes) in {folder}")
     return build_pretrained_base(folder)
 
 
+def in_background(work: Callable[[], T]) -> Callable[[], T]:
+    """Start `work` on a daemon thread (Ctrl-C in the main thread still ends the program); the
+    returned call waits for its result, or raises its error."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as exc:  # handed to the caller, who decides
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="background", daemon=True)
+    thread.start()
+
+    def result() -> T:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    return result
+
+
 def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int = 2) -> list[dict]:
     """Nightly retrains on generated data, fully offline: a LoRA adapter on the base."""
     started = time.monotonic()
     work = work.resolve()
-    config = write_demo_config(work, build_base(home), seed)
+    config = write_demo_config(work, resolve_home(home).bases / BASE_NAME, seed)
     source = work / "source"
     if not (source / "annotations").exists():
         console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True, seed=seed))
+    # The base trains while Prefect's server (a new database on a first run) and serve start.
+    base = in_background(lambda: build_base(home))
     with served(config, work / "nightly", str(resolve_home(home).root)) as deployment:
+        base()
+        console.print(f"serving {deployment}: the nights are runs of it (Prefect UI: "
+                      f"{os.environ['PREFECT_API_URL'].removesuffix('/api')})")
         console.rule(f"night 1: a run of the {deployment} deployment")
         results = [run_night(deployment)]
         print_retrain_summary(results[0])

@@ -7,6 +7,7 @@ and the nights under it.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -36,11 +37,15 @@ def _deployment_exists(name: str) -> bool:
 @contextmanager
 def served(config_path: Path, work: Path, home_root: str, port: int = 4200,
            timeout_s: float = 120) -> Iterator[str]:
-    """`defectflow serve` for the block; yields the deployment's name (`retrain/retrain-<name>`)."""
+    """`defectflow serve` for the block; yields the deployment's name (`retrain/retrain-<name>`).
+    Serve starts quietly (the caller says where it serves) and looks for runs every second: the
+    block triggers its runs and waits for them, where a nightly schedule can wait 10 s."""
     name = f"{retrain.name}/{deployment_name(load_config(config_path))}"
     with prefect_server(Path(home_root) / "prefect", port=port):
         serve = subprocess.Popen([str(Path(sys.executable).parent / "defectflow"), "--home",
-                                  home_root, "serve", str(config_path), "--work", str(work)])
+                                  home_root, "serve", str(config_path), "--work", str(work),
+                                  "--quiet"],
+                                 env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
         try:
             wait_until(lambda: _deployment_exists(name), serve, timeout_s,
                        f"`defectflow serve` did not deploy {name}", interval_s=1)

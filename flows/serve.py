@@ -3,6 +3,7 @@ the retrain deployment on the config's schedule, one run at a time across the de
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from flows.retrain import retrain
@@ -18,17 +19,23 @@ def deployment_name(config: DatasetConfig) -> str:
 
 
 def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | None = None,
-                  port: int = 4200) -> None:
-    """Serve until Ctrl-C; scheduled runs appear in the Prefect UI at the server's address."""
+                  port: int = 4200, announce: bool = True) -> None:
+    """Serve until Ctrl-C; scheduled runs appear in the Prefect UI at the server's address.
+    `announce`: print where it serves (a script that starts serve may say it itself)."""
     from prefect.schedules import Cron
 
+    # Ctrl-C (SIGINT) stops serve even when it was started in the background of a script, which
+    # starts it with SIGINT ignored: a demo or a test stopping it would otherwise wait, then kill.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     config = load_config(config_path)
     schedule = Cron(cron or config.schedule.cron, timezone=config.schedule.timezone)
     where = resolve_home(home)
     with prefect_server(where.prefect, port=port) as api_url:
-        console.print(f"serving {deployment_name(config)} on {schedule.cron!r} "
-                      f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}. "
-                      "One run at a time; Ctrl-C stops.")
+        if announce:
+            console.print(f"serving {deployment_name(config)} on {schedule.cron!r} "
+                          f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}. "
+                          "One run at a time; Ctrl-C stops.")
         retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1, limit=1,
+                      print_starting_message=announce,
                       parameters={"config_path": str(config_path.resolve()),
                                   "work_dir": str(work.resolve()), "home": str(where.root)})

@@ -50,7 +50,10 @@ def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
          str(config), "--work", str(tmp_path / "w"), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # as a script's background job starts it: SIGINT ignored; Ctrl-C must stop it all the same
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    stopped_by_ctrl_c = False
     try:
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
         assert deployment, "no deployment on the home's server"
@@ -65,9 +68,11 @@ def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
         serve.send_signal(signal.SIGINT)
         try:
             output = serve.communicate(timeout=120)[0]
+            stopped_by_ctrl_c = True
         except subprocess.TimeoutExpired:
             serve.kill()
             output = serve.communicate()[0]
+    assert stopped_by_ctrl_c, "serve ignored SIGINT and had to be killed"
     assert "cannot schedule" not in output, output
     # (a bound, not a timing: a loaded 2-core machine takes a while to stop uvicorn)
     assert wait_for(lambda: not _listening(port), 120), "the server outlived serve"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 from prefect import task
@@ -13,6 +16,8 @@ from tasks.core.config import AugmentConfig
 from tasks.core.records import Manifest, Sample, read_records, write_manifest
 from tasks.images.boxes import hflip, vflip
 from tasks.images.store import ContentStore, derived_image
+
+CHUNK = 64  # samples whose flips are made at once
 
 
 def flipped(sample: Sample, kind: str, image_path: str) -> Sample:
@@ -28,23 +33,36 @@ def flipped(sample: Sample, kind: str, image_path: str) -> Sample:
 
 
 def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
-            max_pixels: int, counters: Counter | None = None) -> Iterator[Sample]:
+            max_pixels: int, counters: Counter | None = None,
+            workers: int | None = None) -> Iterator[Sample]:
     """Originals plus flipped copies of the `train` ones: each copy flips exactly what the
-    dataset shows for the original (its EXIF/RGB rendering included). Streams."""
+    dataset shows for the original (its EXIF/RGB rendering included). Streams, in input order;
+    the flips of a chunk of samples are encoded on `workers` threads (Pillow lets go of the GIL
+    while it decodes and encodes; default: one per core)."""
     store = ContentStore(store_root)
     counters = Counter() if counters is None else counters
     kinds = [kind for kind, on in (("hflip", config.hflip), ("vflip", config.vflip)) if on]
-    for sample in samples:
-        yield sample
+
+    def with_copies(sample: Sample) -> list[tuple[Sample, bool | None]]:
+        out: list[tuple[Sample, bool | None]] = [(sample, None)]
         if sample.split != "train":
-            continue
+            return out
         for kind in kinds:
             op = f"{sample.image_op}+{kind}" if sample.image_op else kind
             path, reused = derived_image(sample.image_path, sample.sha256, op,
                                          sample.image_format, max_pixels, store)
-            counters[kind] += 1
-            counters["encodes_reused" if reused else "images_encoded"] += 1
-            yield flipped(sample, kind, path)
+            out.append((flipped(sample, kind, path), reused))
+        return out
+
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        remaining = iter(samples)
+        while chunk := list(islice(remaining, CHUNK)):  # a chunk at a time: memory stays flat
+            for records in pool.map(with_copies, chunk):
+                for record, reused in records:
+                    if reused is not None:
+                        counters[record.augmentation] += 1
+                        counters["encodes_reused" if reused else "images_encoded"] += 1
+                    yield record
 
 
 def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -23,11 +24,23 @@ def is_junk_name(name: str) -> bool:
     return name.startswith("._") or name.startswith(".")
 
 
+@functools.lru_cache(maxsize=256)
+def _resolved_root(root: Path) -> Path:
+    # Kept for the process: should the root later become a link elsewhere, its files would
+    # resolve outside this path and be refused, never let through.
+    return root.resolve()
+
+
 def inside(root: Path, candidate: Path) -> Path:
     """The resolved candidate (symlinks followed) if it stays inside root, else PathOutsideSource."""
-    resolved = candidate.resolve()
+    real_root = _resolved_root(root)
+    if candidate.parent == root and candidate.name not in ("", ".", "..") \
+            and not candidate.is_symlink():
+        resolved = real_root / candidate.name  # a plain file right in the root: one lstat
+    else:
+        resolved = candidate.resolve()
     try:
-        resolved.relative_to(root.resolve())
+        resolved.relative_to(real_root)
     except ValueError:
         raise PathOutsideSource(f"{candidate} resolves to {resolved}, outside {root}") from None
     return resolved

@@ -1,0 +1,53 @@
+"""Flipped copies: made on several threads, handed on in the order of the input, exactly mirrored."""
+
+import hashlib
+from collections import Counter
+
+from PIL import Image, ImageOps
+
+from tasks.core.config import AugmentConfig
+from tasks.core.records import Box, Sample
+from tasks.dataset.augment import augment
+
+
+def samples(folder, count: int) -> list[Sample]:
+    folder.mkdir()
+    out = []
+    for n in range(count):
+        path = folder / f"img_{n:03d}.png"
+        image = Image.new("RGB", (40, 30), (n, 2 * n, 3 * n))
+        image.paste((255, 255, 255), (n % 30, 5, n % 30 + 8, 12))  # off-centre: a flip shows
+        image.save(path)
+        out.append(Sample(item=path.name, image_path=str(path), source=path.name,
+                          sha256=hashlib.sha256(path.read_bytes()).hexdigest(), width=40,
+                          height=30, image_format="PNG", split="train" if n % 3 else "test",
+                          boxes=[Box(x1=n % 30, y1=5, x2=n % 30 + 8, y2=12, label="patch")]))
+    return out
+
+
+def test_flips_made_on_threads_come_out_in_input_order_and_mirror_their_originals(tmp_path):
+    originals = samples(tmp_path / "images", 150)  # more than one chunk
+    config = AugmentConfig(hflip=True, vflip=True)
+    counters: Counter = Counter()
+    threaded = list(augment(originals, config, str(tmp_path / "store"), 10**8, counters, workers=4))
+    one_thread = list(augment(originals, config, str(tmp_path / "store-1"), 10**8, workers=1))
+
+    expected = []
+    for sample in originals:
+        expected.append((sample.item, "none"))
+        if sample.split == "train":
+            expected += [(sample.item, "hflip"), (sample.item, "vflip")]
+    assert [(s.item, s.augmentation) for s in threaded] == expected
+    assert [(s.item, s.augmentation, s.boxes) for s in one_thread] == \
+        [(s.item, s.augmentation, s.boxes) for s in threaded]
+    train = sum(s.split == "train" for s in originals)
+    assert counters == Counter(hflip=train, vflip=train, images_encoded=2 * train)
+
+    by_key = {(s.item, s.augmentation): s for s in threaded}
+    for sample in originals[1:10]:
+        if sample.split != "train":
+            continue
+        source = Image.open(sample.image_path)
+        mirrored = Image.open(by_key[(sample.item, "hflip")].processed_path)
+        assert mirrored.tobytes() == ImageOps.mirror(source).tobytes()
+        assert by_key[(sample.item, "hflip")].boxes[0].x1 == 40 - sample.boxes[0].x2

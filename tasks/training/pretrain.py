@@ -24,7 +24,7 @@ from tasks.dataset.loc_tokens import OD_PROMPT, od_target
 from tasks.training.tiny import FlorenceSize, build_tiny_florence
 
 SHAPES = ("circle", "square", "triangle", "cross")
-BASE_STEPS = 1500
+BASE_STEPS = 2000
 BASE_NAME = "tiny-florence2-shapes"
 DONE = "pretraining.json"
 

@@ -13,7 +13,10 @@ export DO_NOT_TRACK := 1
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar off -e '.[dev]'
+	$(BIN)/pip install --progress-bar off --no-compile -e '.[dev]'
+	@# pip byte-compiles wheel by wheel on one core (2 min for torch and co. on 2 cores); this uses
+	@# every core. A file written for a newer Python cannot compile here: pip skips those too.
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 venv: $(BIN)/defectflow

@@ -29,9 +29,10 @@ from tasks.core.config import PublishConfig
 from tasks.core.records import Manifest, Sample, read_records
 from tasks.core.retry import with_backoff
 from tasks.dataset.loc_tokens import OD_PROMPT
+from tasks.dataset.parquet_files import file_groups, files_by_digest, group_digest, link
 from tasks.dataset.split import SPLITS
 
-ROWS_PER_GROUP = 64
+ROWS_PER_GROUP = 64  # rows per parquet row group: what the writer holds at once
 
 FEATURES = datasets.Features({
     "image": datasets.Image(),
@@ -72,7 +73,7 @@ def to_row(sample: Sample) -> dict:
     }
 
 
-def _write_split(rows: Iterable[dict], path: Path) -> int:
+def _write_file(rows: Iterable[dict], path: Path) -> int:
     schema = FEATURES.arrow_schema
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
@@ -83,7 +84,7 @@ def _write_split(rows: Iterable[dict], path: Path) -> int:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 count += len(batch)
                 batch = []
-        if batch:  # an empty split is a file with no row group (datasets rejects empty ones)
+        if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             count += len(batch)
     return count
@@ -118,23 +119,31 @@ def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fin
 
 
 def write_local(samples_by_split: dict[str, Callable[[], Iterable[Sample]]], folder: str | Path,
-                name: str, classes: dict[str, int], fingerprint: str) -> dict[str, int]:
-    """Write the Hub layout into `folder` (replaced atomically). Returns rows per split."""
+                name: str, classes: dict[str, int], fingerprint: str) -> tuple[dict[str, int], Counter]:
+    """Write the Hub layout into `folder` (replaced atomically). A parquet file whose rows did
+    not change since the publication being replaced is hard-linked from it, not written again.
+    Returns rows per split and the files written / reused."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    previous = files_by_digest(folder)
     staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     (staging / "data").mkdir(parents=True)
-    counts = {}
+    counts, files = {}, Counter()
     for split in SPLITS:
-        rows = (to_row(sample) for sample in samples_by_split[split]())
-        path = staging / "data" / f"{split}-{fingerprint[:12]}-00000-of-00001.parquet"
-        counts[split] = _write_split(rows, path)
-        if counts[split] == 0:
-            path.unlink()  # `datasets` cannot load an empty parquet split
+        counts[split] = 0
+        for index, group in enumerate(file_groups(samples_by_split[split]())):
+            digest = group_digest(group)
+            path = staging / "data" / f"{split}-{fingerprint[:12]}-{index:05d}-{digest}.parquet"
+            if digest in previous and link(previous[digest], path):
+                files["parquet_reused"] += 1
+            else:
+                _write_file((to_row(sample) for sample in group), path)
+                files["parquet_written"] += 1
+            counts[split] += len(group)
     (staging / "README.md").write_text(dataset_card(name, counts, classes, fingerprint),
                                        encoding="utf-8")
     swap_in(staging, folder)
-    return counts
+    return counts, files
 
 
 def swap_in(staging: Path, folder: Path, attempts: int = 5) -> None:
@@ -178,6 +187,7 @@ class PublishOutput(BaseModel, frozen=True):
     rows: dict[str, int]
     fingerprint: str
     hub_revision: str | None = None
+    files: dict[str, int] = {}  # parquet_written / parquet_reused (unchanged since last time)
 
 
 def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
@@ -204,12 +214,13 @@ def publish_step(manifest: Manifest, name: str, config: PublishConfig, out_dir: 
 
     fingerprint, classes = fingerprint_and_classes(manifest)
     folder = Path(out_dir)
-    rows = write_local({s: split_reader(s) for s in SPLITS}, folder, name, classes, fingerprint)
+    rows, files = write_local({s: split_reader(s) for s in SPLITS}, folder, name, classes,
+                              fingerprint)
     revision = None
     if config.target == "hub":
         revision = push_to_hub(folder, config.repo_id or "", config.private, api=api)
     return PublishOutput(folder=str(folder), rows=rows, fingerprint=fingerprint,
-                         hub_revision=revision)
+                         hub_revision=revision, files=dict(files))
 
 
 def is_published(out_dir: str | Path, fingerprint: str | None = None) -> bool:

@@ -87,7 +87,9 @@ def report_step(
         "targets": budget.stats,
         "label_collisions": collisions(ingested.label_spellings, rules),
         "dataset": {"folder": published.folder, "rows": published.rows,
-                    "hub_revision": published.hub_revision},
+                    "hub_revision": published.hub_revision,
+                    # when publish last ran: parquet files written, and taken over unchanged
+                    "parquet_files": published.files},
         "work": dict(sorted(work.items())),
         "fingerprint": published.fingerprint,
     }

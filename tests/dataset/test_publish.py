@@ -115,3 +115,48 @@ def test_backoff_doubles_and_gives_up_on_permanent_errors():
     with pytest.raises(OSError):
         with_backoff(forbidden, sleep=delays.append, log=lambda m: None)
     assert delays == [2.0, 4.0]  # no retry for a bad token
+
+
+def many_samples(tmp_path: Path, count: int, start: int = 0) -> list[Sample]:
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    samples = []
+    for n in range(start, start + count):
+        path = folder / f"img{n:05d}.png"
+        Image.new("RGB", (16, 12), (n % 256, n // 256, 7)).save(path)
+        samples.append(with_target(Sample(
+            item=f"img{n:05d}.xml", image_path=str(path), source="x", sha256=f"{n:064d}",
+            width=16, height=12, mode="RGB", split="train" if n % 5 else "test",
+            boxes=[Box(x1=1, y1=1, x2=9, y2=9, label="dent")])))
+    return samples
+
+
+def test_new_images_rewrite_only_the_parquet_files_they_fall_into(tmp_path):
+    old = many_samples(tmp_path, 1500)
+    first = publish_step(write_manifest(old, tmp_path / "m", "t"), "demo", PublishConfig(),
+                         tmp_path / "dataset")
+    files = sorted((tmp_path / "dataset" / "data").glob("*.parquet"))
+    assert first.files == {"parquet_written": len(files)} and len(files) > 4
+    inodes = {p.name.rsplit("-", 1)[1]: p.stat().st_ino for p in files}
+
+    new = many_samples(tmp_path, 3, start=1500)  # 0.2 % more: they land in the last files
+    both = sorted(old + new, key=lambda s: s.item)
+    second = publish_step(write_manifest(both, tmp_path / "m", "t"), "demo", PublishConfig(),
+                          tmp_path / "dataset")
+    assert second.rows == {"train": 1202, "validation": 0, "test": 301}
+    assert second.files["parquet_written"] <= 2  # the last file of each split, at most
+    assert second.files["parquet_reused"] == len(files) - second.files["parquet_written"]
+    kept = {p.name.rsplit("-", 1)[1]: p.stat().st_ino
+            for p in (tmp_path / "dataset" / "data").glob("*.parquet")}
+    assert sum(kept.get(digest) == inode for digest, inode in inodes.items()) == \
+        second.files["parquet_reused"]  # taken over: the very same files, not copies
+
+    # Read back, the publication is the one a fresh write makes, row for row and in order.
+    fresh = publish_step(write_manifest(both, tmp_path / "m", "t"), "demo", PublishConfig(),
+                         tmp_path / "fresh")
+    assert fresh.files == {"parquet_written": len(kept)}
+    for split in ("train", "test"):
+        updated = datasets.load_dataset(str(tmp_path / "dataset"), split=split).remove_columns("image")
+        written = datasets.load_dataset(str(tmp_path / "fresh"), split=split).remove_columns("image")
+        assert updated.to_list() == written.to_list()
+        assert updated["image_id"] == sorted(updated["image_id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,11 +12,11 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.core import progress
-from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
 from tasks.core.config import ImageLimits
 from tasks.core.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
 from tasks.images.boxes import fit_boxes, orient
-from tasks.images.store import ContentStore, derived_image, inspect_file, output_op
+from tasks.images.store import ContentStore, derived_image, inspect_file, output_op, pillow_key
 
 
 class ImageStepConfig(BaseModel, frozen=True):
@@ -132,17 +133,49 @@ class ShardOutput(BaseModel, frozen=True):
     counters: dict[str, int]
 
 
+def _shard_memo(shard: Manifest, config: ImageStepConfig, store_root: str | Path,
+                manifests_dir: str | Path) -> Path:
+    """Where the output of this shard under this config is remembered. The shard's digest
+    covers each image's path, size and mtime (as `make` judges a file), its boxes and declared
+    size; the code version and Pillow's version cover how the answer was computed."""
+    key = hashlib.sha256("|".join([shard.digest, config.model_dump_json(), str(manifests_dir),
+                                   code_version(), pillow_key()]).encode()).hexdigest()[:32]
+    return Path(store_root) / "shards" / key[:2] / f"{key}.json"
+
+
+def remembered(memo: Path) -> ShardOutput | None:
+    """The output remembered in `memo`, as work done by no one: what it decoded or encoded then
+    counts as reused now. None if there is none (or its manifests are gone)."""
+    if not memo.is_file():
+        return None
+    output = ShardOutput.model_validate_json(memo.read_bytes())
+    manifests = (output.kept, output.dropped_grayscale, output.rejected, output.rejected_boxes)
+    if not all(Path(m.path).is_file() for m in manifests):
+        return None
+    counters = Counter(output.counters)
+    counters["images_reused"] += counters.pop("images_decoded", 0)
+    counters["encodes_reused"] += counters.pop("images_encoded", 0)
+    return output.model_copy(update={"counters": {k: v for k, v in counters.items() if v}})
+
+
 def process_images_step(shard: Manifest, config: ImageStepConfig, store_root: str | Path,
                        manifests_dir: str | Path) -> ShardOutput:
+    """The shard's images inspected and rendered; a shard seen before (same images, same
+    config) is answered from its memo without opening an image, with or without Prefect."""
+    memo = _shard_memo(shard, config, store_root, manifests_dir)
+    if (known := remembered(memo)) is not None:
+        return known
     samples = read_samples(shard)
     result = process_shard(samples, config, store_root, on_image=progress.advance)
-    return ShardOutput(
+    output = ShardOutput(
         kept=write_manifest(result.kept, manifests_dir, "kept"),
         dropped_grayscale=write_manifest(result.dropped_grayscale, manifests_dir, "dropped-gray"),
         rejected=write_manifest(result.rejected, manifests_dir, "rejected"),
         rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "rejected-boxes"),
         counters=dict(result.counters),
     )
+    ContentStore(store_root).write(memo, output.model_dump_json().encode())
+    return output
 
 
 @task(name="process-images", cache_policy=cache_policy(IMAGE_LIBRARIES), persist_result=True)

@@ -73,21 +73,17 @@ def to_row(sample: Sample) -> dict:
     }
 
 
-def _write_file(rows: Iterable[dict], path: Path) -> int:
+def _write_file(rows: Iterable[dict], path: Path) -> None:
     schema = FEATURES.arrow_schema
-    count = 0
     with pq.ParquetWriter(path, schema) as writer:
         batch: list[dict] = []
         for row in rows:
             batch.append(FEATURES.encode_example(row))
             if len(batch) == ROWS_PER_GROUP:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                count += len(batch)
                 batch = []
         if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-            count += len(batch)
-    return count
 
 
 def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fingerprint: str) -> str:

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import IterableDataset
 
@@ -92,7 +93,6 @@ def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int
     Shapes are drawn at 128 px, as the demo's images, and resized by the processor as they are
     (drawn at the model's 64 px instead, the base built faster but an adapter on it reached
     test mAP50 0.21 where this one reaches 0.99)."""
-    import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForImageTextToText
 

@@ -260,3 +260,29 @@ def test_the_pretrained_base_is_built_once_and_loads_like_a_checkpoint(tmp_path)
         ids = processor.tokenizer(label, add_special_tokens=False).input_ids
         assert processor.tokenizer.decode(ids) == label
     assert not list(tmp_path.glob(".base.*"))  # no half-built folder left behind
+
+
+def test_the_base_loader_worker_ends_cleanly_in_a_process_that_ran_a_prefect_flow(prefect_server):
+    import multiprocessing
+
+    from prefect import flow
+
+    from tasks.training.pretrain import forget_parent_exit_hooks
+
+    @flow(name="any-flow")
+    def any_flow() -> int:
+        return 1
+
+    any_flow()  # Prefect's log and event services now run in this process (`defectflow demo`'s too)
+    fork = multiprocessing.get_context("fork")  # how the DataLoader starts its worker on Linux
+
+    def exit_code(worker_init) -> int | None:
+        worker = fork.Process(target=worker_init, args=(0,))
+        worker.start()
+        worker.join(60)
+        return worker.exitcode
+
+    assert exit_code(forget_parent_exit_hooks) == 0
+    # Without it, a forked worker ends in Prefect's thread-exit hook, which fails in a fork: the
+    # loader then raised "DataLoader worker exited unexpectedly with exit code 1" (the CI failure).
+    assert exit_code(abs) == 1

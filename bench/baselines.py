@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import xml.etree.ElementTree as ET
@@ -10,18 +11,36 @@ from pathlib import Path
 
 from PIL import Image, ImageChops
 
+from tasks.core.config import SplitConfig
+from tasks.core.splits import split_of
 
-def pillow_limit(images: list[Path], workers: int) -> int:
-    """Decode and re-encode every image once (same format), on `workers` threads: the floor."""
+
+def pillow_limit(images: list[Path], workers: int, flipped: frozenset[Path] = frozenset()) -> int:
+    """The floor: decode every source image once and encode every output once (each image, and
+    the flipped copy of each image in `flipped`), in the same format, on `workers` threads."""
 
     def once(path: Path) -> int:
         with Image.open(path) as image:
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=95)
-            return len(buffer.getvalue())
+            outputs = [image.convert("RGB")]
+            if path in flipped:
+                outputs.append(outputs[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+            size = 0
+            for output in outputs:
+                buffer = io.BytesIO()
+                output.save(buffer, format="JPEG", quality=95)
+                size += len(buffer.getvalue())
+            return size
 
     with ThreadPoolExecutor(workers) as pool:
         return sum(pool.map(once, images))
+
+
+def training_images(images: list[Path], ratios: SplitConfig | None = None) -> frozenset[Path]:
+    """The images the pipeline flips: those its split puts in `train` (found before the clock
+    starts, so the baseline pays nothing for knowing them)."""
+    ratios = ratios or SplitConfig()
+    return frozenset(path for path in images
+                     if split_of(hashlib.sha256(path.read_bytes()).hexdigest(), ratios) == "train")
 
 
 def notebook(source: Path, out: Path) -> int:

@@ -18,7 +18,7 @@ from tasks.dataset.loc_tokens import loc_targets_task
 from tasks.dataset.publish import publish_task_for
 from tasks.dataset.report import report_task
 from tasks.dataset.split import split_task
-from tasks.images.shard import ImageStepConfig, process_images_task
+from tasks.images.shard import image_step_config, process_images_task
 from tasks.ingest.ingest import ingest_task, shard_task
 
 SOURCE_UNREADABLE = "source unreadable: "
@@ -37,7 +37,7 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
         return Failed(message=SOURCE_UNREADABLE + ingested.fatal)
     shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,
                         manifests_dir=manifests)
-    image_step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
+    image_step = image_step_config(config)
     processed = process_images_task.map(shard=shards, config=unmapped(image_step),
                                         store_root=unmapped(store), manifests_dir=unmapped(manifests))
     wait(processed)

@@ -54,6 +54,11 @@ class AugmentConfig(_Strict):
     hflip: bool = True
     vflip: bool = False
 
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The flips on, in the order their copies follow an original."""
+        return tuple(kind for kind, on in (("hflip", self.hflip), ("vflip", self.vflip)) if on)
+
 
 class SplitConfig(_Strict):
     train: float = Field(0.8, ge=0, le=1)

@@ -9,7 +9,6 @@ pixels, hence x1 = xmin - 1 and x2 = xmax. COCO's [x, y, w, h] is already 0-base
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -103,7 +102,8 @@ class Manifest(BaseModel, frozen=True):
 
 
 def _dump(record: BaseModel) -> str:
-    return json.dumps(record.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    # pydantic's own serializer: fields in declaration order, the same bytes for the same record
+    return record.model_dump_json()
 
 
 class ManifestWriter:

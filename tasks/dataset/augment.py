@@ -41,7 +41,7 @@ def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
     while it decodes and encodes; default: one per core)."""
     store = ContentStore(store_root)
     counters = Counter() if counters is None else counters
-    kinds = [kind for kind, on in (("hflip", config.hflip), ("vflip", config.vflip)) if on]
+    kinds = config.kinds
 
     def with_copies(sample: Sample) -> list[tuple[Sample, bool | None]]:
         out: list[tuple[Sample, bool | None]] = [(sample, None)]

@@ -14,7 +14,7 @@ from tasks.dataset.budget import budget_step
 from tasks.dataset.loc_tokens import loc_targets_step
 from tasks.dataset.publish import PublishOutput, publish_step
 from tasks.dataset.split import split_step
-from tasks.images.shard import ImageStepConfig, process_images_step
+from tasks.images.shard import image_step_config, process_images_step
 from tasks.ingest.ingest import ingest_step, shard_step
 
 
@@ -27,7 +27,7 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
     ingested = ingest_step(config.source, config.label_rules, manifests, config.labels)
     if ingested.fatal:
         raise ValueError(ingested.fatal)
-    step = ImageStepConfig(grayscale=config.grayscale, images=config.images)
+    step = image_step_config(config)
     shards = shard_step(ingested.candidates, config.shard_size, manifests)
     with ThreadPoolExecutor(workers) as pool:
         outputs = list(pool.map(lambda s: process_images_step(s, step, store, manifests), shards))

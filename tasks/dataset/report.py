@@ -11,9 +11,10 @@ from prefect import task
 from tasks.core.labels import ANY_LABEL, LabelRules, collisions
 from tasks.core.logs import run_logger
 from tasks.core.records import Sample, read_records, read_rejections, read_samples
+from tasks.core.splits import SPLITS
 from tasks.dataset.budget import TargetsCheck
 from tasks.dataset.publish import PublishOutput
-from tasks.dataset.split import SPLITS, SplitOutput
+from tasks.dataset.split import SplitOutput
 from tasks.images.shard import ShardOutput
 from tasks.ingest.ingest import IngestOutput
 

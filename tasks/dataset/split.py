@@ -1,4 +1,5 @@
-"""Stable split: an image's split is a pure function of its content hash and the ratios.
+"""Stable split: an image's split is a pure function of its content hash and the ratios
+(`core/splits.py`), assigned here after duplicates are dropped.
 
 New images never move old ones between splits, so the test split stays frozen across nightly
 runs. Because the hash is independent of the labels, every class is split with the same
@@ -7,7 +8,6 @@ probabilities: the split is stratified in expectation, and the report shows per-
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,19 +18,7 @@ from pydantic import BaseModel
 from tasks.core.caching import CACHE_POLICY
 from tasks.core.config import SplitConfig
 from tasks.core.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_records
-
-SPLITS = ("train", "validation", "test")
-
-
-def split_of(sha256: str, ratios: SplitConfig) -> str:
-    # A second hash (not the sha256 prefix itself) so the split is uniform even for content
-    # hashes that someone chose on purpose.
-    draw = int.from_bytes(hashlib.sha256(f"split:{sha256}".encode()).digest()[:8], "big") / 2**64
-    if draw < ratios.train:
-        return "train"
-    if draw < ratios.train + ratios.validation:
-        return "validation"
-    return "test" if ratios.test > 0 else ("validation" if ratios.validation > 0 else "train")
+from tasks.core.splits import split_of
 
 
 def duplicate_items(samples_in_item_order: Iterable[Sample]) -> dict[str, str]:

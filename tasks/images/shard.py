@@ -8,15 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from prefect import task
 from pydantic import BaseModel
 
 from tasks.core import progress
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
-from tasks.core.config import ImageLimits
+from tasks.core.config import DatasetConfig, ImageLimits, SplitConfig
 from tasks.core.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
+from tasks.core.splits import split_of
 from tasks.images.boxes import fit_boxes, orient
-from tasks.images.store import ContentStore, derived_image, inspect_file, output_op, pillow_key
+from tasks.images.store import ContentStore, derived_image, inspect_and_decode, output_op, pillow_key
 
 
 class ImageStepConfig(BaseModel, frozen=True):
@@ -24,6 +26,15 @@ class ImageStepConfig(BaseModel, frozen=True):
 
     grayscale: str
     images: ImageLimits
+    # The training images' flips are rendered here, from the pixels decoded for the checks, so
+    # that each source image is decoded once; the augment step then finds them made.
+    split: SplitConfig = SplitConfig()
+    flips: tuple[str, ...] = ()
+
+
+def image_step_config(config: DatasetConfig) -> ImageStepConfig:
+    return ImageStepConfig(grayscale=config.grayscale, images=config.images, split=config.split,
+                           flips=config.augment.kinds)
 
 
 @dataclass
@@ -62,8 +73,8 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
                    result: ShardResult) -> None:
     limits = config.images
     try:
-        inspection, reused = inspect_file(sample.image_path, store, limits.max_pixels,
-                                          limits.gray_tolerance)
+        inspection, reused, decoded = inspect_and_decode(sample.image_path, store,
+                                                         limits.max_pixels, limits.gray_tolerance)
     except FileNotFoundError:
         _quarantine(sample, "image_missing", f"{sample.image_path} disappeared", result)
         return
@@ -100,7 +111,7 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
     if op is not None:
         try:
             path, reused_image = derived_image(sample.image_path, inspection.sha256, op,
-                                               inspection.format, limits.max_pixels, store)
+                                               inspection.format, limits.max_pixels, store, decoded)
         except (OSError, ValueError) as exc:
             _quarantine(sample, "image_unreadable", f"re-encoding failed: {exc}", result)
             return
@@ -112,6 +123,23 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
     result.counters["boxes_clipped"] += clipped
     result.rejected_boxes.extend(unfit_boxes)
     result.kept.append(sample)
+    if decoded is not None and config.flips and split_of(inspection.sha256, config.split) == "train":
+        render_flips(sample, decoded, config, store, result)
+
+
+def render_flips(sample: Sample, decoded: Image.Image, config: ImageStepConfig, store: ContentStore,
+                 result: ShardResult) -> None:
+    """The flipped copies the augment step will ask for (`<op>+hflip`...), made from the pixels
+    at hand. A failure here only means the augment step makes them (or reports them) itself."""
+    for kind in config.flips:
+        op = f"{sample.image_op}+{kind}" if sample.image_op else kind
+        try:
+            _, reused = derived_image(sample.image_path, sample.sha256, op, sample.image_format,
+                                      config.images.max_pixels, store, decoded)
+        except (OSError, ValueError):
+            continue
+        if not reused:
+            result.counters["images_encoded"] += 1
 
 
 def process_shard(samples: list[Sample], config: ImageStepConfig, store_root: str | Path,

@@ -26,6 +26,7 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 ORIENTATION_TAG = 0x0112
 KEPT_FORMATS = {"JPEG", "PNG", "WEBP"}  # others (BMP, TIFF, GIF) are re-encoded as PNG
+_made_folders: set[Path] = set()
 
 
 class Inspection(BaseModel):
@@ -61,7 +62,9 @@ class ContentStore:
         return self._path("images", sha, f"-{op}-{pillow_key()}{ext}")
 
     def write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in _made_folders:  # one mkdir per folder and process, not per file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _made_folders.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
         tmp.write_bytes(data)
         tmp.replace(path)
@@ -115,32 +118,48 @@ def decode_or_reason(data: bytes, max_pixels: int) -> Image.Image | tuple[str, s
 
 
 def inspect_bytes(data: bytes, sha: str, max_pixels: int, gray_tolerance: int) -> Inspection:
+    return _inspect(data, sha, max_pixels, gray_tolerance)[0]
+
+
+def _inspect(data: bytes, sha: str, max_pixels: int,
+             gray_tolerance: int) -> tuple[Inspection, Image.Image | None]:
+    """The inspection, and the decoded (not yet oriented) image when it could be decoded."""
     image = decode_or_reason(data, max_pixels)
     if isinstance(image, tuple):
-        return Inspection(sha256=sha, ok=False, reason=image[0], detail=image[1])
+        return Inspection(sha256=sha, ok=False, reason=image[0], detail=image[1]), None
     orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
-    oriented = ImageOps.exif_transpose(image)
+    # exif_transpose copies the pixels even when there is nothing to turn
+    oriented = image if orientation == 1 else ImageOps.exif_transpose(image)
     return Inspection(
         sha256=sha, ok=True, format=image.format or "", mode=image.mode,
         raw_width=image.width, raw_height=image.height,
         width=oriented.width, height=oriented.height,
         orientation=orientation if 1 <= orientation <= 8 else 1,
         grayscale=is_grayscale(oriented, gray_tolerance),
-    )
+    ), image
 
 
 def inspect_file(path: str | Path, store: ContentStore, max_pixels: int,
                  gray_tolerance: int) -> tuple[Inspection, bool]:
     """(inspection, reused): reused is True when the content store already knew these bytes."""
+    inspection, reused, _ = inspect_and_decode(path, store, max_pixels, gray_tolerance)
+    return inspection, reused
+
+
+def inspect_and_decode(path: str | Path, store: ContentStore, max_pixels: int,
+                       gray_tolerance: int) -> tuple[Inspection, bool, Image.Image | None]:
+    """As `inspect_file`, plus the decoded image when the bytes were new (None when the verdict
+    was remembered, or the image could not be decoded): what is made from it next is made
+    without decoding it again."""
     data = Path(path).read_bytes()
     sha = sha256_bytes(data)
     memo = store.inspection_path(sha, inspection_settings(max_pixels, gray_tolerance))
     if memo.exists():
         cached = Inspection.model_validate_json(memo.read_bytes())
-        return cached, True
-    inspection = inspect_bytes(data, sha, max_pixels, gray_tolerance)
+        return cached, True, None
+    inspection, image = _inspect(data, sha, max_pixels, gray_tolerance)
     store.write(memo, inspection.model_dump_json().encode())
-    return inspection, False
+    return inspection, False, image
 
 
 def output_op(inspection: Inspection, policy: str) -> str | None:
@@ -193,13 +212,14 @@ def encode(image: Image.Image, source_format: str) -> tuple[bytes, str]:
 
 
 def derived_image(source: str | Path, sha: str, op: str, source_format: str, max_pixels: int,
-                  store: ContentStore) -> tuple[str, bool]:
-    """The path of `op` applied to the source image, made once per (sha, op). Returns (path, reused)."""
+                  store: ContentStore, decoded: Image.Image | None = None) -> tuple[str, bool]:
+    """The path of `op` applied to the source image, made once per (sha, op). Returns (path, reused).
+    `decoded`: the source already decoded (as `open_image` decodes it), so it is not decoded again."""
     ext = ".jpg" if source_format == "JPEG" else ".png"
     target = store.image_path(sha, op.replace("+", "_"), ext)
     if target.exists():
         return str(target), True
-    image = open_image(Path(source).read_bytes(), max_pixels)
+    image = decoded if decoded is not None else open_image(Path(source).read_bytes(), max_pixels)
     data, ext_written = encode(render(image, op), source_format)
     target = target.with_suffix(ext_written)
     store.write(target, data)

@@ -36,7 +36,7 @@ def test_a_shard_seen_before_is_answered_without_opening_an_image(shard_of_ten, 
     def no_image_may_be_opened(*args, **kwargs):
         raise AssertionError("an image was opened for a shard seen before")
 
-    monkeypatch.setattr(shard_module, "inspect_file", no_image_may_be_opened)
+    monkeypatch.setattr(shard_module, "inspect_and_decode", no_image_may_be_opened)
     monkeypatch.setattr(shard_module, "derived_image", no_image_may_be_opened)
     again = process_images_step(shard, config, tmp_path / "store", tmp_path / "manifests")
     assert again.kept == first.kept and again.rejected == first.rejected
@@ -73,3 +73,38 @@ def test_a_different_config_is_a_different_memo(shard_of_ten):
     dropped = process_images_step(shard, drop, tmp_path / "store", tmp_path / "manifests")
     gray = converted.counters.get("grayscale_detected", 0)
     assert gray > 0 and dropped.kept.count == 10 - gray and dropped.dropped_grayscale.count == gray
+
+
+def test_each_source_image_is_decoded_once_its_flips_made_while_its_pixels_are_at_hand(
+        shard_of_ten, monkeypatch):
+    import tasks.images.store as store_module
+    from tasks.core.config import AugmentConfig, SplitConfig
+    from tasks.core.records import read_records
+    from tasks.dataset.augment import augment
+    from tasks.dataset.split import split_step
+
+    _, shard, tmp_path = shard_of_ten
+    decodes = []
+    real_open_image = store_module.open_image
+    monkeypatch.setattr(store_module, "open_image",
+                        lambda data, max_pixels: decodes.append(1) or real_open_image(data, max_pixels))
+
+    def dataset(store: str, image_step: ImageStepConfig) -> list:
+        output = process_images_step(shard, image_step, tmp_path / store, tmp_path / store / "m")
+        split = split_step([output.kept], SplitConfig(), tmp_path / store / "m")
+        return list(augment(read_records(split.samples), AugmentConfig(hflip=True),
+                            str(tmp_path / store), 10**8))
+
+    flips_at_hand = ImageStepConfig(grayscale="convert", images=ImageLimits(), flips=("hflip",))
+    records = dataset("store", flips_at_hand)
+    flips = [r for r in records if r.augmentation == "hflip"]
+    assert flips and len(decodes) == 10  # ten source images, each decoded once
+
+    decodes.clear()  # the way before: the augment step decodes each training image again
+    before = dataset("store-before", ImageStepConfig(grayscale="convert", images=ImageLimits()))
+    assert len(decodes) == 10 + len(flips)
+    flipped_before = {r.item: r for r in before if r.augmentation == "hflip"}
+    for flip in flips:  # the same flipped images, byte for byte
+        with open(flip.processed_path, "rb") as now, \
+                open(flipped_before[flip.item].processed_path, "rb") as then:
+            assert now.read() == then.read()

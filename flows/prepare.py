@@ -20,11 +20,12 @@ from tasks.dataset.report import report_task
 from tasks.dataset.split import split_task
 from tasks.images.shard import image_step_config, process_images_task
 from tasks.ingest.ingest import ingest_task, shard_task
+from tasks.nightly.runners import prep_threads
 
 SOURCE_UNREADABLE = "source unreadable: "
 
 
-@flow(name="prepare", log_prints=True)
+@flow(name="prepare", log_prints=True, task_runner=prep_threads())
 def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     """Turn a labelled image folder into a published Florence-2 `<OD>` dataset."""
     config: DatasetConfig = load_config(config_path)

@@ -21,9 +21,14 @@ def work_this_run(steps: list[tuple[dict[str, int], bool]]) -> dict[str, int]:
     """(a step's counters, whether it ran) per step -> the work this run did: a Cached step
     returns the counters of the run that computed it, and did nothing tonight."""
     total: Counter = Counter()
+    rendered_early = 0
     for counters, ran in steps:
         if ran:
             total.update({key: counters.get(key, 0) for key in WORK_KEYS})
+            rendered_early += counters.get("flips_rendered", 0)
+    # The image step renders the training images' flips while it has their pixels, and the
+    # augment step then finds them made: each is one encode of this run, not a reuse.
+    total["encodes_reused"] = max(0, total["encodes_reused"] - rendered_early)
     return {key: value for key, value in sorted(total.items()) if value}
 
 

@@ -140,6 +140,7 @@ def render_flips(sample: Sample, decoded: Image.Image, config: ImageStepConfig, 
             continue
         if not reused:
             result.counters["images_encoded"] += 1
+            result.counters["flips_rendered"] += 1
 
 
 def process_shard(samples: list[Sample], config: ImageStepConfig, store_root: str | Path,

@@ -51,3 +51,23 @@ def test_flips_made_on_threads_come_out_in_input_order_and_mirror_their_original
         mirrored = Image.open(by_key[(sample.item, "hflip")].processed_path)
         assert mirrored.tobytes() == ImageOps.mirror(source).tobytes()
         assert by_key[(sample.item, "hflip")].boxes[0].x1 == 40 - sample.boxes[0].x2
+
+
+def test_a_first_run_decodes_each_image_once_and_encodes_each_flip_once_reusing_nothing(tmp_path):
+    from tasks.core.config import DatasetConfig
+    from tasks.dataset.local_run import prepare_steps
+    from tasks.demo.sample_data import generate
+
+    source = tmp_path / "source"
+    generate(source, count=24, size=48, seed=3, troubles=False)
+    config = DatasetConfig.model_validate({
+        "name": "work", "grayscale": "convert", "shard_size": 8, "augment": {"hflip": True},
+        "source": {"format": "voc", "images": source / "images", "annotations": source / "annotations"}})
+    published, work = prepare_steps(config, tmp_path / "dataset", tmp_path / "home")
+    flips = sum(published.rows.values()) - 24
+    assert flips > 0
+    # The flips are rendered by the image step and found made by the augment step: still one
+    # encode each in this run's work, and no reuse (a first run has nothing to reuse).
+    assert work["images_decoded"] == 24
+    assert work["images_encoded"] >= flips
+    assert "encodes_reused" not in work and "images_reused" not in work

@@ -194,3 +194,38 @@ def test_labelimg_samples(tmp_path, home):
     assert report["images"]["kept"] == 3
     assert report["boxes"]["kept"] == 10 + 41 + 2
     loc_targets_are_valid(tmp_path / "out" / "dataset", report["splits"])
+
+
+def test_prep_works_on_at_most_one_shard_per_core_at_once(tmp_path, monkeypatch):
+    """Prefect's default runner started every shard at once, each holding its records and
+    images: prep's peak memory grew with the dataset (1.3x for 10x the images)."""
+    import os
+    import threading
+    import time
+
+    import tasks.images.shard as shard_module
+
+    source = tmp_path / "source"
+    generate(source, count=40, size=32, seed=4, troubles=False)
+    config = config_for(tmp_path, source)
+    config.write_text(config.read_text() + "shard_size: 2\n")
+    lock, running, most, shards = threading.Lock(), [0], [0], [0]
+    real_step = shard_module.process_images_step
+
+    def counted_step(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            shards[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # long enough for every shard that may start to be seen at once
+            return real_step(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(shard_module, "process_images_step", counted_step)
+    report, _ = run(config, tmp_path / "out", tmp_path / "home")
+    assert shards[0] > (os.cpu_count() or 1)
+    assert 1 <= most[0] <= (os.cpu_count() or 1)
+    check_invariants(report)

@@ -1,4 +1,5 @@
-"""The image step for a shard of candidates: inspect (memoized), fit boxes, apply the grayscale policy."""
+"""The image step for a shard of candidates: inspect (memoized), fit boxes, apply the grayscale
+policy, and render the training images' flips while their pixels are decoded."""
 
 from __future__ import annotations
 

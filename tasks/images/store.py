@@ -26,7 +26,6 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 ORIENTATION_TAG = 0x0112
 KEPT_FORMATS = {"JPEG", "PNG", "WEBP"}  # others (BMP, TIFF, GIF) are re-encoded as PNG
-_made_folders: set[Path] = set()
 
 
 class Inspection(BaseModel):
@@ -62,11 +61,12 @@ class ContentStore:
         return self._path("images", sha, f"-{op}-{pillow_key()}{ext}")
 
     def write(self, path: Path, data: bytes) -> None:
-        if path.parent not in _made_folders:  # one mkdir per folder and process, not per file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _made_folders.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:  # its folder is new: made when needed, not checked every time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
         tmp.replace(path)
 
 

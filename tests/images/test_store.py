@@ -142,3 +142,15 @@ def test_a_pillow_value_error_is_unreadable_not_too_large(monkeypatch):
     inspection = inspect_bytes(data, "sha", 10**8, 2)
     assert not inspection.ok and inspection.reason == "image_unreadable"
     assert "tile cannot extend" in inspection.detail
+
+
+def test_a_store_folder_removed_while_the_process_runs_is_made_again(tmp_path):
+    import shutil
+
+    store = ContentStore(tmp_path / "store")
+    path = store.inspection_path("ab" * 32, "settings")
+    store.write(path, b"first")
+    shutil.rmtree(tmp_path / "store")  # e.g. someone clears the store between two served runs
+    store.write(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert not list(path.parent.glob(".*.tmp"))

@@ -15,7 +15,7 @@ from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
 from tasks.core.config import AugmentConfig
 from tasks.core.records import Manifest, Sample, read_records, write_manifest
 from tasks.images.boxes import hflip, vflip
-from tasks.images.store import ContentStore, derived_image
+from tasks.images.store import ContentStore, derived_image, flip_op
 
 CHUNK = 64  # samples whose flips are made at once
 
@@ -48,8 +48,7 @@ def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
         if sample.split != "train":
             return out
         for kind in kinds:
-            op = f"{sample.image_op}+{kind}" if sample.image_op else kind
-            path, reused = derived_image(sample.image_path, sample.sha256, op,
+            path, reused = derived_image(sample.image_path, sample.sha256, flip_op(sample.image_op, kind),
                                          sample.image_format, max_pixels, store)
             out.append((flipped(sample, kind, path), reused))
         return out

@@ -19,7 +19,14 @@ from tasks.core.config import DatasetConfig, ImageLimits, SplitConfig
 from tasks.core.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
 from tasks.core.splits import split_of
 from tasks.images.boxes import fit_boxes, orient
-from tasks.images.store import ContentStore, derived_image, inspect_and_decode, output_op, pillow_key
+from tasks.images.store import (
+    ContentStore,
+    derived_image,
+    flip_op,
+    inspect_and_decode,
+    output_op,
+    pillow_key,
+)
 
 
 class ImageStepConfig(BaseModel, frozen=True):
@@ -130,13 +137,12 @@ def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
 
 def render_flips(sample: Sample, decoded: Image.Image, config: ImageStepConfig, store: ContentStore,
                  result: ShardResult) -> None:
-    """The flipped copies the augment step will ask for (`<op>+hflip`...), made from the pixels
+    """The flipped copies the augment step will ask for (`flip_op`), made from the pixels
     at hand. A failure here only means the augment step makes them (or reports them) itself."""
     for kind in config.flips:
-        op = f"{sample.image_op}+{kind}" if sample.image_op else kind
         try:
-            _, reused = derived_image(sample.image_path, sample.sha256, op, sample.image_format,
-                                      config.images.max_pixels, store, decoded)
+            _, reused = derived_image(sample.image_path, sample.sha256, flip_op(sample.image_op, kind),
+                                      sample.image_format, config.images.max_pixels, store, decoded)
         except (OSError, ValueError):
             continue
         if not reused:

@@ -180,6 +180,12 @@ def output_op(inspection: Inspection, policy: str) -> str | None:
     return "+".join(steps) or None
 
 
+def flip_op(image_op: str | None, kind: str) -> str:
+    """The op of a flipped copy: the flip after whatever rendered the dataset's image, so that the
+    copy mirrors exactly what the dataset shows (the image step and the augment step must agree)."""
+    return f"{image_op}+{kind}" if image_op else kind
+
+
 def render(image: Image.Image, op: str) -> Image.Image:
     """Apply an op string (`orient`, `rgb`, `gray8`, `png`, `hflip`, `vflip`, `crop-X-Y-W-H`,
     joined by '+')."""

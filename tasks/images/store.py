@@ -139,18 +139,11 @@ def _inspect(data: bytes, sha: str, max_pixels: int,
     ), image
 
 
-def inspect_file(path: str | Path, store: ContentStore, max_pixels: int,
-                 gray_tolerance: int) -> tuple[Inspection, bool]:
-    """(inspection, reused): reused is True when the content store already knew these bytes."""
-    inspection, reused, _ = inspect_and_decode(path, store, max_pixels, gray_tolerance)
-    return inspection, reused
-
-
 def inspect_and_decode(path: str | Path, store: ContentStore, max_pixels: int,
                        gray_tolerance: int) -> tuple[Inspection, bool, Image.Image | None]:
-    """As `inspect_file`, plus the decoded image when the bytes were new (None when the verdict
-    was remembered, or the image could not be decoded): what is made from it next is made
-    without decoding it again."""
+    """(inspection, reused, decoded): reused is True when the content store already knew these
+    bytes; decoded is the image when they were new (None when the verdict was remembered, or the
+    image could not be decoded), so that what is made from it next is not decoded again."""
     data = Path(path).read_bytes()
     sha = sha256_bytes(data)
     memo = store.inspection_path(sha, inspection_settings(max_pixels, gray_tolerance))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tasks.images.grayscale import is_grayscale, to_rgb
-from tasks.images.store import ContentStore, derived_image, inspect_bytes, inspect_file, output_op
+from tasks.images.store import ContentStore, derived_image, inspect_and_decode, inspect_bytes, output_op
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -95,12 +95,12 @@ def test_inspection_and_renders_are_memoized_by_content(tmp_path: Path):
     store = ContentStore(tmp_path / "store")
     path = tmp_path / "a.png"
     path.write_bytes(encoded(Image.new("L", (16, 8), 7)))
-    first, reused_first = inspect_file(path, store, 10**8, 2)
-    second, reused_second = inspect_file(path, store, 10**8, 2)
+    first, reused_first = inspect_and_decode(path, store, 10**8, 2)[:2]
+    second, reused_second = inspect_and_decode(path, store, 10**8, 2)[:2]
     assert (reused_first, reused_second) == (False, True) and first == second
     copy = tmp_path / "b.png"
     copy.write_bytes(path.read_bytes())  # same bytes under another name: still known
-    assert inspect_file(copy, store, 10**8, 2)[1] is True
+    assert inspect_and_decode(copy, store, 10**8, 2)[1] is True
     out, reused = derived_image(path, first.sha256, "rgb+hflip", first.format, 10**8, store)
     assert not reused and Image.open(out).mode == "RGB"
     assert derived_image(path, first.sha256, "rgb+hflip", first.format, 10**8, store) == (out, True)
@@ -123,13 +123,13 @@ def test_the_memo_is_keyed_by_the_settings_that_shape_its_verdict(tmp_path: Path
     path = tmp_path / "almost_gray.png"
     # R, G and B three units apart: gray at tolerance 5, colour at tolerance 2.
     path.write_bytes(encoded(Image.new("RGB", (40, 40), (100, 103, 106))))
-    assert inspect_file(path, store, 100, 2)[0].reason == "image_too_large"
-    bigger, reused = inspect_file(path, store, 10**8, 2)
+    assert inspect_and_decode(path, store, 100, 2)[0].reason == "image_too_large"
+    bigger, reused = inspect_and_decode(path, store, 10**8, 2)[:2]
     assert bigger.ok and not reused  # raising max_pixels is a new verdict, not the old one
     assert bigger.grayscale is False
-    tolerant, reused = inspect_file(path, store, 10**8, 5)
+    tolerant, reused = inspect_and_decode(path, store, 10**8, 5)[:2]
     assert tolerant.grayscale is True and not reused
-    assert inspect_file(path, store, 10**8, 5) == (tolerant, True)
+    assert inspect_and_decode(path, store, 10**8, 5)[:2] == (tolerant, True)
 
 
 def test_a_pillow_value_error_is_unreadable_not_too_large(monkeypatch):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import IterableDataset
 
+from tasks.core.forks import forget_prefect_exit_hooks_in_forks
 from tasks.core.records import Box
 from tasks.dataset.loc_tokens import OD_PROMPT, od_target
 from tasks.training.tiny import FlorenceSize, build_tiny_florence
@@ -87,17 +87,6 @@ class ShapeBatches(IterableDataset):
             yield dict(inputs), labels
 
 
-def forget_parent_exit_hooks(worker_id: int) -> None:
-    """The batch loader's worker init: a forked worker must not run its parent's thread-exit
-    hooks when it ends. Prefect's log and event services register one in any process that ran a
-    flow; after a fork Prefect resets those services, and the hook then fails its own assertion:
-    the worker exits with code 1, and the loader raises "DataLoader worker exited unexpectedly"
-    in the parent (Prefect 3.8.8). The worker has none of its parent's threads to wait for."""
-    hooks = getattr(threading, "_threading_atexits", None)
-    if hooks is not None:
-        hooks.clear()
-
-
 def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int = 0,
                           batch_size: int = 16, lr: float = 1e-3, image_size: int = 128) -> Path:
     """The pretrained tiny base in `folder`, built (and trained) only if it is not there yet.
@@ -129,9 +118,9 @@ def build_pretrained_base(folder: str | Path, steps: int = BASE_STEPS, seed: int
     # worker from a generator of its own: drawn from torch's global one, it would shift every
     # dropout mask after it, and that other base taught the demo's adapter far less (night-1
     # validation mAP50 0.64 against 0.95).
+    forget_prefect_exit_hooks_in_forks()  # the demo builds its base in a process running Prefect
     batches = torch.utils.data.DataLoader(ShapeBatches(staging, steps, seed, batch_size, image_size),
                                           batch_size=None, num_workers=1, prefetch_factor=4,
-                                          worker_init_fn=forget_parent_exit_hooks,
                                           generator=torch.Generator().manual_seed(seed))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

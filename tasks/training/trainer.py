@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, library_versions
 from tasks.core.config import ModelConfig, TrainConfig
+from tasks.core.forks import forget_prefect_exit_hooks_in_forks
 from tasks.core.logs import run_logger
 from tasks.dataset.publish import dataset_fingerprint_of
 from tasks.training.curves import curves, evaluation_line, plot_training_curves
@@ -234,6 +235,7 @@ def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, 
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass  # the curves and log_history.json keep every number
 
+    forget_prefect_exit_hooks_in_forks()  # its DataLoader workers fork a process running Prefect
     resume = last_checkpoint(args.output_dir)
     trainer = NormalisingTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,

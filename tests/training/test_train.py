@@ -262,27 +262,30 @@ def test_the_pretrained_base_is_built_once_and_loads_like_a_checkpoint(tmp_path)
     assert not list(tmp_path.glob(".base.*"))  # no half-built folder left behind
 
 
-def test_the_base_loader_worker_ends_cleanly_in_a_process_that_ran_a_prefect_flow(prefect_server):
+def test_a_process_forked_after_a_prefect_flow_ran_ends_cleanly(prefect_server):
     import multiprocessing
+    import threading
 
     from prefect import flow
 
-    from tasks.training.pretrain import forget_parent_exit_hooks
+    from tasks.core.forks import forget_prefect_exit_hooks_in_forks
 
     @flow(name="any-flow")
     def any_flow() -> int:
         return 1
 
     any_flow()  # Prefect's log and event services now run in this process (`defectflow demo`'s too)
-    fork = multiprocessing.get_context("fork")  # how the DataLoader starts its worker on Linux
+    inherited = list(threading._threading_atexits)  # their thread-exit hooks among these
+    forget_prefect_exit_hooks_in_forks()  # as the base build and the Trainer do before their workers
+    fork = multiprocessing.get_context("fork")  # how a DataLoader starts its workers on Linux
 
-    def exit_code(worker_init) -> int | None:
-        worker = fork.Process(target=worker_init, args=(0,))
+    def exit_code(target=None) -> int | None:
+        worker = fork.Process(target=target)
         worker.start()
         worker.join(60)
         return worker.exitcode
 
-    assert exit_code(forget_parent_exit_hooks) == 0
-    # Without it, a forked worker ends in Prefect's thread-exit hook, which fails in a fork: the
+    assert exit_code() == 0
+    # With the parent's hooks back, a forked child ends in Prefect's, which fails in a fork: the
     # loader then raised "DataLoader worker exited unexpectedly with exit code 1" (the CI failure).
-    assert exit_code(abs) == 1
+    assert exit_code(lambda: threading._threading_atexits.extend(inherited)) == 1

@@ -54,7 +54,7 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
                                  max_pixels=config.images.max_pixels, store_root=store,
                                  manifests_dir=manifests, return_state=True)
     augmented, flips = augment_state.result()
-    targets = loc_targets_task(manifest=augmented, manifests_dir=manifests)
+    targets = loc_targets_task(manifest=augmented, manifests_dir=manifests, store_root=store)
     dataset_dir = str(Path(out_dir).resolve() / "dataset")
     published = publish_task_for(dataset_dir, targets)(
         manifest=targets, name=config.name, config=config.publish, out_dir=dataset_dir)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
 from tasks.core.config import AugmentConfig
-from tasks.core.records import Manifest, Sample, read_records, write_manifest
+from tasks.core.memo import LineMemo
+from tasks.core.records import Manifest, ManifestWriter, Sample, read_lines
 from tasks.images.boxes import hflip, vflip
-from tasks.images.store import ContentStore, derived_image, flip_op
+from tasks.images.store import ContentStore, derived_image, flip_op, pillow_key
 
 CHUNK = 64  # samples whose flips are made at once
 
@@ -66,11 +67,50 @@ def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
 
 def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
                  manifests_dir: str | Path) -> tuple[Manifest, dict[str, int]]:
+    """`augment` over a manifest, in input order, with a per-record memo: a sample seen before
+    (same record, same config, code and Pillow) gives its remembered lines without a pydantic
+    parse or a look into the store, as long as its flips' files are still there."""
     counters: Counter = Counter()
-    flipped_manifest = write_manifest(
-        augment(read_records(manifest, Sample), config, store_root, max_pixels, counters),
-        manifests_dir, "augmented")
-    return flipped_manifest, dict(counters)
+    memo = LineMemo(store_root, "augment",
+                    "|".join([config.model_dump_json(), str(max_pixels), code_version(), pillow_key()]))
+
+    def known(line: str) -> list[str] | None:
+        hit = memo.get(line)
+        if hit is None or not all(os.path.exists(p) for p in hit[1].get("paths", [])):
+            return None
+        for kind in hit[1].get("kinds", []):
+            counters[kind] += 1
+            counters["encodes_reused"] += 1
+        return hit[0]
+
+    def made(lines: list[str]) -> Iterator[list[str]]:
+        """Each line's sample with its flips, made (and remembered), in order."""
+        records = augment((Sample.model_validate_json(line) for line in lines), config,
+                          store_root, max_pixels, counters)
+        group: list[Sample] = []
+        position = 0
+        for record in [*records, None]:  # a sample's flips follow it; None closes the last
+            if group and (record is None or record.augmentation == "none"):
+                outputs, copies = [r.model_dump_json() for r in group], group[1:]
+                memo.put(lines[position], outputs, {"kinds": [c.augmentation for c in copies],
+                                                    "paths": [c.processed_path for c in copies]})
+                position += 1
+                yield outputs
+                group = []
+            if record is not None:
+                group.append(record)
+
+    with ManifestWriter(manifests_dir, "augmented") as out:
+        remaining = read_lines(manifest)
+        while chunk := list(islice(remaining, CHUNK)):  # a chunk at a time: memory stays flat
+            answers = [known(line) for line in chunk]
+            fresh = made([line for line, answer in zip(chunk, answers, strict=True)
+                          if answer is None])
+            for answer in answers:
+                for line in answer if answer is not None else next(fresh):
+                    out.add_line(line)
+    memo.save()
+    return out.manifest, dict(counters)
 
 
 @task(name="augment", cache_policy=cache_policy(IMAGE_LIBRARIES), persist_result=True)

@@ -14,8 +14,17 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core.caching import CACHE_POLICY
-from tasks.core.records import Box, Manifest, Sample, read_records, write_manifest
+from tasks.core.caching import CACHE_POLICY, code_version
+from tasks.core.memo import LineMemo, remembered_map
+from tasks.core.records import (
+    Box,
+    Manifest,
+    ManifestWriter,
+    Sample,
+    read_lines,
+    read_records,
+    write_manifest,
+)
 
 BINS = 1000
 OD_PROMPT = "<OD>"
@@ -58,11 +67,22 @@ def with_target(sample: Sample) -> Sample:
     return sample.model_copy(update={"target": target})
 
 
-def loc_targets_step(manifest: Manifest, manifests_dir: str | Path) -> Manifest:
-    samples = read_records(manifest, Sample)  # streamed, never the whole set in memory
-    return write_manifest(map(with_target, samples), manifests_dir, "targets")
+def loc_targets_step(manifest: Manifest, manifests_dir: str | Path,
+                     store_root: str | Path | None = None) -> Manifest:
+    """Every record with its target, streamed; with a content store, a record seen before
+    (same code) takes its remembered line instead of being parsed and written again."""
+    if store_root is None:
+        return write_manifest(map(with_target, read_records(manifest, Sample)), manifests_dir,
+                              "targets")
+    memo = LineMemo(store_root, "loc-targets", code_version())
+    with ManifestWriter(manifests_dir, "targets") as out:
+        for line in remembered_map(read_lines(manifest), memo, lambda line: [
+                with_target(Sample.model_validate_json(line)).model_dump_json()]):
+            out.add_line(line)
+    memo.save()
+    return out.manifest
 
 
 @task(name="loc-targets", cache_policy=CACHE_POLICY, persist_result=True)
-def loc_targets_task(manifest: Manifest, manifests_dir: str) -> Manifest:
-    return loc_targets_step(manifest, manifests_dir)
+def loc_targets_task(manifest: Manifest, manifests_dir: str, store_root: str | None = None) -> Manifest:
+    return loc_targets_step(manifest, manifests_dir, store_root)

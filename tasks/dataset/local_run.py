@@ -37,6 +37,6 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
                          config.images.min_box_size)
     augmented, flips = augment_step(budget.rows, config.augment, config.images.max_pixels,
                                     str(store), manifests)
-    published = publish_step(loc_targets_step(augmented, manifests), config.name, config.publish,
+    published = publish_step(loc_targets_step(augmented, manifests, store), config.name, config.publish,
                              dataset_dir)
     return published, work_this_run([(o.counters, True) for o in outputs] + [(flips, True)])

@@ -71,3 +71,49 @@ def test_a_first_run_decodes_each_image_once_and_encodes_each_flip_once_reusing_
     assert work["images_decoded"] == 24
     assert work["images_encoded"] >= flips
     assert "encodes_reused" not in work and "images_reused" not in work
+
+
+def test_a_second_run_takes_known_samples_from_the_memo_and_makes_only_the_new_ones(tmp_path, monkeypatch):
+    import tasks.dataset.augment as augment_module
+    from tasks.core.records import read_lines, write_manifest
+    from tasks.dataset.augment import augment_step
+
+    everything = samples(tmp_path / "images", 90)
+    old, new = everything[:80], everything[80:]
+    config, store = AugmentConfig(hflip=True), str(tmp_path / "store")
+    first, _ = augment_step(write_manifest(old, tmp_path / "m", "in"), config, 10**8, store, tmp_path / "m")
+
+    calls = Counter()
+    real = augment_module.derived_image
+    monkeypatch.setattr(augment_module, "derived_image",
+                        lambda source, *a, **k: calls.update([source]) or real(source, *a, **k))
+    both = write_manifest(everything, tmp_path / "m", "in")
+    second, counters = augment_step(both, config, 10**8, store, tmp_path / "m")
+    assert set(calls) == {s.image_path for s in new if s.split == "train"}  # the old ones: remembered
+    old_train = sum(s.split == "train" for s in old)
+    new_train = sum(s.split == "train" for s in new)
+    assert counters == Counter(hflip=old_train + new_train, encodes_reused=old_train,
+                               images_encoded=new_train)
+
+    # The remembered lines are the lines a store without a memo makes, in the same order.
+    monkeypatch.setattr(augment_module, "derived_image", real)
+    fresh, _ = augment_step(both, config, 10**8, str(tmp_path / "fresh-store"), tmp_path / "m-fresh")
+    assert [line.replace("fresh-store", "store") for line in read_lines(fresh)] == list(read_lines(second))
+    assert list(read_lines(first)) == list(read_lines(second))[:len(list(read_lines(first)))]
+
+
+def test_a_remembered_flip_whose_file_is_gone_is_made_again(tmp_path):
+    from pathlib import Path
+
+    from tasks.core.records import read_records, write_manifest
+    from tasks.dataset.augment import augment_step
+
+    manifest = write_manifest(samples(tmp_path / "images", 6), tmp_path / "m", "in")
+    config, store = AugmentConfig(hflip=True), str(tmp_path / "store")
+    out, _ = augment_step(manifest, config, 10**8, store, tmp_path / "m")
+    flips = [s for s in read_records(out) if s.augmentation == "hflip"]
+    Path(flips[0].processed_path).unlink()  # a store cleaned by hand
+    again, counters = augment_step(manifest, config, 10**8, store, tmp_path / "m")
+    assert Path(flips[0].processed_path).is_file()
+    assert counters["images_encoded"] == 1 and counters["encodes_reused"] == len(flips) - 1
+    assert list(read_records(again)) == list(read_records(out))

@@ -74,3 +74,23 @@ def test_the_prediction_parser_round_trips_targets_and_counts_failures():
     assert abs(found[0][1].x2 - 20) <= 0.2
     tokens = pieces("spot<loc_1><loc_2><loc_3><loc_4><loc_5>dent<loc_1><loc_2><loc_3><loc_1200>")
     assert boxes_from_tokens(tokens, [0.0] * len(tokens), 100, 100)[1] == 2
+
+
+def test_targets_of_known_records_come_from_the_memo_and_equal_made_ones(tmp_path, monkeypatch):
+    import tasks.dataset.loc_tokens as loc_module
+    from tasks.core.records import Box, Sample, read_lines, write_manifest
+    from tasks.dataset.loc_tokens import loc_targets_step
+
+    def sample(n: int) -> Sample:
+        return Sample(item=f"{n}.xml", image_path=f"/x/{n}.jpg", source="s", width=100, height=80,
+                      boxes=[Box(x1=n, y1=2, x2=n + 20, y2=30, label="dent")])
+
+    store = tmp_path / "store"
+    loc_targets_step(write_manifest(map(sample, range(5)), tmp_path / "m", "in"), tmp_path / "m", store)
+    made = []
+    real = loc_module.with_target
+    monkeypatch.setattr(loc_module, "with_target", lambda s: made.append(s.item) or real(s))
+    both = write_manifest(map(sample, range(7)), tmp_path / "m", "in")
+    remembered = loc_targets_step(both, tmp_path / "m", store)
+    assert made == ["5.xml", "6.xml"]
+    assert list(read_lines(remembered)) == list(read_lines(loc_targets_step(both, tmp_path / "m2")))

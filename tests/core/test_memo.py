@@ -1,0 +1,30 @@
+"""Per-record memos: remembered across runs, appended whole, a torn entry ignored."""
+
+from tasks.core.memo import LineMemo, remembered_map
+
+
+def test_entries_survive_a_new_memo_and_a_torn_last_entry_is_skipped(tmp_path):
+    memo = LineMemo(tmp_path, "step", "key")
+    memo.put('{"a": 1}', ['{"a": 1, "b": 2}', '{"a": 1, "b": 3}'], {"n": 2})
+    memo.save()
+    with open(memo.path, "a") as handle:
+        handle.write("deadbeef\t{")  # a run killed mid-write
+    again = LineMemo(tmp_path, "step", "key")
+    assert again.get('{"a": 1}') == (['{"a": 1, "b": 2}', '{"a": 1, "b": 3}'], {"n": 2})
+    assert again.get('{"a": 2}') is None and len(again) == 1
+    assert LineMemo(tmp_path, "step", "another key").get('{"a": 1}') is None
+
+
+def test_remembered_map_makes_only_what_it_does_not_know(tmp_path):
+    made = []
+
+    def make(line: str) -> list[str]:
+        made.append(line)
+        return [line.upper()]
+
+    first = LineMemo(tmp_path, "upper", "v1")
+    assert list(remembered_map(['"x"', '"y"'], first, make)) == ['"X"', '"Y"']
+    first.save()
+    second = LineMemo(tmp_path, "upper", "v1")
+    assert list(remembered_map(['"x"', '"z"', '"y"'], second, make)) == ['"X"', '"Z"', '"Y"']
+    assert made == ['"x"', '"y"', '"z"']

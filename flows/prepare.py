@@ -33,7 +33,7 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     store, manifests = str(where.store), str(where.manifests)
 
     ingested = ingest_task(source=config.source, rules=config.label_rules,
-                           manifests_dir=manifests, labels=config.labels)
+                           manifests_dir=manifests, labels=config.labels, store_root=store)
     if ingested.fatal:  # the source cannot be read at all: one line, no traceback
         return Failed(message=SOURCE_UNREADABLE + ingested.fatal)
     shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,

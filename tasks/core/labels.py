@@ -50,6 +50,7 @@ class LabelRules(BaseModel):
     allowed: frozenset[str] | None = None
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
     _spellings: dict[str, str] = PrivateAttr(default_factory=dict)
+    _resolved: dict[str, str | tuple[str, str]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: object) -> None:
         self._aliases = {tidy(alias): name for alias, name in self.label_map.items()}
@@ -57,7 +58,13 @@ class LabelRules(BaseModel):
         self._spellings = {collision_key(name): tidy(name) for name in known}
 
     def resolve(self, raw: str) -> str | tuple[str, str]:
-        """The class name, or (reason, detail) when the box cannot keep it."""
+        """The class name, or (reason, detail) when the box cannot keep it (worked out once per
+        raw name: a dataset has a few names and many boxes)."""
+        if raw not in self._resolved:
+            self._resolved[raw] = self._resolve(raw)
+        return self._resolved[raw]
+
+    def _resolve(self, raw: str) -> str | tuple[str, str]:
         name = tidy(raw)
         name = tidy(self._aliases.get(name, name))
         if self.merge_case_variants:

@@ -24,7 +24,7 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
     Returns the publication and the work done (images decoded, reused, encoded)."""
     where = Home(Path(home))
     manifests, store = where.manifests, where.store
-    ingested = ingest_step(config.source, config.label_rules, manifests, config.labels)
+    ingested = ingest_step(config.source, config.label_rules, manifests, config.labels, store)
     if ingested.fatal:
         raise ValueError(ingested.fatal)
     step = image_step_config(config)

@@ -20,7 +20,7 @@ from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, 
 from tasks.ingest.coco import CocoUnreadable, ingest_coco
 from tasks.ingest.results import IngestResult
 from tasks.ingest.sources import SourceListing, list_source
-from tasks.ingest.voc import ingest_voc
+from tasks.ingest.voc import ingest_voc, parse_memo
 from tasks.ingest.yolo import ingest_yolo
 
 
@@ -59,10 +59,11 @@ class SourceState(CachePolicy):
 
 
 def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Path,
-                labels: list[str] | None = None) -> IngestOutput:
+                labels: list[str] | None = None, store_root: str | Path | None = None) -> IngestOutput:
     """Parse the source's annotations into candidate samples (streamed to a manifest) and
     rejections. A COCO file that cannot be read at all is `fatal` (it is the whole dataset);
-    `labels` name YOLO's class ids where there is no classes.txt."""
+    `labels` name YOLO's class ids where there is no classes.txt. With a content store, VOC
+    files parsed in an earlier run are taken from its memo (by content hash)."""
     listing = list_configured_source(source)
     missing = [p for p in source.annotation_paths if not p.is_dir()]
     fatal = None
@@ -82,8 +83,11 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
             result = ingest_yolo(source.images, source.annotations, listing, labels, rules,
                                  candidates.add)
         else:
+            memo = parse_memo(store_root) if store_root is not None else None
             result = ingest_voc(source.images, source.annotation_paths, listing, rules,
-                                candidates.add)
+                                candidates.add, memo)
+            if memo is not None:
+                memo.save()
     return IngestOutput(
         fatal=fatal, several_passes=result.several_passes,
         candidates=candidates.manifest,
@@ -122,8 +126,8 @@ def source_fingerprint_task(source: SourceConfig) -> str:
 # SourceState: a file added, removed or touched under the source means a new ingest.
 @task(name="ingest", cache_policy=CACHE_POLICY + SourceState(argument="source"), persist_result=True)
 def ingest_task(source: SourceConfig, rules: LabelRules, manifests_dir: str,
-                labels: list[str] | None = None) -> IngestOutput:
-    return ingest_step(source, rules, manifests_dir, labels)
+                labels: list[str] | None = None, store_root: str | None = None) -> IngestOutput:
+    return ingest_step(source, rules, manifests_dir, labels, store_root)
 
 
 @task(name="shard", cache_policy=CACHE_POLICY, persist_result=True)

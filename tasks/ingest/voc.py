@@ -6,19 +6,33 @@ images folder, `<path>` (an absolute path on the annotator's machine) is never f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from xml.etree.ElementTree import Element, ParseError
 
+import defusedxml
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from tasks.core.caching import code_version
 from tasks.core.labels import ANY_LABEL, LabelRules
+from tasks.core.memo import LineMemo
 from tasks.core.records import Box, Rejection, Sample, box_rejections, voc_to_box
 from tasks.ingest.results import IngestResult, reject_unclaimed_images
-from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image, index_images, inside
+from tasks.ingest.sources import (
+    PathOutsideSource,
+    SourceListing,
+    find_image,
+    index_images,
+    inside,
+    relative_posix,
+)
 
 MAX_XML_BYTES = 10_000_000  # a LabelImg file with thousands of boxes is ~1 MB
 
@@ -107,7 +121,27 @@ def object_to_box(obj: VocObject, rules: LabelRules) -> Box | tuple[str, str]:
     return box
 
 
-def read_annotation(xml_path: Path, annotations_root: Path, item: str) -> VocAnnotation | Rejection:
+def parse_memo(store_root: str | Path) -> LineMemo:
+    """Parsed XMLs by content hash: a file seen before, wherever it is, is not parsed again."""
+    return LineMemo(store_root, "voc-parse", "|".join([code_version(), defusedxml.__version__]))
+
+
+def remembered_parse(xml_bytes: bytes, memo: LineMemo | None) -> VocAnnotation:
+    """`parse_voc`, through the memo when there is one (only files that parse are remembered)."""
+    if memo is None:
+        return parse_voc(xml_bytes)
+    content = hashlib.sha256(xml_bytes).hexdigest()
+    if (hit := memo.get(content)) is not None:
+        *header, objects = json.loads(hit[0][0])
+        return VocAnnotation(*header, [VocObject(*fields) for fields in objects])
+    a = parse_voc(xml_bytes)
+    memo.put(content, [json.dumps([a.filename, a.path, a.width, a.height, a.depth, [
+        [o.name, o.bndbox, o.difficult, o.truncated] for o in a.objects]])])
+    return a
+
+
+def read_annotation(xml_path: Path, annotations_root: Path, item: str,
+                    memo: LineMemo | None = None) -> VocAnnotation | Rejection:
     """One XML parsed, or the reason it cannot be: a symlink out of the source is never read,
     entities are refused, oversized, malformed or absurdly nested files are named as such."""
     try:
@@ -115,7 +149,7 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str) -> VocAnn
         if xml_path.stat().st_size > MAX_XML_BYTES:
             return Rejection(item=item, reason="xml_malformed",
                              detail=f"larger than {MAX_XML_BYTES} bytes")
-        return parse_voc(xml_path.read_bytes())
+        return remembered_parse(xml_path.read_bytes(), memo)
     except PathOutsideSource as exc:
         return Rejection(item=item, reason="path_outside_source", detail=str(exc))
     except DefusedXmlException as exc:
@@ -126,14 +160,15 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str) -> VocAnn
         return Rejection(item=item, reason="xml_malformed", detail=str(exc))
 
 
-def read_passes(files: list[tuple[Path, Path]], item: str) -> VocAnnotation | Rejection:
+def read_passes(files: list[tuple[Path, Path]], item: str,
+                memo: LineMemo | None = None) -> VocAnnotation | Rejection:
     """The XMLs of one image from several annotation folders (annotation passes), merged: their
     objects together, one filename and size. Any unreadable file, or sizes that disagree,
     quarantine the image: training on part of its labels would teach that the rest is
     background."""
     merged: VocAnnotation | None = None
     for root, xml_path in files:
-        annotation = read_annotation(xml_path, root, item)
+        annotation = read_annotation(xml_path, root, item, memo)
         if isinstance(annotation, Rejection):
             if len(files) > 1:
                 annotation.detail = f"{xml_path}: {annotation.detail}"
@@ -158,24 +193,26 @@ def ingest_voc(
     listing: SourceListing,
     rules: LabelRules = ANY_LABEL,
     on_sample: Callable[[Sample], None] | None = None,
+    memo: LineMemo | None = None,
 ) -> IngestResult:
     """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too.
     With several annotation folders, XMLs at the same relative path are one image's passes and
     merge (a box drawn identically in two passes is kept once). With `on_sample`, samples go
-    there as they are made instead of into `result.samples`."""
+    there as they are made instead of into `result.samples`; with a `memo` (`parse_memo`), an
+    XML parsed in an earlier run is not parsed again."""
     roots = annotations_roots if isinstance(annotations_roots, list) else [annotations_roots]
     result = IngestResult()
     keep = on_sample or result.samples.append
     index = index_images(images_root, listing.images)
     passes: dict[str, list[tuple[Path, Path]]] = {}
-    for xml_path in sorted(listing.annotations):
-        root = next(r for r in roots if xml_path.is_relative_to(r))
-        passes.setdefault(xml_path.relative_to(root).as_posix(), []).append((root, xml_path))
+    for xml_path in sorted(listing.annotations, key=os.fspath):
+        root = next(r for r in roots if os.fspath(xml_path).startswith(os.path.join(r, "")))
+        passes.setdefault(relative_posix(xml_path, root), []).append((root, xml_path))
     claimed: dict[Path, str] = {}
     for item, files in sorted(passes.items()):
         xml_path = files[0][1]
-        rel_folder = PurePosixPath(item).parent.as_posix().lstrip(".")
-        annotation = read_passes(files, item)
+        rel_folder = posixpath.dirname(item)
+        annotation = read_passes(files, item, memo)
         if isinstance(annotation, Rejection):
             result.rejected.append(annotation)
             # Its image (by the XML's stem) leaves with it: counted once, under this reason,

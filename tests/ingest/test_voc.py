@@ -212,3 +212,35 @@ def test_an_xml_too_deep_for_the_parser_is_quarantined_not_a_traceback(tmp_path,
     result = ingest(tmp_path, tmp_path)
     assert [(r.item, r.reason, r.detail) for r in result.rejected] == [
         ("a.xml", "xml_malformed", "nested too deeply to parse")]
+
+
+def test_a_second_ingest_parses_only_the_xml_files_it_has_not_seen(tmp_path, monkeypatch):
+    import tasks.ingest.voc as voc_module
+    from tasks.ingest.voc import parse_memo
+
+    root = shared_data("neu_det")
+    images, annotations = root / "images", tmp_path / "annotations"
+    annotations.mkdir()
+    for xml in sorted((root / "annotations").glob("*.xml"))[:20]:
+        (annotations / xml.name).write_bytes(xml.read_bytes())
+
+    def run():
+        memo = parse_memo(tmp_path / "store")
+        result = ingest_voc(images, annotations, list_source(images, annotations, ".xml"),
+                            memo=memo)
+        memo.save()
+        return result
+
+    first = run()
+    parsed = []
+    real = voc_module.parse_voc
+    monkeypatch.setattr(voc_module, "parse_voc", lambda data: parsed.append(data) or real(data))
+    edited = annotations / "crazing_1.xml"
+    edited.write_text(edited.read_text().replace("<xmax>193</xmax>", "<xmax>190</xmax>"))
+    second = run()
+    assert parsed == [edited.read_bytes()]  # by content: the edited file only
+    by_item = {s.item: s for s in second.samples}
+    assert by_item["crazing_1.xml"].boxes[0].x2 == 190
+    assert [s for s in second.samples if s.item != "crazing_1.xml"] == \
+        [s for s in first.samples if s.item != "crazing_1.xml"]
+    assert (second.rejected, second.boxes_found) == (first.rejected, first.boxes_found)

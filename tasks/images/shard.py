@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from tasks.core import progress
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
 from tasks.core.config import DatasetConfig, ImageLimits, SplitConfig
-from tasks.core.records import Manifest, Rejection, Sample, box_rejections, read_samples, write_manifest
+from tasks.core.memo import LineMemo
+from tasks.core.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_lines
 from tasks.core.splits import split_of
 from tasks.images.boxes import fit_boxes, orient
 from tasks.images.store import (
@@ -150,15 +151,56 @@ def render_flips(sample: Sample, decoded: Image.Image, config: ImageStepConfig, 
             result.counters["flips_rendered"] += 1
 
 
-def process_shard(samples: list[Sample], config: ImageStepConfig, store_root: str | Path,
-                  on_image: Callable[[], None] | None = None) -> ShardResult:
-    store = ContentStore(store_root)
-    result = ShardResult()
-    for sample in samples:
-        process_sample(sample, config, store, result)
+OUTPUT_LISTS = ("kept", "dropped_grayscale", "rejected", "rejected_boxes")
+
+
+def as_reused(counters: dict[str, int]) -> Counter:
+    """Work remembered from an earlier run, as work done by no one now: what it decoded or
+    encoded then counts as reused."""
+    reused = Counter(counters)
+    reused["images_reused"] += reused.pop("images_decoded", 0)
+    reused["encodes_reused"] += reused.pop("images_encoded", 0)
+    return Counter({k: v for k, v in reused.items() if v})
+
+
+def sample_memo(config: ImageStepConfig, store_root: str | Path) -> LineMemo:
+    """What the step made of each candidate line (which names its image's path, size and mtime,
+    as `make` judges a file, with its boxes): a shard re-run because a new image fell into it
+    opens none of the images it had."""
+    return LineMemo(store_root, "images", "|".join([config.model_dump_json(), code_version(),
+                                                    pillow_key()]))
+
+
+def process_shard(lines: list[str], config: ImageStepConfig, store_root: str | Path,
+                  on_image: Callable[[], None] | None = None) -> dict[str, list[str]]:
+    """The shard's output lines (OUTPUT_LISTS, plus the counters), each candidate line answered
+    from the memo or processed and remembered."""
+    store, memo = ContentStore(store_root), sample_memo(config, store_root)
+    outputs: dict[str, list[str]] = {name: [] for name in OUTPUT_LISTS}
+    counters: Counter = Counter()
+    for line in lines:
+        hit = memo.get(line)
+        if hit is not None and all(Path(p).is_file() for p in hit[1]["paths"]):
+            for name, out in zip(hit[1]["lists"], hit[0], strict=True):
+                outputs[name].append(out)
+            counters.update(as_reused(hit[1]["counters"]))
+        else:
+            result = ShardResult()
+            sample = Sample.model_validate_json(line)
+            process_sample(sample, config, store, result)
+            made = [(name, record.model_dump_json()) for name in OUTPUT_LISTS
+                    for record in getattr(result, name)]
+            for name, out in made:
+                outputs[name].append(out)
+            counters.update(result.counters)
+            if not any(r.reason == "image_missing" for r in result.rejected):  # may come back
+                memo.put(line, [out for _, out in made], {
+                    "lists": [name for name, _ in made], "counters": dict(result.counters),
+                    "paths": [s.processed_path for s in result.kept if s.processed_path]})
         if on_image is not None:
             on_image()
-    return result
+    memo.save()
+    return {**outputs, "counters": counters}
 
 
 class ShardOutput(BaseModel, frozen=True):
@@ -180,35 +222,39 @@ def _shard_memo(shard: Manifest, config: ImageStepConfig, store_root: str | Path
 
 
 def remembered(memo: Path) -> ShardOutput | None:
-    """The output remembered in `memo`, as work done by no one: what it decoded or encoded then
-    counts as reused now. None if there is none (or its manifests are gone)."""
+    """The output remembered in `memo`, as work done by no one (`as_reused`). None if there is
+    none (or its manifests are gone)."""
     if not memo.is_file():
         return None
     output = ShardOutput.model_validate_json(memo.read_bytes())
     manifests = (output.kept, output.dropped_grayscale, output.rejected, output.rejected_boxes)
     if not all(Path(m.path).is_file() for m in manifests):
         return None
-    counters = Counter(output.counters)
-    counters["images_reused"] += counters.pop("images_decoded", 0)
-    counters["encodes_reused"] += counters.pop("images_encoded", 0)
-    return output.model_copy(update={"counters": {k: v for k, v in counters.items() if v}})
+    return output.model_copy(update={"counters": dict(as_reused(output.counters))})
+
+
+def _write_lines(lines: list[str], manifests_dir: str | Path, kind: str) -> Manifest:
+    with ManifestWriter(manifests_dir, kind) as out:
+        for line in lines:
+            out.add_line(line)
+    return out.manifest
 
 
 def process_images_step(shard: Manifest, config: ImageStepConfig, store_root: str | Path,
                        manifests_dir: str | Path) -> ShardOutput:
     """The shard's images inspected and rendered; a shard seen before (same images, same
-    config) is answered from its memo without opening an image, with or without Prefect."""
+    config) is answered from its memo without opening an image, with or without Prefect, and
+    so is each image seen before in a shard that changed."""
     memo = _shard_memo(shard, config, store_root, manifests_dir)
     if (known := remembered(memo)) is not None:
         return known
-    samples = read_samples(shard)
-    result = process_shard(samples, config, store_root, on_image=progress.advance)
+    made = process_shard(list(read_lines(shard)), config, store_root, on_image=progress.advance)
     output = ShardOutput(
-        kept=write_manifest(result.kept, manifests_dir, "kept"),
-        dropped_grayscale=write_manifest(result.dropped_grayscale, manifests_dir, "dropped-gray"),
-        rejected=write_manifest(result.rejected, manifests_dir, "rejected"),
-        rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "rejected-boxes"),
-        counters=dict(result.counters),
+        kept=_write_lines(made["kept"], manifests_dir, "kept"),
+        dropped_grayscale=_write_lines(made["dropped_grayscale"], manifests_dir, "dropped-gray"),
+        rejected=_write_lines(made["rejected"], manifests_dir, "rejected"),
+        rejected_boxes=_write_lines(made["rejected_boxes"], manifests_dir, "rejected-boxes"),
+        counters=dict(made["counters"]),
     )
     ContentStore(store_root).write(memo, output.model_dump_json().encode())
     return output

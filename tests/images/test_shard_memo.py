@@ -65,6 +65,28 @@ def test_an_image_changed_on_disk_makes_its_shard_processed_again(shard_of_ten):
     assert again.counters["images_reused"] == 10 and again.kept.count == 10
 
 
+def test_a_changed_shard_opens_only_its_new_and_changed_images(shard_of_ten, monkeypatch):
+    source, shard, tmp_path = shard_of_ten
+    config = ImageStepConfig(grayscale="convert", images=ImageLimits())
+    first = process_images_step(shard, config, tmp_path / "store", tmp_path / "manifests")
+    touched = read_samples(shard)[3]
+    stat = os.stat(touched.image_path)
+    os.utime(touched.image_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    config_file = load_config(tmp_path / "c.yaml")
+    ingested = ingest_step(config_file.source, config_file.label_rules, tmp_path / "manifests")
+    [new_shard] = shard_step(ingested.candidates, 1000, tmp_path / "manifests")
+
+    opened = []
+    real = shard_module.inspect_and_decode
+    monkeypatch.setattr(shard_module, "inspect_and_decode",
+                        lambda path, *a, **k: opened.append(path) or real(path, *a, **k))
+    again = process_images_step(new_shard, config, tmp_path / "store", tmp_path / "manifests")
+    assert opened == [touched.image_path]  # the other nine: remembered per image
+    assert again.counters["images_reused"] == 10 and again.kept.count == first.kept.count
+    assert [s.model_copy(update={"file_mtime_ns": 0}) for s in read_samples(again.kept)] == \
+        [s.model_copy(update={"file_mtime_ns": 0}) for s in read_samples(first.kept)]
+
+
 def test_a_different_config_is_a_different_memo(shard_of_ten):
     _, shard, tmp_path = shard_of_ten
     convert = ImageStepConfig(grayscale="convert", images=ImageLimits())

@@ -191,14 +191,16 @@ class PublishOutput(BaseModel, frozen=True):
     files: dict[str, int] = {}  # parquet_written / parquet_reused (unchanged since last time)
 
 
-def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
+def read_manifest_once(manifest: Manifest) -> tuple[str, dict[str, int], list[tuple[str, str]]]:
     """One pass: a hash of what the dataset says (content hashes, boxes, splits, targets,
     rendering), not of where files happen to live, so the same data prepared anywhere has the
-    same fingerprint; and the boxes per class of the original (unflipped) images. The lines
-    are read as plain JSON: they were written from Samples, and pydantic's parse would only
-    check them again (a fifth of an incremental publish)."""
+    same fingerprint; the boxes per class of the original (unflipped) images; and each line's
+    (split, item), so that the writer can route lines without parsing them again. Lines are
+    read as plain JSON: they were written from Samples, and pydantic would only check them
+    again (a fifth of an incremental publish)."""
     digest = hashlib.sha256()
     classes: Counter = Counter()
+    where: list[tuple[str, str]] = []
     for line in read_lines(manifest):
         sample = json.loads(line)
         boxes = sample["boxes"]
@@ -210,23 +212,30 @@ def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
         ]).encode())
         if sample["augmentation"] == "none":
             classes.update(box["label"] for box in boxes)
-    return digest.hexdigest()[:32], dict(classes)
+        where.append((sample["split"], sample["item"]))
+    return digest.hexdigest()[:32], dict(classes), where
 
 
-def records_of_split(manifest: Manifest, split: str) -> Iterator[tuple[str, str]]:
-    """(item, line) of the split's records, in manifest order, read as plain JSON."""
-    for line in read_lines(manifest):
-        record = json.loads(line)
-        if record["split"] == split:
-            yield record["item"], line
+def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
+    fingerprint, classes, _ = read_manifest_once(manifest)
+    return fingerprint, classes
+
+
+def records_of_split(manifest: Manifest, split: str,
+                     where: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(item, line) of the split's records, in manifest order (`where` from read_manifest_once)."""
+    for line, (line_split, item) in zip(read_lines(manifest), where, strict=True):
+        if line_split == split:
+            yield item, line
 
 
 def publish_step(manifest: Manifest, name: str, config: PublishConfig, out_dir: str | Path,
             api=None) -> PublishOutput:
-    def split_reader(split: str) -> Callable[[], Iterable[tuple[str, str]]]:
-        return lambda: records_of_split(manifest, split)
+    fingerprint, classes, where = read_manifest_once(manifest)
 
-    fingerprint, classes = fingerprint_and_classes(manifest)
+    def split_reader(split: str) -> Callable[[], Iterable[tuple[str, str]]]:
+        return lambda: records_of_split(manifest, split, where)
+
     folder = Path(out_dir)
     rows, files = write_local({s: split_reader(s) for s in SPLITS}, folder, name, classes,
                               fingerprint)

@@ -88,9 +88,9 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
                                     if p.suffix.lower() == annotation_suffix]
         elif folder.is_file():
             listing.annotations.append(folder)
-    for path in sorted(set(listing.images) | set(listing.annotations)):
+    for path in sorted(set(listing.images) | set(listing.annotations), key=os.fspath):
         try:
-            stat = path.lstat()
+            stat = os.lstat(path)
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{path}\0gone\n".encode())

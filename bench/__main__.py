@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench.results import RESULTS, median_time, record, sections_owned_elsewhere
+from tasks.images.workers import allow as allow_image_workers
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -39,11 +40,12 @@ def prep_work(config_path: Path, out: Path, home: Path, workers: int) -> dict:
 
 
 def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:
-    """Peak RSS (MiB) of a fresh process running the prepare flow (its Prefect server excluded)."""
+    """Peak RSS (MiB) of a fresh process running the prepare flow, its image workers included
+    (its Prefect server excluded)."""
     import psutil
 
-    code = ("import sys; from flows.prepare import prepare; "
-            "prepare(sys.argv[1], sys.argv[2], sys.argv[3])")
+    code = ("import sys; from tasks.images.workers import allow; allow(); "
+            "from flows.prepare import prepare; prepare(sys.argv[1], sys.argv[2], sys.argv[3])")
     (home / "prefect").mkdir(parents=True, exist_ok=True)  # Prefect does not create its home
     # A process of its own with a Prefect of its own: nothing inherited from this process's
     # Prefect (its server, its database), so that only prep's own memory is measured.
@@ -55,9 +57,12 @@ def peak_rss_of_prepare(config: Path, out: Path, home: Path) -> float:
     handle, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
         try:
-            peak = max(peak, handle.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
+            # the flow's process and its image workers (not the Prefect server it starts)
+            tree = [handle, *(c for c in handle.children(recursive=True)
+                              if "prefect" not in " ".join(c.cmdline()))]
+            peak = max(peak, sum(p.memory_info().rss for p in tree))
+        except psutil.Error:
+            pass
         time.sleep(0.05)
     log.close()
     if process.returncode != 0:
@@ -291,6 +296,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=REPO / "work" / "bench")
     args = parser.parse_args()
+    allow_image_workers()  # (this module keeps its work under `if __name__ == "__main__"`)
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(args.work / "prefect"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
+import multiprocessing
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageChops
@@ -15,24 +17,35 @@ from tasks.core.config import SplitConfig
 from tasks.core.splits import split_of
 
 
+def _decode_once_encode_each(path: Path, flip: bool) -> int:
+    with Image.open(path) as image:
+        outputs = [image.convert("RGB")]
+        if flip:
+            outputs.append(outputs[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        size = 0
+        for output in outputs:
+            buffer = io.BytesIO()
+            output.save(buffer, format="JPEG", quality=95)
+            size += len(buffer.getvalue())
+        return size
+
+
+@functools.lru_cache(maxsize=4)
+def floor_workers(workers: int) -> ProcessPoolExecutor:
+    """Processes for the floor, started (and warmed) once: Pillow's JPEG encoder holds the GIL,
+    so threads would not reach all cores (2 cores: 1.0 s on threads, 0.69 s on processes)."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    list(pool.map(abs, range(workers)))
+    return pool
+
+
 def pillow_limit(images: list[Path], workers: int, flipped: frozenset[Path] = frozenset()) -> int:
     """The floor: decode every source image once and encode every output once (each image, and
-    the flipped copy of each image in `flipped`), in the same format, on `workers` threads."""
-
-    def once(path: Path) -> int:
-        with Image.open(path) as image:
-            outputs = [image.convert("RGB")]
-            if path in flipped:
-                outputs.append(outputs[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-            size = 0
-            for output in outputs:
-                buffer = io.BytesIO()
-                output.save(buffer, format="JPEG", quality=95)
-                size += len(buffer.getvalue())
-            return size
-
-    with ThreadPoolExecutor(workers) as pool:
-        return sum(pool.map(once, images))
+    the flipped copy of each image in `flipped`), in the same format, on `workers` processes."""
+    pool = floor_workers(workers)
+    chunk = max(1, len(images) // (8 * workers))
+    return sum(pool.map(_decode_once_encode_each, images, [p in flipped for p in images],
+                        chunksize=chunk))
 
 
 def training_images(images: list[Path], ratios: SplitConfig | None = None) -> frozenset[Path]:

@@ -13,6 +13,7 @@ import typer
 from flows.predict_command import predict
 from flows.summaries import config_or_exit, console
 from tasks.core.home import configure_environment, resolve_home
+from tasks.images.workers import allow as allow_image_workers
 
 app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
@@ -33,6 +34,7 @@ def main(
 ) -> None:
     configure_environment(where := resolve_home(home))
     ctx.obj = str(where.root)  # the home every command passes to its flow
+    allow_image_workers()  # this entry point keeps its work under `if __name__ == "__main__"`
 
 
 @app.command()

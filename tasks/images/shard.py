@@ -6,152 +6,23 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from prefect import task
 from pydantic import BaseModel
 
 from tasks.core import progress
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
-from tasks.core.config import DatasetConfig, ImageLimits, SplitConfig
 from tasks.core.memo import LineMemo
-from tasks.core.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_lines
-from tasks.core.splits import split_of
-from tasks.images.boxes import fit_boxes, orient
-from tasks.images.store import (
-    ContentStore,
-    derived_image,
-    flip_op,
-    inspect_and_decode,
-    output_op,
-    pillow_key,
+from tasks.core.records import Manifest, ManifestWriter, read_lines
+from tasks.images.sample import (  # noqa: F401 - image_step_config: the step's config, here too
+    OUTPUT_LISTS,
+    ImageStepConfig,
+    LineOutcome,
+    image_step_config,
 )
-
-
-class ImageStepConfig(BaseModel, frozen=True):
-    """The config this step depends on (and nothing else, so other edits keep its cache)."""
-
-    grayscale: str
-    images: ImageLimits
-    # The training images' flips are rendered here, from the pixels decoded for the checks, so
-    # that each source image is decoded once; the augment step then finds them made.
-    split: SplitConfig = SplitConfig()
-    flips: tuple[str, ...] = ()
-
-
-def image_step_config(config: DatasetConfig) -> ImageStepConfig:
-    return ImageStepConfig(grayscale=config.grayscale, images=config.images, split=config.split,
-                           flips=config.augment.kinds)
-
-
-@dataclass
-class ShardResult:
-    kept: list[Sample] = field(default_factory=list)
-    dropped_grayscale: list[Sample] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    rejected_boxes: list[Rejection] = field(default_factory=list)
-    # boxes_clipped, grayscale_detected, and the work done: images_decoded / _reused / _encoded
-    counters: Counter = field(default_factory=Counter)
-
-
-def _boxes_in_image_frame(sample: Sample, raw_w: int, raw_h: int, width: int, height: int,
-                          orientation: int) -> list | None:
-    """Boxes in the oriented image's frame, or None when the declared size fits no frame.
-
-    Annotators (LabelImg included) draw on the stored pixels, so with an EXIF rotation the boxes
-    are rotated along, unless the declared size names the already-rotated picture."""
-    declared = (sample.declared_width, sample.declared_height)
-    if None in declared:
-        declared = (raw_w, raw_h)
-    if orientation != 1 and declared == (raw_w, raw_h):
-        return [orient(box, orientation, raw_w, raw_h) for box in sample.boxes]
-    if declared == (width, height):
-        return list(sample.boxes)
-    return None
-
-
-def _quarantine(sample: Sample, reason: str, detail: str, result: ShardResult) -> None:
-    result.rejected.append(Rejection(item=sample.item, reason=reason, detail=detail))
-    # Its boxes leave with it, each counted under a reason.
-    result.rejected_boxes += box_rejections(sample.item, len(sample.boxes), "image_rejected", reason)
-
-
-def process_sample(sample: Sample, config: ImageStepConfig, store: ContentStore,
-                   result: ShardResult) -> None:
-    limits = config.images
-    try:
-        inspection, reused, decoded = inspect_and_decode(sample.image_path, store,
-                                                         limits.max_pixels, limits.gray_tolerance)
-    except FileNotFoundError:
-        _quarantine(sample, "image_missing", f"{sample.image_path} disappeared", result)
-        return
-    except OSError as exc:
-        _quarantine(sample, "image_unreadable", f"{type(exc).__name__}: {exc}", result)
-        return
-    result.counters["images_reused" if reused else "images_decoded"] += 1
-    if not inspection.ok:
-        _quarantine(sample, inspection.reason, inspection.detail, result)
-        return
-    boxes = _boxes_in_image_frame(sample, inspection.raw_width, inspection.raw_height,
-                                  inspection.width, inspection.height, inspection.orientation)
-    if boxes is None:
-        _quarantine(sample, "size_mismatch",
-                    f"annotation says {sample.declared_width}x{sample.declared_height}, "
-                    f"image is {inspection.width}x{inspection.height}", result)
-        return
-    kept_boxes, unfit_boxes, clipped = fit_boxes(boxes, sample.item, inspection.width,
-                                                    inspection.height, limits.min_box_size)
-    sample = sample.model_copy(update={
-        "sha256": inspection.sha256, "width": inspection.width, "height": inspection.height,
-        "mode": inspection.mode, "grayscale": inspection.grayscale, "boxes": kept_boxes,
-        "image_format": inspection.format,
-    })
-    if inspection.grayscale:
-        result.counters["grayscale_detected"] += 1
-        if config.grayscale == "drop":
-            result.dropped_grayscale.append(sample)
-            result.rejected_boxes += box_rejections(sample.item, len(kept_boxes),
-                                                    "image_dropped_grayscale")
-            result.rejected_boxes.extend(unfit_boxes)
-            return
-    op = output_op(inspection, config.grayscale)
-    if op is not None:
-        try:
-            path, reused_image = derived_image(sample.image_path, inspection.sha256, op,
-                                               inspection.format, limits.max_pixels, store, decoded)
-        except (OSError, ValueError) as exc:
-            _quarantine(sample, "image_unreadable", f"re-encoding failed: {exc}", result)
-            return
-        result.counters["encodes_reused" if reused_image else "images_encoded"] += 1
-        sample = sample.model_copy(update={"processed_path": path, "image_op": op})
-    if inspection.grayscale and config.grayscale == "convert":
-        # 3-channel in the dataset: re-encoded from L/P/16-bit, or RGB with gray content as is.
-        result.counters["grayscale_converted"] += 1
-    result.counters["boxes_clipped"] += clipped
-    result.rejected_boxes.extend(unfit_boxes)
-    result.kept.append(sample)
-    if decoded is not None and config.flips and split_of(inspection.sha256, config.split) == "train":
-        render_flips(sample, decoded, config, store, result)
-
-
-def render_flips(sample: Sample, decoded: Image.Image, config: ImageStepConfig, store: ContentStore,
-                 result: ShardResult) -> None:
-    """The flipped copies the augment step will ask for (`flip_op`), made from the pixels
-    at hand. A failure here only means the augment step makes them (or reports them) itself."""
-    for kind in config.flips:
-        try:
-            _, reused = derived_image(sample.image_path, sample.sha256, flip_op(sample.image_op, kind),
-                                      sample.image_format, config.images.max_pixels, store, decoded)
-        except (OSError, ValueError):
-            continue
-        if not reused:
-            result.counters["images_encoded"] += 1
-            result.counters["flips_rendered"] += 1
-
-
-OUTPUT_LISTS = ("kept", "dropped_grayscale", "rejected", "rejected_boxes")
+from tasks.images.store import ContentStore, pillow_key
+from tasks.images.workers import outcomes
 
 
 def as_reused(counters: dict[str, int]) -> Counter:
@@ -173,32 +44,33 @@ def sample_memo(config: ImageStepConfig, store_root: str | Path) -> LineMemo:
 
 def process_shard(lines: list[str], config: ImageStepConfig, store_root: str | Path,
                   on_image: Callable[[], None] | None = None) -> dict[str, list[str]]:
-    """The shard's output lines (OUTPUT_LISTS, plus the counters), each candidate line answered
-    from the memo or processed and remembered."""
-    store, memo = ContentStore(store_root), sample_memo(config, store_root)
-    outputs: dict[str, list[str]] = {name: [] for name in OUTPUT_LISTS}
-    counters: Counter = Counter()
+    """The shard's output lines (OUTPUT_LISTS, plus the counters): each candidate line answered
+    from the memo, the others processed (on the image workers when there are enough of them)
+    and remembered."""
+    memo = sample_memo(config, store_root)
+    answers: list[LineOutcome | None] = []
     for line in lines:
         hit = memo.get(line)
-        if hit is not None and all(Path(p).is_file() for p in hit[1]["paths"]):
-            for name, out in zip(hit[1]["lists"], hit[0], strict=True):
-                outputs[name].append(out)
-            counters.update(as_reused(hit[1]["counters"]))
-        else:
-            result = ShardResult()
-            sample = Sample.model_validate_json(line)
-            process_sample(sample, config, store, result)
-            made = [(name, record.model_dump_json()) for name in OUTPUT_LISTS
-                    for record in getattr(result, name)]
-            for name, out in made:
-                outputs[name].append(out)
-            counters.update(result.counters)
-            if not any(r.reason == "image_missing" for r in result.rejected):  # may come back
-                memo.put(line, [out for _, out in made], {
-                    "lists": [name for name, _ in made], "counters": dict(result.counters),
-                    "paths": [s.processed_path for s in result.kept if s.processed_path]})
-        if on_image is not None:
+        valid = hit is not None and all(Path(p).is_file() for p in hit[1]["paths"])
+        answers.append(LineOutcome(made=list(zip(hit[1]["lists"], hit[0], strict=True)),
+                                   counters=dict(as_reused(hit[1]["counters"])), memoable=False,
+                                   paths=[]) if valid else None)
+        if valid and on_image is not None:
             on_image()
+    misses = [line for line, answer in zip(lines, answers, strict=True) if answer is None]
+    made = iter(outcomes(misses, config, store_root, on_image))
+    outputs: dict[str, list[str]] = {name: [] for name in OUTPUT_LISTS}
+    counters: Counter = Counter()
+    for line, answer in zip(lines, answers, strict=True):
+        if answer is None:
+            answer = next(made)
+            if answer.memoable:
+                memo.put(line, [out for _, out in answer.made], {
+                    "lists": [name for name, _ in answer.made], "counters": answer.counters,
+                    "paths": answer.paths})
+        for name, out in answer.made:
+            outputs[name].append(out)
+        counters.update(answer.counters)
     memo.save()
     return {**outputs, "counters": counters}
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import tasks.images.shard as shard_module
+import tasks.images.sample as sample_module
 from tasks.core.config import ImageLimits, load_config
 from tasks.core.records import read_samples
 from tasks.demo.sample_data import generate
@@ -36,8 +36,8 @@ def test_a_shard_seen_before_is_answered_without_opening_an_image(shard_of_ten, 
     def no_image_may_be_opened(*args, **kwargs):
         raise AssertionError("an image was opened for a shard seen before")
 
-    monkeypatch.setattr(shard_module, "inspect_and_decode", no_image_may_be_opened)
-    monkeypatch.setattr(shard_module, "derived_image", no_image_may_be_opened)
+    monkeypatch.setattr(sample_module, "inspect_and_decode", no_image_may_be_opened)
+    monkeypatch.setattr(sample_module, "derived_image", no_image_may_be_opened)
     again = process_images_step(shard, config, tmp_path / "store", tmp_path / "manifests")
     assert again.kept == first.kept and again.rejected == first.rejected
     assert "images_decoded" not in again.counters and again.counters["images_reused"] == 10
@@ -77,8 +77,8 @@ def test_a_changed_shard_opens_only_its_new_and_changed_images(shard_of_ten, mon
     [new_shard] = shard_step(ingested.candidates, 1000, tmp_path / "manifests")
 
     opened = []
-    real = shard_module.inspect_and_decode
-    monkeypatch.setattr(shard_module, "inspect_and_decode",
+    real = sample_module.inspect_and_decode
+    monkeypatch.setattr(sample_module, "inspect_and_decode",
                         lambda path, *a, **k: opened.append(path) or real(path, *a, **k))
     again = process_images_step(new_shard, config, tmp_path / "store", tmp_path / "manifests")
     assert opened == [touched.image_path]  # the other nine: remembered per image

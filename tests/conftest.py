@@ -31,6 +31,14 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(autouse=True)
+def image_workers_as_found(monkeypatch):
+    """A CLI test allows the image workers (as its entry point does): not for the tests after it."""
+    import tasks.images.workers as workers
+
+    monkeypatch.setattr(workers, "_allowed", workers._allowed)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """A fresh defectflow home (content store + manifests) per test."""

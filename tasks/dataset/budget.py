@@ -12,24 +12,28 @@ most one token per UTF-8 byte, and each `<loc_N>` is one token.
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import task
 from pydantic import BaseModel
 
-from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
 from tasks.core.config import TilingConfig
+from tasks.core.memo import LineMemo
 from tasks.core.records import (
     Manifest,
     ManifestWriter,
     Rejection,
     Sample,
     box_rejections,
-    read_records,
+    read_lines,
 )
 from tasks.dataset.loc_tokens import od_target
-from tasks.images.store import ContentStore, derived_image
+from tasks.images.store import ContentStore, derived_image, pillow_key
 from tasks.images.tiles import boxes_in_window, tile_windows
 
 LOC_TOKEN = re.compile(r"<loc_\d+>")
@@ -118,17 +122,66 @@ def _covered(sample: Sample, tiles: list[Sample]) -> list[bool]:
     return seen
 
 
+def budget_one(sample: Sample, budget: int, tokens: Callable[[Sample], int],
+               tiling: TilingConfig | None, store: ContentStore | None, max_pixels: int,
+               min_box_size: float) -> tuple[list[tuple[str, BaseModel]], int, Counter]:
+    """One sample against the budget: its records, each tagged with the manifest it goes to
+    (rows, images, rejected, rejected_boxes), its target length, and what tiling did."""
+    out: list[tuple[str, BaseModel]] = []
+    tiled: Counter = Counter()
+    length = tokens(sample)
+
+    def quarantine(detail: str) -> None:
+        out.append(("rejected", Rejection(item=sample.item, reason="target_too_long", detail=detail)))
+        out.extend(("rejected_boxes", box) for box in box_rejections(
+            sample.item, len(sample.boxes), "image_rejected", "target_too_long"))
+
+    over = length > budget
+    larger = tiling is not None and max(sample.width, sample.height) > tiling.size
+    if not (over or (larger and tiling.all_images)):
+        return [("rows", sample), ("images", sample)], length, tiled
+    detail = f"{length} target tokens ({len(sample.boxes)} boxes), over the {budget} budget"
+    if tiling is None or not larger:
+        quarantine(detail + ("" if tiling else "; `tiling` would cut it"))
+        return out, length, tiled
+    if sample.split == "test":
+        tiled["sliced_test_images"] += 1
+        return [("rows", sample.model_copy(update={"sliced": True})), ("images", sample)], length, tiled
+    tiles = cut_into_tiles(sample, tiling, store, max_pixels, min_box_size)
+    longest = max(tokens(tile) for tile in tiles)
+    if longest > budget:
+        quarantine(f"{detail}; its {tiling.size} px tiles still need {longest}")
+        return out, length, tiled
+    covered = _covered(sample, tiles)
+    out += [("rejected_boxes", Rejection(
+        item=f"{sample.item}#{n}", reason="box_split_by_tiles",
+        detail=f"less than {tiling.min_visible:.0%} of it inside any tile"))
+        for n, seen in enumerate(covered) if not seen]
+    out += [("rows", tile) for tile in tiles]
+    out.append(("images", sample.model_copy(update={
+        "boxes": [box for box, kept in zip(sample.boxes, covered, strict=True) if kept]})))
+    tiled["images"] += 1
+    tiled["tiles"] += len(tiles)
+    return out, length, tiled
+
+
 def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: str | Path,
                 tiling: TilingConfig | None = None, store_root: str | Path | None = None,
                 max_pixels: int = 100_000_000, min_box_size: float = 1.0) -> TargetsCheck:
     """Measure every sample's `<OD>` target. Within `budget` tokens it is kept; over it (or
     always, with `tiling.all_images`) a train or validation image is cut into tiles and a test
     image is kept whole, to be scored through tiles; an image whose tiles are still over the
-    budget, or any image over it without `tiling`, is quarantined (`target_too_long`)."""
+    budget, or any image over it without `tiling`, is quarantined (`target_too_long`). With a
+    content store, a sample measured in an earlier run (same settings, same tokenizer) is
+    answered from its memo."""
     tokenizer, counted_with = target_tokenizer(checkpoint)
-    store = ContentStore(store_root) if tiling else None
+    store = ContentStore(store_root) if tiling and store_root is not None else None
+    memo = None if store_root is None else LineMemo(store_root, "budget", "|".join([
+        str(budget), checkpoint, counted_with, str(len(tokenizer) if tokenizer else 0),
+        tiling.model_dump_json() if tiling else "", str(max_pixels), str(min_box_size),
+        code_version(), pillow_key()]))
     lengths: list[int] = []
-    tiled = {"images": 0, "tiles": 0, "sliced_test_images": 0}
+    tiled: Counter = Counter({"images": 0, "tiles": 0, "sliced_test_images": 0})
 
     def tokens(sample: Sample) -> int:
         return target_tokens(od_target(sample.boxes, sample.width, sample.height), tokenizer)
@@ -137,51 +190,30 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
             ManifestWriter(manifests_dir, "within-budget") as images, \
             ManifestWriter(manifests_dir, "over-budget") as rejected, \
             ManifestWriter(manifests_dir, "over-budget-boxes") as rejected_boxes:
-
-        def quarantine(sample: Sample, detail: str) -> None:
-            rejected.add(Rejection(item=sample.item, reason="target_too_long", detail=detail))
-            for box in box_rejections(sample.item, len(sample.boxes), "image_rejected",
-                                      "target_too_long"):
-                rejected_boxes.add(box)
-
-        for sample in read_records(samples, Sample):
-            length = tokens(sample)
-            lengths.append(length)
-            over = length > budget
-            larger = tiling is not None and max(sample.width, sample.height) > tiling.size
-            if not (over or (larger and tiling.all_images)):
-                rows.add(sample)
-                images.add(sample)
-                continue
-            detail = f"{length} target tokens ({len(sample.boxes)} boxes), over the {budget} budget"
-            if tiling is None or not larger:
-                quarantine(sample, detail + ("" if tiling else "; `tiling` would cut it"))
-                continue
-            if sample.split == "test":
-                rows.add(sample.model_copy(update={"sliced": True}))
-                images.add(sample)
-                tiled["sliced_test_images"] += 1
-                continue
-            tiles = cut_into_tiles(sample, tiling, store, max_pixels, min_box_size)
-            longest = max(tokens(tile) for tile in tiles)
-            if longest > budget:
-                quarantine(sample, f"{detail}; its {tiling.size} px tiles still need {longest}")
-                continue
-            covered = _covered(sample, tiles)
-            for n, seen in enumerate(covered):
-                if not seen:
-                    rejected_boxes.add(Rejection(
-                        item=f"{sample.item}#{n}", reason="box_split_by_tiles",
-                        detail=f"less than {tiling.min_visible:.0%} of it inside any tile"))
-            for tile in tiles:
-                rows.add(tile)
-            images.add(sample.model_copy(update={
-                "boxes": [box for box, kept in zip(sample.boxes, covered, strict=True) if kept]}))
-            tiled["images"] += 1
-            tiled["tiles"] += len(tiles)
+        writers = {"rows": rows, "images": images, "rejected": rejected,
+                   "rejected_boxes": rejected_boxes}
+        for line in read_lines(samples):
+            hit = memo.get(line) if memo is not None else None
+            if hit is not None and all(os.path.exists(p) for p in hit[1]["paths"]):
+                outputs, extras = list(zip(hit[1]["to"], hit[0], strict=True)), hit[1]
+            else:
+                made, length, made_tiled = budget_one(Sample.model_validate_json(line), budget,
+                                                      tokens, tiling, store, max_pixels, min_box_size)
+                outputs = [(to, record.model_dump_json()) for to, record in made]
+                extras = {"to": [to for to, _ in made], "length": length, "tiled": made_tiled,
+                          "paths": [r.processed_path for to, r in made
+                                    if to == "rows" and getattr(r, "tile", None)]}
+                if memo is not None:
+                    memo.put(line, [out for _, out in outputs], extras)
+            for to, out in outputs:
+                writers[to].add_line(out)
+            lengths.append(extras["length"])
+            tiled.update(extras["tiled"])
+    if memo is not None:
+        memo.save()
     stats = {"budget": budget, "counted_with": counted_with, "max_tokens": max(lengths, default=0),
              "p99_tokens": percentile(lengths, 99),
-             "over_budget": sum(length > budget for length in lengths), "tiling": tiled}
+             "over_budget": sum(length > budget for length in lengths), "tiling": dict(tiled)}
     return TargetsCheck(rows=rows.manifest, images=images.manifest, rejected=rejected.manifest,
                         rejected_boxes=rejected_boxes.manifest, stats=stats)
 

@@ -83,3 +83,25 @@ def test_counting_without_a_local_tokenizer_never_loads_torch(tmp_path):
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1",
                                "HF_HOME": str(tmp_path)})  # an empty Hub cache
     assert done.stdout.split()[-2:] == ["False", "False"], done.stdout
+
+
+def test_a_second_run_answers_known_samples_from_the_memo_with_the_same_manifests(tmp_path, monkeypatch):
+    import tasks.dataset.budget as budget_module
+    from tasks.core.records import read_lines
+
+    tiling = TilingConfig(size=128, overlap=0.2)
+    samples = [dense_sample(tmp_path, split) for split in ("train", "test", "validation")]
+    first = run(tmp_path, samples[:2], tiling)
+    measured = []
+    real = budget_module.budget_one
+    monkeypatch.setattr(budget_module, "budget_one",
+                        lambda sample, *a: measured.append(sample.item) or real(sample, *a))
+    second = run(tmp_path, samples, tiling)
+    assert measured == ["dense-validation.xml"]  # the two seen before: remembered
+    monkeypatch.setattr(budget_module, "budget_one", real)
+    fresh = budget_step(write_manifest(samples, tmp_path / "m", "split"), 1024, "tiny",
+                        tmp_path / "m", tiling, tmp_path / "fresh-store")
+    for name in ("rows", "images", "rejected", "rejected_boxes"):
+        assert [line.replace("fresh-store", "store") for line in read_lines(getattr(fresh, name))] \
+            == list(read_lines(getattr(second, name)))
+    assert second.stats == fresh.stats and first.stats["tiling"]["tiles"] == 16

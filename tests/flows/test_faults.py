@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import tasks.images.shard
+import tasks.images.sample
 from flows.prepare import prepare
 from tasks.demo.sample_data import generate
 from tests.support import demo_config, logs_of
@@ -26,7 +26,7 @@ def test_a_crash_in_the_middle_of_prep_reruns_to_the_same_dataset(tmp_path, monk
     config = make_source(tmp_path)
     reference = prepare(str(config), str(tmp_path / "ref"), str(tmp_path / "home-ref"))
 
-    real, calls = tasks.images.shard.process_sample, {"n": 0}
+    real, calls = tasks.images.sample.process_sample, {"n": 0}
 
     def crashing(*args, **kwargs):
         calls["n"] += 1
@@ -34,10 +34,10 @@ def test_a_crash_in_the_middle_of_prep_reruns_to_the_same_dataset(tmp_path, monk
             raise MemoryError("injected: the worker died mid-shard")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.images.shard, "process_sample", crashing)
+    monkeypatch.setattr(tasks.images.sample, "process_sample", crashing)
     crashed = prepare(str(config), str(tmp_path / "out"), str(tmp_path / "home"), return_state=True)
     assert crashed.is_failed()
-    monkeypatch.setattr(tasks.images.shard, "process_sample", real)
+    monkeypatch.setattr(tasks.images.sample, "process_sample", real)
 
     rerun = prepare(str(config), str(tmp_path / "out"), str(tmp_path / "home"))
     assert rerun["fingerprint"] == reference["fingerprint"]

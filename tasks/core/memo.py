@@ -20,32 +20,56 @@ from pathlib import Path
 ENTRY_SEPARATOR = "\t"  # JSON lines never hold a raw tab (json escapes control characters)
 
 
+DIGEST_CHARS = 32
+
+
 def line_digest(line: str) -> str:
-    return hashlib.blake2b(line.rstrip("\n").encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(line.rstrip("\n").encode(), digest_size=DIGEST_CHARS // 2).hexdigest()
+
+
+FLUSH_EVERY = 256  # new entries held before they are appended: memory stays flat
 
 
 class LineMemo:
     """`memo.get(line)` -> (output lines, extras) or None; `memo.put(line, outputs, extras)`;
-    `memo.save()` appends the new entries."""
+    `memo.save()` appends what is left of the new entries. Only where each entry lies in the
+    file is held (~150 bytes an entry), an entry is read when asked for: a memo of every record
+    of a large dataset does not grow the process."""
 
     def __init__(self, store_root: str | Path, step: str, key: str) -> None:
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         self.path = Path(store_root) / "memos" / step / f"{digest}.tsv"
-        self._known: dict[str, list[str]] = {}
-        self._new: list[str] = []
+        self._where: dict[bytes, tuple[int, int]] = {}  # digest -> (offset, length) in the file
+        self._new: dict[str, str] = {}  # digest -> entry, until appended
+        self._reader: int | None = None
         if self.path.is_file():
-            with open(self.path, encoding="utf-8") as handle:
-                for entry in handle:
-                    if entry.endswith("\n"):  # a torn last entry is not one
-                        fields = entry[:-1].split(ENTRY_SEPARATOR)
-                        self._known[fields[0]] = fields[1:]
+            with open(self.path, "rb") as handle:
+                offset = 0
+                for raw in handle:
+                    if raw.endswith(b"\n"):  # a torn last entry is not one
+                        self._where[raw[:DIGEST_CHARS]] = (offset, len(raw))
+                    offset += len(raw)
+
+    def _entry(self, digest: str) -> str | None:
+        if digest in self._new:
+            return self._new[digest]
+        where = self._where.get(digest.encode())
+        if where is None:
+            return None
+        if self._reader is None:
+            self._reader = os.open(self.path, os.O_RDONLY)
+        return os.pread(self._reader, where[1], where[0]).decode("utf-8", errors="replace")
 
     def get(self, line: str) -> tuple[list[str], dict] | None:
-        fields = self._known.get(line_digest(line))
-        if fields is None:
+        digest = line_digest(line)
+        entry = self._entry(digest)
+        if entry is None:
             return None
+        fields = entry.rstrip("\n").split(ENTRY_SEPARATOR)
         try:
-            return fields[1:], json.loads(fields[0])
+            if fields[0] != digest:
+                return None  # the file changed under us (or an entry was glued to a torn one)
+            return fields[2:], json.loads(fields[1])
         except (ValueError, IndexError):  # a damaged entry: do the work again
             return None
 
@@ -54,25 +78,37 @@ class LineMemo:
                   *(out.rstrip("\n") for out in outputs)]
         if any(ENTRY_SEPARATOR in field or "\n" in field for field in fields):
             return  # not a one-line JSON record: not remembered, only done again next time
-        self._known[fields[0]] = fields[1:]
-        self._new.append(ENTRY_SEPARATOR.join(fields) + "\n")
+        self._new[fields[0]] = ENTRY_SEPARATOR.join(fields) + "\n"
+        if len(self._new) >= FLUSH_EVERY:
+            self._append()
 
-    def save(self) -> None:
-        """Append this run's new entries (one write: concurrent runs interleave whole blocks)."""
+    def _append(self) -> None:
+        """Append the new entries in one write (concurrent runs interleave whole blocks)."""
         if not self._new:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(self._new).encode("utf-8")
+        data = "".join(self._new.values()).encode("utf-8")
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             while data:
                 data = data[os.write(descriptor, data):]
         finally:
             os.close(descriptor)
-        self._new = []
+        self._new = {}
+
+    def save(self) -> None:
+        """Append the entries not yet written; the memo is done with."""
+        self._append()
+        if self._reader is not None:
+            os.close(self._reader)
+            self._reader = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_reader", None) is not None:
+            os.close(self._reader)
 
     def __len__(self) -> int:
-        return len(self._known)
+        return len(self._where) + len(self._new)
 
 
 def remembered_map(lines: Iterable[str], memo: LineMemo, make: Callable[[str], list[str]]) -> Iterator[str]:

@@ -4,6 +4,7 @@ for 1000 NEU-DET images). Started at first need, one per core, kept for the proc
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import threading
@@ -14,8 +15,10 @@ from pathlib import Path
 
 from tasks.images.sample import ImageStepConfig, LineOutcome, process_lines
 
-CHUNK = 32  # candidates a worker takes at once
-WORTH_A_WORKER = 2 * CHUNK  # fewer new images than this are done in the caller's thread
+CHUNK = 32  # candidates a worker takes at once...
+CHUNK_BYTES = 2 * 2**20  # ...or fewer, when they are large: 24 photos of 3 MP make 24 chunks
+# Less new work than this is done in the caller's thread (no process started for it).
+WORTH_A_WORKER, WORTH_A_WORKER_BYTES = 2 * CHUNK, 2 * CHUNK_BYTES
 
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
@@ -56,8 +59,17 @@ def outcomes(lines: list[str], config: ImageStepConfig, store_root: str | Path,
              on_image: Callable[[], None] | None = None) -> list[LineOutcome]:
     """`process_lines` over the lines, in order, on the workers when there are enough of them.
     A worker that dies (killed, out of memory) costs its chunks a second try in this thread."""
-    chunks = [lines[i:i + CHUNK] for i in range(0, len(lines), CHUNK)]
-    pool = image_workers() if len(lines) >= WORTH_A_WORKER else None
+    sizes = [json.loads(line).get("file_size", 0) for line in lines]
+    chunks, chunk, chunk_bytes = [], [], 0
+    for line, size in zip(lines, sizes, strict=True):
+        chunk.append(line)
+        chunk_bytes += size
+        if len(chunk) == CHUNK or chunk_bytes >= CHUNK_BYTES:
+            chunks.append(chunk)
+            chunk, chunk_bytes = [], 0
+    chunks += [chunk] if chunk else []
+    worth_it = len(lines) >= WORTH_A_WORKER or sum(sizes) >= WORTH_A_WORKER_BYTES
+    pool = image_workers() if worth_it else None
     futures = [pool.submit(process_lines, chunk, config, str(store_root)) for chunk in chunks] \
         if pool is not None else [None] * len(chunks)
     done: list[LineOutcome] = []

@@ -28,3 +28,17 @@ def test_remembered_map_makes_only_what_it_does_not_know(tmp_path):
     second = LineMemo(tmp_path, "upper", "v1")
     assert list(remembered_map(['"x"', '"z"', '"y"'], second, make)) == ['"X"', '"Z"', '"Y"']
     assert made == ['"x"', '"y"', '"z"']
+
+
+def test_new_entries_are_appended_as_they_come_and_read_back_when_asked_for(tmp_path):
+    from tasks.core.memo import FLUSH_EVERY
+
+    memo = LineMemo(tmp_path, "step", "key")
+    for n in range(FLUSH_EVERY + 3):
+        memo.put(f'{{"n": {n}}}', [f'{{"m": {n}}}'])
+    assert memo.path.read_text().count("\n") == FLUSH_EVERY  # a block written before the end
+    memo.save()
+    again = LineMemo(tmp_path, "step", "key")
+    assert len(again) == FLUSH_EVERY + 3 and not again._new  # nothing of it held, only where
+    assert again.get('{"n": 7}') == (['{"m": 7}'], {})
+    assert again.get(f'{{"n": {FLUSH_EVERY + 2}}}') == ([f'{{"m": {FLUSH_EVERY + 2}}}'], {})

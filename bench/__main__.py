@@ -98,10 +98,10 @@ def bench_prep(work: Path, scale: int, repeats: int) -> list[tuple[str, float, f
     flipped = training_images(images)
     limit = median_time(lambda: pillow_limit(images, cores, flipped), repeats)
     rows.append((f"prep work, {scale} NEU-DET images (200x200), steps without Prefect", work_time,
-                 limit, f"Pillow: decode each once, encode each output once, {cores} threads",
+                 limit, f"Pillow: decode each once, encode each output once, {cores} processes",
                  "<= 1.3"))
     rows.append((f"prep flow, {scale} images, with Prefect (1 s polling granularity)", ours, limit,
-                 f"Pillow: decode each once, encode each output once, {cores} threads", "reported"))
+                 f"Pillow: decode each once, encode each output once, {cores} processes", "reported"))
     note = median_time(lambda: notebook(source, Path(tempfile.mkdtemp(dir=work))), 1)
     rows.append((f"notebook loop / prep work, {scale} images", note, work_time,
                  "(inverse: speed-up)", ">= 3"))

@@ -331,49 +331,52 @@ _NOTES = """
 ## Notes
 
 - "prep work" calls the same pure step functions as the flow's tasks, without Prefect (image
-  shards on as many threads as cores, as the flow's thread runner does), with a fresh content
-  store: the pipeline's own work. "prep flow" is the real Prefect flow; Prefect's engine
-  advances in steps of about a second here, so flow times come in ~1 s quanta (an empty flow
-  costs ~1.1 s, a fully Cached rerun the same), and flow-level ratios are coarse.
+  shards on as many threads as cores, their new images on the image workers, as the flow does),
+  with a fresh content store: the pipeline's own work. The workers are started once per
+  process (~0.5 s), like the floor's; the median of the repeats is taken with both warm.
+  "prep flow" is the real Prefect flow; Prefect's engine advances in steps of about a second
+  here, so flow times come in ~1 s quanta (an empty flow costs ~1.1 s, a fully Cached rerun the
+  same), and flow-level ratios are coarse.
 - The Pillow floor decodes every source image once and encodes every output once (each image,
   and the flipped copy of each image the split puts in `train`: the same outputs as prep's), into
-  memory, on as many threads as cores. Prep does no more pixel work than that: the image step
-  renders a training image's flip from the pixels it decoded for its checks, and an image that
-  needs no conversion goes into the dataset as its own bytes (not re-encoded).
+  memory, on as many processes as cores. Threads would not reach all cores: Pillow's JPEG
+  encoder holds the GIL (1000 images: 1.0 s on 2 threads, 0.6 s on 2 processes), so figures
+  from before 2026-11-24, measured against a floor on threads, are not comparable as ratios.
+  Prep does no more pixel work than the floor: the image step renders a training image's flip
+  from the pixels it decoded for its checks, and an image that needs no conversion goes into
+  the dataset as its own bytes (not re-encoded).
 - The notebook baseline is one sequential loop doing the same steps with PIL and `datasets`
   (no safety checks, no hashing, no manifests, no caching).
-- Memory is the peak RSS of a fresh process running the flow, sampled every 50 ms.
+- Memory is the peak RSS of a fresh process running the flow plus its image workers (its
+  Prefect server left out), sampled every 50 ms.
 - No GPU was lent to the session that wrote these figures: the bf16-vs-fp32 throughput of a
   Florence-2-base-sized model is not measured here.
 
 ## Where the goals are missed, and why
 
-- **Prep vs the Pillow floor (goal <= 1.3x).** On 200x200 JPEGs the floor needs ~1.3 ms an
-  image on 2 threads, and what prep adds to the pixels costs as much: the image step alone takes
-  ~2.0 s for 1000 images, of which ~0.45 s is the content store's files (an inspection memo per
-  image and a file per flip, written atomically: 1788 files take 0.45 s on this disk, on one
-  thread or two), and Pillow's JPEG encoder holds the GIL (py-spy --gil), so threads gain ~10%;
-  then ingest (~0.5 s: safe parsing of 1000 XML files, path checks), the record passes of split,
-  budget, flips and targets (~0.5 s) and publish (~0.5 s: the dataset written to disk as
-  parquet, where the floor writes nothing). These are what make a run safe, resumable and
-  incremental; at 0.04 MP an image they weigh as much as the pixels. On 3 MP images the pixels
-  dominate and publish writes ~80 MB of parquet (1.5 s of 3.8 s), and 24 images make one shard,
-  so the image step runs on one thread where the floor uses two.
-- **vs the notebook loop (goal >= 3x faster).** Not reachable at this image size by any prep
-  that encodes the flips: the notebook (one core, no checks) takes 2.3 s and the Pillow floor
-  itself 1.3 s, only 1.75x faster; 3x would need 0.77 s, below the floor.
-- **Incremental work (goal <= 0.05).** The image work is memoized per image (inspection by
-  content hash, flips by content hash and op) and per shard, but 10 new images spread over
-  1000 names land in every content-defined shard and in most parquet files, so shard- and
-  file-level reuse saves little here; ingest still parses every annotation, and split, budget,
-  flips, targets and publish stream every record. 0.05 needs per-record reuse through the whole
-  chain (annotation parses memoized by content hash, record-level memos in the later steps,
-  new rows appended as new parquet files): not built. In the flow, Prefect's cache skips the
-  unchanged steps only when their inputs are unchanged, which new images prevent for all but the
-  image shards they miss.
-- **Peak memory at 10x the data (met, was 1.31x).** Prefect's default task runner started a
-  thread for every shard at once, each holding its records and images: memory grew with the
-  number of shards. Prep now runs one shard per core at once.
+- **Prep vs the Pillow floor (goal <= 1.3x).** The floor needs ~0.6 ms an image on 2 cores at
+  200x200 px. Prep's own pixel work is on the image workers (~0.95 s for 1000 images, memo
+  files included), but the steps that make a run safe, resumable and incremental run as one
+  pass each over the records on one core: ingest ~0.45 s (safe XML parsing, path checks,
+  1000 records), split, budget, flips and targets ~0.5 s, publish ~0.4 s (the dataset written
+  as parquet, where the floor writes nothing). 1.3x would leave ~0.2 ms an image for all of
+  them together, below what one pass over a record costs in Python; and split (duplicates
+  across shards) must wait for every shard, so the passes cannot overlap the pixels. At 3 MP an
+  image the pixels weigh more and the ratio is lower, but publish still writes tens of MB of
+  parquet on one core.
+- **vs the notebook loop (goal >= 3x faster).** The notebook (one core, no checks) takes ~2 s;
+  the floor itself is ~3x faster than it, so any prep that does more than the floor's pixels
+  (checks, records, a dataset on disk) stays under 3x at this image size.
+- **Incremental work (goal <= 0.05).** Every step now remembers, per record, what it made of it
+  (parsed XMLs by content hash, each image's outcome, budget, flips, targets), and publish
+  rewrites only the parquet files the new images fall into. What is left (~0.65 s of ~2.1 s) is
+  knowing what changed: ingest lists 2000 files and reads and hashes 1000 XMLs (~0.3 s), every
+  later step passes over the 1000 records once to look them up (~0.03-0.05 s each), and
+  publish rewrites the files of each split that the 10 new images fall into (5 of 16 files:
+  ~0.2 s). 0.05 would need steps that take the difference from the last run (new, changed,
+  removed records) and patch its outputs instead of passing over them, and a publication that
+  appends files, which would give up "a fresh write equals the incremental one, row for row".
+  In the flow, Prefect's cache also skips the steps whose inputs did not change.
 - `bench/results.json` holds the issue's names (`prep_vs_decode_limit`, `notebook_speedup`,
   `incremental_work`, `rss_10x`, `coco_eval_vs_pycocotools`, and, from
   `python -m bench.throughput`, `train_input_speedup` and `eval_speedup_vs_seed`) with

@@ -1,6 +1,6 @@
 """The image workers: processes that decode and encode, because Pillow's JPEG encoder holds the
 GIL and threads cannot use a second core for it (2 cores: 2.0 s on threads, 1.1 s on processes
-for 1000 NEU-DET images). Started at first need, one per core, kept for the process's life."""
+for 1000 NEU-DET images). Started at first need, one per core (at most 8), kept for the process's life."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ CHUNK = 32  # candidates a worker takes at once...
 CHUNK_BYTES = 2 * 2**20  # ...or fewer, when they are large: 24 photos of 3 MP make 24 chunks
 # Less new work than this is done in the caller's thread (no process started for it).
 WORTH_A_WORKER, WORTH_A_WORKER_BYTES = 2 * CHUNK, 2 * CHUNK_BYTES
+MAX_WORKERS = 8  # ~70 MiB each while the process lives: no more on a many-core server
 
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
@@ -36,9 +37,10 @@ def allow() -> None:
 
 
 def image_workers() -> ProcessPoolExecutor | None:
-    """The process's pool of image workers, one per core (None when not allowed, or one core)."""
+    """The process's pool of image workers, one per core up to MAX_WORKERS (None when not
+    allowed, or on one core)."""
     global _pool
-    cores = os.cpu_count() or 1
+    cores = min(os.cpu_count() or 1, MAX_WORKERS)
     with _lock:
         if not _allowed or cores < 2:
             return None

@@ -18,7 +18,8 @@ from tasks.dataset.loc_tokens import loc_targets_task
 from tasks.dataset.publish import publish_task_for
 from tasks.dataset.report import report_task
 from tasks.dataset.split import split_task
-from tasks.images.shard import image_step_config, process_images_task
+from tasks.images.sample import image_step_config
+from tasks.images.shard import process_images_task
 from tasks.ingest.ingest import ingest_task, shard_task
 from tasks.nightly.runners import prep_threads
 

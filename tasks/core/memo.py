@@ -4,9 +4,10 @@ cache, which can only skip a whole step whose inputs did not change).
 
 A memo belongs to one step under one setting (its config, the code version, the libraries that
 shape its answer: the caller's `key`). It maps a digest of the input's JSON line to the lines
-the step wrote for it, plus a short JSON of extras (counters, paths to check). It lives in the
-content store as one append-only file: a run loads it once and appends what it learned in one
-write, so two runs at once can only add whole entries (a torn last line is skipped on load).
+the step wrote for it, plus a short JSON of extras (counters; under "paths", the files the
+outputs name, which must still be there for the entry to count). It lives in the content store
+as one append-only file: a run indexes it once and appends what it learned in whole blocks, so
+two runs at once can only add whole entries (a torn last line is skipped on load).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 ENTRY_SEPARATOR = "\t"  # JSON lines never hold a raw tab (json escapes control characters)
-
-
 DIGEST_CHARS = 32
 
 
@@ -61,6 +60,8 @@ class LineMemo:
         return os.pread(self._reader, where[1], where[0]).decode("utf-8", errors="replace")
 
     def get(self, line: str) -> tuple[list[str], dict] | None:
+        """The remembered outputs and extras, or None: never seen, damaged, or naming a file
+        (extras["paths"]) that is gone since, say a store cleaned by hand."""
         digest = line_digest(line)
         entry = self._entry(digest)
         if entry is None:
@@ -69,9 +70,12 @@ class LineMemo:
         try:
             if fields[0] != digest:
                 return None  # the file changed under us (or an entry was glued to a torn one)
-            return fields[2:], json.loads(fields[1])
+            extras = json.loads(fields[1])
         except (ValueError, IndexError):  # a damaged entry: do the work again
             return None
+        if not all(os.path.isfile(path) for path in extras.get("paths", ())):
+            return None
+        return fields[2:], extras
 
     def put(self, line: str, outputs: list[str], extras: dict | None = None) -> None:
         fields = [line_digest(line), json.dumps(extras or {}, separators=(",", ":")),

@@ -156,6 +156,14 @@ def write_manifest(records: Iterable[BaseModel], folder: str | Path, kind: str) 
     return out.manifest
 
 
+def write_lines(json_lines: Iterable[str], folder: str | Path, kind: str) -> Manifest:
+    """`write_manifest` for records already serialized (copied through without parsing)."""
+    with ManifestWriter(folder, kind) as out:
+        for line in json_lines:
+            out.add_line(line)
+    return out.manifest
+
+
 def read_records(manifest: Manifest | str | Path, model: type[BaseModel] = Sample) -> Iterator:
     path = manifest.path if isinstance(manifest, Manifest) else manifest
     with open(path, encoding="utf-8") as handle:

@@ -69,14 +69,14 @@ def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, sto
                  manifests_dir: str | Path) -> tuple[Manifest, dict[str, int]]:
     """`augment` over a manifest, in input order, with a per-record memo: a sample seen before
     (same record, same config, code and Pillow) gives its remembered lines without a pydantic
-    parse or a look into the store, as long as its flips' files are still there."""
+    parse, as long as its flips' files are still there (the memo checks its "paths")."""
     counters: Counter = Counter()
     memo = LineMemo(store_root, "augment",
                     "|".join([config.model_dump_json(), str(max_pixels), code_version(), pillow_key()]))
 
     def known(line: str) -> list[str] | None:
         hit = memo.get(line)
-        if hit is None or not all(os.path.exists(p) for p in hit[1].get("paths", [])):
+        if hit is None:
             return None
         for kind in hit[1].get("kinds", []):
             counters[kind] += 1

@@ -19,10 +19,10 @@ from tasks.core.memo import LineMemo, remembered_map
 from tasks.core.records import (
     Box,
     Manifest,
-    ManifestWriter,
     Sample,
     read_lines,
     read_records,
+    write_lines,
     write_manifest,
 )
 
@@ -75,12 +75,10 @@ def loc_targets_step(manifest: Manifest, manifests_dir: str | Path,
         return write_manifest(map(with_target, read_records(manifest, Sample)), manifests_dir,
                               "targets")
     memo = LineMemo(store_root, "loc-targets", code_version())
-    with ManifestWriter(manifests_dir, "targets") as out:
-        for line in remembered_map(read_lines(manifest), memo, lambda line: [
-                with_target(Sample.model_validate_json(line)).model_dump_json()]):
-            out.add_line(line)
+    targets = write_lines(remembered_map(read_lines(manifest), memo, lambda line: [
+        with_target(Sample.model_validate_json(line)).model_dump_json()]), manifests_dir, "targets")
     memo.save()
-    return out.manifest
+    return targets
 
 
 @task(name="loc-targets", cache_policy=CACHE_POLICY, persist_result=True)

@@ -14,7 +14,8 @@ from tasks.dataset.budget import budget_step
 from tasks.dataset.loc_tokens import loc_targets_step
 from tasks.dataset.publish import PublishOutput, publish_step
 from tasks.dataset.split import split_step
-from tasks.images.shard import image_step_config, process_images_step
+from tasks.images.sample import image_step_config
+from tasks.images.shard import process_images_step
 from tasks.ingest.ingest import ingest_step, shard_step
 
 

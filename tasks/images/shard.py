@@ -14,13 +14,8 @@ from pydantic import BaseModel
 from tasks.core import progress
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
 from tasks.core.memo import LineMemo
-from tasks.core.records import Manifest, ManifestWriter, read_lines
-from tasks.images.sample import (  # noqa: F401 - image_step_config: the step's config, here too
-    OUTPUT_LISTS,
-    ImageStepConfig,
-    LineOutcome,
-    image_step_config,
-)
+from tasks.core.records import Manifest, read_lines, write_lines
+from tasks.images.sample import OUTPUT_LISTS, ImageStepConfig, LineOutcome
 from tasks.images.store import ContentStore, pillow_key
 from tasks.images.workers import outcomes
 
@@ -51,11 +46,10 @@ def process_shard(lines: list[str], config: ImageStepConfig, store_root: str | P
     answers: list[LineOutcome | None] = []
     for line in lines:
         hit = memo.get(line)
-        valid = hit is not None and all(Path(p).is_file() for p in hit[1]["paths"])
         answers.append(LineOutcome(made=list(zip(hit[1]["lists"], hit[0], strict=True)),
                                    counters=dict(as_reused(hit[1]["counters"])), memoable=False,
-                                   paths=[]) if valid else None)
-        if valid and on_image is not None:
+                                   paths=[]) if hit is not None else None)
+        if hit is not None and on_image is not None:
             on_image()
     misses = [line for line, answer in zip(lines, answers, strict=True) if answer is None]
     made = iter(outcomes(misses, config, store_root, on_image))
@@ -105,13 +99,6 @@ def remembered(memo: Path) -> ShardOutput | None:
     return output.model_copy(update={"counters": dict(as_reused(output.counters))})
 
 
-def _write_lines(lines: list[str], manifests_dir: str | Path, kind: str) -> Manifest:
-    with ManifestWriter(manifests_dir, kind) as out:
-        for line in lines:
-            out.add_line(line)
-    return out.manifest
-
-
 def process_images_step(shard: Manifest, config: ImageStepConfig, store_root: str | Path,
                        manifests_dir: str | Path) -> ShardOutput:
     """The shard's images inspected and rendered; a shard seen before (same images, same
@@ -122,10 +109,10 @@ def process_images_step(shard: Manifest, config: ImageStepConfig, store_root: st
         return known
     made = process_shard(list(read_lines(shard)), config, store_root, on_image=progress.advance)
     output = ShardOutput(
-        kept=_write_lines(made["kept"], manifests_dir, "kept"),
-        dropped_grayscale=_write_lines(made["dropped_grayscale"], manifests_dir, "dropped-gray"),
-        rejected=_write_lines(made["rejected"], manifests_dir, "rejected"),
-        rejected_boxes=_write_lines(made["rejected_boxes"], manifests_dir, "rejected-boxes"),
+        kept=write_lines(made["kept"], manifests_dir, "kept"),
+        dropped_grayscale=write_lines(made["dropped_grayscale"], manifests_dir, "dropped-gray"),
+        rejected=write_lines(made["rejected"], manifests_dir, "rejected"),
+        rejected_boxes=write_lines(made["rejected_boxes"], manifests_dir, "rejected-boxes"),
         counters=dict(made["counters"]),
     )
     ContentStore(store_root).write(memo, output.model_dump_json().encode())

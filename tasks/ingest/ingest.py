@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from tasks.core.caching import CACHE_POLICY
 from tasks.core.config import SourceConfig
 from tasks.core.labels import LabelRules
-from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, write_manifest
+from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, write_lines, write_manifest
 from tasks.ingest.coco import CocoUnreadable, ingest_coco
 from tasks.ingest.results import IngestResult
 from tasks.ingest.sources import SourceListing, list_source
@@ -109,13 +109,7 @@ def shard_step(candidates: Manifest, shard_size: int, manifests_dir: str | Path)
         groups[-1].append(line)
         if zlib.crc32(item.encode()) % shard_size == 0 or len(groups[-1]) >= 4 * shard_size:
             groups.append([])
-    shards = []
-    for group in filter(None, groups):
-        with ManifestWriter(manifests_dir, "shard") as shard:
-            for line in group:
-                shard.add_line(line)
-        shards.append(shard.manifest)
-    return shards
+    return [write_lines(group, manifests_dir, "shard") for group in filter(None, groups)]
 
 
 @task(name="source-fingerprint")

@@ -42,3 +42,15 @@ def test_new_entries_are_appended_as_they_come_and_read_back_when_asked_for(tmp_
     assert len(again) == FLUSH_EVERY + 3 and not again._new  # nothing of it held, only where
     assert again.get('{"n": 7}') == (['{"m": 7}'], {})
     assert again.get(f'{{"n": {FLUSH_EVERY + 2}}}') == ([f'{{"m": {FLUSH_EVERY + 2}}}'], {})
+
+
+def test_an_entry_naming_a_file_that_is_gone_is_not_an_answer(tmp_path):
+    made = tmp_path / "flip.jpg"
+    made.write_bytes(b"pixels")
+    memo = LineMemo(tmp_path, "step", "key")
+    memo.put('{"a": 1}', ['{"a": 1, "flip": "x"}'], {"paths": [str(made)]})
+    memo.save()
+    assert LineMemo(tmp_path, "step", "key").get('{"a": 1}') == (
+        ['{"a": 1, "flip": "x"}'], {"paths": [str(made)]})
+    made.unlink()  # a store cleaned by hand
+    assert LineMemo(tmp_path, "step", "key").get('{"a": 1}') is None

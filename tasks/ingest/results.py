@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.core.records import Rejection, Sample
-from tasks.ingest.sources import PathOutsideSource, SourceListing, inside, is_junk_name
+from tasks.ingest.sources import PathOutsideSource, SourceListing, is_junk_name
 
 
 @dataclass
@@ -29,7 +29,7 @@ def reject_unclaimed_images(
             continue
         item = path.relative_to(images_root).as_posix()
         try:
-            inside(images_root, path)
+            listing.check_inside(images_root, path)
         except PathOutsideSource as exc:
             result.rejected.append(Rejection(item=item, reason="path_outside_source", detail=str(exc)))
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -63,14 +64,57 @@ class SourceListing:
     images: list[Path] = field(default_factory=list)  # image-named files, junk included
     annotations: list[Path] = field(default_factory=list)
     fingerprint: str = ""
+    # path -> (the folder whose walk listed it, its lstat then): what ingest asks of a file
+    # again (is it a link? its size and mtime) is answered from here, without a syscall
+    listed: dict[str, tuple[str, os.stat_result]] = field(default_factory=dict)
+
+    def check_inside(self, root: Path, path: Path) -> None:
+        """`inside(root, path)`, answered from the listing for a plain file that root's own walk
+        listed: the walk enters no linked folder, so such a file cannot lead out of root."""
+        found = self.listed.get(os.fspath(path))
+        if found is None or found[0] != os.fspath(root) or stat.S_ISLNK(found[1].st_mode):
+            inside(root, path)
+
+    def stat(self, path: Path) -> os.stat_result:
+        """The file's stat (links followed): from the listing for a plain file, else asked."""
+        found = self.listed.get(os.fspath(path))
+        if found is not None and stat.S_ISREG(found[1].st_mode):
+            return found[1]
+        return path.stat()
 
 
-def walk_files(root: Path) -> list[Path]:
-    """Every file under root, sorted, hidden folders skipped, symlinked folders not entered."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(folder) / name for name in sorted(files))
+def walk_files(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None = None) -> list[Path]:
+    """Every file under root, sorted (a folder's files, then its subfolders), hidden folders
+    skipped, symlinked folders not entered. With `listed`, each file's lstat goes there."""
+    found: list[Path] = []
+    top = os.fspath(root)
+
+    def visit(folder: str) -> None:
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError:
+            return  # an unreadable folder lists nothing, as os.walk does
+        folders = []
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # a link to a folder is one, but is not entered
+            except OSError:
+                is_folder = False
+            if is_folder:
+                if not entry.name.startswith(".") and not entry.is_symlink():
+                    folders.append(entry.path)
+                continue
+            found.append(Path(entry.path))
+            if listed is not None:
+                try:
+                    listed[entry.path] = (top, entry.stat(follow_symlinks=False))
+                except OSError:
+                    pass  # gone since: the fingerprint says so
+        for sub in folders:
+            visit(sub)
+
+    visit(top)
     return found
 
 
@@ -79,19 +123,20 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
     fingerprint changes when any of them changes."""
     listing = SourceListing()
     digest = hashlib.sha256()
-    for path in walk_files(images) if images.is_dir() else []:
+    for path in walk_files(images, listing.listed) if images.is_dir() else []:
         if is_image_name(path.name):
             listing.images.append(path)
     for folder in annotations if isinstance(annotations, list) else [annotations]:
         if folder.is_dir():
-            listing.annotations += [p for p in walk_files(folder)
+            listing.annotations += [p for p in walk_files(folder, listing.listed)
                                     if p.suffix.lower() == annotation_suffix]
         elif folder.is_file():
             listing.annotations.append(folder)
     for path in sorted(set(listing.images) | set(listing.annotations), key=os.fspath):
+        found = listing.listed.get(os.fspath(path))
         try:
-            stat = os.lstat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            lstat = found[1] if found is not None else os.lstat(path)
+            digest.update(f"{path}\0{lstat.st_size}\0{lstat.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{path}\0gone\n".encode())
     listing.fingerprint = digest.hexdigest()

@@ -126,30 +126,53 @@ def parse_memo(store_root: str | Path) -> LineMemo:
     return LineMemo(store_root, "voc-parse", "|".join([code_version(), defusedxml.__version__]))
 
 
-def remembered_parse(xml_bytes: bytes, memo: LineMemo | None) -> VocAnnotation:
-    """`parse_voc`, through the memo when there is one (only files that parse are remembered)."""
+def _annotation_of(entry: str) -> VocAnnotation:
+    *header, objects = json.loads(entry)
+    return VocAnnotation(*header, [VocObject(*fields) for fields in objects])
+
+
+def _entry_of(a: VocAnnotation) -> str:
+    return json.dumps([a.filename, a.path, a.width, a.height, a.depth, [
+        [o.name, o.bndbox, o.difficult, o.truncated] for o in a.objects]])
+
+
+def remembered_parse(xml_bytes: bytes, memo: LineMemo | None, file_state: str | None = None) -> VocAnnotation:
+    """`parse_voc`, through the memo when there is one (only files that parse are remembered).
+    With `file_state` (path, size, mtime), the parse is remembered under it too."""
     if memo is None:
         return parse_voc(xml_bytes)
     content = hashlib.sha256(xml_bytes).hexdigest()
     if (hit := memo.get(content)) is not None:
-        *header, objects = json.loads(hit[0][0])
-        return VocAnnotation(*header, [VocObject(*fields) for fields in objects])
-    a = parse_voc(xml_bytes)
-    memo.put(content, [json.dumps([a.filename, a.path, a.width, a.height, a.depth, [
-        [o.name, o.bndbox, o.difficult, o.truncated] for o in a.objects]])])
-    return a
+        annotation = _annotation_of(hit[0][0])
+    else:
+        annotation = parse_voc(xml_bytes)
+        memo.put(content, [_entry_of(annotation)])
+    if file_state is not None:
+        memo.put(file_state, [_entry_of(annotation)])
+    return annotation
 
 
 def read_annotation(xml_path: Path, annotations_root: Path, item: str,
-                    memo: LineMemo | None = None) -> VocAnnotation | Rejection:
+                    memo: LineMemo | None = None,
+                    listing: SourceListing | None = None) -> VocAnnotation | Rejection:
     """One XML parsed, or the reason it cannot be: a symlink out of the source is never read,
-    entities are refused, oversized, malformed or absurdly nested files are named as such."""
+    entities are refused, oversized, malformed or absurdly nested files are named as such.
+    A plain file the listing shows unchanged (path, size, mtime) since a run that parsed it is
+    not read again: its parse is remembered under that state, as git trusts its index."""
     try:
-        inside(annotations_root, xml_path)
-        if xml_path.stat().st_size > MAX_XML_BYTES:
+        if listing is None:
+            inside(annotations_root, xml_path)
+            size, file_state = xml_path.stat().st_size, None
+        else:
+            listing.check_inside(annotations_root, xml_path)
+            state = listing.stat(xml_path)
+            size, file_state = state.st_size, f"{xml_path}\0{state.st_size}\0{state.st_mtime_ns}"
+        if size > MAX_XML_BYTES:
             return Rejection(item=item, reason="xml_malformed",
                              detail=f"larger than {MAX_XML_BYTES} bytes")
-        return remembered_parse(xml_path.read_bytes(), memo)
+        if memo is not None and file_state is not None and (hit := memo.get(file_state)):
+            return _annotation_of(hit[0][0])
+        return remembered_parse(xml_path.read_bytes(), memo, file_state)
     except PathOutsideSource as exc:
         return Rejection(item=item, reason="path_outside_source", detail=str(exc))
     except DefusedXmlException as exc:
@@ -160,15 +183,15 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str,
         return Rejection(item=item, reason="xml_malformed", detail=str(exc))
 
 
-def read_passes(files: list[tuple[Path, Path]], item: str,
-                memo: LineMemo | None = None) -> VocAnnotation | Rejection:
+def read_passes(files: list[tuple[Path, Path]], item: str, memo: LineMemo | None = None,
+                listing: SourceListing | None = None) -> VocAnnotation | Rejection:
     """The XMLs of one image from several annotation folders (annotation passes), merged: their
     objects together, one filename and size. Any unreadable file, or sizes that disagree,
     quarantine the image: training on part of its labels would teach that the rest is
     background."""
     merged: VocAnnotation | None = None
     for root, xml_path in files:
-        annotation = read_annotation(xml_path, root, item, memo)
+        annotation = read_annotation(xml_path, root, item, memo, listing)
         if isinstance(annotation, Rejection):
             if len(files) > 1:
                 annotation.detail = f"{xml_path}: {annotation.detail}"
@@ -212,7 +235,7 @@ def ingest_voc(
     for item, files in sorted(passes.items()):
         xml_path = files[0][1]
         rel_folder = posixpath.dirname(item)
-        annotation = read_passes(files, item, memo)
+        annotation = read_passes(files, item, memo, listing)
         if isinstance(annotation, Rejection):
             result.rejected.append(annotation)
             # Its image (by the XML's stem) leaves with it: counted once, under this reason,
@@ -230,7 +253,7 @@ def ingest_voc(
             continue
         if image is not None and image not in claimed:
             try:
-                inside(images_root, image)  # a symlink may still point out
+                listing.check_inside(images_root, image)  # a symlink may still point out
             except PathOutsideSource as exc:
                 claimed[image] = item  # accounted for by this XML's rejection
                 _reject_with_boxes(result, item, annotation, "path_outside_source", str(exc))
@@ -258,7 +281,7 @@ def ingest_voc(
                 reason, detail = box
                 result.rejected_boxes.append(Rejection(item=f"{item}#{number}", reason=reason,
                                                        detail=detail))
-        stat = image.stat()
+        stat = listing.stat(image)
         keep(Sample(
             item=item, image_path=str(image), source=";".join(str(p) for _, p in files),
             boxes=boxes, declared_width=annotation.width or None,

@@ -244,3 +244,52 @@ def test_a_second_ingest_parses_only_the_xml_files_it_has_not_seen(tmp_path, mon
     assert [s for s in second.samples if s.item != "crazing_1.xml"] == \
         [s for s in first.samples if s.item != "crazing_1.xml"]
     assert (second.rejected, second.boxes_found) == (first.rejected, first.boxes_found)
+
+
+def _ingest_with_memo(images: Path, annotations: Path, store: Path):
+    from tasks.ingest.voc import parse_memo
+
+    memo = parse_memo(store)
+    result = ingest_voc(images, annotations, list_source(images, annotations, ".xml"), memo=memo)
+    memo.save()
+    return result
+
+
+def test_an_xml_unchanged_since_the_last_run_is_not_read_again(tmp_path, monkeypatch):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    for name in ("a", "b", "c"):
+        make_image(images / f"{name}.jpg")
+        write_xml(xmls / f"{name}.xml", f"{name}.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
+    first = _ingest_with_memo(images, xmls, tmp_path / "store")
+    touched = xmls / "b.xml"
+    touched.write_text(touched.read_text())  # same bytes, new mtime: read (and found by content)
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    second = _ingest_with_memo(images, xmls, tmp_path / "store")
+    assert read == ["b.xml"]
+    assert second.samples[0].boxes == first.samples[0].boxes and len(second.samples) == 3
+
+
+def test_a_remembered_xml_replaced_by_a_link_out_of_the_source_is_refused(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    make_image(images / "a.jpg")
+    write_xml(xmls / "a.xml", "a.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
+    assert len(_ingest_with_memo(images, xmls, tmp_path / "store").samples) == 1
+    outside = tmp_path / "elsewhere.xml"
+    (xmls / "a.xml").rename(outside)  # the same bytes, now outside, reached through a link
+    (xmls / "a.xml").symlink_to(outside)
+    result = _ingest_with_memo(images, xmls, tmp_path / "store")
+    assert result.samples == [] and reasons(result) == {"a.xml": "path_outside_source"}
+
+
+def test_an_image_replaced_by_a_link_out_of_the_source_is_refused_on_the_next_run(tmp_path):
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    make_image(images / "a.jpg")
+    write_xml(xmls / "a.xml", "a.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
+    assert len(_ingest_with_memo(images, xmls, tmp_path / "store").samples) == 1
+    outside = tmp_path / "outside.jpg"
+    (images / "a.jpg").rename(outside)
+    (images / "a.jpg").symlink_to(outside)
+    result = _ingest_with_memo(images, xmls, tmp_path / "store")
+    assert result.samples == [] and reasons(result) == {"a.xml": "path_outside_source"}

@@ -14,40 +14,50 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 
-# Rows per file, on average (files are cut where an item's hash says, see file_groups): small
+# Images per file, on average (files are cut where an item's hash says, see file_groups): small
 # enough that a night's new images rewrite a few percent of the rows, not a split's every row;
-# 10,000 images make ~300 files.
+# 10,000 small images make ~300 files. Big images cut files sooner, at ~BYTES_PER_FILE: what
+# one new image costs a night is rewriting the file it falls into.
 ROWS_PER_FILE = 64
+BYTES_PER_FILE = 16 * 2**20
 ROW_FORMAT = "2"  # bump when publish's rows change: files in an older format are written anew
 FILE_NAME = re.compile(r"(train|validation|test)-[0-9a-f]{12}-\d{5}-(?P<digest>[0-9a-f]{16})\.parquet")
 
 
-def _closes_a_file(item: str) -> bool:
-    return zlib.crc32(item.encode()) % ROWS_PER_FILE == 0
+def _closes_a_file(item: str, item_bytes: int) -> bool:
+    """A file ends after this item: 1 in ROWS_PER_FILE items by its hash's low bits, and, by its
+    high bits, with odds item_bytes / BYTES_PER_FILE. Both depend on the item alone, so a new
+    image moves no cut but its own."""
+    crc = zlib.crc32(item.encode())
+    return crc % ROWS_PER_FILE == 0 or (crc >> 8) < item_bytes * (1 << 24) // BYTES_PER_FILE
 
 
-def file_groups(records: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
-    """A split's records, as (item, manifest line) in item order with flips right after their
-    image, cut into parquet files at content-defined places, as the image shards are cut: after
-    an image whose item hashes to 0 modulo ROWS_PER_FILE. New images change only the file they
-    fall into."""
-    group: list[tuple[str, str]] = []
-    for item, line in records:
-        if group and item != group[-1][0] and (
-                _closes_a_file(group[-1][0]) or len(group) >= 4 * ROWS_PER_FILE):
-            yield group
-            group = []
-        group.append((item, line))
+def file_groups(records: Iterable[tuple[str, str, int]]) -> Iterator[list[tuple[str, str, int]]]:
+    """A split's records, as (item, manifest line, image bytes) in item order with flips right
+    after their image, cut into parquet files at content-defined places, as the image shards
+    are cut (`_closes_a_file`). New images change only the file they fall into."""
+    group: list[tuple[str, str, int]] = []
+    item_bytes = group_bytes = 0
+    for item, line, size in records:
+        if group and item != group[-1][0]:
+            if (_closes_a_file(group[-1][0], item_bytes) or len(group) >= 4 * ROWS_PER_FILE
+                    or group_bytes >= 4 * BYTES_PER_FILE):
+                yield group
+                group, group_bytes = [], 0
+            item_bytes = 0
+        group.append((item, line, size))
+        item_bytes += size
+        group_bytes += size
     if group:
         yield group
 
 
-def group_digest(group: list[tuple[str, str]]) -> str:
+def group_digest(group: list[tuple[str, str, int]]) -> str:
     """What a file holds: its records (content hashes, boxes, targets, where the pixels are: the
     manifest lines as they are) and the row format, so an unchanged group's file can be taken
     over as it is."""
     digest = hashlib.sha256(f"{ROW_FORMAT}|{datasets.__version__}|{pa.__version__}".encode())
-    for _, line in group:
+    for _, line, _ in group:
         digest.update(line.rstrip("\n").encode())
     return digest.hexdigest()[:16]
 

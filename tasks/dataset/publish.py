@@ -15,8 +15,9 @@ import re
 import shutil
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -55,6 +56,22 @@ FEATURES = datasets.Features({
 ARROW_SCHEMA = FEATURES.arrow_schema  # (a property: computed again on every use)
 
 
+def _leaf_columns(field: pa.Field, prefix: str = "") -> list[str]:
+    """Parquet's names for the leaf columns under an arrow field (`boxes.list.element...`)."""
+    name = prefix + field.name
+    if pa.types.is_struct(field.type):
+        return [leaf for child in field.type for leaf in _leaf_columns(child, name + ".")]
+    if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+        return _leaf_columns(pa.field("element", field.type.value_type), name + ".list.")
+    return [name]
+
+
+# Every column but the image bytes: each image is unique and already compressed, so a
+# dictionary of them only costs (it was 2/3 of writing a file of big images).
+DICTIONARY_COLUMNS = [leaf for field in ARROW_SCHEMA for leaf in _leaf_columns(field)
+                      if leaf != "image.bytes"]
+
+
 def to_row(line: str) -> dict:
     """A parquet row from one manifest line. Lines are read as plain JSON: they were written
     from Samples, and pydantic would only check them again (string paths too: pathlib's parsing
@@ -85,20 +102,14 @@ def to_row(line: str) -> dict:
     }
 
 
-def _write_file(rows: Iterable[dict], path: Path) -> None:
+def _write_file(lines: list[str], path: Path) -> None:
     # Rows go to arrow as they are: `to_row` already gives each column its stored form (the image
     # as {"bytes", "path"}), so `FEATURES.encode_example` would only walk them again (a tenth of
     # prep's time on small images). Loading the files through `datasets` is tested.
-    schema = ARROW_SCHEMA
-    with pq.ParquetWriter(path, schema) as writer:
-        batch: list[dict] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == ROWS_PER_GROUP:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    with pq.ParquetWriter(path, ARROW_SCHEMA, use_dictionary=DICTIONARY_COLUMNS) as writer:
+        for start in range(0, len(lines), ROWS_PER_GROUP):
+            rows = [to_row(line) for line in lines[start:start + ROWS_PER_GROUP]]
+            writer.write_table(pa.Table.from_pylist(rows, schema=ARROW_SCHEMA))
 
 
 def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fingerprint: str) -> str:
@@ -129,30 +140,38 @@ def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fin
     return "\n".join(lines)
 
 
-def write_local(records_by_split: dict[str, Callable[[], Iterable[tuple[str, str]]]],
+def write_local(records_by_split: dict[str, Callable[[], Iterable[tuple[str, str, int]]]],
                 folder: str | Path, name: str, classes: dict[str, int],
-                fingerprint: str) -> tuple[dict[str, int], Counter]:
+                fingerprint: str, workers: int | None = None) -> tuple[dict[str, int], Counter]:
     """Write the Hub layout into `folder` (replaced atomically), each split's records given as
-    (item, manifest line). A parquet file whose rows did not change since the publication being
-    replaced is hard-linked from it, not written again (its records are not even parsed).
-    Returns rows per split and the files written / reused."""
+    (item, manifest line, image bytes). A parquet file whose rows did not change since the
+    publication being replaced is hard-linked from it, not written again (its records are not
+    even parsed); the others are written on `workers` threads (pyarrow encodes and compresses
+    without the GIL). Returns rows per split and the files written / reused."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     previous = files_by_digest(folder)
     staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     (staging / "data").mkdir(parents=True)
     counts, files = {}, Counter()
-    for split in SPLITS:
-        counts[split] = 0
-        for index, group in enumerate(file_groups(records_by_split[split]())):
-            digest = group_digest(group)
-            path = staging / "data" / f"{split}-{fingerprint[:12]}-{index:05d}-{digest}.parquet"
-            if digest in previous and link(previous[digest], path):
-                files["parquet_reused"] += 1
-            else:
-                _write_file((to_row(line) for _, line in group), path)
-                files["parquet_written"] += 1
-            counts[split] += len(group)
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        writing: deque[Future] = deque()
+        for split in SPLITS:
+            counts[split] = 0
+            for index, group in enumerate(file_groups(records_by_split[split]())):
+                digest = group_digest(group)
+                path = staging / "data" / f"{split}-{fingerprint[:12]}-{index:05d}-{digest}.parquet"
+                if digest in previous and link(previous[digest], path):
+                    files["parquet_reused"] += 1
+                else:
+                    writing.append(pool.submit(_write_file, [line for _, line, _ in group], path))
+                    files["parquet_written"] += 1
+                    while len(writing) > workers:  # files in flight: memory stays flat
+                        writing.popleft().result()
+                counts[split] += len(group)
+        for future in writing:
+            future.result()
     (staging / "README.md").write_text(dataset_card(name, counts, classes, fingerprint),
                                        encoding="utf-8")
     swap_in(staging, folder)
@@ -203,16 +222,16 @@ class PublishOutput(BaseModel, frozen=True):
     files: dict[str, int] = {}  # parquet_written / parquet_reused (unchanged since last time)
 
 
-def read_manifest_once(manifest: Manifest) -> tuple[str, dict[str, int], list[tuple[str, str]]]:
+def read_manifest_once(manifest: Manifest) -> tuple[str, dict[str, int], list[tuple[str, str, int]]]:
     """One pass: a hash of what the dataset says (content hashes, boxes, splits, targets,
     rendering), not of where files happen to live, so the same data prepared anywhere has the
     same fingerprint; the boxes per class of the original (unflipped) images; and each line's
-    (split, item), so that the writer can route lines without parsing them again. Lines are
+    (split, item, image bytes), so that the writer can route lines without parsing them again. Lines are
     read as plain JSON (as in `to_row`), by pydantic-core's parser and serializer (Rust: a
     third of the time of the json module's)."""
     digest = hashlib.sha256()
     classes: Counter = Counter()
-    where: list[tuple[str, str]] = []
+    where: list[tuple[str, str, int]] = []
     for line in read_lines(manifest):
         sample = from_json(line)
         boxes = sample["boxes"]
@@ -224,7 +243,7 @@ def read_manifest_once(manifest: Manifest) -> tuple[str, dict[str, int], list[tu
         ]))
         if sample["augmentation"] == "none":
             classes.update(box["label"] for box in boxes)
-        where.append((sample["split"], sample["item"]))
+        where.append((sample["split"], sample["item"], sample["file_size"]))
     return digest.hexdigest()[:32], dict(classes), where
 
 
@@ -234,18 +253,19 @@ def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
 
 
 def records_of_split(manifest: Manifest, split: str,
-                     where: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
-    """(item, line) of the split's records, in manifest order (`where` from read_manifest_once)."""
-    for line, (line_split, item) in zip(read_lines(manifest), where, strict=True):
+                     where: list[tuple[str, str, int]]) -> Iterator[tuple[str, str, int]]:
+    """(item, line, image bytes) of the split's records, in manifest order (`where` from
+    read_manifest_once)."""
+    for line, (line_split, item, size) in zip(read_lines(manifest), where, strict=True):
         if line_split == split:
-            yield item, line
+            yield item, line, size
 
 
 def publish_step(manifest: Manifest, name: str, config: PublishConfig, out_dir: str | Path,
             api=None) -> PublishOutput:
     fingerprint, classes, where = read_manifest_once(manifest)
 
-    def split_reader(split: str) -> Callable[[], Iterable[tuple[str, str]]]:
+    def split_reader(split: str) -> Callable[[], Iterable[tuple[str, str, int]]]:
         return lambda: records_of_split(manifest, split, where)
 
     folder = Path(out_dir)

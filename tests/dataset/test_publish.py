@@ -160,3 +160,21 @@ def test_new_images_rewrite_only_the_parquet_files_they_fall_into(tmp_path):
         written = datasets.load_dataset(str(tmp_path / "fresh"), split=split).remove_columns("image")
         assert updated.to_list() == written.to_list()
         assert updated["image_id"] == sorted(updated["image_id"])
+
+
+def test_big_images_cut_files_by_bytes_and_a_new_one_changes_only_its_own_file():
+    from tasks.dataset.parquet_files import BYTES_PER_FILE, file_groups
+
+    def records(count: int, size: int, extra: tuple[str, ...] = ()) -> list[tuple[str, str, int]]:
+        items = sorted([f"big_{n:04d}.xml" for n in range(count)] + list(extra))
+        return [(item, f'{{"item": "{item}"}}', size) for item in items]
+
+    big = list(file_groups(records(400, BYTES_PER_FILE // 4)))  # 4 images fill a file, on average
+    assert 40 <= len(big) <= 200  # by rows alone (64 a file) these would be 6 to 7 files
+    assert max(sum(size for *_, size in group) for group in big) <= 4 * BYTES_PER_FILE + BYTES_PER_FILE // 4
+    small = list(file_groups(records(400, 20_000)))  # small images: ~64 a file, as before
+    assert 3 <= len(small) <= 20
+
+    grown = list(file_groups(records(400, BYTES_PER_FILE // 4, extra=("big_0200b.xml",))))
+    changed = [group for group in grown if group not in big]
+    assert len(changed) == 1 and "big_0200b.xml" in [item for item, *_ in changed[0]]

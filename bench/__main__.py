@@ -366,28 +366,32 @@ _NOTES = """
 ## Where the goals are missed, and why
 
 - **Prep vs the Pillow floor (goal <= 1.3x).** The floor needs ~0.6 ms an image on 2 cores at
-  200x200 px. Prep's own pixel work is on the image workers (~0.95 s for 1000 images, memo
+  200x200 px. Prep's own pixel work is on the image workers (~0.7-0.95 s for 1000 images, memo
   files included), but the steps that make a run safe, resumable and incremental run as one
-  pass each over the records on one core: ingest ~0.45 s (safe XML parsing, path checks,
-  1000 records), split, budget, flips and targets ~0.5 s, publish ~0.4 s (the dataset written
+  pass each over the records on one core: ingest ~0.35 s (safe XML parsing, path checks,
+  1000 records), split, budget, flips and targets ~0.4 s, publish ~0.25 s (the dataset written
   as parquet, where the floor writes nothing). 1.3x would leave ~0.2 ms an image for all of
   them together, below what one pass over a record costs in Python; and split (duplicates
   across shards) must wait for every shard, so the passes cannot overlap the pixels. At 3 MP an
-  image the pixels weigh more and the ratio is lower, but publish still writes tens of MB of
-  parquet on one core.
+  image the pixels weigh more and the ratio is ~2 (publish writes its files on every core and
+  stores image bytes without a dictionary since 2026-11-24; it was 3.2-3.5).
 - **vs the notebook loop (goal >= 3x faster).** The notebook (one core, no checks) takes ~2 s;
-  the floor itself is ~3x faster than it, so any prep that does more than the floor's pixels
+  the floor itself is ~3.5x faster than it, so any prep that does more than the floor's pixels
   (checks, records, a dataset on disk) stays under 3x at this image size.
-- **Incremental work (goal <= 0.05).** Every step now remembers, per record, what it made of it
-  (parsed XMLs by content hash, each image's outcome, budget, flips, targets), and publish
-  rewrites only the parquet files the new images fall into. What is left (~0.65 s of ~2.1 s) is
-  knowing what changed: ingest lists 2000 files and reads and hashes 1000 XMLs (~0.3 s), every
-  later step passes over the 1000 records once to look them up (~0.03-0.05 s each), and
-  publish rewrites the files of each split that the 10 new images fall into (5 of 16 files:
-  ~0.2 s). 0.05 would need steps that take the difference from the last run (new, changed,
-  removed records) and patch its outputs instead of passing over them, and a publication that
-  appends files, which would give up "a fresh write equals the incremental one, row for row".
-  In the flow, Prefect's cache also skips the steps whose inputs did not change.
+- **Incremental work (goal <= 0.05).** Every step remembers, per record, what it made of it
+  (parsed XMLs by path, size and mtime, then by content hash; each image's outcome, budget,
+  flips, targets), and publish rewrites only the parquet files the new images fall into. What
+  is left (~0.4-0.6 s of ~1.8-2.4 s) is knowing what changed: ingest lists 2000 files and
+  passes over 1000 items (~0.13-0.2 s), every later step passes over the 1000 records once to
+  look them up (~0.03-0.05 s each), and publish rewrites the files of each split that the 10
+  new images fall into (5 of 16 files: ~0.2 s). 0.05 would need steps that take the
+  difference from the last run (new, changed, removed records) and patch their outputs instead
+  of passing over them, and a publication that appends files, which would give up "a fresh
+  write equals the incremental one, row for row". At 1.2 MP (the reported row) the passes
+  over 100 records cost ~0.05 s; what is left is the new image itself (~0.05 s) and the one
+  parquet file it falls into (~16-37 MB, 0.1-0.4 s on this machine's disk, which varies run
+  to run after the full run's writes): one sample, noisy. In the flow, Prefect's cache also
+  skips the steps whose inputs did not change.
 - `bench/results.json` holds the issue's names (`prep_vs_decode_limit`, `notebook_speedup`,
   `incremental_work`, `rss_10x`, `coco_eval_vs_pycocotools`, and, from
   `python -m bench.throughput`, `train_input_speedup` and `eval_speedup_vs_seed`) with

@@ -379,7 +379,7 @@ _NOTES = """
   the floor itself is ~3.5x faster than it, so any prep that does more than the floor's pixels
   (checks, records, a dataset on disk) stays under 3x at this image size.
 - **Incremental work (goal <= 0.05).** Every step remembers, per record, what it made of it
-  (parsed XMLs by path, size and mtime, then by content hash; each image's outcome, budget,
+  (parsed XMLs by path and stat, then by content hash; each image's outcome, budget,
   flips, targets), and publish rewrites only the parquet files the new images fall into. What
   is left (~0.4-0.6 s of ~1.8-2.4 s) is knowing what changed: ingest lists 2000 files and
   passes over 1000 items (~0.13-0.2 s), every later step passes over the 1000 records once to

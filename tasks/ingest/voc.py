@@ -138,7 +138,7 @@ def _entry_of(a: VocAnnotation) -> str:
 
 def remembered_parse(xml_bytes: bytes, memo: LineMemo | None, file_state: str | None = None) -> VocAnnotation:
     """`parse_voc`, through the memo when there is one (only files that parse are remembered).
-    With `file_state` (path, size, mtime), the parse is remembered under it too."""
+    With `file_state` (the file's path and stat), the parse is remembered under it too."""
     if memo is None:
         return parse_voc(xml_bytes)
     content = hashlib.sha256(xml_bytes).hexdigest()
@@ -157,8 +157,9 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str,
                     listing: SourceListing | None = None) -> VocAnnotation | Rejection:
     """One XML parsed, or the reason it cannot be: a symlink out of the source is never read,
     entities are refused, oversized, malformed or absurdly nested files are named as such.
-    A plain file the listing shows unchanged (path, size, mtime) since a run that parsed it is
-    not read again: its parse is remembered under that state, as git trusts its index."""
+    A plain file the listing shows unchanged (path, size, mtime, ctime, inode) since a run that
+    parsed it is not read again: its parse is remembered under that state, as git trusts its
+    index."""
     try:
         if listing is None:
             inside(annotations_root, xml_path)
@@ -166,7 +167,9 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str,
         else:
             listing.check_inside(annotations_root, xml_path)
             state = listing.stat(xml_path)
-            size, file_state = state.st_size, f"{xml_path}\0{state.st_size}\0{state.st_mtime_ns}"
+            # ctime too: any write moves it, and unlike mtime no tool sets it back
+            size, file_state = state.st_size, "\0".join(map(str, (
+                xml_path, state.st_size, state.st_mtime_ns, state.st_ctime_ns, state.st_ino)))
         if size > MAX_XML_BYTES:
             return Rejection(item=item, reason="xml_malformed",
                              detail=f"larger than {MAX_XML_BYTES} bytes")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -78,3 +80,33 @@ def link(existing: Path, path: Path) -> bool:
         return True
     except OSError:  # gone meanwhile, or a file system without hard links: write it
         return False
+
+
+def leaf_columns(field: pa.Field, prefix: str = "") -> list[str]:
+    """Parquet's names for the leaf columns under an arrow field (`boxes.list.element...`)."""
+    name = prefix + field.name
+    if pa.types.is_struct(field.type):
+        return [leaf for child in field.type for leaf in leaf_columns(child, name + ".")]
+    if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+        return leaf_columns(pa.field("element", field.type.value_type), name + ".list.")
+    return [name]
+
+
+def swap_in(staging: Path, folder: Path, attempts: int = 5) -> None:
+    """Replace `folder` by the finished `staging` folder with renames only, so a reader never
+    sees half a dataset, and two runs publishing at once both end with a complete one."""
+    for _ in range(attempts):
+        if folder.exists():
+            trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            try:
+                folder.rename(trash)
+            except FileNotFoundError:
+                pass
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
+        try:
+            staging.rename(folder)
+            return
+        except OSError:
+            continue  # another run put its folder there first: move it aside and try again
+    raise OSError(f"could not publish into {folder}: it keeps being replaced")

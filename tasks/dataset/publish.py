@@ -12,7 +12,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import time
 import uuid
 from collections import Counter, deque
@@ -33,7 +32,14 @@ from tasks.core.records import Manifest, read_lines
 from tasks.core.retry import with_backoff
 from tasks.core.splits import SPLITS
 from tasks.dataset.loc_tokens import OD_PROMPT
-from tasks.dataset.parquet_files import file_groups, files_by_digest, group_digest, link
+from tasks.dataset.parquet_files import (
+    file_groups,
+    files_by_digest,
+    group_digest,
+    leaf_columns,
+    link,
+    swap_in,
+)
 
 ROWS_PER_GROUP = 64  # rows per parquet row group: what the writer holds at once
 
@@ -55,20 +61,9 @@ FEATURES = datasets.Features({
 })
 ARROW_SCHEMA = FEATURES.arrow_schema  # (a property: computed again on every use)
 
-
-def _leaf_columns(field: pa.Field, prefix: str = "") -> list[str]:
-    """Parquet's names for the leaf columns under an arrow field (`boxes.list.element...`)."""
-    name = prefix + field.name
-    if pa.types.is_struct(field.type):
-        return [leaf for child in field.type for leaf in _leaf_columns(child, name + ".")]
-    if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
-        return _leaf_columns(pa.field("element", field.type.value_type), name + ".list.")
-    return [name]
-
-
 # Every column but the image bytes: each image is unique and already compressed, so a
 # dictionary of them only costs (it was 2/3 of writing a file of big images).
-DICTIONARY_COLUMNS = [leaf for field in ARROW_SCHEMA for leaf in _leaf_columns(field)
+DICTIONARY_COLUMNS = [leaf for field in ARROW_SCHEMA for leaf in leaf_columns(field)
                       if leaf != "image.bytes"]
 
 
@@ -176,26 +171,6 @@ def write_local(records_by_split: dict[str, Callable[[], Iterable[tuple[str, str
                                        encoding="utf-8")
     swap_in(staging, folder)
     return counts, files
-
-
-def swap_in(staging: Path, folder: Path, attempts: int = 5) -> None:
-    """Replace `folder` by the finished `staging` folder with renames only, so a reader never
-    sees half a dataset, and two runs publishing at once both end with a complete one."""
-    for _ in range(attempts):
-        if folder.exists():
-            trash = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-            try:
-                folder.rename(trash)
-            except FileNotFoundError:
-                pass
-            else:
-                shutil.rmtree(trash, ignore_errors=True)
-        try:
-            staging.rename(folder)
-            return
-        except OSError:
-            continue  # another run put its folder there first: move it aside and try again
-    raise OSError(f"could not publish into {folder}: it keeps being replaced")
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool, api=None,

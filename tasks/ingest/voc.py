@@ -167,8 +167,7 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str,
         else:
             listing.check_inside(annotations_root, xml_path)
             state = listing.stat(xml_path)
-            # ctime too: any write moves it, and unlike mtime no tool sets it back
-            size, file_state = state.st_size, "\0".join(map(str, (
+            size, file_state = state.st_size, "\0".join(map(str, (  # ctime: no tool sets it back
                 xml_path, state.st_size, state.st_mtime_ns, state.st_ctime_ns, state.st_ino)))
         if size > MAX_XML_BYTES:
             return Rejection(item=item, reason="xml_malformed",

@@ -201,9 +201,9 @@ def read_manifest_once(manifest: Manifest) -> tuple[str, dict[str, int], list[tu
     """One pass: a hash of what the dataset says (content hashes, boxes, splits, targets,
     rendering), not of where files happen to live, so the same data prepared anywhere has the
     same fingerprint; the boxes per class of the original (unflipped) images; and each line's
-    (split, item, image bytes), so that the writer can route lines without parsing them again. Lines are
-    read as plain JSON (as in `to_row`), by pydantic-core's parser and serializer (Rust: a
-    third of the time of the json module's)."""
+    (split, item, image bytes), so that the writer can route lines without parsing them again.
+    Lines are read as plain JSON (as in `to_row`), by pydantic-core's parser and serializer
+    (Rust: a third of the time of the json module's)."""
     digest = hashlib.sha256()
     classes: Counter = Counter()
     where: list[tuple[str, str, int]] = []

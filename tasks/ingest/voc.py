@@ -30,7 +30,6 @@ from tasks.ingest.sources import (
     SourceListing,
     find_image,
     index_images,
-    inside,
     relative_posix,
 )
 
@@ -136,43 +135,38 @@ def _entry_of(a: VocAnnotation) -> str:
         [o.name, o.bndbox, o.difficult, o.truncated] for o in a.objects]])
 
 
-def remembered_parse(xml_bytes: bytes, memo: LineMemo | None, file_state: str | None = None) -> VocAnnotation:
-    """`parse_voc`, through the memo when there is one (only files that parse are remembered).
-    With `file_state` (the file's path and stat), the parse is remembered under it too."""
+def remembered_parse(xml_bytes: bytes, memo: LineMemo | None, file_state: str) -> VocAnnotation:
+    """`parse_voc`, through the memo when there is one (only files that parse are remembered),
+    under the content hash and under `file_state` (the file's path and stat)."""
     if memo is None:
         return parse_voc(xml_bytes)
     content = hashlib.sha256(xml_bytes).hexdigest()
     if (hit := memo.get(content)) is not None:
-        annotation = _annotation_of(hit[0][0])
-    else:
-        annotation = parse_voc(xml_bytes)
-        memo.put(content, [_entry_of(annotation)])
-    if file_state is not None:
-        memo.put(file_state, [_entry_of(annotation)])
+        memo.put(file_state, hit[0])
+        return _annotation_of(hit[0][0])
+    annotation = parse_voc(xml_bytes)
+    entry = [_entry_of(annotation)]
+    memo.put(content, entry)
+    memo.put(file_state, entry)
     return annotation
 
 
-def read_annotation(xml_path: Path, annotations_root: Path, item: str,
-                    memo: LineMemo | None = None,
-                    listing: SourceListing | None = None) -> VocAnnotation | Rejection:
+def read_annotation(xml_path: Path, annotations_root: Path, item: str, listing: SourceListing,
+                    memo: LineMemo | None = None) -> VocAnnotation | Rejection:
     """One XML parsed, or the reason it cannot be: a symlink out of the source is never read,
     entities are refused, oversized, malformed or absurdly nested files are named as such.
     A plain file the listing shows unchanged (path, size, mtime, ctime, inode) since a run that
     parsed it is not read again: its parse is remembered under that state, as git trusts its
     index."""
     try:
-        if listing is None:
-            inside(annotations_root, xml_path)
-            size, file_state = xml_path.stat().st_size, None
-        else:
-            listing.check_inside(annotations_root, xml_path)
-            state = listing.stat(xml_path)
-            size, file_state = state.st_size, "\0".join(map(str, (  # ctime: no tool sets it back
-                xml_path, state.st_size, state.st_mtime_ns, state.st_ctime_ns, state.st_ino)))
-        if size > MAX_XML_BYTES:
+        listing.check_inside(annotations_root, xml_path)
+        state = listing.stat(xml_path)
+        if state.st_size > MAX_XML_BYTES:
             return Rejection(item=item, reason="xml_malformed",
                              detail=f"larger than {MAX_XML_BYTES} bytes")
-        if memo is not None and file_state is not None and (hit := memo.get(file_state)):
+        file_state = "\0".join(map(str, (  # ctime too: unlike mtime, no tool sets it back
+            xml_path, state.st_size, state.st_mtime_ns, state.st_ctime_ns, state.st_ino)))
+        if memo is not None and (hit := memo.get(file_state)) is not None:
             return _annotation_of(hit[0][0])
         return remembered_parse(xml_path.read_bytes(), memo, file_state)
     except PathOutsideSource as exc:
@@ -185,15 +179,15 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str,
         return Rejection(item=item, reason="xml_malformed", detail=str(exc))
 
 
-def read_passes(files: list[tuple[Path, Path]], item: str, memo: LineMemo | None = None,
-                listing: SourceListing | None = None) -> VocAnnotation | Rejection:
+def read_passes(files: list[tuple[Path, Path]], item: str, listing: SourceListing,
+                memo: LineMemo | None = None) -> VocAnnotation | Rejection:
     """The XMLs of one image from several annotation folders (annotation passes), merged: their
     objects together, one filename and size. Any unreadable file, or sizes that disagree,
     quarantine the image: training on part of its labels would teach that the rest is
     background."""
     merged: VocAnnotation | None = None
     for root, xml_path in files:
-        annotation = read_annotation(xml_path, root, item, memo, listing)
+        annotation = read_annotation(xml_path, root, item, listing, memo)
         if isinstance(annotation, Rejection):
             if len(files) > 1:
                 annotation.detail = f"{xml_path}: {annotation.detail}"
@@ -237,7 +231,7 @@ def ingest_voc(
     for item, files in sorted(passes.items()):
         xml_path = files[0][1]
         rel_folder = posixpath.dirname(item)
-        annotation = read_passes(files, item, memo, listing)
+        annotation = read_passes(files, item, listing, memo)
         if isinstance(annotation, Rejection):
             result.rejected.append(annotation)
             # Its image (by the XML's stem) leaves with it: counted once, under this reason,

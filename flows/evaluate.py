@@ -25,7 +25,8 @@ def evaluate(config_path: str, dataset_dir: str, model_dir: str, out_dir: str,
         model=config.model, dataset_dir=dataset_dir, fingerprint=dataset_fingerprint_of(dataset_dir),
         model_dir=model_dir, model_hash=folder_hash(model_dir), out_dir=out_dir, split=split,
         labels=config.labels, num_beams=num_beams or config.evaluate.num_beams,
-        batch_size=config.evaluate.batch_size, tiling=config.tiling)
+        batch_size=config.evaluate.batch_size, tiling=config.tiling,
+        timeout_minutes=config.evaluate.timeout_minutes)
     evaluation_artifacts_task(metrics=metrics, role="model", pictures=[
         str(Path(out_dir) / name) for name in EVALUATION_PICTURES])
     return metrics

@@ -93,7 +93,8 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                 model=config.model, dataset_dir=dataset, fingerprint=fingerprint,
                 model_dir=model_dir, model_hash=model_hash, out_dir=str(out_dir),
                 split="test", labels=config.labels, num_beams=config.evaluate.num_beams,
-                batch_size=config.evaluate.batch_size, tiling=config.tiling)
+                batch_size=config.evaluate.batch_size, tiling=config.tiling,
+                timeout_minutes=config.evaluate.timeout_minutes)
             pictures = [str(out_dir / name) for name in EVALUATION_PICTURES]
             if role == "challenger":
                 pictures.append(str(run_dir / "loss_curve.png"))

@@ -72,9 +72,14 @@ class LibraryVersions(CachePolicy):
         return json.dumps(library_versions(self.libraries), sort_keys=True)
 
 
-def cache_policy(libraries: tuple[str, ...]) -> CachePolicy:
-    """CACHE_POLICY plus the versions of the libraries that shape the step's result."""
-    return CACHE_POLICY + LibraryVersions(libraries=libraries)
+def cache_policy(libraries: tuple[str, ...], ignore: tuple[str, ...] = ()) -> CachePolicy:
+    """CACHE_POLICY plus the versions of the libraries that shape the step's result; the inputs
+    named in `ignore` left out of the key. (Prefect's `policy - "name"` adds a second inputs
+    policy beside the first, which still hashes the name: the inputs part is built here.)"""
+    inputs = INPUTS
+    for name in ignore:
+        inputs = inputs - name
+    return inputs + TASK_SOURCE + CodeVersion() + LibraryVersions(libraries=libraries)
 
 
 def folder_hash(folder: str | Path) -> str:

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
 from tasks.core.config import EvaluateConfig, ModelConfig, TilingConfig
+from tasks.core.deadline import Deadline
 from tasks.core.logs import run_logger
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
 from tasks.evaluation.review import REVIEW_GALLERY, write_review
@@ -45,7 +46,7 @@ def _load(dataset_dir: str | Path, split: str):
 def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
                       split: str = "test", labels: list[str] | None = None, num_beams: int = 1,
                       batch_size: int = 8, confidence: float = CONFUSION_CONFIDENCE,
-                      tiling: TilingConfig | None = None) -> dict:
+                      tiling: TilingConfig | None = None, deadline: Deadline | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded, rows = _load(dataset_dir, split)
@@ -58,6 +59,8 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
 
     def keep_for_the_picture(batch: list[dict], results: list) -> None:
         bar.update(len(batch))
+        if deadline is not None:
+            deadline.check()
         for row, result in zip(batch, results, strict=True):
             if len(grid) < GRID_IMAGES:
                 grid.append((row["image"], row["image_id"], truth_boxes(row, labels),
@@ -108,7 +111,8 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
 
 def evaluate_classifier(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
                         split: str = "test", image_label_mode: str = "majority",
-                        negative_label: str = "passed", batch_size: int = 16) -> dict:
+                        negative_label: str = "passed", batch_size: int = 16,
+                        deadline: Deadline | None = None) -> dict:
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -128,6 +132,8 @@ def evaluate_classifier(dataset_dir: str | Path, model_dir: str | Path, out_dir:
             logits = model(pixel_values=pixels.to(weights.device, dtype=weights.dtype)).logits
         predicted += [labels[i] for i in logits.argmax(-1).tolist()]
         truth += [image_label(row["labels"], image_label_mode, negative_label) for row in batch]
+        if deadline is not None:
+            deadline.check()
     metrics = {"kind": "vit", "split": split,
                **classification_metrics(truth, predicted, sorted(set(labels) | set(truth)))}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -180,29 +186,37 @@ def metrics_table(metrics: dict) -> list[dict]:
 
 def evaluate_step(model: ModelConfig, dataset_dir: str | Path, model_dir: str | Path,
                   out_dir: str | Path, split: str = "test", labels: list[str] | None = None,
-                  num_beams: int = 1, batch_size: int = 8, tiling: TilingConfig | None = None) -> dict:
+                  num_beams: int = 1, batch_size: int = 8, tiling: TilingConfig | None = None,
+                  timeout_minutes: float | None = None) -> dict:
     """Evaluate a detector or a classifier (`model.kind`) on one split of a prepared dataset; a
     classifier's true class per image follows the config's `image_label` / `negative_label`; a
-    detector scores dense test images through the tiles `tiling` describes."""
+    detector scores dense test images through the tiles `tiling` describes. Past
+    `timeout_minutes` (loading included) it raises StepTimedOut at the next batch."""
+    deadline = Deadline("evaluation", timeout_minutes, "evaluate.timeout_minutes") \
+        if timeout_minutes is not None else None
     if model.kind == "vit":
         return evaluate_classifier(dataset_dir, model_dir, out_dir, split, model.image_label,
-                                   model.negative_label, batch_size)
+                                   model.negative_label, batch_size, deadline)
     return evaluate_detector(dataset_dir, model_dir, out_dir, split, labels, num_beams, batch_size,
-                             tiling=tiling)
+                             tiling=tiling, deadline=deadline)
 
 
-@task(name="evaluate", cache_policy=cache_policy(EVALUATION_LIBRARIES), persist_result=True)
+# The time limit is not part of the cache key: a result is as good whatever the limit was.
+@task(name="evaluate", cache_policy=cache_policy(EVALUATION_LIBRARIES, ignore=("timeout_minutes",)),
+      persist_result=True)
 def evaluate_task(model: ModelConfig, dataset_dir: str, fingerprint: str, model_dir: str,
                   model_hash: str, out_dir: str, split: str = "test", labels: list[str] | None = None,
-                  num_beams: int = 1, batch_size: int = 8, tiling: TilingConfig | None = None) -> dict:
+                  num_beams: int = 1, batch_size: int = 8, tiling: TilingConfig | None = None,
+                  timeout_minutes: float | None = None) -> dict:
     """Cached on the dataset fingerprint and the model's hash."""
     return evaluate_step(model, dataset_dir, model_dir, out_dir, split, labels, num_beams,
-                         batch_size, tiling)
+                         batch_size, tiling, timeout_minutes)
 
 
 def evaluate_task_for(out_dir: str | Path, config: EvaluateConfig):
     """The evaluate task, cached like every step but run again when its files are gone, and
-    failing as TimedOut after `evaluate.timeout_minutes`."""
+    failing as TimedOut after `evaluate.timeout_minutes` (pass it as `timeout_minutes` too:
+    the step's own check between batches is what stops it reliably, see core/deadline.py)."""
     return evaluate_task.with_options(refresh_cache=not (Path(out_dir) / "metrics.json").is_file(),
                                       timeout_seconds=config.timeout_minutes * 60)
 

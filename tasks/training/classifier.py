@@ -99,7 +99,9 @@ def accuracy(eval_prediction) -> dict:
 
 def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
                         train_config: TrainConfig, tiny_folder: str | Path,
-                        max_steps: int | None = None, identity: str | None = None) -> dict:
+                        max_steps: int | None = None, identity: str | None = None,
+                        extra_callbacks: tuple = ()) -> dict:
+    """Fine-tune a ViT image classifier; `extra_callbacks` (Trainer callbacks) watch the run."""
     out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
                                                    train_config, max_steps, identity)
     train_set = original_rows(train_set)
@@ -115,7 +117,7 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
     args = training_arguments(out, train_config, max_steps, metric_for_best_model=select,
                               greater_is_better=select != "loss")
     summary = run_trainer(model, args, train_set, eval_set, collator, train_config, out,
-                          compute_metrics=accuracy)
+                          compute_metrics=accuracy, callbacks=tuple(extra_callbacks))
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))

@@ -9,12 +9,13 @@ from prefect import get_run_logger, task
 
 from tasks.core.caching import TRAINING_LIBRARIES, cache_policy
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
+from tasks.core.deadline import Deadline
 from tasks.training.classifier import finetune_classifier
 from tasks.training.detector import finetune_detector
 from tasks.training.models import ModelUnavailable
 from tasks.training.pretrain import DONE as PRETRAINING_RECORD
 from tasks.training.tiny import TINY
-from tasks.training.trainer import is_trained
+from tasks.training.trainer import is_trained, stop_at
 
 HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
 
@@ -35,12 +36,14 @@ def train_step(dataset_dir: str | Path, out_dir: str | Path, model_config: Model
                identity: str | None = None, tiling: TilingConfig | None = None) -> dict:
     """Fine-tune the configured kind of model; a tiny base model is built inside `out_dir`.
     `identity`: the run identity, when the caller computed it already (see `run_identity`);
-    `tiling`: how the dataset's tiles were cut (a detector's model folder records it)."""
+    `tiling`: how the dataset's tiles were cut (a detector's model folder records it). Past
+    `train.timeout_minutes` (loading included) it raises StepTimedOut at the next step."""
+    watch = (stop_at(Deadline("training", train_config.timeout_minutes, "train.timeout_minutes")),)
     if model_config.kind == "vit":
         return finetune_classifier(dataset_dir, out_dir, model_config, train_config,
-                                   Path(out_dir) / "tiny-base", max_steps, identity)
+                                   Path(out_dir) / "tiny-base", max_steps, identity, watch)
     return finetune_detector(dataset_dir, out_dir, model_config, train_config,
-                             Path(out_dir) / "tiny-base", max_steps, identity, tiling=tiling)
+                             Path(out_dir) / "tiny-base", max_steps, identity, watch, tiling=tiling)
 
 
 # Cached on the dataset fingerprint + model/train config + code version; a retry after a crash

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, library_versions
 from tasks.core.config import ModelConfig, TrainConfig
+from tasks.core.deadline import Deadline
 from tasks.core.forks import forget_prefect_exit_hooks_in_forks
 from tasks.core.logs import run_logger
 from tasks.dataset.publish import dataset_fingerprint_of
@@ -136,6 +137,24 @@ def _fault_callback():
                 raise RuntimeError(f"injected training failure after step {state.global_step}")
 
     return [FaultAfterSave()] if kill_at or fail_at else []
+
+
+def stop_at(deadline: Deadline):
+    """A Trainer callback that ends the run with StepTimedOut once `deadline` has passed: checked
+    when training begins (loading counts), after every step and every evaluation batch."""
+    from transformers import TrainerCallback
+
+    class StopAtDeadline(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            deadline.check()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            deadline.check()
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            deadline.check()
+
+    return StopAtDeadline()
 
 
 def input_workers(train: TrainConfig) -> int:

@@ -65,3 +65,11 @@ def test_a_new_version_of_a_library_that_shapes_a_step_is_a_cache_miss(task, lib
     monkeypatch.setattr(caching, "package_version",
                         lambda name: "999.0" if name == library else real(name))
     assert policy.compute_key(None, {}, {}) != before
+
+
+def test_an_evaluation_limit_is_not_part_of_its_cache_key():
+    # A result is as good whatever the time limit was: a longer limit must not evaluate again.
+    inputs_policy, = [p for p in evaluate_task.cache_policy.policies if type(p).__name__ == "Inputs"]
+    key = lambda **inputs: inputs_policy.compute_key(None, {"num_beams": 1, **inputs}, {})  # noqa: E731
+    assert key(timeout_minutes=5) == key(timeout_minutes=120)
+    assert key(timeout_minutes=5) != key(timeout_minutes=5, num_beams=3)

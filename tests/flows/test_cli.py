@@ -1,7 +1,6 @@
 """The command line, as a user types it (typer's runner, in-process, on the session's test server)."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -87,17 +86,26 @@ def test_train_with_an_unreachable_checkpoint_exits_with_advice(synthetic_datase
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_a_training_that_runs_out_of_time_fails_in_one_line(synthetic_dataset, tmp_path):
+@pytest.mark.parametrize("prefect_alarm", ["raised", "lost in a finalizer"])
+def test_a_training_that_runs_out_of_time_fails_in_one_line(synthetic_dataset, tmp_path,
+                                                            monkeypatch, prefect_alarm):
+    if prefect_alarm != "raised":
+        # Prefect's timeout raises from a SIGALRM handler, once; landing in a `__del__` its
+        # exception is only printed as ignored (seen here: a 0.7 s limit, then 400 steps to the
+        # end). The training's own check must stop it anyway.
+        from prefect._internal.concurrency.cancellation import AlarmCancelScope
+
+        monkeypatch.setattr(AlarmCancelScope, "_sigalarm_to_error",
+                            lambda scope, *args: scope.cancel(throw=False))
     config = tmp_path / "cfg.yaml"
     config.write_text("name: s\nsource: {format: voc, images: x, annotations: y}\n"
                       "train: {lr: 0.002, batch_size: 8, eval_steps: 50, timeout_minutes: 0.002}\n")
-    started = time.monotonic()
     result = runner.invoke(app, ["train", str(config), "--dataset", str(synthetic_dataset),
                                  "--out", str(tmp_path / "m"), "--model", "tiny", "--max-steps", "400"])
     assert result.exit_code == 1, result.output
     assert "train failed" in result.output and "timed out" in result.output
     assert "Traceback" not in result.output
-    assert time.monotonic() - started < 60  # stopped, and not retried (400 steps take minutes)
+    assert not (tmp_path / "m" / "model").exists()  # stopped before the end (400 steps take minutes)
 
 
 def test_serve_deploys_the_retrain_flow_on_the_schedule_one_run_at_a_time(tmp_path, monkeypatch):

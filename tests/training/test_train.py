@@ -289,3 +289,32 @@ def test_a_process_forked_after_a_prefect_flow_ran_ends_cleanly(prefect_server):
     # With the parent's hooks back, a forked child ends in Prefect's, which fails in a fork: the
     # loader then raised "DataLoader worker exited unexpectedly with exit code 1" (the CI failure).
     assert exit_code(lambda: threading._threading_atexits.extend(inherited)) == 1
+
+
+def test_a_training_past_its_time_limit_stops_at_the_next_step(synthetic_dataset, tmp_path,
+                                                               monkeypatch):
+    # Prefect's timeout alone can be lost (its alarm's exception is swallowed when it lands in a
+    # finalizer): the step checks its own limit. A clock that moves 1 s a check: the limit of 5 s
+    # passes at the 6th check after the start (train begins, then 5 steps), whatever the machine.
+    import itertools
+
+    import tasks.core.deadline as deadline
+
+    clock = itertools.count()
+    monkeypatch.setattr(deadline, "monotonic", lambda: float(next(clock)))
+    model = ModelConfig(checkpoint="tiny")
+    train = TrainConfig(lr=5e-3, batch_size=8, eval_steps=200, max_steps=400, timeout_minutes=5 / 60)
+    with pytest.raises(deadline.StepTimedOut, match=r"training timed out after 6.0 s.*train.timeout_minutes"):
+        train_step(synthetic_dataset, tmp_path, model, train)
+    assert not (tmp_path / "model").exists()  # stopped before the end: nothing saved as trained
+
+
+def test_an_evaluation_past_its_time_limit_stops_at_the_next_batch(synthetic_dataset, tiny_florence,
+                                                                   tmp_path):
+    from tasks.core.deadline import StepTimedOut
+    from tasks.evaluation.evaluate import evaluate_step
+
+    with pytest.raises(StepTimedOut, match="evaluation timed out.*evaluate.timeout_minutes"):
+        evaluate_step(ModelConfig(checkpoint="tiny"), synthetic_dataset, tiny_florence,
+                      tmp_path / "eval", split="validation", timeout_minutes=1e-6)
+    assert not (tmp_path / "eval" / "metrics.json").exists()

@@ -21,6 +21,7 @@ from tasks.ingest.coco import CocoUnreadable, ingest_coco
 from tasks.ingest.results import IngestResult
 from tasks.ingest.sources import SourceListing, list_source
 from tasks.ingest.voc import ingest_voc, parse_memo
+from tasks.ingest.voc_outcomes import outcome_memo
 from tasks.ingest.yolo import ingest_yolo
 
 
@@ -63,7 +64,7 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
     """Parse the source's annotations into candidate samples (streamed to a manifest) and
     rejections. A COCO file that cannot be read at all is `fatal` (it is the whole dataset);
     `labels` name YOLO's class ids where there is no classes.txt. With a content store, VOC
-    files parsed in an earlier run are taken from its memo (by content hash)."""
+    files parsed, and items made, in an earlier run are taken from its memos."""
     listing = list_configured_source(source)
     missing = [p for p in source.annotation_paths if not p.is_dir()]
     fatal = None
@@ -83,10 +84,11 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
             result = ingest_yolo(source.images, source.annotations, listing, labels, rules,
                                  candidates.add)
         else:
-            memo = parse_memo(store_root) if store_root is not None else None
+            memos = (parse_memo(store_root), outcome_memo(store_root, rules)) \
+                if store_root is not None else (None, None)
             result = ingest_voc(source.images, source.annotation_paths, listing, rules,
-                                candidates.add, memo)
-            if memo is not None:
+                                candidates.add_line, *memos)
+            for memo in filter(None, memos):
                 memo.save()
     return IngestOutput(
         fatal=fatal, several_passes=result.several_passes,

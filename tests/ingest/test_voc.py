@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.core.labels import LabelRules
+from tasks.core.labels import ANY_LABEL, LabelRules
 from tasks.demo.sample_data import DrawnBox, voc_xml
 from tasks.ingest.sources import list_source
 from tasks.ingest.voc import ingest_voc, parse_voc
@@ -200,7 +200,7 @@ def test_a_malformed_xml_and_its_image_count_as_one_image(tmp_path):
 
 
 def test_an_xml_too_deep_for_the_parser_is_quarantined_not_a_traceback(tmp_path, monkeypatch):
-    import tasks.ingest.voc as voc
+    import tasks.ingest.voc_parse as voc_parse
 
     Image.new("RGB", (10, 10)).save(tmp_path / "a.jpg")
     (tmp_path / "a.xml").write_text(voc_xml("a.jpg", 10, 10, 3, []))
@@ -208,14 +208,14 @@ def test_an_xml_too_deep_for_the_parser_is_quarantined_not_a_traceback(tmp_path,
     def too_deep(data: bytes):  # what a recursive parser does with absurd nesting
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(voc, "parse_voc", too_deep)
+    monkeypatch.setattr(voc_parse, "parse_voc", too_deep)
     result = ingest(tmp_path, tmp_path)
     assert [(r.item, r.reason, r.detail) for r in result.rejected] == [
         ("a.xml", "xml_malformed", "nested too deeply to parse")]
 
 
 def test_a_second_ingest_parses_only_the_xml_files_it_has_not_seen(tmp_path, monkeypatch):
-    import tasks.ingest.voc as voc_module
+    import tasks.ingest.voc_parse as voc_module
     from tasks.ingest.voc import parse_memo
 
     root = shared_data("neu_det")
@@ -246,13 +246,50 @@ def test_a_second_ingest_parses_only_the_xml_files_it_has_not_seen(tmp_path, mon
     assert (second.rejected, second.boxes_found) == (first.rejected, first.boxes_found)
 
 
-def _ingest_with_memo(images: Path, annotations: Path, store: Path):
+def _ingest_with_memo(images: Path, annotations: Path, store: Path, rules=ANY_LABEL):
     from tasks.ingest.voc import parse_memo
+    from tasks.ingest.voc_outcomes import outcome_memo
 
-    memo = parse_memo(store)
-    result = ingest_voc(images, annotations, list_source(images, annotations, ".xml"), memo=memo)
-    memo.save()
+    memos = parse_memo(store), outcome_memo(store, rules)
+    result = ingest_voc(images, annotations, list_source(images, annotations, ".xml"), rules,
+                        None, *memos)
+    for memo in memos:
+        memo.save()
     return result
+
+
+def _made(result) -> tuple:
+    return (result.samples, result.rejected, result.rejected_boxes, result.boxes_found,
+            result.spellings)
+
+
+def test_an_item_unchanged_since_the_last_run_is_not_made_again(tmp_path, monkeypatch):
+    import tasks.ingest.voc as voc
+
+    images, xmls = tmp_path / "images", tmp_path / "xml"
+    for name in ("a", "b", "c"):
+        make_image(images / f"{name}.jpg")
+        # c.xml names c.png, not there yet: its image is found by the XML's stem
+        write_xml(xmls / f"{name}.xml", f"{name}.png" if name == "c" else f"{name}.jpg",
+                  [DrawnBox("Dent", 2, 2, 20, 20), DrawnBox("dent", 9, 5, 3, 9)])  # one inverted
+    first = _ingest_with_memo(images, xmls, tmp_path / "store")
+    made = []
+    real = voc.make_sample
+    monkeypatch.setattr(voc, "make_sample", lambda item, *a: made.append(item) or real(item, *a))
+    assert _made(_ingest_with_memo(images, xmls, tmp_path / "store")) == _made(first)
+    assert made == [] and len(first.samples) == 3 and len(first.rejected_boxes) == 3
+    # A changed image file, a better match for an XML's <filename>, new label rules: made again.
+    make_image(images / "b.jpg", size=(48, 40))
+    make_image(images / "c.png")
+    second = _ingest_with_memo(images, xmls, tmp_path / "store")
+    assert made == ["b.xml", "c.xml"]
+    by_item = {s.item: s for s in second.samples}
+    assert by_item["b.xml"].file_size == (images / "b.jpg").stat().st_size
+    assert by_item["c.xml"].image_path == str(images / "c.png")
+    renamed = _ingest_with_memo(images, xmls, tmp_path / "store",
+                                LabelRules(label_map={"Dent": "scratch"}))
+    assert made[2:] == ["a.xml", "b.xml", "c.xml"]
+    assert {box.label for s in renamed.samples for box in s.boxes} == {"scratch"}
 
 
 def test_an_xml_unchanged_since_the_last_run_is_not_read_again(tmp_path, monkeypatch):

@@ -1,0 +1,97 @@
+"""What each VOC item made in an earlier run, remembered under the state of its XML files.
+
+An item whose XML files are unchanged (path, size, mtime, ctime, inode: as git trusts its index)
+and whose image is the same file, unchanged, is not parsed, converted or serialized again: its
+Sample line and its refused boxes come back as they were. The image is looked up again as the
+full path would (the folder may have gained a better match, a link may now lead out), so only
+the work is skipped, never a check. The label rules and the code version key the memo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.core.caching import code_version
+from tasks.core.labels import LabelRules
+from tasks.core.memo import LineMemo
+from tasks.core.records import Rejection
+from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image
+
+
+def outcome_memo(store_root: str | Path, rules: LabelRules) -> LineMemo:
+    allowed = sorted(rules.allowed) if rules.allowed is not None else None  # a set's order varies
+    return LineMemo(store_root, "voc-samples", json.dumps(
+        [code_version(), rules.label_map, rules.merge_case_variants, allowed], sort_keys=True))
+
+
+def file_state(path: Path, state: os.stat_result) -> str:
+    # ctime too: unlike mtime, no tool sets it back
+    return "\0".join(map(str, (path, state.st_size, state.st_mtime_ns, state.st_ctime_ns,
+                               state.st_ino)))
+
+
+def item_key(item: str, files: list[tuple[Path, Path]], listing: SourceListing) -> str | None:
+    """The item and the states of its XML files; None where one is not inside its folder or
+    cannot be stat'ed (the full path then says why)."""
+    parts = [item]
+    try:
+        for root, xml_path in files:
+            listing.check_inside(root, xml_path)
+            parts.append(file_state(xml_path, listing.stat(xml_path)))
+    except (PathOutsideSource, OSError):
+        return None
+    return "\n".join(parts)
+
+
+@dataclass
+class Outcome:
+    line: str  # the Sample, as its manifest line
+    rejected_boxes: list[str]  # Rejection lines
+    filename: str | None  # what the XML said, to look the image up again
+    path_hint: str | None
+    image: str
+    image_size: int
+    image_mtime_ns: int
+    boxes_found: int
+    spellings: dict[str, int]
+
+
+def recall(memo: LineMemo, key: str) -> Outcome | None:
+    hit = memo.get(key)
+    if hit is None:
+        return None
+    lines, extras = hit
+    try:
+        return Outcome(line=lines[0], rejected_boxes=lines[1:], **extras)
+    except (TypeError, IndexError):  # an entry of another shape: make it again
+        return None
+
+
+def remember(memo: LineMemo, key: str, outcome: Outcome) -> None:
+    extras = {name: value for name, value in vars(outcome).items()
+              if name not in ("line", "rejected_boxes")}
+    memo.put(key, [outcome.line, *outcome.rejected_boxes], extras)
+
+
+def still_its_image(outcome: Outcome, rel_folder: str, stem: str, index: dict[str, Path],
+                    claimed: dict[Path, str], images_root: Path, listing: SourceListing) -> Path | None:
+    """The remembered image, if the lookup still finds it, unclaimed, inside the source and
+    unchanged; else None (the item is made again)."""
+    try:
+        image = find_image(outcome.filename, rel_folder, stem, index, outcome.path_hint)
+        if image is None or os.fspath(image) != outcome.image or image in claimed:
+            return None
+        listing.check_inside(images_root, image)
+        state = listing.stat(image)
+    except (PathOutsideSource, OSError):
+        return None
+    if (state.st_size, state.st_mtime_ns) != (outcome.image_size, outcome.image_mtime_ns):
+        return None
+    return image
+
+
+def rejections(lines: list[str]) -> list[Rejection]:
+    return [Rejection.model_validate_json(line) for line in lines]

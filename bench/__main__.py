@@ -379,19 +379,19 @@ _NOTES = """
   the floor itself is ~3.5x faster than it, so any prep that does more than the floor's pixels
   (checks, records, a dataset on disk) stays under 3x at this image size.
 - **Incremental work (goal <= 0.05).** Every step remembers, per record, what it made of it
-  (parsed XMLs by path and stat, then by content hash; each image's outcome, budget,
-  flips, targets), and publish rewrites only the parquet files the new images fall into. What
-  is left (~0.4-0.6 s of ~1.8-2.4 s) is knowing what changed: ingest lists 2000 files and
-  passes over 1000 items (~0.13-0.2 s), every later step passes over the 1000 records once to
-  look them up (~0.03-0.05 s each), and publish rewrites the files of each split that the 10
-  new images fall into (5 of 16 files: ~0.2 s). 0.05 would need steps that take the
-  difference from the last run (new, changed, removed records) and patch their outputs instead
-  of passing over them, and a publication that appends files, which would give up "a fresh
-  write equals the incremental one, row for row". At 1.2 MP (the reported row) the passes
-  over 100 records cost ~0.05 s; what is left is the new image itself (~0.05 s) and the one
-  parquet file it falls into (~16-37 MB, 0.1-0.4 s on this machine's disk, which varies run
-  to run after the full run's writes): one sample, noisy. In the flow, Prefect's cache also
-  skips the steps whose inputs did not change.
+  (each VOC item's Sample by its XML files' path and stat, parsed XMLs by content hash; each
+  image's outcome, budget, flips, targets), and publish rewrites only the parquet files the
+  new images fall into. What is left (~0.4-0.5 s of ~1.8-2.4 s) is knowing what changed:
+  ingest lists 2000 files (~0.04 s) and looks 1000 items up (~0.04 s), every later step passes
+  over the 1000 records once to look them up (~0.03-0.05 s each), and publish rewrites the
+  files of each split that the 10 new images fall into (5 of 16 files: ~0.1-0.2 s). 0.05 would
+  need steps that take the difference from the last run (new, changed, removed records) and
+  patch their outputs instead of passing over them, and a publication that appends files,
+  which would give up "a fresh write equals the incremental one, row for row". At 1.2 MP (the
+  reported row) the passes over 100 records cost ~0.05 s; what is left is the new image itself
+  (~0.05 s) and the one parquet file it falls into (~16-37 MB, 0.1-0.4 s on this machine's
+  disk, which varies run to run after the full run's writes): one sample, noisy. In the flow,
+  Prefect's cache also skips the steps whose inputs did not change.
 - `bench/results.json` holds the issue's names (`prep_vs_decode_limit`, `notebook_speedup`,
   `incremental_work`, `rss_10x`, `coco_eval_vs_pycocotools`, and, from
   `python -m bench.throughput`, `train_input_speedup` and `eval_speedup_vs_seed`) with

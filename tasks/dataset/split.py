@@ -14,22 +14,24 @@ from pathlib import Path
 
 from prefect import task
 from pydantic import BaseModel
+from pydantic_core import from_json
 
 from tasks.core.caching import CACHE_POLICY
 from tasks.core.config import SplitConfig
-from tasks.core.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_records
+from tasks.core.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_lines
 from tasks.core.splits import split_of
 
 
-def duplicate_items(samples_in_item_order: Iterable[Sample]) -> dict[str, str]:
-    """item -> the earlier item with the same pixels (the first, by item, keeps them)."""
+def duplicate_items(items_in_order: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """item -> the earlier item with the same pixels (the first, by item, keeps them), from
+    (item, sha256, ...) tuples in item order."""
     first: dict[str, str] = {}
     duplicates: dict[str, str] = {}
-    for sample in samples_in_item_order:
-        if sample.sha256 in first:
-            duplicates[sample.item] = first[sample.sha256]
+    for item, sha, *_ in items_in_order:
+        if sha in first:
+            duplicates[item] = first[sha]
         else:
-            first[sample.sha256] = sample.item
+            first[sha] = item
     return duplicates
 
 
@@ -46,25 +48,45 @@ class SplitOutput(BaseModel, frozen=True):
 
 def split_step(kept: list[Manifest], ratios: SplitConfig, manifests_dir: str | Path) -> SplitOutput:
     """Merge the shards (each in item order), drop content duplicates, assign splits. Streams:
-    one pass finds the duplicates, a second writes the records; neither holds the set."""
+    one pass finds the duplicates, a second writes the records; neither holds the set. A record
+    is read as plain JSON for its item and hash, and kept as the line it is, its split set."""
 
     def in_item_order():
-        return heapq.merge(*(read_records(m, Sample) for m in kept), key=lambda s: s.item)
+        return heapq.merge(*(_keyed_lines(m) for m in kept), key=lambda keyed: keyed[0])
 
     duplicates = duplicate_items(in_item_order())
     with ManifestWriter(manifests_dir, "split") as out, \
             ManifestWriter(manifests_dir, "duplicates") as rejected, \
             ManifestWriter(manifests_dir, "duplicate-boxes") as rejected_boxes:
-        for sample in in_item_order():
-            if sample.item in duplicates:
-                image, boxes = duplicate_rejections(sample, duplicates[sample.item])
+        for item, sha, line in in_item_order():
+            if item in duplicates:
+                image, boxes = duplicate_rejections(Sample.model_validate_json(line), duplicates[item])
                 rejected.add(image)
                 for box in boxes:
                     rejected_boxes.add(box)
             else:
-                out.add(sample.model_copy(update={"split": split_of(sample.sha256, ratios)}))
+                out.add_line(with_split(line, split_of(sha, ratios)))
     return SplitOutput(samples=out.manifest, rejected=rejected.manifest,
                        rejected_boxes=rejected_boxes.manifest)
+
+
+def _keyed_lines(manifest: Manifest):
+    for line in read_lines(manifest):
+        record = from_json(line)
+        yield record["item"], record["sha256"], line
+
+
+UNSPLIT = '"split":null'
+
+
+def with_split(line: str, split: str) -> str:
+    """The record's line with its split set, the same bytes as pydantic would write. In JSON a
+    quote inside a string is escaped, so `"split":null` occurs once, as the record's own field;
+    a line that holds anything else is parsed and written again."""
+    if line.count(UNSPLIT) == 1:
+        return line.replace(UNSPLIT, f'"split":"{split}"')
+    sample = Sample.model_validate_json(line)
+    return sample.model_copy(update={"split": split}).model_dump_json()
 
 
 @task(name="split", cache_policy=CACHE_POLICY, persist_result=True)

@@ -57,3 +57,17 @@ def test_same_pixels_twice_keeps_the_first_and_names_the_second(tmp_path):
     assert set(splits) == {"0.xml", "00002.xml"}
     assert [(r.item, r.reason) for r in rejected] == [("1.xml", "duplicate_image")]
     assert [(r.item, r.reason) for r in boxes] == [("1.xml#0", "image_rejected")]
+
+
+def test_a_split_line_is_the_record_pydantic_would_write(tmp_path):
+    # The split is set in the record's line as text: byte for byte what a parse, a copy and a
+    # dump give, however odd the strings (a quote, a backslash, the very field as a name).
+    from tasks.dataset.split import with_split
+
+    odd = [sample(1, item='say "split":null.xml'), sample(2, item="back\\slash\u00e9.xml"),
+           sample(3, label='"split":null')]
+    for record in odd:
+        line = record.model_dump_json()
+        assert with_split(line, "test") == record.model_copy(update={"split": "test"}).model_dump_json()
+    splits, _, _ = run_split([odd], SplitConfig(train=0, validation=0, test=1), tmp_path)
+    assert {item: s.split for item, s in splits.items()} == {s.item: "test" for s in odd}

@@ -70,7 +70,7 @@ class LineMemo:
         try:
             if fields[0] != digest:
                 return None  # the file changed under us (or an entry was glued to a torn one)
-            extras = json.loads(fields[1])
+            extras = {} if fields[1] == "{}" else json.loads(fields[1])  # most have none
         except (ValueError, IndexError):  # a damaged entry: do the work again
             return None
         if not all(os.path.isfile(path) for path in extras.get("paths", ())):

@@ -183,4 +183,4 @@ def read_rejections(manifest: Manifest | str | Path) -> list[Rejection]:
 def read_lines(manifest: Manifest) -> Iterator[str]:
     """The raw JSON lines of a manifest, for steps that only move records around."""
     with open(manifest.path, encoding="utf-8") as handle:
-        yield from (line for line in handle if line.strip())
+        yield from (line for line in handle if not line.isspace())

@@ -41,7 +41,17 @@ class CodeVersion(CachePolicy):
         return code_version()
 
 
-CACHE_POLICY = INPUTS + TASK_SOURCE + CodeVersion()
+def step_policy(ignore: tuple[str, ...] = ()) -> CachePolicy:
+    """The task's inputs (less those named in `ignore`), its source and the code version.
+    (Prefect's `policy - "name"` on a compound policy adds a second inputs policy beside the
+    first, which still hashes the name: the inputs part is built without the names here.)"""
+    inputs = INPUTS
+    for name in ignore:
+        inputs = inputs - name
+    return inputs + TASK_SOURCE + CodeVersion()
+
+
+CACHE_POLICY = step_policy()
 
 # The libraries whose version changes a step's result, per kind of step.
 IMAGE_LIBRARIES = ("pillow",)
@@ -73,13 +83,8 @@ class LibraryVersions(CachePolicy):
 
 
 def cache_policy(libraries: tuple[str, ...], ignore: tuple[str, ...] = ()) -> CachePolicy:
-    """CACHE_POLICY plus the versions of the libraries that shape the step's result; the inputs
-    named in `ignore` left out of the key. (Prefect's `policy - "name"` adds a second inputs
-    policy beside the first, which still hashes the name: the inputs part is built here.)"""
-    inputs = INPUTS
-    for name in ignore:
-        inputs = inputs - name
-    return inputs + TASK_SOURCE + CodeVersion() + LibraryVersions(libraries=libraries)
+    """`step_policy(ignore)` plus the versions of the libraries that shape the step's result."""
+    return step_policy(ignore) + LibraryVersions(libraries=libraries)
 
 
 def folder_hash(folder: str | Path) -> str:

@@ -57,7 +57,8 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
     grid: list[tuple] = []
     bar = tqdm(total=len(rows), desc=f"evaluate {split}", unit="img")
 
-    def keep_for_the_picture(batch: list[dict], results: list) -> None:
+    def after_each_batch(batch: list[dict], results: list) -> None:
+        """Progress, the time limit, and the first images kept for the predictions picture."""
         bar.update(len(batch))
         if deadline is not None:
             deadline.check()
@@ -67,7 +68,7 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                              result.boxes, result.scores))
 
     scores = score_detector(model, processor, rows, labels, batch_size, num_beams,
-                            on_batch=keep_for_the_picture, tiling=tiling,
+                            on_batch=after_each_batch, tiling=tiling,
                             max_new_tokens=new_token_budget(learnt, processor.tokenizer))
     bar.close()
     truths = [truth[3] for truth in scores.truths]

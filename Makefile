@@ -12,8 +12,10 @@ export DO_NOT_TRACK := 1
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar off --no-compile -e '.[dev]'
+	@# --no-cache-dir: pip's cache would keep a second copy of every wheel (3 GB of torch's CUDA
+	@# packages) beside the 6.6 GB venv; a machine with little disk ran out during the install.
+	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/pip install --progress-bar off --no-cache-dir --no-compile -e '.[dev]'
 	@# pip byte-compiles wheel by wheel on one core (2 min for torch and co. on 2 cores); this uses
 	@# every core. A file written for a newer Python cannot compile here: pip skips those too.
 	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib > /dev/null || true

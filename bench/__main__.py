@@ -100,7 +100,7 @@ def bench_prep(work: Path, scale: int, repeats: int) -> list[tuple[str, float, f
     rows.append((f"prep work, {scale} NEU-DET images (200x200), steps without Prefect", work_time,
                  limit, f"Pillow: decode each once, encode each output once, {cores} processes",
                  "<= 1.3"))
-    rows.append((f"prep flow, {scale} images, with Prefect (1 s polling granularity)", ours, limit,
+    rows.append((f"prep flow, {scale} images, with Prefect (whole-second flow runs)", ours, limit,
                  f"Pillow: decode each once, encode each output once, {cores} processes", "reported"))
     note = median_time(lambda: notebook(source, Path(tempfile.mkdtemp(dir=work))), 1)
     rows.append((f"notebook loop / prep work, {scale} images", note, work_time,
@@ -345,9 +345,11 @@ _NOTES = """
   shards on as many threads as cores, their new images on the image workers, as the flow does),
   with a fresh content store: the pipeline's own work. The workers are started once per
   process (~0.5 s), like the floor's; the median of the repeats is taken with both warm.
-  "prep flow" is the real Prefect flow; Prefect's engine advances in steps of about a second
-  here, so flow times come in ~1 s quanta (an empty flow costs ~1.1 s, a fully Cached rerun the
-  same), and flow-level ratios are coarse.
+  "prep flow" is the real Prefect flow. Prefect 3.8 starts a heartbeat thread for every flow
+  run that sleeps in whole seconds, and the run waits for it to wake before it returns
+  (`flow_engine._send_heartbeats`: 0.94 s of an empty flow's 1.15 s, by cProfile), so flow times
+  come in ~1 s quanta (a fully Cached rerun costs about what an empty flow does) and flow-level
+  ratios are coarse.
 - The Pillow floor decodes every source image once and encodes every output once (each image,
   and the flipped copy of each image the split puts in `train`: the same outputs as prep's), into
   memory, on as many processes as cores. Threads would not reach all cores: Pillow's JPEG

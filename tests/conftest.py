@@ -24,10 +24,16 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One Prefect test server (temporary SQLite) for every flow test of the session."""
+    """One Prefect test server (temporary SQLite) for every flow test of the session.
+
+    Flow-run heartbeats are off: Prefect joins its heartbeat thread, which sleeps in whole
+    seconds, at the end of every flow run (~1 s each); nothing here tests zombie detection.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

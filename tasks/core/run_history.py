@@ -3,12 +3,47 @@ subflows' task runs included (prepare runs as a subflow of retrain)."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from uuid import UUID
 
+StateRow = tuple[str, str, bool]  # task run name, state name, whether the state is final
 
-def task_run_states(flow_run_id: UUID | str) -> list[tuple[str, str]]:
-    """(task run name, state name) for every task run of the flow run and of its subflows."""
+
+def task_run_states(flow_run_id: UUID | str, settle_s: float = 15.0) -> list[tuple[str, str]]:
+    """(task run name, state name) for every task run of the flow run and of its subflows.
+
+    Prefect 3 reports task runs to its server as events, recorded after the flow has returned,
+    so a read right after the flow can miss runs or see them unfinished: the client's events
+    are sent first, then the runs are read until every one is final and a second read agrees.
+    """
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=settle_s, at_exit=False)
+    rows = settled(lambda: _read_states(UUID(str(flow_run_id))), settle_s)
+    return [(name, state) for name, state, _ in rows]
+
+
+def settled(read: Callable[[], list[StateRow]], limit_s: float, pause_s: float = 0.1,
+            unfinished_reads: int = 10, clock: Callable[[], float] = time.monotonic,
+            sleep: Callable[[float], None] = time.sleep) -> list[StateRow]:
+    """Read until two reads in a row agree and every state is final, or `unfinished_reads`
+    reads in a row agree (a task that never ran, after an upstream failure, stays Pending), or
+    `limit_s` has passed: then the last read, shown as it is."""
+    give_up = clock() + limit_s
+    previous, agreeing = None, 0
+    while True:
+        rows = read()
+        agreeing = agreeing + 1 if rows == previous else 0
+        if ((agreeing and all(final for _, _, final in rows)) or agreeing >= unfinished_reads
+                or clock() >= give_up):
+            return rows
+        previous = rows
+        sleep(pause_s)
+
+
+def _read_states(flow_run_id: UUID) -> list[StateRow]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -17,21 +52,22 @@ def task_run_states(flow_run_id: UUID | str) -> list[tuple[str, str]]:
     )
     from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
-    states: list[tuple[str, str]] = []
-    pending = [UUID(str(flow_run_id))]
+    rows: list[StateRow] = []
+    pending = [flow_run_id]
     with get_client(sync_client=True) as client:
         while pending:
             run_id = pending.pop(0)
             runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
                 sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
-            states += [(run.name, run.state.name if run.state else "?") for run in runs]
+            rows += [(run.name, run.state.name, run.state.is_final()) if run.state
+                     else (run.name, "?", False) for run in runs]
             children = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])),
                 sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
             pending += [child.id for child in children]
-    return states
+    return rows
 
 
 def state_counts(states: list[tuple[str, str]]) -> Counter:

@@ -1,0 +1,50 @@
+"""Reading a flow run's task states while Prefect is still recording them."""
+
+from tasks.core.run_history import settled
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def reads(*answers):
+    """A reader that gives each answer in turn, then the last one for ever."""
+    answers = list(answers)
+
+    def read():
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+    return read
+
+
+def test_waits_for_runs_not_yet_recorded_and_unfinished_ones():
+    clock = Clock()
+    read = reads([("ingest", "Cached", True)],
+                 [("ingest", "Cached", True), ("publish", "?", False)],
+                 [("ingest", "Cached", True), ("publish", "Running", False)],
+                 [("ingest", "Cached", True), ("publish", "Completed", True)])
+    rows = settled(read, limit_s=15, clock=clock, sleep=clock.sleep)
+    assert rows == [("ingest", "Cached", True), ("publish", "Completed", True)]
+    assert clock.now < 1  # four reads to get there, then one to agree
+
+
+def test_a_run_that_stays_unfinished_ends_the_wait_after_a_while_not_at_the_limit():
+    clock = Clock()
+    rows = settled(reads([("train", "NotReady", False)]), limit_s=15, clock=clock, sleep=clock.sleep)
+    assert rows == [("train", "NotReady", False)]
+    assert 0.5 < clock.now < 2
+
+
+def test_the_limit_ends_a_wait_that_never_settles():
+    clock = Clock()
+    count = iter(range(10**6))
+    rows = settled(lambda: [("train", f"Running {next(count)}", False)], limit_s=3,
+                   clock=clock, sleep=clock.sleep)
+    assert rows[0][1].startswith("Running")
+    assert 3 <= clock.now < 3.5

@@ -28,15 +28,16 @@ def task_run_states(flow_run_id: UUID | str, settle_s: float = 15.0) -> list[tup
 def settled(read: Callable[[], list[StateRow]], limit_s: float, pause_s: float = 0.1,
             unfinished_reads: int = 10, clock: Callable[[], float] = time.monotonic,
             sleep: Callable[[float], None] = time.sleep) -> list[StateRow]:
-    """Read until two reads in a row agree and every state is final, or `unfinished_reads`
-    reads in a row agree (a task that never ran, after an upstream failure, stays Pending), or
-    `limit_s` has passed: then the last read, shown as it is."""
+    """Read until two reads in a row agree and every state is final (no runs at all may be runs
+    not recorded yet), or `unfinished_reads` reads in a row agree (a task that never ran, after
+    an upstream failure, stays Pending), or `limit_s` has passed: then the last read as it is."""
     give_up = clock() + limit_s
     previous, agreeing = None, 0
     while True:
         rows = read()
         agreeing = agreeing + 1 if rows == previous else 0
-        if ((agreeing and all(final for _, _, final in rows)) or agreeing >= unfinished_reads
+        finished = rows and all(final for _, _, final in rows)  # none yet: maybe not recorded
+        if ((agreeing and finished) or agreeing >= unfinished_reads
                 or clock() >= give_up):
             return rows
         previous = rows

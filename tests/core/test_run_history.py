@@ -48,3 +48,9 @@ def test_the_limit_ends_a_wait_that_never_settles():
                    clock=clock, sleep=clock.sleep)
     assert rows[0][1].startswith("Running")
     assert 3 <= clock.now < 3.5
+
+
+def test_no_runs_yet_is_not_taken_for_a_flow_without_tasks_at_once():
+    clock = Clock()
+    read = reads([], [], [("ingest", "Completed", True)])
+    assert settled(read, limit_s=15, clock=clock, sleep=clock.sleep) == [("ingest", "Completed", True)]

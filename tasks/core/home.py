@@ -41,6 +41,24 @@ def resolve_home(home: str | Path | None = None) -> Home:
     return Home(Path(home or os.environ.get("DEFECTFLOW_HOME") or DEFAULT_HOME).resolve())
 
 
+# Third-party console noise: datasets' "Generating train split" bars, MLflow's INFO lines,
+# deprecation FutureWarnings (transformers' `is_gradient_checkpointing`, read by peft's
+# PeftModel on every load), also in the runs' subprocesses.
+QUIET_THIRD_PARTY = {
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a champion's download, file by file
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+}
+
+
+def quiet_third_party() -> None:
+    """Keep other libraries' noise off the console (values already set by the user win)."""
+    for key, value in QUIET_THIRD_PARTY.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def configure_environment(home: Home) -> None:
     """Point Prefect at the home folder before Prefect is imported (its settings load then).
     Values already set by the user win."""
@@ -55,13 +73,7 @@ def configure_environment(home: Home) -> None:
         "TOKENIZERS_PARALLELISM": "false",
         # The summary table tells the story; per-task lines still reach the Prefect UI.
         "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
-        # Third-party console noise: datasets' "Generating train split" bars, MLflow's INFO
-        # lines, transformers' deprecation FutureWarnings (also in the runs' subprocesses).
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        "MLFLOW_LOGGING_LEVEL": "WARNING",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a champion's download, file by file
-        "PYTHONWARNINGS": "ignore::FutureWarning",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_third_party()

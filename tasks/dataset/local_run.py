@@ -3,8 +3,11 @@ and the benchmarks (the prepare flow composes the same functions as tasks)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
@@ -18,26 +21,41 @@ from tasks.images.sample import image_step_config
 from tasks.images.shard import process_images_step
 from tasks.ingest.ingest import ingest_step, shard_step
 
+T = TypeVar("T")
+
 
 def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Path,
-                  workers: int = 1) -> tuple[PublishOutput, dict[str, int]]:
+                  workers: int = 1, seconds: dict[str, float] | None = None,
+                  ) -> tuple[PublishOutput, dict[str, int]]:
     """ingest -> shards (on `workers` threads) -> split -> target budget -> flips -> targets -> publish.
-    Returns the publication and the work done (images decoded, reused, encoded)."""
+    Returns the publication and the work done (images decoded, reused, encoded); with
+    `seconds`, each step's wall-clock time goes there, by step name (for the benchmarks)."""
     where = Home(Path(home))
     manifests, store = where.manifests, where.store
-    ingested = ingest_step(config.source, config.label_rules, manifests, config.labels, store)
+
+    def timed(name: str, step: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        result = step()
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        return result
+
+    ingested = timed("ingest", lambda: ingest_step(config.source, config.label_rules, manifests,
+                                                   config.labels, store))
     if ingested.fatal:
         raise ValueError(ingested.fatal)
     step = image_step_config(config)
-    shards = shard_step(ingested.candidates, config.shard_size, manifests)
+    shards = timed("shard", lambda: shard_step(ingested.candidates, config.shard_size, manifests))
     with ThreadPoolExecutor(workers) as pool:
-        outputs = list(pool.map(lambda s: process_images_step(s, step, store, manifests), shards))
-    split = split_step([o.kept for o in outputs], config.split, manifests)
-    budget = budget_step(split.samples, config.targets.max_tokens, config.model.checkpoint,
-                         manifests, config.tiling, store, config.images.max_pixels,
-                         config.images.min_box_size)
-    augmented, flips = augment_step(budget.rows, config.augment, config.images.max_pixels,
-                                    str(store), manifests)
-    published = publish_step(loc_targets_step(augmented, manifests, store), config.name, config.publish,
-                             dataset_dir)
+        outputs = timed("images", lambda: list(pool.map(
+            lambda s: process_images_step(s, step, store, manifests), shards)))
+    split = timed("split", lambda: split_step([o.kept for o in outputs], config.split, manifests))
+    budget = timed("budget", lambda: budget_step(
+        split.samples, config.targets.max_tokens, config.model.checkpoint, manifests,
+        config.tiling, store, config.images.max_pixels, config.images.min_box_size))
+    augmented, flips = timed("flips", lambda: augment_step(
+        budget.rows, config.augment, config.images.max_pixels, str(store), manifests))
+    targets = timed("targets", lambda: loc_targets_step(augmented, manifests, store))
+    published = timed("publish", lambda: publish_step(targets, config.name, config.publish,
+                                                      dataset_dir))
     return published, work_this_run([(o.counters, True) for o in outputs] + [(flips, True)])

@@ -63,8 +63,12 @@ def test_a_first_run_decodes_each_image_once_and_encodes_each_flip_once_reusing_
     config = DatasetConfig.model_validate({
         "name": "work", "grayscale": "convert", "shard_size": 8, "augment": {"hflip": True},
         "source": {"format": "voc", "images": source / "images", "annotations": source / "annotations"}})
-    published, work = prepare_steps(config, tmp_path / "dataset", tmp_path / "home")
+    seconds: dict[str, float] = {}
+    published, work = prepare_steps(config, tmp_path / "dataset", tmp_path / "home", seconds=seconds)
     flips = sum(published.rows.values()) - 24
+    # Each step's time, in pipeline order, for the benchmark's table of where the time goes.
+    assert list(seconds) == ["ingest", "shard", "images", "split", "budget", "flips", "targets", "publish"]
+    assert all(value > 0 for value in seconds.values())
     assert flips > 0
     # The flips are rendered by the image step and found made by the augment step: still one
     # encode each in this run's work, and no reuse (a first run has nothing to reuse).

@@ -26,7 +26,9 @@ NOTES = """
 - The notebook baseline is one sequential loop doing the same steps with PIL and `datasets`
   (no safety checks, no hashing, no manifests, no caching).
 - Memory is the peak RSS of a fresh process running the flow plus its image workers (its
-  Prefect server left out), sampled every 50 ms.
+  Prefect server left out), sampled every 50 ms. A child caught between its fork and the
+  program it starts is left out too: it still holds the flow's own pages, and counting them
+  twice once read 1.52 where repeated runs read ~1.09.
 - No GPU was lent to the session that wrote these figures: the bf16-vs-fp32 throughput of a
   Florence-2-base-sized model is not measured here.
 

@@ -49,7 +49,7 @@ The step table under the figures says where prep's time goes in this run (full r
   nothing). Split (duplicates across shards) must wait for every shard, so these passes cannot
   overlap the pixels. At 3 MP an image the pixels weigh more and the ratio is ~1.6-2.
 - **vs the notebook loop (goal >= 3x faster).** The notebook (one core, no checks, nothing
-  kept) is itself only ~3.5-4x slower than the floor, so any prep that does more than the
+  kept) is itself only ~3.3-4x slower than the floor, so any prep that does more than the
   floor's pixels (checks, records, a dataset on disk) stays under 3x at this image size.
 - **Incremental work (goal <= 0.05).** Every step remembers, per record, what it made of it
   (each VOC item's Sample by its XML files' path and stat, parsed XMLs by content hash; each

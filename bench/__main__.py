@@ -177,27 +177,23 @@ def bench_prep(work: Path, scale: int, repeats: int,
     # of Prefect's whole-second runs and its client's retries: the medians of the rounds are used.
     home = Path(tempfile.mkdtemp(dir=work, prefix="home-incremental-"))
     out = Path(tempfile.mkdtemp(dir=work, prefix="out-incremental-"))
-    walls: dict[str, list[float]] = {"same": [], "second": []}
-    spans: dict[str, list[float]] = {"same": [], "second": []}
 
-    def timed(name: str) -> tuple[float, float]:
+    def timed() -> tuple[float, float]:
+        """One prepare flow run: (wall-clock seconds, seconds as Prefect recorded it)."""
         start = time.perf_counter()
         span = recorded_span(config, out, home)
-        wall = time.perf_counter() - start
-        if name in walls:
-            walls[name].append(wall)
-            spans[name].append(span)
-        return wall, span
+        return time.perf_counter() - start, span
 
-    full, full_span = timed("full")
+    full, full_span = timed()
     extra = max(1, scale // 100)
+    reruns, grown_runs = [], []
     for round_number in range(ROUNDS):
-        timed("same")
+        reruns.append(timed())
         _add_copies(source, extra, round_number)
-        timed("second")
+        grown_runs.append(timed())
     _remove_copies(source)
-    same, second = statistics.median(walls["same"]), statistics.median(walls["second"])
-    same_span, second_span = statistics.median(spans["same"]), statistics.median(spans["second"])
+    same, same_span = (statistics.median(times) for times in zip(*reruns, strict=True))
+    second, second_span = (statistics.median(times) for times in zip(*grown_runs, strict=True))
     rows.append(("identical rerun (every working task Cached)", same, full, "the full run", "reported"))
     # A difference below zero is noise (the +1% run was not slower than the rerun): shown as 0.
     rows.append((f"incremental flow: +{extra} images (1%), beyond an identical rerun "

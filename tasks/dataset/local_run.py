@@ -37,7 +37,7 @@ def prepare_steps(config: DatasetConfig, dataset_dir: str | Path, home: str | Pa
         start = time.perf_counter()
         result = step()
         if seconds is not None:
-            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+            seconds[name] = time.perf_counter() - start
         return result
 
     ingested = timed("ingest", lambda: ingest_step(config.source, config.label_rules, manifests,

@@ -33,7 +33,7 @@ def measure(work: Path, steps: int) -> dict:
     from tasks.core.config import DatasetConfig, ModelConfig, TrainConfig
     from tasks.dataset.local_run import prepare_steps
     from tasks.demo.sample_data import generate
-    from tasks.scoring.predict import new_token_budget, predict_batch
+    from tasks.scoring.generation import new_token_budget, predict_batch
     from tasks.training.detector import finetune_detector
     from tasks.training.models import load_finetuned_detector
     from tasks.training.tiny import FLORENCE2_BASE, build_tiny_florence

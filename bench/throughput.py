@@ -86,7 +86,7 @@ def bench_eval(model_dir: Path, dataset_dir: Path, count: int) -> list[tuple]:
     import torch
 
     from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth
-    from tasks.scoring.predict import new_token_budget, predict_batch
+    from tasks.scoring.generation import new_token_budget, predict_batch
     from tasks.scoring.score import original_rows, truth_boxes
     from tasks.training.models import load_finetuned_detector, read_model_facts
 

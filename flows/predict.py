@@ -10,8 +10,8 @@ from prefect import flow
 from tasks.core.config import DatasetConfig
 from tasks.core.home import resolve_home
 from tasks.nightly.registry import embedded_tracking_uri
+from tasks.predict.folder import predict_task, settings_for
 from tasks.predict.model import resolve_model
-from tasks.predict.predict import predict_task, settings_for
 
 
 def model_folder(model: str, out_dir: Path, config: DatasetConfig | None, home: str | None) -> Path:
@@ -25,10 +25,12 @@ def model_folder(model: str, out_dir: Path, config: DatasetConfig | None, home: 
 
 @flow(name="predict", log_prints=True)
 def predict(images_dir: str, model_dir: str, out_dir: str, threshold: float | None, batch_size: int,
-            num_beams: int = 1, config: DatasetConfig | None = None) -> dict:
-    """Apply a trained detector to every image of a folder."""
+            num_beams: int = 1, config: DatasetConfig | None = None,
+            overwrite: bool = False) -> dict:
+    """Apply a trained detector to every image of a folder (an XML already in OUT/labelimg is
+    kept unless `overwrite`)."""
     settings = settings_for(model_dir, threshold, batch_size, num_beams,
                             config.labels if config else None, config.tiling if config else None,
                             config.images.max_pixels if config else None)
     return predict_task(images_dir=images_dir, model_dir=model_dir, out_dir=out_dir,
-                        settings=settings)
+                        settings=settings, overwrite=overwrite)

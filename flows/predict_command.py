@@ -25,6 +25,9 @@ def predict(
     num_beams: Annotated[int, typer.Option(min=1, help="beams for generation")] = 1,
     config: Annotated[Path | None, typer.Option(help="dataset config: its registry (for "
                                                 "`champion`), labels, tiling, image limits")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="replace the XMLs already in OUT/labelimg; without it an existing "
+        "XML (your LabelImg corrections) is kept as it is and counted as kept")] = False,
 ) -> None:
     """Detect defects in new images: COCO predictions, LabelImg XMLs to correct, overlays."""
     from flows.predict import model_folder
@@ -42,5 +45,5 @@ def predict(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     report = predict_flow(str(images.resolve()), str(model_dir), str(out.resolve()), threshold,
-                          batch_size, num_beams, loaded)
+                          batch_size, num_beams, loaded, overwrite)
     print_predict_summary(report, out)

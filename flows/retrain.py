@@ -1,5 +1,6 @@
 """retrain = what is new? -> prepare -> train -> evaluate (challenger and champion, same split)
--> register -> promote -> (pre-label the inbox with the champion)."""
+-> register -> promote -> record the night -> (push the new champion to the Hub, pre-label the
+inbox with the champion: steps that cannot fail or undo the night)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from prefect.states import Cancelled, Completed, Failed
 
 from flows.prepare import SOURCE_UNREADABLE, prepare
 from tasks.core.caching import code_version, folder_hash
-from tasks.core.config import load_config
+from tasks.core.config import DatasetConfig, load_config
 from tasks.core.home import resolve_home
 from tasks.core.run_history import task_run_states
 from tasks.dataset.report import story_task
@@ -23,6 +24,14 @@ from tasks.evaluation.evaluate import (
 from tasks.ingest.ingest import source_fingerprint_task
 from tasks.nightly.alerts import notify_on_completion, notify_on_failure
 from tasks.nightly.changes import changes_task, save_index_task
+from tasks.nightly.followups import (
+    PRELABEL,
+    PUSH,
+    followup_failed_task,
+    pending_followups,
+    push_champion_task,
+    set_pending,
+)
 from tasks.nightly.promotion import (
     Candidate,
     current_champion_task,
@@ -38,7 +47,7 @@ from tasks.nightly.registry import (
     register_task,
 )
 from tasks.nightly.runners import prep_task_runner
-from tasks.predict.predict import settings_for
+from tasks.predict.folder import settings_for
 from tasks.predict.prelabel import prelabel_task
 from tasks.training.train import (
     check_train_config_task,
@@ -66,6 +75,11 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         check_train_config_task(model_config=config.model, train_config=config.train)
         source = source_fingerprint_task(source=config.source)
         if not what_is_new_task(work_dir=str(work), source_fingerprint=source):
+            left = pending_followups(work)
+            if left:  # what an earlier night could not finish, with tonight's champion
+                champion = current_champion_task(registry=registry,
+                                                 download_to=str(work / "champion"))
+                after_the_night(config, registry, work, left, champion)
             return Completed(message="no new images: nothing to retrain")
 
         prepared = prepare.with_options(task_runner=prep_task_runner(config.prep))(
@@ -124,24 +138,61 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                                  model_dir=trained["model_dir"]),
             champion=None if champion is None else Candidate(
                 version=champion["version"], metrics=champion_metrics,
-                model_dir=champion["model_dir"]),
-            lineage=lineage)
-        prelabels = None
-        tonight = trained["model_dir"] if decision["promoted"] else (champion or {}).get("model_dir")
-        if config.prelabel is not None and tonight:
-            prelabels = prelabel_task(inbox=str(config.prelabel.inbox), model_dir=tonight,
-                                      settings=settings_for(
-                                          tonight, config.prelabel.threshold,
-                                          config.evaluate.batch_size, config.evaluate.num_beams,
-                                          config.labels, config.tiling, config.images.max_pixels))
+                model_dir=champion["model_dir"]))
         save_index_task(work_dir=str(work), index=index)  # tomorrow's "since last night"
         record_success_task(work_dir=str(work), info={
             "source_fingerprint": source, "dataset_fingerprint": fingerprint,
             "model_version": version["version"]})
+        # The night is recorded: what follows may fail without undoing it.
+        tonight = {**pending_followups(work)}
+        if decision["promoted"]:
+            champion = {"version": version["version"], "model_dir": trained["model_dir"]}
+            if config.registry.hub_repo:
+                tonight[PUSH] = {"version": version["version"], "metrics": metrics,
+                                 "lineage": lineage}
+        if config.prelabel is not None:
+            tonight[PRELABEL] = {}
+        followups = after_the_night(config, registry, work, tonight, champion)
         return {"report": report, "train": trained, "metrics": metrics,
                 "champion_metrics": champion_metrics, "version": version, "decision": decision,
-                "changes": changes, "prelabels": prelabels,
+                "changes": changes,
+                "prelabels": followups.get(PRELABEL, {}).get("result"),
+                "followups": {name: "done" if outcome["done"] else f"failed: {outcome['error']}"
+                              for name, outcome in followups.items()},
                 "tracking_uri": registry.tracking_uri, "source_fingerprint": source}
+
+
+def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,
+                    followups: dict[str, dict], champion: dict | None) -> dict[str, dict]:
+    """The steps after a recorded decision, with `champion` (version, model folder): each one
+    that fails is logged, alerted and left for the next night, never raised (the night stands)."""
+    outcomes: dict[str, dict] = {}
+    for name, needs in followups.items():
+        wanted = config.registry.hub_repo if name == PUSH else config.prelabel
+        if wanted is None or champion is None or (name == PUSH
+                                                  and needs["version"] != champion["version"]):
+            set_pending(work, name, None)  # turned off, no champion yet, or a newer one came
+            continue
+        if name == PUSH:
+            state = push_champion_task(registry=registry, config=config.registry,
+                                       version=needs["version"], model_dir=champion["model_dir"],
+                                       metrics=needs["metrics"], lineage=needs["lineage"],
+                                       return_state=True)
+        else:
+            state = prelabel_task(
+                inbox=str(config.prelabel.inbox), model_dir=champion["model_dir"],
+                settings=settings_for(champion["model_dir"], config.prelabel.threshold,
+                                      config.evaluate.batch_size, config.evaluate.num_beams,
+                                      config.labels, config.tiling, config.images.max_pixels),
+                return_state=True)
+        if state.is_completed():
+            set_pending(work, name, None)
+            outcomes[name] = {"done": True, "result": state.result()}
+        else:
+            followup_failed_task(work_dir=str(work), name=name, needs=needs,
+                                 error=state.message or state.name, notify=config.notify)
+            outcomes[name] = {"done": False, "error": state.message or state.name}
+    return outcomes
 
 
 def run_retrain(config_path: Path, work_dir: Path, home: str | None,

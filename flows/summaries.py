@@ -99,8 +99,8 @@ def result_or_error(state, what: str) -> tuple[object, str | None, int]:
 def print_train_summary(summary: dict, out: Path) -> None:
     table = summary_table("train")
     for key in ("kind", "checkpoint", "global_step", "resumed_from_step", "first_train_loss",
-                "last_train_loss", "metric_for_best_model", "best_metric", "best_checkpoint",
-                "model_dir"):
+                "last_train_loss", "selected_on", "metric_for_best_model", "best_metric",
+                "best_checkpoint", "model_dir"):
         table.add_row(key, str(summary.get(key)))
     table.add_row("loss curve", str(out / "loss_curve.png"))
     console.print(table)
@@ -171,6 +171,9 @@ def print_predict_summary(report: dict, out: Path) -> None:
                                              "unknown_labels")}
     if any(problems.values()):
         table.add_row("generation", ", ".join(f"{k} {v}" for k, v in problems.items()))
+    kept = report["kept_existing"]
+    table.add_row("labelimg XMLs", f"{report['xmls_written']} written, {kept} kept_existing"
+                  + (" (were there: --overwrite replaces)" if kept else ""))
     table.add_row("wrote", f"{out}/predictions.json (COCO), {out}/labelimg/ (open in LabelImg), "
                   f"{out}/overlays/, {out}/predict_report.json")
     console.print(table)

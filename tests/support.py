@@ -18,7 +18,8 @@ def shared_data(folder: str) -> Path:
     return path
 
 
-def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path) -> Path:
+def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path,
+                            split: dict | None = None) -> Path:
     """The prepare steps called as the plain functions they are (the flow composes the same)."""
     from tasks.core.config import DatasetConfig
     from tasks.dataset.local_run import prepare_steps
@@ -26,7 +27,7 @@ def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path) -> Path
     config = DatasetConfig.model_validate({
         "name": "synthetic", "grayscale": "convert", "shard_size": 16,
         "source": {"format": "voc", "images": source / "images", "annotations": source / "annotations"},
-        "split": {"train": 0.7, "validation": 0.15, "test": 0.15}})
+        "split": split or {"train": 0.7, "validation": 0.15, "test": 0.15}})
     prepare_steps(config, dataset_dir, home)
     return dataset_dir
 

@@ -178,6 +178,9 @@ class DatasetConfig(_Strict):
         if self.promotion_metric not in allowed:
             raise ValueError(f"registry.promote.metric {self.promotion_metric!r} does not exist for a "
                              f"{self.model.kind} model; use one of {', '.join(allowed)}")
+        if self.prelabel is not None and self.model.kind != "florence2":
+            raise ValueError(f"prelabel writes boxes, which a {self.model.kind} classifier does not "
+                             "give: remove `prelabel` or use model.kind florence2")
         selectable = ("map50", "map", "loss") if self.model.kind == "florence2" else ("accuracy", "loss")
         if self.train.select is not None and self.train.select not in selectable:
             raise ValueError(f"train.select {self.train.select!r} does not exist for a "

@@ -48,6 +48,10 @@ class TrainConfig(Strict):
         None, description="what chooses the best checkpoint and stops early; default map50 "
         "(florence2: generated on the validation split, scored like `evaluate`), accuracy (vit)")
     select_images: int = Field(64, gt=0, description="validation images scored per evaluation")
+    holdout: float = Field(0.1, gt=0, lt=1, description="with no validation split: the share of "
+                           "train images (chosen by content hash, with their flipped copies) set "
+                           "aside to choose the checkpoint and the threshold; the test split only "
+                           "scores")
     min_steps: int = Field(0, ge=0, description="no early stop before this many steps")
     eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
     save_total_limit: int = Field(2, ge=1)

@@ -15,11 +15,11 @@ from tasks.core.logs import run_logger
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
 from tasks.evaluation.review import REVIEW_GALLERY, write_review
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
-from tasks.scoring.predict import new_token_budget
 from tasks.scoring.score import original_rows, score_detector, truth_boxes
 from tasks.scoring.threshold import best_f1_threshold
 from tasks.training.classifier import eval_transform, image_label
 from tasks.training.models import (
+    answer_budget,
     inference_ready,
     load_finetuned_detector,
     model_threshold,
@@ -49,11 +49,10 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                       tiling: TilingConfig | None = None, deadline: Deadline | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded, rows = _load(dataset_dir, split)
+    _, rows = _load(dataset_dir, split)
     labels = labels or sorted({label for row in rows["labels"] for label in row})
     processor, model = load_finetuned_detector(model_dir)
-    # Every split's targets (tiles included) are what the model learnt to say: they size generation.
-    learnt = [target for part in loaded.values() for target in part["target"]]
+    facts = read_model_facts(model_dir)
     grid: list[tuple] = []
     bar = tqdm(total=len(rows), desc=f"evaluate {split}", unit="img")
 
@@ -69,10 +68,10 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
 
     scores = score_detector(model, processor, rows, labels, batch_size, num_beams,
                             on_batch=after_each_batch, tiling=tiling,
-                            max_new_tokens=new_token_budget(learnt, processor.tokenizer))
+                            max_new_tokens=answer_budget(facts))
     bar.close()
     truths = [truth[3] for truth in scores.truths]
-    threshold = model_threshold(read_model_facts(model_dir))
+    threshold = model_threshold(facts)
     review = write_review(out, rows, truths, scores.predictions, labels, threshold)
     (out / "gt.json").write_text(json.dumps(scores.gt))
     (out / "dt.json").write_text(json.dumps(scores.dt))

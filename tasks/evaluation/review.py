@@ -21,7 +21,7 @@ from tasks.evaluation.plots import predictions_grid_png
 from tasks.images.overlay import TRUTH_COLOUR, draw_boxes
 from tasks.ingest.labelimg_writer import labelimg_xml
 from tasks.scoring.coco import IOU_MATCH
-from tasks.scoring.predict import DEFAULT_THRESHOLD
+from tasks.scoring.generation import DEFAULT_THRESHOLD
 from tasks.scoring.threshold import at_or_above, missed_and_spurious
 
 REVIEW_IMAGES = 8

@@ -7,6 +7,8 @@ lxml pretty print. The reader (`voc.py`) turns these back into the same boxes, t
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from xml.etree.ElementTree import Element, SubElement, indent, tostring
 
@@ -57,3 +59,30 @@ def labelimg_xml(image_path: str | Path, width: int, height: int, depth: int,
     indent(root, space="\t")
     # No `<?xml ...?>` line: LabelImg (lxml, UTF-8) writes none either.
     return (tostring(root, encoding="unicode") + "\n").encode("utf-8")
+
+
+def save_xml(path: Path, content: bytes, overwrite: bool = False) -> bool:
+    """Write `content` to `path` whole: a kill never leaves half an XML that would then pass for
+    a person's. An XML already there (a person's corrections) is kept unless `overwrite`: the
+    new file appears by a hard link, which fails when one exists, so not even LabelImg saving
+    in the same moment loses its file. True when written, False when an existing one was kept."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    partial.write_bytes(content)
+    try:
+        if overwrite:
+            partial.replace(path)
+            return True
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: create it exclusively instead
+            try:
+                with open(path, "xb") as handle:
+                    handle.write(content)
+            except FileExistsError:
+                return False
+        return True
+    finally:
+        partial.unlink(missing_ok=True)

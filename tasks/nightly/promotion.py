@@ -19,8 +19,6 @@ from tasks.nightly.registry import (
     RegistryTarget,
     champion_version,
     download_version,
-    model_card,
-    push_champion_to_hub,
     record_decision,
     set_champion,
 )
@@ -97,10 +95,10 @@ class Candidate(BaseModel, frozen=True):
 
 
 def promote_step(registry: RegistryTarget, config: RegistryConfig, metric: str,
-                 challenger: Candidate, champion: Candidate | None,
-                 lineage: dict | None = None) -> dict:
+                 challenger: Candidate, champion: Candidate | None) -> dict:
     """Compare on the same split by `metric` through the gate; move `champion` only when it
-    passes; the decision (every number, per-class deltas) is a tag on the version and a log line."""
+    passes; the decision (every number, per-class deltas) is a tag on the version and a log line.
+    Nothing else: what follows a promotion (the Hub push) cannot fail it (see followups.py)."""
     decision = {**gate(challenger.metrics, champion.metrics if champion else None, metric,
                        config.promote),
                 "challenger_version": challenger.version,
@@ -108,11 +106,6 @@ def promote_step(registry: RegistryTarget, config: RegistryConfig, metric: str,
     run_logger().info("promotion: %s", decision["reason"])
     if decision["promoted"]:
         set_champion(registry.tracking_uri, registry.model_name, challenger.version, decision)
-        if config.hub_repo:
-            card = model_card(registry.model_name, challenger.metrics, lineage or {},
-                              registry.model_name)
-            decision["hub_revision"] = push_champion_to_hub(challenger.model_dir, config.hub_repo,
-                                                            config.hub_private, card)
     else:
         record_decision(registry.tracking_uri, registry.model_name, challenger.version, decision)
     return decision
@@ -120,11 +113,11 @@ def promote_step(registry: RegistryTarget, config: RegistryConfig, metric: str,
 
 @task(name="promote", retries=2, retry_delay_seconds=[5, 30])
 def promote_task(registry: RegistryTarget, config: RegistryConfig, metric: str, challenger: Candidate,
-                 champion: Candidate | None, lineage: dict | None = None) -> dict:
+                 champion: Candidate | None) -> dict:
     """The promotion step, its decision shown in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact
 
-    decision = promote_step(registry, config, metric, challenger, champion, lineage)
+    decision = promote_step(registry, config, metric, challenger, champion)
     create_markdown_artifact(key="promotion", markdown=decision_markdown(decision),
                              description="champion vs challenger")
     return decision

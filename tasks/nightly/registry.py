@@ -170,6 +170,12 @@ def record_decision(tracking_uri: str, model_name: str, version: int, decision: 
     client.set_model_version_tag(model_name, str(version), "promotion", json.dumps(decision))
 
 
+def record_hub_revision(tracking_uri: str, model_name: str, version: int, revision: str) -> None:
+    """The Hub commit the version was pushed as (the dataset's own revision is `hub_revision`)."""
+    _client(tracking_uri).set_model_version_tag(model_name, str(version), "model_hub_revision",
+                                                revision)
+
+
 def model_card(model_name: str, metrics: dict, lineage: dict, dataset: str) -> str:
     """A Hub model card whose `model-index` carries the metrics (what the Hub shows on its page)."""
     flat = _flat_metrics(metrics)
@@ -192,17 +198,27 @@ def model_card(model_name: str, metrics: dict, lineage: dict, dataset: str) -> s
 
 def push_champion_to_hub(model_dir: str | Path, repo_id: str, private: bool, card: str, api=None,
                          sleep: Callable[[float], None] = time.sleep) -> str:
+    """One commit to the Hub model repo: the model folder's files and the card as README.md. The
+    card is added to the commit, never written into the folder: the folder is the registered
+    version, whose files' hash must not change."""
+    from huggingface_hub import CommitOperationAdd
+
     from tasks.core.retry import with_backoff
 
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi()  # HF_TOKEN from the environment, never logged
-    (Path(model_dir) / "README.md").write_text(card, encoding="utf-8")
+    folder = Path(model_dir)
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != "README.md")
+    operations = [CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(),
+                                     path_or_fileobj=str(path)) for path in files]
+    operations.append(CommitOperationAdd(path_in_repo="README.md",
+                                         path_or_fileobj=card.encode("utf-8")))
     with_backoff(lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True),
                  sleep=sleep)
-    commit = with_backoff(lambda: api.upload_folder(repo_id=repo_id, repo_type="model",
-                                                    folder_path=str(model_dir),
+    commit = with_backoff(lambda: api.create_commit(repo_id=repo_id, repo_type="model",
+                                                    operations=operations,
                                                     commit_message="defectflow: new champion"),
                           sleep=sleep)
     return str(getattr(commit, "oid", None) or commit)

@@ -1,6 +1,8 @@
 """Pre-labels for tomorrow: the champion writes a LabelImg XML beside each inbox image that has
-none, so a person corrects boxes instead of drawing them. A person's XML is never overwritten
-(the file is created exclusively: not even a race with LabelImg's own save can lose one)."""
+none, so a person corrects boxes instead of drawing them. A person's XML is never overwritten, and
+there is no option to: the file appears whole and only where none exists (`save_xml`, the
+same writer `predict` uses without `--overwrite`), so not even a race with LabelImg's own save
+can lose one."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from prefect import task
 
 from tasks.core.logs import run_logger
 from tasks.core.records import Rejection
-from tasks.ingest.labelimg_writer import labelimg_xml
+from tasks.ingest.labelimg_writer import labelimg_xml, save_xml
+from tasks.predict.folder import PredictSettings, kept_boxes, predict_stream
 from tasks.predict.inputs import list_inputs
-from tasks.predict.predict import PredictSettings, kept_boxes, predict_stream
 
 
 def xml_beside(path: Path) -> Path:
@@ -30,12 +32,10 @@ def prelabel_inbox(inbox: str | Path, model, processor, settings: PredictSetting
                                              "pre-label"):
         kept, _ = kept_boxes(prediction, settings.threshold)
         width, height = loaded.image.size
-        try:
-            with open(xml_beside(loaded.source.path), "xb") as handle:
-                handle.write(labelimg_xml(loaded.source.path.resolve(), width, height,
-                                          loaded.depth, kept))
-        except FileExistsError:  # a person saved one while the model was thinking
-            lost_races.append(loaded.source.item)
+        if not save_xml(xml_beside(loaded.source.path),
+                        labelimg_xml(loaded.source.path.resolve(), width, height, loaded.depth,
+                                     kept), overwrite=False):
+            lost_races.append(loaded.source.item)  # a person saved one while the model thought
             continue
         written += 1
         boxes += len(kept)

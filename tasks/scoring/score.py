@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from tasks.core.config import TilingConfig
 from tasks.core.records import Box
 from tasks.scoring.coco import coco_detections, coco_evaluate, coco_ground_truth, dense_max_dets
-from tasks.scoring.predict import new_token_budget, predict_batch, predict_sliced
+from tasks.scoring.generation import new_token_budget, predict_batch, predict_sliced
 
 
 def original_rows(split):

@@ -102,31 +102,31 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
                         max_steps: int | None = None, identity: str | None = None,
                         extra_callbacks: tuple = ()) -> dict:
     """Fine-tune a ViT image classifier; `extra_callbacks` (Trainer callbacks) watch the run."""
-    out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
-                                                   train_config, max_steps, identity)
-    train_set = original_rows(train_set)
+    out, identity, splits = start_run(dataset_dir, out_dir, model_config, train_config, max_steps,
+                                      identity)
+    train_set, selection = original_rows(splits.train), splits.selection
+    known = [train_set] + ([selection] if selection is not None else [])
     mode, negative = model_config.image_label, model_config.negative_label
-    labels = sorted({image_label(row, mode, negative) for split in (train_set, eval_set)
-                     for row in split["labels"]})
+    labels = sorted({image_label(row, mode, negative) for split in known for row in split["labels"]})
     processor, model = load_classifier(model_config.checkpoint, labels, tiny_folder)
     label_ids = {label: i for i, label in enumerate(labels)}
     save_checkpoints_in_model_format(model)
     collator = _SplitCollator(model, ClassificationCollator(processor, label_ids, mode, negative, True),
                               ClassificationCollator(processor, label_ids, mode, negative, False))
-    select = train_config.select or "accuracy"
-    args = training_arguments(out, train_config, max_steps, metric_for_best_model=select,
-                              greater_is_better=select != "loss")
-    summary = run_trainer(model, args, train_set, eval_set, collator, train_config, out,
+    select = (train_config.select or "accuracy") if selection is not None else None
+    args = training_arguments(out, train_config, max_steps, select)
+    summary = run_trainer(model, args, train_set, selection, collator, train_config, out,
                           compute_metrics=accuracy, callbacks=tuple(extra_callbacks))
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))
     processor.save_pretrained(model_dir)
-    final = trainer.evaluate()
+    final = trainer.evaluate() if selection is not None else {}
     summary.update({"identity": identity, "select": select, "kind": "vit",
                     "checkpoint": model_config.checkpoint,
                     "labels": labels,
                     "eval_accuracy": final.get("eval_accuracy"), "model_dir": str(model_dir),
-                    "train_rows": len(train_set), "eval_rows": len(eval_set)})
+                    "train_rows": len(train_set), "selected_on": splits.selected_on,
+                    "selection_rows": 0 if selection is None else len(selection)})
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

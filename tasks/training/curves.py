@@ -34,7 +34,7 @@ def evaluation_line(step: int, metrics: dict, history: list[dict]) -> str:
     return " | ".join(parts)
 
 
-def plot_training_curves(history: list[dict], path: Path, selected_by: str) -> None:
+def plot_training_curves(history: list[dict], path: Path, selected_by: str | None) -> None:
     """Losses on the left axis, validation quality (mAP50 / mAP / accuracy) on the right."""
     import matplotlib
 
@@ -62,7 +62,8 @@ def plot_training_curves(history: list[dict], path: Path, selected_by: str) -> N
         right.set_ylabel("validation quality")
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    ax.set_title(f"training (best checkpoint chosen by {selected_by})")
+    ax.set_title(f"training (best checkpoint chosen by {selected_by})" if selected_by
+                 else "training (no selection set: the last checkpoint is kept)")
     ax.legend(handles, labels, fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path)

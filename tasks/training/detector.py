@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
-from tasks.scoring.predict import new_token_budget
+from tasks.scoring.generation import new_token_budget
 from tasks.scoring.score import original_rows, score_detector
 from tasks.scoring.threshold import best_f1_threshold
 from tasks.training.models import load_detector, write_model_facts
@@ -112,15 +112,18 @@ def wrap_with_lora(model, config: ModelConfig):
     return peft_model
 
 
-def validation_threshold(model, processor, eval_set, labels: list[str],
-                         train_config: TrainConfig) -> dict | None:
-    """The chosen model on (a capped sample of) the validation images: the confidence threshold
-    with the best F1, which `predict` uses unless told otherwise."""
+def selection_threshold(model, processor, selection, selected_on: str, labels: list[str],
+                        train_config: TrainConfig) -> dict | None:
+    """The chosen model on (a capped sample of) the selection set: the confidence threshold with
+    the best F1, which `predict` uses unless told otherwise. None without a selection set: the
+    test split never sets it."""
+    if selection is None:
+        return None
     model.eval()
-    scores = score_detector(model, processor, capped(eval_set, train_config.select_images), labels,
+    scores = score_detector(model, processor, capped(selection, train_config.select_images), labels,
                             train_config.batch_size)
     best = best_f1_threshold([truth[3] for truth in scores.truths], scores.predictions)
-    return None if best is None else {**best, "chosen_on": "validation",
+    return None if best is None else {**best, "chosen_on": selected_on,
                                       "images": len(scores.truths)}
 
 
@@ -131,24 +134,25 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     """Fine-tune Florence-2 on a prepared dataset; returns a summary (also in train_summary.json).
     `extra_callbacks` (Trainer callbacks) watch the run, e.g. a benchmark's step timer. The
     model folder also records its classes, answer length and the dataset's `tiling` (predict
-    reads them)."""
-    out, identity, train_set, eval_set = start_run(dataset_dir, out_dir, model_config,
-                                                   train_config, max_steps, identity)
-    labels = sorted({label for row in train_set["labels"] for label in row})
+    reads them). The checkpoint and the threshold are chosen on validation, or on train images
+    set aside (`selected_on`); never on the test split."""
+    out, identity, splits = start_run(dataset_dir, out_dir, model_config, train_config, max_steps,
+                                      identity)
+    train_set, selection = splits.train, splits.selection
+    known = [train_set] + ([selection] if selection is not None else [])
+    labels = sorted({label for split in known for row in split["labels"] for label in row})
     processor, model = load_detector(model_config.checkpoint, tiny_folder, labels)
     model = wrap_with_lora(model, model_config)  # or, warm started, the champion's adapter
-    select = train_config.select or "map50"
+    select = (train_config.select or "map50") if selection is not None else None
     callbacks: tuple = ()
-    if select != "loss":
-        callbacks = (DetectionQuality(processor, capped(eval_set, train_config.select_images),
+    if select not in (None, "loss"):
+        callbacks = (DetectionQuality(processor, capped(selection, train_config.select_images),
                                       labels, train_config.batch_size),)
-    args = training_arguments(out, train_config, max_steps,
-                              metric_for_best_model="loss" if select == "loss" else select,
-                              greater_is_better=select != "loss")
+    args = training_arguments(out, train_config, max_steps, select)
     # The Trainer reads images undecoded: the pixel cache decodes and resizes each one once.
     undecoded = datasets.Image(decode=False)
     summary = run_trainer(model, args, train_set.cast_column("image", undecoded),
-                          eval_set.cast_column("image", undecoded),
+                          None if selection is None else selection.cast_column("image", undecoded),
                           DetectionCollator(processor, PixelCache(out / "pixels",
                                                                   processor.image_processor)),
                           train_config, out, callbacks=callbacks + tuple(extra_callbacks),
@@ -158,9 +162,11 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model
     processor.save_pretrained(model_dir)
     write_model_facts(model_dir, labels,
-                      new_token_budget([*train_set["target"], *eval_set["target"]], processor.tokenizer),
+                      new_token_budget([target for split in known for target in split["target"]],
+                                       processor.tokenizer),
                       tiling.model_dump() if tiling else None,
-                      validation_threshold(trainer.model, processor, eval_set, labels, train_config))
+                      selection_threshold(trainer.model, processor, selection, splits.selected_on,
+                                          labels, train_config))
     if (model_config.lora is not None or model_config.adapter) and model_config.merge:
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
@@ -171,6 +177,7 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
                     else model_config.checkpoint,
                     "lora": model_config.lora is not None or model_config.adapter is not None,
                     "adapter": model_config.adapter, "model_dir": str(model_dir),
-                    "train_rows": len(train_set), "eval_rows": len(eval_set)})
+                    "train_rows": len(train_set), "selected_on": splits.selected_on,
+                    "selection_rows": 0 if selection is None else len(selection)})
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -34,9 +34,17 @@ def read_model_facts(model_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def answer_budget(facts: dict) -> int:
+    """Tokens to generate: the longest answer the model was taught (its train and selection
+    targets, recorded when it was saved; never the test split's), else the decoder's length."""
+    from tasks.scoring.generation import DECODER_POSITIONS
+
+    return facts.get("max_new_tokens") or DECODER_POSITIONS
+
+
 def model_threshold(facts: dict) -> float:
     """The confidence threshold the model's validation images chose, else DEFAULT_THRESHOLD."""
-    from tasks.scoring.predict import DEFAULT_THRESHOLD
+    from tasks.scoring.generation import DEFAULT_THRESHOLD
 
     chosen = facts.get("threshold")
     return chosen["threshold"] if chosen else DEFAULT_THRESHOLD

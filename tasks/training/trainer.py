@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, library_versions
@@ -75,11 +76,23 @@ def is_trained(out_dir: str | Path, identity: str) -> bool:
     return done.get("identity") == identity and Path(done.get("model_dir", "")).is_dir()
 
 
+@dataclass
+class Splits:
+    """What a run trains on and what chooses its checkpoint and threshold. `selection` is None
+    when there is nothing to choose on (the last checkpoint is kept); `selected_on` says which:
+    `validation`, `train_holdout` (train images set aside) or `last_checkpoint`."""
+
+    train: object  # a datasets.Dataset
+    selection: object | None
+    selected_on: str
+
+
 def start_run(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
-              train_config: TrainConfig, max_steps: int | None, identity: str | None = None):
-    """(output folder, identity, train split, validation split), with the seed set and the
-    output folder claimed for this run (see `claim_output`). A flow that already computed the
-    identity (to name the run folder) passes it: hashing a base folder again costs a full read."""
+              train_config: TrainConfig, max_steps: int | None,
+              identity: str | None = None) -> tuple[Path, str, Splits]:
+    """(output folder, identity, splits), with the seed set and the output folder claimed for
+    this run (see `claim_output`). A flow that already computed the identity (to name the run
+    folder) passes it: hashing a base folder again costs a full read."""
     from transformers import set_seed
 
     out = Path(out_dir)
@@ -87,19 +100,54 @@ def start_run(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelC
                                         train_config, max_steps)
     claim_output(out, identity)
     set_seed(train_config.seed)
-    return (out, identity, *load_splits(dataset_dir))
+    train, validation = load_splits(dataset_dir)
+    return out, identity, selection_splits(train, validation, train_config.holdout)
 
 
 def load_splits(dataset_dir: str | Path):
-    """The prepared dataset's splits; validation falls back to test (and then to train) when the
-    dataset is too small to have one, so early stopping always has something to look at."""
+    """The prepared dataset's train split and its validation split (None when it has none). The
+    test split is never loaded here: it scores the final model and does nothing else."""
     import datasets
 
     loaded = datasets.load_dataset(str(dataset_dir))
     if "train" not in loaded:
         raise ValueError(f"{dataset_dir} has no train split: nothing to train on")
-    validation = loaded.get("validation") or loaded.get("test") or loaded["train"]
-    return loaded["train"], validation
+    validation = loaded.get("validation")
+    return loaded["train"], validation if validation is not None and len(validation) else None
+
+
+def holdout_sources(sources: list[str], hashes: list[str], share: float) -> set[str]:
+    """The source images to set aside: the `share` (at least one) whose content hash sorts
+    first, never all of them. A source's copies (flips, tiles) share its `source_id`; its key is
+    the smallest content hash among them, so the choice is the same in every run and process."""
+    key: dict[str, str] = {}
+    for source, digest in zip(sources, hashes, strict=True):
+        key[source] = min(key.get(source, digest), digest)
+    if len(key) < 2:
+        return set()
+    count = min(len(key) - 1, max(1, round(share * len(key))))
+    return set(sorted(key, key=lambda source: (key[source], source))[:count])
+
+
+def selection_splits(train, validation, holdout: float) -> Splits:
+    """Validation chooses when there is one; else a part of train set aside by content hash
+    (with its flipped copies, which are then not trained on); else nothing does, and the log
+    says the last checkpoint is kept."""
+    if validation is not None:
+        return Splits(train, validation, "validation")
+    aside = holdout_sources(train["source_id"], train["sha256"], holdout)
+    if not aside:
+        run_logger().warning(
+            "no validation split and too few train images to set one aside: the last checkpoint "
+            "is kept, nothing chooses it (the test split only scores)")
+        return Splits(train, None, "last_checkpoint")
+    chosen = [i for i, source in enumerate(train["source_id"]) if source in aside]
+    rest = sorted(set(range(len(train))) - set(chosen))
+    run_logger().warning(
+        "no validation split: %d of %d train images (%d rows with their copies) set aside by "
+        "content hash to choose the checkpoint and the threshold; they are not trained on (the "
+        "test split only scores)", len(aside), len(set(train["source_id"])), len(chosen))
+    return Splits(train.select(rest), train.select(chosen), "train_holdout")
 
 
 def precision_flags(precision: str) -> dict:
@@ -169,10 +217,18 @@ def input_workers(train: TrainConfig) -> int:
     return min(8, max(0, (os.cpu_count() or 1) - 1)) if torch.cuda.is_available() else 0
 
 
-def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **extra):
+def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, select: str | None,
+                       **extra):
+    """The Trainer's arguments. `select`: the metric that chooses the best checkpoint on the
+    selection set (`loss`, `map50`...), or None when there is no selection set: then nothing is
+    evaluated during training and the last checkpoint is kept."""
     import torch
     from transformers import TrainingArguments
 
+    choose = ({"eval_strategy": "steps", "eval_steps": train.eval_steps,
+               "load_best_model_at_end": True, "metric_for_best_model": select,
+               "greater_is_better": select != "loss"} if select is not None
+              else {"eval_strategy": "no", "load_best_model_at_end": False})
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=train.epochs,
@@ -184,12 +240,9 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **e
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
         seed=train.seed,
-        eval_strategy="steps",
-        eval_steps=train.eval_steps,
         save_strategy="steps",
         save_steps=train.eval_steps,
         save_total_limit=train.save_total_limit,
-        load_best_model_at_end=True,
         logging_steps=max(1, min(10, train.eval_steps)),
         remove_unused_columns=False,
         report_to=[],
@@ -198,6 +251,7 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, **e
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
         **precision_flags(train.precision),
+        **choose,
         **extra,
     )
 
@@ -212,9 +266,10 @@ def save_checkpoints_in_model_format(model) -> None:
     model.save_pretrained = partial(model.save_pretrained, save_original_format=False)
 
 
-def quality_callbacks(patience: int, min_steps: int):
-    """Early stopping that waits for `min_steps`, then one line per evaluation in the run log.
-    Callbacks that add metrics (mAP50) must come before these."""
+def quality_callbacks(patience: int, min_steps: int, early_stopping: bool = True):
+    """Early stopping that waits for `min_steps` (only where a selection set is evaluated), then
+    one line per evaluation in the run log. Callbacks that add metrics (mAP50) must come before
+    these."""
     from tqdm.auto import tqdm
     from transformers import EarlyStoppingCallback, TrainerCallback
 
@@ -229,7 +284,8 @@ def quality_callbacks(patience: int, min_steps: int):
             run_logger().info(line)  # the run log (Prefect UI)
             tqdm.write(line)  # the console, above the steps bar: one table row per evaluation
 
-    return [EarlyStoppingAfter(early_stopping_patience=patience), EvaluationLines()]
+    stopping = [EarlyStoppingAfter(early_stopping_patience=patience)] if early_stopping else []
+    return [*stopping, EvaluationLines()]
 
 
 def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, out: Path,
@@ -258,7 +314,9 @@ def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, 
     resume = last_checkpoint(args.output_dir)
     trainer = NormalisingTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,
-                      callbacks=[*callbacks, *quality_callbacks(train.patience, train.min_steps),
+                      callbacks=[*callbacks,
+                                 *quality_callbacks(train.patience, train.min_steps,
+                                                    args.load_best_model_at_end),
                                  *_fault_callback()])
     if not args.disable_tqdm:  # the steps bar, without a raw log dict printed every 10 steps
         trainer.remove_callback(ProgressCallback)

@@ -36,6 +36,8 @@ def test_minimal_config_gets_defaults_and_resolves_paths_against_the_yaml(tmp_pa
          "needs repo_id"),
         ("name: x\nsource: {format: voc, images: a, annotations: b}\naugment: {hflip: [1]}\n",
          "augment.hflip"),
+        ("name: x\nsource: {format: voc, images: a, annotations: b}\nmodel: {kind: vit}\n"
+         "prelabel: {inbox: inbox}\n", "prelabel writes boxes, which a vit classifier does not give"),
         ("name: [x\n", "not valid YAML"),
         ("- a\n- b\n", "mapping"),
     ],

@@ -13,7 +13,7 @@ from tasks.dataset.loc_tokens import (
     encode_coord,
     od_target,
 )
-from tasks.scoring.predict import boxes_from_tokens
+from tasks.scoring.generation import boxes_from_tokens
 
 
 def test_encode_is_floor_of_bins_and_clamped():

@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import click
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -18,12 +20,36 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["check", "prepare", "train", "evaluate", "coco-eval", "run",
-                                     "serve", "demo", "build-base"])
+def registered_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...],
+                                                                                click.Command]:
+    """Every command the typer app registers (a sub-app's commands under its name), as the
+    command line sees them: a command added tomorrow is in here without anyone listing it."""
+    found = {}
+    for name, command in group.commands.items():
+        found[(*prefix, name)] = command
+        if isinstance(command, click.Group):
+            found.update(registered_commands(command, (*prefix, name)))
+    return found
+
+
+COMMANDS = registered_commands(typer.main.get_command(app))
+
+
+def test_the_commands_are_read_from_the_app():
+    assert {" ".join(path) for path in COMMANDS} >= {
+        "check", "prepare", "train", "evaluate", "coco-eval", "run", "serve", "demo", "build-base",
+        "predict"}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS), ids=" ".join)
 def test_every_command_explains_itself(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output and "Traceback" not in result.output
+    # Its own sentence, not just typer's frame: the docstring's first line, in the help.
+    summary = (COMMANDS[command].help or "").strip().split("\n\n")[0]
+    assert summary, f"`{' '.join(command)}` has no docstring to explain it"
+    assert " ".join(summary.split()) in " ".join(result.output.replace("│", " ").split())
 
 
 def test_a_bad_config_is_a_clear_error_not_a_traceback(tmp_path):

@@ -38,8 +38,21 @@ def test_evaluate_writes_metrics_and_pictures_that_agree_with_coco_eval(syntheti
     assert all((out / "review" / path).is_file() for item in review for path in item["files"].values())
     again = runner.invoke(app, ["coco-eval", str(out / "gt.json"), str(out / "dt.json")])
     assert json.loads(again.stdout)["stats"] == metrics["coco"]["stats"]
-    truth_boxes = sum(row[-1] for row in metrics["confusion_matrix"]["matrix"][:-1])
-    assert truth_boxes <= len(json.loads((out / "gt.json").read_text())["annotations"])
+    # The confusion matrix counts the very boxes COCOeval scored: every true box of gt.json once,
+    # in its class's row (matched to a prediction or missed: the background column), and every
+    # detection of dt.json at or above the matrix's confidence once, in its class's column.
+    gt, dt = (json.loads((out / name).read_text()) for name in ("gt.json", "dt.json"))
+    names = {category["id"]: category["name"] for category in gt["categories"]}
+    confusion = metrics["confusion_matrix"]
+    classes, matrix = confusion["labels"][:-1], confusion["matrix"]
+    true_per_class = {label: sum(row) for label, row in zip(classes, matrix, strict=False)}
+    assert true_per_class == {label: [names[a["category_id"]] for a in gt["annotations"]].count(label)
+                              for label in classes}
+    assert sum(true_per_class.values()) == len(gt["annotations"]) > 0
+    predicted_per_class = {label: sum(row[i] for row in matrix) for i, label in enumerate(classes)}
+    assert predicted_per_class == {
+        label: sum(names[d["category_id"]] == label and d["score"] >= confusion["confidence_threshold"]
+                   for d in dt) for label in classes}
 
 
 def test_evaluation_is_published_as_prefect_artifacts_even_when_cached(synthetic_dataset, tmp_path):

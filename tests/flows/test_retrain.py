@@ -43,6 +43,15 @@ def by_prefix(states: dict[str, str], prefix: str) -> list[str]:
     return [s for name, s in states.items() if name.startswith(prefix)]
 
 
+def scored(eval_dir: Path) -> dict:
+    """The ground truth an evaluation scored (its gt.json: image names, sizes, boxes)."""
+    return json.loads((eval_dir / "gt.json").read_text())
+
+
+def image_names(ground_truth: dict) -> set[str]:
+    return {image["file_name"] for image in ground_truth["images"]}
+
+
 @pytest.mark.slow
 def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     source = tmp_path / "source"
@@ -95,6 +104,9 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     assert {"evaluation/confusion_matrix.png", "evaluation/predictions.png",
             "evaluation/metrics.json"} <= pictures
 
+    night1_test = image_names(scored(Path(summary["train"]["model_dir"]).parent / "eval"))
+    assert len(night1_test) == summary["metrics"]["n_images"] > 0
+
     # Night 2, nothing new: completes quickly, says so, trains nothing.
     second = retrain(str(config), str(work), str(home), return_state=True)
     assert second.is_completed() and "no new images" in second.message
@@ -102,7 +114,10 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
 
     # Night 3: new images, and training dies after each checkpoint (injected): the task's own
     # retry resumes from step 4 and dies again after step 8, so the run fails.
+    old_items = {xml.name for xml in (source / "annotations").glob("*.xml")}
     generate(source, count=6, size=64, seed=9, start=100, troubles=False)
+    new_items = {xml.name for xml in (source / "annotations").glob("*.xml")} - old_items
+    assert len(new_items) == 6
     monkeypatch.setenv(FAIL_ENV, "4")
     third = retrain(str(config), str(work), str(home), return_state=True)
     assert third.is_failed()
@@ -123,12 +138,19 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     assert (result["changes"]["images_added"], result["changes"]["images_removed"]) == (6, 0)
     assert [line for line in logs_of(fourth.state_details.flow_run_id)
             if line.startswith("resuming from") and "global step 8" in line]
-    # Champion and challenger were both scored on tonight's (same) test split.
+    # Champion and challenger were both scored on tonight's test split: the same images with
+    # the same boxes, not just as many.
     decision = result["decision"]
     assert decision["champion_version"] == 1 and decision["challenger_version"] == 2
     assert decision["champion_metric"] is not None
-    again = result["champion_metrics"]["n_images"], result["metrics"]["n_images"]
-    assert again[0] == again[1]
+    run_dir = Path(result["train"]["model_dir"]).parent
+    challenger_gt, champion_gt = scored(run_dir / "eval"), scored(run_dir / "champion-v1-eval")
+    assert champion_gt == challenger_gt
+    tonight_test = image_names(challenger_gt)
+    assert result["champion_metrics"]["n_images"] == result["metrics"]["n_images"] == len(tonight_test)
+    # The test split is frozen: night 1's test images are all in it, and the only others are
+    # among the 6 new ones (no old image moved into test or out of it).
+    assert tonight_test - new_items == night1_test
 
 
 @pytest.mark.slow
@@ -259,6 +281,7 @@ def test_dask_runner_gives_the_same_dataset_fingerprint(tmp_path):
 
 
 def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
+    from tasks.core.caching import folder_hash
     from tasks.nightly.registry import model_card, push_champion_to_hub
 
     class FlakyHub:
@@ -268,7 +291,7 @@ def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
         def create_repo(self, repo_id, **kwargs):
             self.repos.append((repo_id, kwargs))
 
-        def upload_folder(self, **kwargs):
+        def create_commit(self, **kwargs):
             if self.failures:
                 self.failures -= 1
                 raise ConnectionError("reset by peer")
@@ -276,8 +299,10 @@ def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
             return type("Commit", (), {"oid": "c0ffee"})()
 
     model_dir = tmp_path / "model"
-    model_dir.mkdir()
+    (model_dir / "sub").mkdir(parents=True)
     (model_dir / "config.json").write_text("{}")
+    (model_dir / "sub" / "weights.bin").write_bytes(b"w")
+    registered = folder_hash(model_dir)
     metrics = {"coco": {"map": 0.41, "map50": 0.7, "map75": 0.4}}
     card = model_card("demo-florence2", metrics, {"dataset_fingerprint": "abc"}, "demo")
     hub = FlakyHub()
@@ -285,9 +310,14 @@ def test_champion_push_to_the_hub_carries_a_model_index_card(tmp_path):
                                     sleep=lambda s: None)
     assert revision == "c0ffee" and len(hub.commits) == 1
     assert hub.repos[0] == ("factory/detector", {"repo_type": "model", "private": True, "exist_ok": True})
+    # One commit: the folder's files and the card; the registered folder itself is untouched
+    # (a README written into it changed its hash: the next night registered it again).
+    operations = {op.path_in_repo: op for op in hub.commits[0]["operations"]}
+    assert sorted(operations) == ["README.md", "config.json", "sub/weights.bin"]
+    assert not (model_dir / "README.md").exists() and folder_hash(model_dir) == registered
     import yaml
 
-    header = yaml.safe_load((model_dir / "README.md").read_text().split("---")[1])
+    header = yaml.safe_load(operations["README.md"].path_or_fileobj.decode().split("---")[1])
     results = header["model-index"][0]["results"][0]
     assert {m["type"]: m["value"] for m in results["metrics"]} == {"map": 0.41, "map50": 0.7,
                                                                   "map75": 0.4}
@@ -310,37 +340,3 @@ def test_registering_the_same_model_for_the_same_dataset_twice_returns_the_same_
                                    {"dataset_fingerprint": "f1"})
     assert (other_data["version"], other_files["version"]) == (2, 3)
     assert len(MlflowClient(uri).search_model_versions("name = 'm'")) == 3
-
-
-def test_a_new_champion_is_pushed_to_the_hub_by_the_promotion_step(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
-    pushed = []
-
-    class RecordingHub(HfApi):
-        def create_repo(self, repo_id, **kwargs):
-            pushed.append(("create_repo", repo_id, kwargs["repo_type"]))
-
-        def upload_folder(self, **kwargs):
-            card = (Path(kwargs["folder_path"]) / "README.md").read_text()
-            pushed.append(("upload_folder", kwargs["repo_id"], "model-index" in card))
-            return type("Commit", (), {"oid": "c0ffee"})()
-
-    monkeypatch.setattr("huggingface_hub.HfApi", RecordingHub)
-    uri, model_dir = registry_and_model(tmp_path)
-    metrics = {"coco": {"map": 0.5, "map50": 0.6, "map75": 0.4}}
-    version = register_version(uri, tmp_path / "artifacts", "m", model_dir, metrics,
-                               {"dataset_fingerprint": "f"})
-    rule = RegistryConfig(hub_repo="factory/detector")
-    challenger = Candidate(version=version["version"], metrics=metrics, model_dir=str(model_dir))
-    decision = promote_step(RegistryTarget(tracking_uri=uri, model_name="m"), rule, "map",
-                            challenger, None, {"dataset_fingerprint": "f"})
-    assert decision["promoted"] and decision["hub_revision"] == "c0ffee"
-    assert pushed == [("create_repo", "factory/detector", "model"),
-                      ("upload_folder", "factory/detector", True)]
-    # A challenger that does not beat the champion is not pushed.
-    pushed.clear()
-    champion = Candidate(version=version["version"], metrics=metrics, model_dir=str(model_dir))
-    kept = promote_step(RegistryTarget(tracking_uri=uri, model_name="m"), rule, "map",
-                        challenger, champion, {})
-    assert not kept["promoted"] and "hub_revision" not in kept and pushed == []

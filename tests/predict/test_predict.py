@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.core.records import Box
-from tasks.ingest.labelimg_writer import labelimg_xml, voc_corners
+from tasks.ingest.labelimg_writer import labelimg_xml, save_xml, voc_corners
 from tasks.ingest.sources import list_source
 from tasks.ingest.voc import ingest_voc, parse_voc
 from tests.support import SHARED_DATA
@@ -163,3 +163,60 @@ def test_a_model_argument_that_names_nothing_is_one_clear_line(tmp_path):
                                    "--out", str(tmp_path / "o")])
     assert champion.exit_code == 2 and "give --config" in " ".join(champion.output.split())
     assert "Traceback" not in result.output + champion.output
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_predict_again_into_the_same_out_keeps_the_xml_a_person_corrected(tmp_path, home,
+                                                                          tiny_florence):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    (photos / "line 2").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(photos / "plate.jpg")
+
+    def predict(*extra: str) -> tuple[dict, str]:
+        result = runner.invoke(app, ["--home", str(home), "predict", str(photos), "--model",
+                                     str(tiny_florence), "--out", str(out), "--threshold", "0",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "predict_report.json").read_text()), " ".join(result.output.split())
+
+    first, said = predict()
+    assert (first["xmls_written"], first["kept_existing"]) == (1, 0)
+    assert "1 written, 0 kept_existing" in said
+    xml = out / "labelimg" / "plate.xml"
+    models_xml = xml.read_bytes()
+    # A person corrects the boxes in LabelImg and saves; a new photo lands in the folder.
+    corrected = labelimg_xml(photos / "plate.jpg", 64, 48, 3,
+                             [Box(x1=3, y1=4, x2=30, y2=20, label="scratch")]).replace(
+        b"<annotation>", b'<annotation verified="yes">')
+    assert corrected != models_xml
+    xml.write_bytes(corrected)
+    Image.new("RGB", (40, 40), (60, 60, 60)).save(photos / "line 2" / "bolt.png")
+
+    again, said = predict()
+    assert xml.read_bytes() == corrected  # byte for byte
+    assert (again["predicted"], again["xmls_written"], again["kept_existing"]) == (2, 1, 1)
+    assert again["kept_existing_files"] == ["plate.xml"] and again["overwrite"] is False
+    assert (out / "labelimg" / "line 2" / "bolt.xml").is_file()
+    assert "1 written, 1 kept_existing" in said and "--overwrite" in said
+    assert not list((out / "labelimg").rglob(".*"))  # no partial files left behind
+
+    replaced, said = predict("--overwrite")
+    assert xml.read_bytes() == models_xml  # the model's answer again (the same model, greedy)
+    assert (replaced["xmls_written"], replaced["kept_existing"], replaced["overwrite"]) == (
+        2, 0, True)
+    assert "2 written, 0 kept_existing" in said
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_an_xml_already_there_is_kept_unless_overwrite(tmp_path, monkeypatch, hard_links):
+    if not hard_links:  # a file system without them (some network shares): created exclusively
+        def refused(*args):
+            raise PermissionError("no hard links here")
+        monkeypatch.setattr("tasks.ingest.labelimg_writer.os.link", refused)
+    xml = tmp_path / "labelimg" / "a.xml"
+    assert save_xml(xml, b"the model's") is True and xml.read_bytes() == b"the model's"
+    xml.write_bytes(b"corrected by a person")
+    assert save_xml(xml, b"the model's again") is False
+    assert xml.read_bytes() == b"corrected by a person"
+    assert save_xml(xml, b"replaced", overwrite=True) is True and xml.read_bytes() == b"replaced"
+    assert [path.name for path in xml.parent.iterdir()] == ["a.xml"]  # no partial file left

@@ -6,7 +6,7 @@ from PIL import Image
 
 from tasks.core.config import ConfigError, load_config
 from tasks.core.records import Box
-from tasks.predict.predict import PredictSettings, predict_images
+from tasks.predict.folder import PredictSettings, predict_images
 from tasks.predict.prelabel import prelabel_inbox
 from tests.predict.test_predict import ingested_boxes
 from tests.scoring.test_tiled_scoring import ScriptedByCall, answer

@@ -7,7 +7,7 @@ from PIL import Image
 
 from tasks.core.records import Box
 from tasks.dataset.loc_tokens import od_target
-from tasks.scoring.predict import hit_the_limit, new_token_budget, predict_batch
+from tasks.scoring.generation import hit_the_limit, new_token_budget, predict_batch
 from tests.scoring.test_coco import ScriptedGenerator
 
 NAMES = ["傷", "欠け", "défaut", "трещина", "rolled-in_scale"]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tasks.scoring.predict import LOC_TOLERANCE, loc_window_logprobs
+from tasks.scoring.generation import LOC_TOLERANCE, loc_window_logprobs
 
 VOCAB = 1010  # ids 0..9 are words, 10..1009 the location bins 0..999
 LOC_IDS = list(range(10, 1010))

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from tasks.core.records import Box
-from tasks.predict.predict import settings_for
-from tasks.scoring.predict import DEFAULT_THRESHOLD
+from tasks.predict.folder import settings_for
+from tasks.scoring.generation import DEFAULT_THRESHOLD
 from tasks.scoring.threshold import best_f1_threshold, matched
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from tasks.core.records import Box
 from tasks.dataset.loc_tokens import decode_like_processor, encode_coord, od_target
-from tasks.scoring.predict import boxes_from_tokens
+from tasks.scoring.generation import boxes_from_tokens
 from tasks.training.models import ModelUnavailable, load_detector
 
 
@@ -134,7 +134,7 @@ def test_prediction_runs_on_a_real_gpu(tiny_florence):
         pytest.skip("no CUDA GPU on this machine: the GPU prediction path is not exercised")
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from tasks.scoring.predict import predict_batch
+    from tasks.scoring.generation import predict_batch
     from tasks.training.models import inference_ready
 
     processor = AutoProcessor.from_pretrained(tiny_florence)
@@ -152,7 +152,7 @@ def test_generation_scores_are_the_log_probabilities_of_the_tokens_they_belong_t
     with in predict_batch, checked against a teacher-forced forward pass of the same model."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from tasks.scoring.predict import predict_batch
+    from tasks.scoring.generation import predict_batch
 
     processor = AutoProcessor.from_pretrained(tiny_florence)
     model = AutoModelForImageTextToText.from_pretrained(tiny_florence).eval()

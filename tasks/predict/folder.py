@@ -3,9 +3,12 @@ overlays to look at, and a report of every file that could not be used.
 
     OUT/predictions.json      COCO: images, categories, annotations (bbox [x, y, w, h], score),
                               every box the model gave, whatever its confidence
-    OUT/labelimg/<stem>.xml   Pascal VOC as LabelImg writes it, boxes at or above the threshold
+    OUT/labelimg/<stem>.xml   Pascal VOC as LabelImg writes it, boxes at or above the threshold;
+                              one already there (a person's corrections) is kept as it is
+                              unless `overwrite`
     OUT/overlays/<stem>.jpg   the image with those boxes, labels and confidences drawn
-    OUT/predict_report.json   counts (found = predicted + quarantined) and each quarantined file
+    OUT/predict_report.json   counts (found = predicted + quarantined), each quarantined file,
+                              the XMLs written and those kept (`kept_existing`)
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from tqdm.auto import tqdm
 from tasks.core.config import ImageLimits, TilingConfig
 from tasks.core.records import Rejection
 from tasks.images.overlay import draw_boxes
-from tasks.ingest.labelimg_writer import labelimg_xml
+from tasks.ingest.labelimg_writer import labelimg_xml, save_xml
 from tasks.predict.inputs import ImageInput, LoadedImage, list_inputs, load_input
-from tasks.scoring.predict import (
+from tasks.scoring.generation import (
     DECODER_POSITIONS,
     DEFAULT_THRESHOLD,
     Prediction,
@@ -114,10 +117,14 @@ def kept_boxes(prediction: Prediction, threshold: float) -> tuple[list, list[flo
 
 @dataclass
 class PredictionFiles:
-    """Writes the outputs of one image at a time; `finish` writes the COCO file and the report."""
+    """Writes the outputs of one image at a time; `finish` writes the COCO file and the report.
+    An XML already in OUT/labelimg (a person corrected it in LabelImg) is kept, byte for byte,
+    unless `overwrite`; predictions.json and the overlay still show this run's answer."""
 
     out: Path
     settings: PredictSettings
+    overwrite: bool = False
+    kept_existing: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     annotations: list[tuple[int, str, list[float], float]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
@@ -137,9 +144,11 @@ class PredictionFiles:
                            truncated_outputs=int(prediction.truncated),
                            unknown_labels=len(prediction.unknown_labels))
         xml = self.out / "labelimg" / f"{loaded.source.stem}.xml"
-        xml.parent.mkdir(parents=True, exist_ok=True)
-        xml.write_bytes(labelimg_xml(loaded.source.path.resolve(), width, height, loaded.depth,
-                                     boxes))
+        written = save_xml(xml, labelimg_xml(loaded.source.path.resolve(), width, height,
+                                             loaded.depth, boxes), self.overwrite)
+        self.counts.update(xmls_written=int(written))
+        if not written:
+            self.kept_existing.append(str(xml.relative_to(self.out / "labelimg")))
         overlay = self.out / "overlays" / f"{loaded.source.stem}.jpg"
         overlay.parent.mkdir(parents=True, exist_ok=True)
         draw_boxes(loaded.image, boxes, scores, self.settings.labels or sorted(self.per_class)
@@ -164,7 +173,9 @@ class PredictionFiles:
             "quarantine_reasons": dict(Counter(r.reason for r in rejected).most_common()),
             "boxes": sum(self.per_class.values()), "boxes_per_class": dict(self.per_class),
             "boxes_below_threshold": len(self.annotations) - sum(self.per_class.values()),
-            **dict(self.counts), "settings": {**asdict(self.settings), "tiling": (
+            "xmls_written": 0, **dict(self.counts), "overwrite": self.overwrite,
+            "kept_existing": len(self.kept_existing), "kept_existing_files": self.kept_existing,
+            "settings": {**asdict(self.settings), "tiling": (
                 self.settings.tiling.model_dump() if self.settings.tiling else None)},
             "quarantined_files": [r.model_dump() for r in rejected],
         }
@@ -174,26 +185,29 @@ class PredictionFiles:
 
 
 def predict_images(images_dir: str | Path, out_dir: str | Path, model, processor,
-                   settings: PredictSettings, model_name: str = "") -> dict:
-    """Predict every image under `images_dir` and write OUT's files; returns the report."""
+                   settings: PredictSettings, model_name: str = "", overwrite: bool = False) -> dict:
+    """Predict every image under `images_dir` and write OUT's files; returns the report. An
+    existing OUT/labelimg XML is replaced only with `overwrite`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     inputs, rejected = list_inputs(Path(images_dir))
-    files = PredictionFiles(out, settings)
+    files = PredictionFiles(out, settings, overwrite)
     for loaded, prediction in predict_stream(inputs, model, processor, settings, rejected):
         files.add(loaded, prediction)
     return files.finish(rejected, model_name)
 
 
 def predict_step(images_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
-                 settings: PredictSettings) -> dict:
+                 settings: PredictSettings, overwrite: bool = False) -> dict:
     from tasks.training.models import load_finetuned_detector
 
     processor, model = load_finetuned_detector(model_dir)
-    return predict_images(images_dir, out_dir, model, processor, settings, str(model_dir))
+    return predict_images(images_dir, out_dir, model, processor, settings, str(model_dir),
+                          overwrite)
 
 
 @task(name="predict")
-def predict_task(images_dir: str, model_dir: str, out_dir: str, settings: PredictSettings) -> dict:
+def predict_task(images_dir: str, model_dir: str, out_dir: str, settings: PredictSettings,
+                 overwrite: bool = False) -> dict:
     """Never cached: the same folder holds new photos tomorrow."""
-    return predict_step(images_dir, model_dir, out_dir, settings)
+    return predict_step(images_dir, model_dir, out_dir, settings, overwrite)

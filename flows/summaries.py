@@ -139,7 +139,8 @@ def print_retrain_summary(result: dict) -> None:
             f"test split {changes['test_images']['before']} -> {changes['test_images']['after']}"))
     table.add_row("trained", f"{summary['train']['global_step']} steps from "
                   f"{summary['train']['checkpoint']} (resumed from step "
-                  f"{summary['train']['resumed_from_step']})")
+                  f"{summary['train']['resumed_from_step']}); checkpoint chosen on "
+                  f"{summary['train'].get('selected_on')}")
     metric = decision["metric"]
     table.add_row(f"test {metric}", f"challenger v{version['version']}: "
                   f"{_fmt(decision['challenger_metric'])}   champion "
@@ -152,6 +153,9 @@ def print_retrain_summary(result: dict) -> None:
         table.add_row("pre-labels", f"{prelabels['written']} new XMLs ({prelabels['boxes']} boxes) "
                       f"in {prelabels['inbox']}; {prelabels['already_labelled']} images already "
                       "had one (kept)")
+    for name, outcome in (summary.get("followups") or {}).items():
+        if outcome != "done":  # the night stands; the next night does it again
+            table.add_row(f"[red]{name}[/red]", f"{outcome} (tried again next night)")
     console.print(table)
 
 

@@ -208,7 +208,8 @@ class DatasetConfig(_Strict):
     @property
     def label_rules(self) -> LabelRules:
         return LabelRules(label_map=self.label_map, merge_case_variants=self.merge_case_variants,
-                          allowed=None if self.labels is None else frozenset(map(tidy, self.labels)))
+                          allowed=None if self.labels is None
+                          else [tidy(label) for label in self.labels])
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of some sections, for cache keys (paths are part of it)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 LABEL_INVALID = "label_invalid"
 
@@ -47,10 +47,17 @@ class LabelRules(BaseModel):
 
     label_map: dict[str, str] = {}
     merge_case_variants: bool = False
-    allowed: frozenset[str] | None = None
+    # A sorted tuple, not a set: a set's order (so its pickled bytes, so a cache key holding it)
+    # changes with PYTHONHASHSEED, i.e. in every new process.
+    allowed: tuple[str, ...] | None = None
     _aliases: dict[str, str] = PrivateAttr(default_factory=dict)
     _spellings: dict[str, str] = PrivateAttr(default_factory=dict)
     _resolved: dict[str, str | tuple[str, str]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("allowed", mode="before")
+    @classmethod
+    def _sorted(cls, value: object) -> object:
+        return None if value is None else tuple(sorted(set(value)))
 
     def model_post_init(self, context: object) -> None:
         self._aliases = {tidy(alias): name for alias, name in self.label_map.items()}

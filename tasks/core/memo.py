@@ -7,7 +7,9 @@ shape its answer: the caller's `key`). It maps a digest of the input's JSON line
 the step wrote for it, plus a short JSON of extras (counters; under "paths", the files the
 outputs name, which must still be there for the entry to count). It lives in the content store
 as one append-only file: a run indexes it once and appends what it learned in whole blocks, so
-two runs at once can only add whole entries (a torn last line is skipped on load).
+two runs at once can only add whole entries. A run killed mid-append leaves a torn last entry:
+the next append starts on a line of its own, and every entry ends with a checksum of itself, so
+a torn or glued entry is never taken for a hit (it is done again).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ DIGEST_CHARS = 32
 
 def line_digest(line: str) -> str:
     return hashlib.blake2b(line.rstrip("\n").encode(), digest_size=DIGEST_CHARS // 2).hexdigest()
+
+
+def entry_check(body: str) -> str:
+    """The checksum that closes an entry: a torn one (or one glued to a torn one) fails it."""
+    return hashlib.blake2b(body.encode(), digest_size=4).hexdigest()
 
 
 FLUSH_EVERY = 256  # new entries held before they are appended: memory stays flat
@@ -66,7 +73,10 @@ class LineMemo:
         entry = self._entry(digest)
         if entry is None:
             return None
-        fields = entry.rstrip("\n").split(ENTRY_SEPARATOR)
+        body, _, check = entry.rstrip("\n").rpartition(ENTRY_SEPARATOR)
+        if check != entry_check(body):
+            return None  # torn by a kill, glued to a torn one, or written before checksums
+        fields = body.split(ENTRY_SEPARATOR)
         try:
             if fields[0] != digest:
                 return None  # the file changed under us (or an entry was glued to a torn one)
@@ -82,7 +92,8 @@ class LineMemo:
                   *(out.rstrip("\n") for out in outputs)]
         if any(ENTRY_SEPARATOR in field or "\n" in field for field in fields):
             return  # not a one-line JSON record: not remembered, only done again next time
-        self._new[fields[0]] = ENTRY_SEPARATOR.join(fields) + "\n"
+        body = ENTRY_SEPARATOR.join(fields)
+        self._new[fields[0]] = body + ENTRY_SEPARATOR + entry_check(body) + "\n"
         if len(self._new) >= FLUSH_EVERY:
             self._append()
 
@@ -92,8 +103,11 @@ class LineMemo:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(self._new.values()).encode("utf-8")
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            size = os.fstat(descriptor).st_size
+            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                data = b"\n" + data  # after a torn entry: ours start on a line of their own
             while data:
                 data = data[os.write(descriptor, data):]
         finally:

@@ -22,7 +22,7 @@ from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image
 
 
 def outcome_memo(store_root: str | Path, rules: LabelRules) -> LineMemo:
-    allowed = sorted(rules.allowed) if rules.allowed is not None else None  # a set's order varies
+    allowed = list(rules.allowed) if rules.allowed is not None else None  # sorted already
     return LineMemo(store_root, "voc-samples", json.dumps(
         [code_version(), rules.label_map, rules.merge_case_variants, allowed], sort_keys=True))
 

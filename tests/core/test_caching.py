@@ -73,3 +73,35 @@ def test_an_evaluation_limit_is_not_part_of_its_cache_key():
     key = lambda **inputs: inputs_policy.compute_key(None, {"num_beams": 1, **inputs}, {})  # noqa: E731
     assert key(timeout_minutes=5) == key(timeout_minutes=120)
     assert key(timeout_minutes=5) != key(timeout_minutes=5, num_beams=3)
+
+
+KEY_OF_INGEST = """
+import sys
+from prefect.cache_policies import INPUTS
+from tasks.core.config import load_config
+
+config = load_config(sys.argv[1])
+print(INPUTS.compute_key(None, {"source": config.source, "rules": config.label_rules,
+                                "manifests_dir": "/m", "labels": config.labels}, {}))
+"""
+
+
+def test_the_ingest_cache_key_is_the_same_in_every_new_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    config = tmp_path / "line.yaml"
+    config.write_text("name: line\nsource: {format: voc, images: i, annotations: a}\n"
+                      "labels: [crazing, inclusion, patches, pitted_surface, rolled-in_scale, "
+                      "scratches]\nlabel_map: {Crazing: crazing}\n")
+    keys = set()
+    for seed in ("1", "2", "3", "4"):  # a set's order, so its pickled bytes, moved with the seed
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}
+        done = subprocess.run([sys.executable, "-c", KEY_OF_INGEST, str(config)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        keys.add(done.stdout.strip())
+    assert len(keys) == 1, keys

@@ -6,13 +6,37 @@ from tasks.core.memo import LineMemo, remembered_map
 def test_entries_survive_a_new_memo_and_a_torn_last_entry_is_skipped(tmp_path):
     memo = LineMemo(tmp_path, "step", "key")
     memo.put('{"a": 1}', ['{"a": 1, "b": 2}', '{"a": 1, "b": 3}'], {"n": 2})
+    memo.put('{"a": 2}', ['{"a": 2, "b": 4}'])
     memo.save()
-    with open(memo.path, "a") as handle:
-        handle.write("deadbeef\t{")  # a run killed mid-write
+    whole = memo.path.read_bytes()
+    memo.path.write_bytes(whole[:-12])  # a run killed mid-write: the last entry is torn
     again = LineMemo(tmp_path, "step", "key")
     assert again.get('{"a": 1}') == (['{"a": 1, "b": 2}', '{"a": 1, "b": 3}'], {"n": 2})
     assert again.get('{"a": 2}') is None and len(again) == 1
     assert LineMemo(tmp_path, "step", "another key").get('{"a": 1}') is None
+    # The next run appends after the torn bytes: its entries stay whole, the torn one is
+    # never read as a hit (before: the first new entry was glued onto it and came back as its
+    # outputs, broken, forever).
+    again.put('{"a": 2}', ['{"a": 2, "b": 5}'])
+    again.put('{"a": 3}', ['{"a": 3, "b": 6}'])
+    again.save()
+    later = LineMemo(tmp_path, "step", "key")
+    assert later.get('{"a": 2}') == (['{"a": 2, "b": 5}'], {})
+    assert later.get('{"a": 3}') == (['{"a": 3, "b": 6}'], {})
+    assert later.get('{"a": 1}') == (['{"a": 1, "b": 2}', '{"a": 1, "b": 3}'], {"n": 2})
+
+
+def test_an_entry_torn_anywhere_is_never_a_hit(tmp_path):
+    memo = LineMemo(tmp_path, "step", "key")
+    memo.put('{"a": 1}', ['{"a": 1, "b": 2}'], {"n": 1})
+    memo.save()
+    whole = memo.path.read_bytes()
+    for cut in range(40, len(whole) - 1):  # past the digest, short of the newline
+        memo.path.write_bytes(whole[:cut])
+        torn = LineMemo(tmp_path, "step", "key")
+        torn.put('{"z": 0}', ['{"z": 0}'])
+        torn.save()  # glues nothing onto the torn bytes
+        assert LineMemo(tmp_path, "step", "key").get('{"a": 1}') is None, cut
 
 
 def test_remembered_map_makes_only_what_it_does_not_know(tmp_path):

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, library_versions
@@ -18,6 +17,7 @@ from tasks.core.forks import forget_prefect_exit_hooks_in_forks
 from tasks.core.logs import run_logger
 from tasks.dataset.publish import dataset_fingerprint_of
 from tasks.training.curves import curves, evaluation_line, plot_training_curves
+from tasks.training.selection import Splits, load_splits, selection_splits
 
 # Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
 FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"
@@ -76,17 +76,6 @@ def is_trained(out_dir: str | Path, identity: str) -> bool:
     return done.get("identity") == identity and Path(done.get("model_dir", "")).is_dir()
 
 
-@dataclass
-class Splits:
-    """What a run trains on and what chooses its checkpoint and threshold. `selection` is None
-    when there is nothing to choose on (the last checkpoint is kept); `selected_on` says which:
-    `validation`, `train_holdout` (train images set aside) or `last_checkpoint`."""
-
-    train: object  # a datasets.Dataset
-    selection: object | None
-    selected_on: str
-
-
 def start_run(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,
               train_config: TrainConfig, max_steps: int | None,
               identity: str | None = None) -> tuple[Path, str, Splits]:
@@ -102,52 +91,6 @@ def start_run(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelC
     set_seed(train_config.seed)
     train, validation = load_splits(dataset_dir)
     return out, identity, selection_splits(train, validation, train_config.holdout)
-
-
-def load_splits(dataset_dir: str | Path):
-    """The prepared dataset's train split and its validation split (None when it has none). The
-    test split is never loaded here: it scores the final model and does nothing else."""
-    import datasets
-
-    loaded = datasets.load_dataset(str(dataset_dir))
-    if "train" not in loaded:
-        raise ValueError(f"{dataset_dir} has no train split: nothing to train on")
-    validation = loaded.get("validation")
-    return loaded["train"], validation if validation is not None and len(validation) else None
-
-
-def holdout_sources(sources: list[str], hashes: list[str], share: float) -> set[str]:
-    """The source images to set aside: the `share` (at least one) whose content hash sorts
-    first, never all of them. A source's copies (flips, tiles) share its `source_id`; its key is
-    the smallest content hash among them, so the choice is the same in every run and process."""
-    key: dict[str, str] = {}
-    for source, digest in zip(sources, hashes, strict=True):
-        key[source] = min(key.get(source, digest), digest)
-    if len(key) < 2:
-        return set()
-    count = min(len(key) - 1, max(1, round(share * len(key))))
-    return set(sorted(key, key=lambda source: (key[source], source))[:count])
-
-
-def selection_splits(train, validation, holdout: float) -> Splits:
-    """Validation chooses when there is one; else a part of train set aside by content hash
-    (with its flipped copies, which are then not trained on); else nothing does, and the log
-    says the last checkpoint is kept."""
-    if validation is not None:
-        return Splits(train, validation, "validation")
-    aside = holdout_sources(train["source_id"], train["sha256"], holdout)
-    if not aside:
-        run_logger().warning(
-            "no validation split and too few train images to set one aside: the last checkpoint "
-            "is kept, nothing chooses it (the test split only scores)")
-        return Splits(train, None, "last_checkpoint")
-    chosen = [i for i, source in enumerate(train["source_id"]) if source in aside]
-    rest = sorted(set(range(len(train))) - set(chosen))
-    run_logger().warning(
-        "no validation split: %d of %d train images (%d rows with their copies) set aside by "
-        "content hash to choose the checkpoint and the threshold; they are not trained on (the "
-        "test split only scores)", len(aside), len(set(train["source_id"])), len(chosen))
-    return Splits(train.select(rest), train.select(chosen), "train_holdout")
 
 
 def precision_flags(precision: str) -> dict:

@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from tasks.core.config import ModelConfig, TrainConfig
-from tasks.training.trainer import holdout_sources, load_splits, selection_splits
+from tasks.training.selection import holdout_sources, load_splits, selection_splits
 from tests.support import prepare_without_prefect
 
 

@@ -31,6 +31,11 @@ class Home:
     def mlflow(self) -> Path:
         return self.root / "mlflow"
 
+    def line(self, name: str) -> Path:
+        """A config's own work dir (one production line): its lock, baseline, prepared data,
+        runs and champion copies, apart from every other config's."""
+        return self.root / "lines" / name
+
     @property
     def bases(self) -> Path:
         """Base checkpoints defectflow builds itself (the pretrained tiny Florence-2)."""

@@ -188,22 +188,38 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_retrains_at_once_on_one_work_dir_one_runs_and_the_other_is_cancelled(tmp_path):
-    import time
+def test_two_retrains_at_once_on_one_work_dir_one_runs_and_the_other_is_cancelled(tmp_path,
+                                                                                   monkeypatch):
+    import threading
     from concurrent.futures import ThreadPoolExecutor
+
+    from prefect import task
+
+    import flows.retrain
 
     source = tmp_path / "source"
     generate(source, count=20, size=48, seed=2, troubles=False)
     config = tmp_path / "nightly.yaml"
     config.write_text(CONFIG.format(src=source))
     args = (str(config), str(tmp_path / "work"), str(tmp_path / "home"))
-    lock = tmp_path / "work" / ".retrain.lock"
+    # The first run holds the work dir until the second has come and gone: a race on a busy
+    # machine (the second run's start outlasting the first's whole night) cannot decide it.
+    holding, release = threading.Event(), threading.Event()
+    fingerprint = flows.retrain.source_fingerprint_task
+
+    @task(name="source-fingerprint")
+    def held_fingerprint(source):
+        if threading.current_thread() is not threading.main_thread():
+            holding.set()
+            release.wait(300)
+        return fingerprint.fn(source)
+
+    monkeypatch.setattr(flows.retrain, "source_fingerprint_task", held_fingerprint)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(retrain, *args, return_state=True)
-        deadline = time.monotonic() + 120
-        while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.1)  # until the first run holds the work dir
+        assert holding.wait(120)  # the first run holds the work dir's lock
         second = retrain(*args, return_state=True)
+        release.set()
         first = running.result()
     assert second.is_cancelled() and "another retrain holds this work dir" in second.message
     assert first.is_completed(), first.message

@@ -205,7 +205,7 @@ def test_warm_start_trains_the_champion_adapter_further_on_its_base(synthetic_da
 
     model = ModelConfig(checkpoint="tiny")
     first = train_step(synthetic_dataset, tmp_path / "night1", model,
-                       TrainConfig(lr=5e-3, batch_size=8, eval_steps=20, max_steps=40, seed=1))
+                       TrainConfig(lr=1e-2, batch_size=8, eval_steps=30, max_steps=60, seed=1))
     champion = {"model_dir": first["model_dir"]}
     base = json.loads((Path(first["model_dir"]) / "adapter_config.json").read_text())[
         "base_model_name_or_path"]
@@ -219,8 +219,12 @@ def test_warm_start_trains_the_champion_adapter_further_on_its_base(synthetic_da
                                     select="loss"))
     # It starts where the champion ended, not from the base: its first loss is the champion's
     # last, far below a fresh adapter's first (which is the base's loss).
-    assert second["first_train_loss"] < first["first_train_loss"] - 0.1
-    assert abs(second["first_train_loss"] - first["last_train_loss"]) < 0.1
+    learnt = first["first_train_loss"] - first["last_train_loss"]
+    assert learnt > 0.3, (first["first_train_loss"], first["last_train_loss"], second["first_train_loss"])
+    # Nearer where the champion ended than where a fresh adapter starts (losses of a few
+    # batches move by ~0.1 from batch to batch).
+    assert abs(second["first_train_loss"] - first["last_train_loss"]) < 0.5 * learnt, (
+        first["first_train_loss"], first["last_train_loss"], second["first_train_loss"])
     # The same base under it, and the adapter trained further (its weights moved again).
     night2 = Path(second["model_dir"])
     assert json.loads((night2 / "adapter_config.json").read_text())["base_model_name_or_path"] == base

@@ -64,6 +64,14 @@ def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}), 60)
         assert booked, "the scheduler booked no run"
         assert (home / "prefect" / "prefect.db").is_file()  # the home's database, as `make ui`'s
+        # Prefect's own CLI, as a person monitoring the nights uses it, against the same server
+        # (3.8.8 with fastapi 0.154 answered the list commands 422).
+        started = prefect_cli(port, "deployment", "run", "retrain/retrain-plant")
+        assert "Created flow run" in started, started
+        assert "retrain/retrain-plant" in prefect_cli(port, "deployment", "ls")
+        runs = prefect_cli(port, "flow-run", "ls")
+        assert "retrain" in runs and ("SCHEDULED" in runs or "PENDING" in runs
+                                      or "RUNNING" in runs or "FAILED" in runs), runs
     finally:
         serve.send_signal(signal.SIGINT)
         try:
@@ -76,6 +84,16 @@ def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
     assert "cannot schedule" not in output, output
     # (a bound, not a timing: a loaded 2-core machine takes a while to stop uvicorn)
     assert wait_for(lambda: not _listening(port), 120), "the server outlived serve"
+
+
+def prefect_cli(port: int, *args: str) -> str:
+    """`prefect <args>` against the server on `port`; its output (it must succeed)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=f"http://127.0.0.1:{port}/api", COLUMNS="200")
+    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    return done.stdout
 
 
 def _listening(port: int) -> bool:

@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 HOME_DIR ?= work/home
+# The home decides Prefect's database too (`defectflow --home H` sets PREFECT_HOME=H/prefect
+# itself, whatever is exported); exported here for `prefect` commands run by hand.
 export DEFECTFLOW_HOME := $(abspath $(HOME_DIR))
 export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test ui ui-check serve lint bench bench-learning clean
+.PHONY: venv demo test ui ui-check serve lint bench bench-learning soak clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +35,10 @@ test: venv
 lint: venv
 	$(BIN)/ruff check flows tasks tests bench
 
-# The Prefect UI on the database the demo used (http://127.0.0.1:4200).
+# The home's lasting Prefect server on the database the demo used, in the background
+# (http://127.0.0.1:4200); every line of the home uses it; `defectflow server stop` stops it.
 ui: venv
-	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+	$(BIN)/defectflow server start --port 4200
 
 # Screenshots of the Prefect UI (the newest retrain run's artifacts, the deployments) after
 # `make demo`, taken by headless Chromium; skipped when no browser is installed.
@@ -43,8 +46,9 @@ ui-check: venv
 	$(BIN)/python -m bench.ui_screenshot --home $(HOME_DIR)
 
 # The nightly retrain on its schedule: make serve CONFIG=datasets_cfg/neu_det.yaml
+# (work dir: the config's own line, $(HOME_DIR)/lines/<config name>)
 serve: venv
-	$(BIN)/defectflow serve $(CONFIG) --work work/retrain
+	$(BIN)/defectflow serve $(CONFIG)
 
 # Run after `make demo`: the evaluation throughput is measured on the demo's champion.
 bench: venv
@@ -55,6 +59,11 @@ bench: venv
 # The demo's night 1 for 3 seeds in fresh processes: test mAP50 (min / median) and minutes.
 bench-learning: venv
 	$(BIN)/python -m bench.learning
+
+# Two lines, 12 nights each, on one home and one Prefect server, 4 nights killed at random and
+# run again; checks the registry, the disk and what kills leave behind (~20 min on 2 cores).
+soak: venv
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf work .defectflow

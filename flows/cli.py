@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from flows.predict_command import predict
-from flows.summaries import config_or_exit, console
-from tasks.core.home import configure_environment, resolve_home
+from flows.server_command import server_app
+from flows.summaries import config_or_exit, console, line_or_exit
+from tasks.core.home import configure_environment, prefect_server_in_use, resolve_home
 from tasks.images.workers import allow as allow_image_workers
 
 app = typer.Typer(
@@ -20,9 +21,10 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 app.command()(predict)
+app.add_typer(server_app, name="server")
 IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
-WorkOption = Annotated[Path, typer.Option(help="work dir: prepared data, runs, champion copies")]
+WorkOption = Annotated[Path | None, typer.Option(help="work dir (default <home>/lines/<config name>)")]
 
 
 @app.callback()
@@ -122,16 +124,16 @@ def coco_eval(
 def run_once(
     ctx: typer.Context,
     config: ConfigArg,
-    work: WorkOption = Path("work/retrain"),
+    work: WorkOption = None,
     max_steps: Annotated[int | None, typer.Option(help="override train.max_steps")] = None,
 ) -> None:
     """Run the nightly retrain flow once: what is new -> prepare -> train -> evaluate -> register."""
     from flows.retrain import run_retrain
     from flows.summaries import print_retrain_summary
 
-    config_or_exit(config)
+    work = line_or_exit(ctx.obj, config, work)
     result = run_retrain(config, work, ctx.obj, max_steps)
-    print_retrain_summary(result)
+    print_retrain_summary(result, prefect_server_in_use(resolve_home(ctx.obj)))
     if result["state"].is_failed():
         console.print("[red]failed: run it again to resume; finished steps come back Cached[/red]")
         raise typer.Exit(1)
@@ -142,16 +144,15 @@ def serve(
     ctx: typer.Context,
     config: ConfigArg,
     cron: Annotated[str | None, typer.Option(help="override the config's schedule.cron")] = None,
-    work: WorkOption = Path("work/retrain"),
-    port: Annotated[int, typer.Option(help="port of the home's Prefect server, if one is "
-                                      "started (no PREFECT_API_URL)")] = 4200,
+    work: WorkOption = None,
+    port: Annotated[int, typer.Option(help="port of the server serve starts when none is up")] = 4200,
     quiet: Annotated[bool, typer.Option(help="print nothing when serving starts")] = False,
 ) -> None:
     """Serve the retrain deployment on the config's schedule against a lasting Prefect server
-    (PREFECT_API_URL's, or the home's own, started here); Ctrl-C stops."""
+    (PREFECT_API_URL's, the home's `server start`ed one, or one started here); Ctrl-C stops."""
     from flows.serve import serve_retrain
 
-    config_or_exit(config)
+    work = line_or_exit(ctx.obj, config, work)
     serve_retrain(config, work, ctx.obj, cron, port, announce=not quiet)
 
 

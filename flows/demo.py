@@ -4,21 +4,23 @@ night 1 (a run of it) -> new images land -> night 2 -> summary (console and demo
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import typer
+
 from flows.deployment import run_night, served
-from flows.summaries import console, demo_summary, print_retrain_summary
-from tasks.core.home import resolve_home
+from flows.summaries import console, demo_summary, line_or_exit, print_retrain_summary
+from tasks.core.home import prefect_server_in_use, resolve_home
 from tasks.demo.scenario import (
     DEMO_FIRST_BATCH,
     DEMO_SECOND_BATCH,
     add_batch,
     demo_record,
+    untrained_nights,
     write_demo_config,
 )
 from tasks.training.pretrain import BASE_NAME, build_pretrained_base
@@ -59,32 +61,38 @@ def in_background(work: Callable[[], T]) -> Callable[[], T]:
 
 
 def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int = 2) -> list[dict]:
-    """Nightly retrains on generated data, fully offline: a LoRA adapter on the base."""
+    """Nightly retrains on generated data, fully offline: a LoRA adapter on the base. Exits 1
+    (after writing its summary) when a night did not train: the demo is about what it learnt."""
     started = time.monotonic()
-    work = work.resolve()
-    config = write_demo_config(work, resolve_home(home).bases / BASE_NAME, seed)
+    work, where = work.resolve(), resolve_home(home)
+    config = write_demo_config(work, where.bases / BASE_NAME, seed)
+    nightly = line_or_exit(str(where.root), config, work / "nightly")  # the name `demo`, once a home
     source = work / "source"
     if not (source / "annotations").exists():
         console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True, seed=seed))
     # The base trains while Prefect's server (a new database on a first run) and serve start.
     base = in_background(lambda: build_base(home))
-    with served(config, work / "nightly", str(resolve_home(home).root)) as deployment:
+    with served(config, nightly, str(where.root)) as deployment:
+        server = prefect_server_in_use(where)
         base()
         console.print(f"serving {deployment}: the nights are runs of it (Prefect UI: "
-                      f"{os.environ['PREFECT_API_URL'].removesuffix('/api')})")
+                      f"{server.removesuffix('/api')})")
         console.rule(f"night 1: a run of the {deployment} deployment")
         results = [run_night(deployment)]
-        print_retrain_summary(results[0])
+        print_retrain_summary(results[0], server)
         if nights == 2:
             console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH,
                                     troubles=False, seed=seed))
             console.rule("night 2: new images landed")
             results.append(run_night(deployment))
-            print_retrain_summary(results[1])
+            print_retrain_summary(results[1], server)
     console.rule("summary")
-    console.print(demo_summary(results, home))
+    console.print(demo_summary(results, home, server))
     record = {"seed": seed, "nights": [demo_record(result) for result in results],
               "seconds": round(time.monotonic() - started, 1)}
     (work / "demo_summary.json").write_text(json.dumps(record, indent=1))
     console.print(f"written: {work / 'demo_summary.json'}")
+    if missed := untrained_nights(record["nights"]):
+        console.print(f"[red]the demo needs every night to train: {'; '.join(missed)}[/red]")
+        raise typer.Exit(1)
     return results

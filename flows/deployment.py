@@ -2,7 +2,9 @@
 Prefect server (see `tasks/nightly/server.py`) and `defectflow serve` in a process of its own
 (the deployment with its schedule, one run at a time, and the runner that executes its runs).
 The demo runs its nights through it (`run_night`), so the UI lists the deployment, its schedule
-and the nights under it.
+and the nights under it. A deployment of the same name left by an earlier serve (another work
+dir, another config file) is not accepted: the block starts once serve has given the deployment
+this call's parameters.
 """
 
 from __future__ import annotations
@@ -13,25 +15,28 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from flows.retrain import retrain
-from flows.serve import deployment_name
+from flows.serve import deployment_name, deployment_parameters
 from tasks.core.config import load_config
 from tasks.core.run_history import task_run_states
 from tasks.nightly.server import prefect_server, stop, wait_until
 
 
-def _deployment_exists(name: str) -> bool:
+def _deployed_with(name: str, parameters: dict, since: datetime) -> bool:
+    """Whether the deployment was (re)deployed after `since` with these parameters."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     try:
         with get_client(sync_client=True) as client:
-            client.read_deployment_by_name(name)
-        return True
+            deployment = client.read_deployment_by_name(name)
     except ObjectNotFound:
         return False
+    return deployment.parameters == parameters and deployment.updated is not None \
+        and deployment.updated >= since
 
 
 @contextmanager
@@ -41,14 +46,16 @@ def served(config_path: Path, work: Path, home_root: str, port: int = 4200,
     Serve starts quietly (the caller says where it serves) and looks for runs every second: the
     block triggers its runs and waits for them, where a nightly schedule can wait 10 s."""
     name = f"{retrain.name}/{deployment_name(load_config(config_path))}"
+    parameters = deployment_parameters(config_path, work, home_root)
     with prefect_server(Path(home_root) / "prefect", port=port):
+        since = datetime.now(timezone.utc)
         serve = subprocess.Popen([str(Path(sys.executable).parent / "defectflow"), "--home",
                                   home_root, "serve", str(config_path), "--work", str(work),
                                   "--quiet"],
                                  env={**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
         try:
-            wait_until(lambda: _deployment_exists(name), serve, timeout_s,
-                       f"`defectflow serve` did not deploy {name}", interval_s=1)
+            wait_until(lambda: _deployed_with(name, parameters, since), serve, timeout_s,
+                       f"`defectflow serve` did not deploy {name} with {parameters}", interval_s=1)
             yield name
         finally:
             stop(serve, signal.SIGINT, timeout_s=60)  # as Ctrl-C: the schedule is paused

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, unmapped
-from prefect.futures import wait
+from prefect import flow
 from prefect.states import Failed
 
 from tasks.core import progress
 from tasks.core.config import DatasetConfig, load_config
 from tasks.core.home import resolve_home
+from tasks.core.intermediates import map_trusted, run_trusted
 from tasks.core.run_history import task_run_states
 from tasks.dataset.augment import augment_task
 from tasks.dataset.budget import budget_task
 from tasks.dataset.loc_tokens import loc_targets_task
-from tasks.dataset.publish import publish_task_for
+from tasks.dataset.publish import fingerprint_task, publish_task_for
 from tasks.dataset.report import report_task
 from tasks.dataset.split import split_task
 from tasks.images.sample import image_step_config
@@ -28,40 +28,42 @@ SOURCE_UNREADABLE = "source unreadable: "
 
 @flow(name="prepare", log_prints=True, task_runner=prep_threads())
 def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
-    """Turn a labelled image folder into a published Florence-2 `<OD>` dataset."""
+    """Turn a labelled image folder into a published Florence-2 `<OD>` dataset. Every step is
+    `run_trusted`: a Cached result naming a manifest that is gone is computed again."""
     config: DatasetConfig = load_config(config_path)
     where = resolve_home(home)
     store, manifests = str(where.store), str(where.manifests)
 
-    ingested = ingest_task(source=config.source, rules=config.label_rules,
-                           manifests_dir=manifests, labels=config.labels, store_root=store)
+    ingested = run_trusted(ingest_task, source=config.source, rules=config.label_rules,
+                           manifests_dir=manifests, labels=config.labels,
+                           store_root=store).result()
     if ingested.fatal:  # the source cannot be read at all: one line, no traceback
         return Failed(message=SOURCE_UNREADABLE + ingested.fatal)
-    shards = shard_task(candidates=ingested.candidates, shard_size=config.shard_size,
-                        manifests_dir=manifests)
-    image_step = image_step_config(config)
-    processed = process_images_task.map(shard=shards, config=unmapped(image_step),
-                                        store_root=unmapped(store), manifests_dir=unmapped(manifests))
-    wait(processed)
-    shard_outputs = processed.result()
-    split = split_task(kept=[s.kept for s in shard_outputs], ratios=config.split,
-                       manifests_dir=manifests)
-    budget = budget_task(samples=split.samples, budget=config.targets.max_tokens,
+    shards = run_trusted(shard_task, candidates=ingested.candidates,
+                         shard_size=config.shard_size, manifests_dir=manifests).result()
+    processed = map_trusted(process_images_task, "shard", shards,
+                            config=image_step_config(config), store_root=store,
+                            manifests_dir=manifests)
+    shard_outputs = [state.result() for state in processed]
+    split = run_trusted(split_task, kept=[s.kept for s in shard_outputs], ratios=config.split,
+                        manifests_dir=manifests).result()
+    budget = run_trusted(budget_task, samples=split.samples, budget=config.targets.max_tokens,
                          checkpoint=config.model.checkpoint, manifests_dir=manifests,
                          tiling=config.tiling, store_root=store,
                          max_pixels=config.images.max_pixels,
-                         min_box_size=config.images.min_box_size)
-    augment_state = augment_task(manifest=budget.rows, config=config.augment,
-                                 max_pixels=config.images.max_pixels, store_root=store,
-                                 manifests_dir=manifests, return_state=True)
+                         min_box_size=config.images.min_box_size).result()
+    augment_state = run_trusted(augment_task, manifest=budget.rows, config=config.augment,
+                                max_pixels=config.images.max_pixels, store_root=store,
+                                manifests_dir=manifests)
     augmented, flips = augment_state.result()
-    targets = loc_targets_task(manifest=augmented, manifests_dir=manifests, store_root=store)
+    targets = run_trusted(loc_targets_task, manifest=augmented, manifests_dir=manifests,
+                          store_root=store).result()
     dataset_dir = str(Path(out_dir).resolve() / "dataset")
-    published = publish_task_for(dataset_dir, targets)(
+    published = publish_task_for(dataset_dir, fingerprint_task(manifest=targets))(
         manifest=targets, name=config.name, config=config.publish, out_dir=dataset_dir)
     progress.finish()
     # What this run really did: the counters of the steps that ran, not of those Cached.
-    ran = [f.state.name != "Cached" for f in processed] + [augment_state.name != "Cached"]
+    ran = [state.name != "Cached" for state in processed] + [augment_state.name != "Cached"]
     work = progress.work_this_run(list(zip([o.counters for o in shard_outputs] + [flips], ran, strict=True)))
     return report_task(
         report_path=str(Path(out_dir) / "prepare_report.json"),

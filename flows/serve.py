@@ -1,5 +1,6 @@
-"""serve = a Prefect server that lasts (the one PREFECT_API_URL names, or the home's own) ->
-the retrain deployment on the config's schedule, one run at a time across the deployment."""
+"""serve = a Prefect server that lasts (the one PREFECT_API_URL names, the home's lasting one,
+or the home's own for as long as serve runs) -> the retrain deployment on the config's schedule,
+with this call's config, work dir and home, one run at a time across the deployment."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def deployment_name(config: DatasetConfig) -> str:
     return f"retrain-{config.name}"
 
 
+def deployment_parameters(config_path: Path, work: Path, home: str | None) -> dict[str, str]:
+    """What every run of the deployment gets. Serving again replaces the deployment's
+    parameters with these (Prefect upserts a deployment by flow and name)."""
+    return {"config_path": str(config_path.resolve()), "work_dir": str(work.resolve()),
+            "home": str(resolve_home(home).root)}
+
+
 def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | None = None,
                   port: int = 4200, announce: bool = True) -> None:
     """Serve until Ctrl-C; scheduled runs appear in the Prefect UI at the server's address.
@@ -33,9 +41,8 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
     with prefect_server(where.prefect, port=port) as api_url:
         if announce:
             console.print(f"serving {deployment_name(config)} on {schedule.cron!r} "
-                          f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}. "
-                          "One run at a time; Ctrl-C stops.")
+                          f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}; "
+                          f"work dir {work.resolve()}. One run at a time; Ctrl-C stops.")
         retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1, limit=1,
                       print_starting_message=announce,
-                      parameters={"config_path": str(config_path.resolve()),
-                                  "work_dir": str(work.resolve()), "home": str(where.root)})
+                      parameters=deployment_parameters(config_path, work, home))

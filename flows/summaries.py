@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.core.config import ConfigError, DatasetConfig, load_config
+from tasks.core.home import LineTaken, claim_line, resolve_home
 from tasks.core.run_history import state_counts
 
 console = Console()
@@ -21,6 +22,17 @@ def config_or_exit(path: Path) -> DatasetConfig:
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+
+
+def line_or_exit(home: str, config_path: Path, work: Path | None) -> Path:
+    """The config's work dir: `work`, else its line's own (`<home>/lines/<name>`). The config's
+    name is claimed in the home; one another config file holds is refused in red, exit code 2."""
+    try:
+        line = claim_line(resolve_home(home), config_or_exit(config_path).name, config_path)
+    except LineTaken as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    return (work or line).resolve()
 
 
 def summary_table(title: str) -> Table:
@@ -123,11 +135,15 @@ def print_evaluate_summary(metrics: dict, split: str, out: Path) -> None:
     console.print(f"written: {out / 'metrics.json'} and PNGs in {out}")
 
 
-def print_retrain_summary(result: dict) -> None:
+def print_retrain_summary(result: dict, server: str | None = None) -> None:
+    """`server`: the Prefect server the run went to, named on the first line."""
     state, summary = result["state"], result["summary"]
     console.print(f"retrain: [bold]{state.name}[/bold] {state.message or ''}  prefect tasks: "
-                  + states_line(result["task_states"]))
+                  + states_line(result["task_states"]) + (f"  (Prefect server: {server})"
+                                                          if server else ""))
     if not summary:
+        if state.is_completed():  # e.g. "no new images": a night that trained nothing says so
+            console.print(f"[yellow]trained nothing: {state.message or 'no summary'}[/yellow]")
         return
     report, decision, version = summary["report"], summary["decision"], summary["version"]
     table = summary_table("nightly retrain")
@@ -187,8 +203,9 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def demo_summary(results: list[dict], home: str | None) -> str:
-    """The demo's closing lines: each night in one line, then where to look."""
+def demo_summary(results: list[dict], home: str | None, server: str | None = None) -> str:
+    """The demo's closing lines: each night in one line, then where to look (`server`: the
+    Prefect server its nights went to)."""
     lines = []
     for number, result in enumerate(results, start=1):
         night = f"night {number}"
@@ -196,7 +213,8 @@ def demo_summary(results: list[dict], home: str | None) -> str:
         states = [s for _, s in result["task_states"]]
         cached = states.count("Cached")
         if not summary:
-            lines.append(f"{night}: {result['state'].name} {result['state'].message or ''}")
+            lines.append(f"{night}: trained nothing ({result['state'].name}: "
+                         f"{result['state'].message or 'no summary'})")
             continue
         report, decision, version = summary["report"], summary["decision"], summary["version"]
         metric = decision["metric"]
@@ -215,7 +233,8 @@ def demo_summary(results: list[dict], home: str | None) -> str:
     if final:
         mlflow_dir = Path(home or ".defectflow") / "mlflow"
         lines += ["", "where to look:",
-                  "  Prefect UI (flow runs, task states, artifacts):  make ui  ->  http://127.0.0.1:4200",
+                  "  Prefect UI (flow runs, task states, artifacts):  make ui (`defectflow server "
+                  f"start`)  ->  http://127.0.0.1:4200  (the nights ran on {server or '-'})",
                   f"  MLflow registry:  {ui_command(final['tracking_uri'], mlflow_dir)}",
                   f"  metrics and plots:  {Path(final['train']['model_dir']).parent / 'eval'}"]
     return "\n".join(lines)

@@ -45,6 +45,19 @@ def image_workers_as_found(monkeypatch):
     monkeypatch.setattr(workers, "_allowed", workers._allowed)
 
 
+@pytest.fixture(autouse=True)
+def prefect_environment_as_found():
+    """A CLI test run in-process points PREFECT_HOME (and, with its home's server up,
+    PREFECT_API_URL) at its own home: not for the tests after it, nor their subprocesses."""
+    found = {key: os.environ.get(key) for key in ("PREFECT_HOME", "PREFECT_API_URL")}
+    yield
+    for key, value in found.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """A fresh defectflow home (content store + manifests) per test."""

@@ -32,6 +32,35 @@ def prepare_without_prefect(source: Path, dataset_dir: Path, home: Path,
     return dataset_dir
 
 
+class TasksCopy:
+    """A copy of the `tasks` package that the code closures (core/code_versions.py) are hashed
+    from while the test runs, so that a test edits code without touching the repo."""
+
+    def __init__(self, tmp_path: Path, monkeypatch) -> None:
+        import shutil
+
+        from tasks.core import code_versions
+
+        self.root = Path(shutil.copytree(code_versions.TASKS_ROOT, tmp_path / "tasks",
+                                         ignore=shutil.ignore_patterns("__pycache__")))
+        monkeypatch.setattr(code_versions, "TASKS_ROOT", self.root)
+
+    def edit(self, module: str, old: str, new: str) -> None:
+        """Replace `old` (which must be there) in the copy's `module` (a path under tasks/)."""
+        from tasks.core.code_versions import _closure_version
+
+        path = self.root / module
+        text = path.read_text(encoding="utf-8")
+        assert old in text, (module, old)
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
+        _closure_version.cache_clear()  # hashes are kept per process: this one changed under it
+
+    def append(self, module: str, line: str = "# an edit\n") -> None:
+        """Add a line at the end of the copy's `module`."""
+        text = (self.root / module).read_text(encoding="utf-8")
+        self.edit(module, text, text + line)
+
+
 def artifacts_of(flow_run_id) -> dict:
     """The artifacts this very flow run created, by key (not any earlier run's)."""
     from prefect.client.orchestration import get_client

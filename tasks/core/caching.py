@@ -3,17 +3,20 @@
 Prefect's DEFAULT policy includes the flow run id, so it never reuses a result from last night.
 Ours: the task's inputs (small manifests with content hashes, config sections), its source, the
 code version of the whole `tasks` package, every subfolder included (a change in a pure function
-it calls counts), and the versions of the libraries that shape the step's result (a new Pillow
-decodes differently, a new transformers trains differently). This module imports nothing from
-`tasks`.
+it calls counts), the generation of the folders it writes into (a manifests folder or content
+store deleted and made again makes every result naming their files stale), and the versions of
+the libraries that shape the step's result (a new Pillow decodes differently, a new
+transformers trains differently). This module imports nothing from `tasks` but
+`core.code_versions`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -21,18 +24,7 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-TASKS_ROOT = Path(__file__).resolve().parents[1]
-
-
-@lru_cache(maxsize=1)
-def code_version(root: Path = TASKS_ROOT) -> str:
-    """A hash of every module under `tasks/`, recursively (an edit in any stage counts)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+from tasks.core.code_versions import code_version
 
 
 @dataclass
@@ -41,14 +33,53 @@ class CodeVersion(CachePolicy):
         return code_version()
 
 
+GENERATION_FILE = ".generation"
+
+
+def folder_generation(folder: str | Path) -> str:
+    """Which incarnation of `folder` this is: a random id written into it when it is first
+    seen (made if need be). A folder deleted and made again is a new generation."""
+    marker = Path(folder) / GENERATION_FILE
+    try:
+        return marker.read_text(encoding="ascii")
+    except FileNotFoundError:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+    staged = marker.with_name(f"{GENERATION_FILE}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    staged.write_text(uuid.uuid4().hex, encoding="ascii")
+    try:
+        os.link(staged, marker)  # whole or absent, and never replacing another run's marker
+    except FileExistsError:
+        pass  # another run wrote it first: theirs counts
+    except OSError:  # a filesystem without hard links: a rename (a race costs one more run)
+        os.replace(staged, marker)
+    finally:
+        staged.unlink(missing_ok=True)
+    return marker.read_text(encoding="ascii")
+
+
+@dataclass
+class FolderGenerations(CachePolicy):
+    """Adds the generation of the folders a task writes into (its `manifests_dir` and
+    `store_root` arguments, where it has them): after `<home>/manifests` or `<home>/store` was
+    deleted, a result naming their files is not reused, the step runs again."""
+
+    arguments: tuple[str, ...] = ("manifests_dir", "store_root")
+
+    def compute_key(self, task_ctx: Any, inputs: Any, flow_parameters: Any, **kwargs: Any) -> str | None:
+        folders = {name: folder_generation(inputs[name]) for name in self.arguments
+                   if (inputs or {}).get(name)}
+        return json.dumps(folders, sort_keys=True) if folders else None
+
+
 def step_policy(ignore: tuple[str, ...] = ()) -> CachePolicy:
-    """The task's inputs (less those named in `ignore`), its source and the code version.
-    (Prefect's `policy - "name"` on a compound policy adds a second inputs policy beside the
-    first, which still hashes the name: the inputs part is built without the names here.)"""
+    """The task's inputs (less those named in `ignore`), its source, the code version and the
+    generations of the folders it writes into. (Prefect's `policy - "name"` on a compound policy
+    adds a second inputs policy beside the first, which still hashes the name: the inputs part
+    is built without the names here.)"""
     inputs = INPUTS
     for name in ignore:
         inputs = inputs - name
-    return inputs + TASK_SOURCE + CodeVersion()
+    return inputs + TASK_SOURCE + CodeVersion() + FolderGenerations()
 
 
 CACHE_POLICY = step_policy()

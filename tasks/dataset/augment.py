@@ -11,7 +11,8 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
+from tasks.core.code_versions import closure_version
 from tasks.core.config import AugmentConfig
 from tasks.core.memo import LineMemo
 from tasks.core.records import Manifest, ManifestWriter, Sample, read_lines
@@ -19,6 +20,9 @@ from tasks.images.boxes import hflip, vflip
 from tasks.images.store import ContentStore, derived_image, flip_op, pillow_key
 
 CHUNK = 64  # samples whose flips are made at once
+# The code whose answers the memo holds: this step and what it imports (box flips, the content
+# store that renders them), not the whole package: an edit elsewhere keeps them.
+AUGMENT_CODE = ("dataset/augment.py",)
 
 
 def flipped(sample: Sample, kind: str, image_path: str) -> Sample:
@@ -65,14 +69,20 @@ def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
                     yield record
 
 
+def augment_memo(config: AugmentConfig, max_pixels: int, store_root: str | Path) -> LineMemo:
+    """Each sample's line and its flips' lines, by record, under this config, AUGMENT_CODE and
+    Pillow."""
+    return LineMemo(store_root, "augment", "|".join([
+        config.model_dump_json(), str(max_pixels), closure_version(AUGMENT_CODE), pillow_key()]))
+
+
 def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
                  manifests_dir: str | Path) -> tuple[Manifest, dict[str, int]]:
     """`augment` over a manifest, in input order, with a per-record memo: a sample seen before
-    (same record, same config, code and Pillow) gives its remembered lines without a pydantic
-    parse, as long as its flips' files are still there (the memo checks its "paths")."""
+    (`augment_memo`) gives its remembered lines without a pydantic parse, as long as its flips'
+    files are still there (the memo checks its "paths")."""
     counters: Counter = Counter()
-    memo = LineMemo(store_root, "augment",
-                    "|".join([config.model_dump_json(), str(max_pixels), code_version(), pillow_key()]))
+    memo = augment_memo(config, max_pixels, store_root)
 
     def known(line: str) -> list[str] | None:
         hit = memo.get(line)

@@ -11,16 +11,21 @@ most one token per UTF-8 byte, and each `<loc_N>` is one token.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import task
+from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
-from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, library_versions
+from tasks.core.code_versions import closure_version
 from tasks.core.config import TilingConfig
 from tasks.core.memo import LineMemo
 from tasks.core.records import (
@@ -37,6 +42,13 @@ from tasks.images.tiles import boxes_in_window, tile_windows
 
 LOC_TOKEN = re.compile(r"<loc_\d+>")
 BYTE_BOUND = "utf-8 bytes (an upper bound for byte-level BPE)"
+# The files a tokenizer is loaded from (those of any kind `AutoTokenizer` reads).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "sentencepiece.bpe.model",
+                   "spiece.model")
+# The code whose answers the memo holds: this step and what it imports (targets, tiles, the
+# content store), not the whole package: an edit elsewhere keeps them.
+BUDGET_CODE = ("dataset/budget.py",)
 
 
 class TargetsCheck(BaseModel, frozen=True):
@@ -47,25 +59,55 @@ class TargetsCheck(BaseModel, frozen=True):
     stats: dict
 
 
-def _tokenizer_files_here(checkpoint: str) -> bool:
-    """Whether the checkpoint's tokenizer is on this machine (a folder, or the Hub cache), looked
-    up without loading transformers: prep stays light (~300 MiB, not ~900 with torch)."""
+def tokenizer_files(checkpoint: str) -> list[Path]:
+    """The checkpoint's tokenizer files on this machine (in its folder, or in the Hub cache's
+    snapshot of it), none when it is not here (`tiny` is built at training time), looked up
+    without loading transformers: prep stays light (~300 MiB, not ~900 with torch)."""
     folder = Path(checkpoint)
-    if folder.is_dir():
-        return any((folder / name).is_file() for name in
-                   ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    if checkpoint == "tiny":
+        return []
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(checkpoint, "tokenizer_config.json"), str)
-    except (ValueError, OSError):  # not a repo id
-        return False
+            found = try_to_load_from_cache(checkpoint, "tokenizer_config.json")
+        except (ValueError, OSError):  # not a repo id
+            return []
+        if not isinstance(found, str):
+            return []
+        folder = Path(found).parent
+    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def tokenizer_key(checkpoint: str) -> str:
+    """What the counts depend on besides the targets: the byte bound while the checkpoint's
+    tokenizer is not here, its files' content (and the tokenizer libraries) once it is, e.g.
+    after a first training downloaded the checkpoint: then the counts become exact."""
+    files = tokenizer_files(checkpoint)
+    if not files:
+        return BYTE_BOUND
+    digest = hashlib.sha256(repr(sorted(library_versions(("tokenizers", "transformers")).items()))
+                            .encode())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class TokenizerFiles(CachePolicy):
+    """Adds `tokenizer_key` of the task's checkpoint argument: a cached budget counted by the
+    byte bound is not reused once the exact tokenizer is here. Build it with `argument=`."""
+
+    argument: str = "checkpoint"
+
+    def compute_key(self, task_ctx: Any, inputs: Any, flow_parameters: Any, **kwargs: Any) -> str:
+        return tokenizer_key(inputs[self.argument])
 
 
 def target_tokenizer(checkpoint: str):
     """(the checkpoint's tokenizer, its name), or (None, BYTE_BOUND) when it is not on this
     machine (a Hub id never downloaded; `tiny`, built at training time): never a download."""
-    if checkpoint == "tiny" or not _tokenizer_files_here(checkpoint):
+    if not tokenizer_files(checkpoint):
         return None, BYTE_BOUND
     from transformers import AutoTokenizer  # (it brings torch: only when there is a tokenizer)
 
@@ -176,9 +218,9 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
     tokenizer, counted_with = target_tokenizer(checkpoint)
     store = ContentStore(store_root) if tiling and store_root is not None else None
     memo = None if store_root is None else LineMemo(store_root, "budget", "|".join([
-        str(budget), checkpoint, counted_with, str(len(tokenizer) if tokenizer else 0),
+        str(budget), checkpoint, counted_with, tokenizer_key(checkpoint),
         tiling.model_dump_json() if tiling else "", str(max_pixels), str(min_box_size),
-        code_version(), pillow_key()]))
+        closure_version(BUDGET_CODE), pillow_key()]))
     lengths: list[int] = []
     tiled: Counter = Counter({"images": 0, "tiles": 0, "sliced_test_images": 0})
 
@@ -217,7 +259,8 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
                         rejected_boxes=rejected_boxes.manifest, stats=stats)
 
 
-@task(name="target-budget", cache_policy=cache_policy(IMAGE_LIBRARIES), persist_result=True)
+@task(name="target-budget", persist_result=True,
+      cache_policy=cache_policy(IMAGE_LIBRARIES) + TokenizerFiles(argument="checkpoint"))
 def budget_task(samples: Manifest, budget: int, checkpoint: str, manifests_dir: str,
                 tiling: TilingConfig | None = None, store_root: str | None = None,
                 max_pixels: int = 100_000_000, min_box_size: float = 1.0) -> TargetsCheck:

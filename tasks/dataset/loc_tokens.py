@@ -14,7 +14,8 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core.caching import CACHE_POLICY, code_version
+from tasks.core.caching import CACHE_POLICY
+from tasks.core.code_versions import closure_version
 from tasks.core.memo import LineMemo, remembered_map
 from tasks.core.records import (
     Box,
@@ -70,11 +71,12 @@ def with_target(sample: Sample) -> Sample:
 def loc_targets_step(manifest: Manifest, manifests_dir: str | Path,
                      store_root: str | Path | None = None) -> Manifest:
     """Every record with its target, streamed; with a content store, a record seen before
-    (same code) takes its remembered line instead of being parsed and written again."""
+    (same code: this module and what it imports) takes its remembered line instead of being
+    parsed and written again."""
     if store_root is None:
         return write_manifest(map(with_target, read_records(manifest, Sample)), manifests_dir,
                               "targets")
-    memo = LineMemo(store_root, "loc-targets", code_version())
+    memo = LineMemo(store_root, "loc-targets", closure_version(("dataset/loc_tokens.py",)))
     targets = write_lines(remembered_map(read_lines(manifest), memo, lambda line: [
         with_target(Sample.model_validate_json(line)).model_dump_json()]), manifests_dir, "targets")
     memo.save()

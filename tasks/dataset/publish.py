@@ -26,7 +26,7 @@ from prefect import task
 from pydantic import BaseModel
 from pydantic_core import from_json, to_json
 
-from tasks.core.caching import PUBLISH_LIBRARIES, cache_policy
+from tasks.core.caching import CACHE_POLICY, PUBLISH_LIBRARIES, cache_policy
 from tasks.core.config import PublishConfig
 from tasks.core.records import Manifest, read_lines
 from tasks.core.retry import with_backoff
@@ -40,6 +40,7 @@ from tasks.dataset.parquet_files import (
     link,
     swap_in,
 )
+from tasks.images.store import dataset_image_bytes
 
 ROWS_PER_GROUP = 64  # rows per parquet row group: what the writer holds at once
 
@@ -74,8 +75,7 @@ def to_row(line: str) -> dict:
     sample = from_json(line)
     image_path = sample["processed_path"] or sample["image_path"]  # Sample.dataset_image
     augmentation = sample["augmentation"]
-    with open(image_path, "rb") as image:
-        image_bytes = image.read()
+    image_bytes = dataset_image_bytes(sample)  # (a derived image lost from the store: made again)
     boxes = sample["boxes"]
     return {
         "image": {"bytes": image_bytes,
@@ -271,11 +271,22 @@ def publish_task(manifest: Manifest, name: str, config: PublishConfig, out_dir: 
     return publish_step(manifest, name, config, out_dir)
 
 
-def publish_task_for(out_dir: str | Path, manifest: Manifest):
+def fingerprint_step(manifest: Manifest) -> str:
+    """The fingerprint of the dataset `publish_step` would publish from `manifest`."""
+    return fingerprint_and_classes(manifest)[0]
+
+
+# A function of the manifest's content (its digest is in the key): reused even where the file
+# has gone since, and read in a task, never in the flow itself.
+@task(name="dataset-fingerprint", cache_policy=CACHE_POLICY, persist_result=True)
+def fingerprint_task(manifest: Manifest) -> str:
+    return fingerprint_step(manifest)
+
+
+def publish_task_for(out_dir: str | Path, fingerprint: str):
     """The publish task, cached like every step but run again when its output folder is gone or
     holds another dataset (another run published there since): the folder must match the
-    fingerprint of what this run would publish."""
-    fingerprint, _ = fingerprint_and_classes(manifest)
+    `fingerprint` of what this run would publish (`fingerprint_task`)."""
     return publish_task.with_options(refresh_cache=not is_published(out_dir, fingerprint))
 
 

@@ -65,11 +65,15 @@ def add_batch(source: Path, count: int, start: int, troubles: bool, seed: int) -
 
 
 def demo_record(result: dict) -> dict:
-    """One night of `demo_summary.json`: the numbers that say whether the demo learnt."""
+    """One night of `demo_summary.json`: the numbers that say whether the demo learnt, and
+    whether the night trained at all (if not, why: the run's final message)."""
     summary = result["summary"] or {}
     decision, train = summary.get("decision") or {}, summary.get("train") or {}
+    trained = result["state"].name == "Completed" and bool(train)
     return {
         "state": result["state"].name,
+        "trained": trained,
+        "reason": None if trained else (result["state"].message or result["state"].name),
         "flow_run_id": str(result["state"].state_details.flow_run_id),
         "challenger_map50": ((summary.get("metrics") or {}).get("coco") or {}).get("map50"),
         "champion_map50": ((summary.get("champion_metrics") or {}).get("coco") or {}).get("map50"),
@@ -78,3 +82,10 @@ def demo_record(result: dict) -> dict:
         "train": {"lora": train.get("lora"), "metric_for_best_model": train.get("metric_for_best_model"),
                   "global_step": train.get("global_step"), "adapter": train.get("adapter")},
     }
+
+
+def untrained_nights(records: list[dict]) -> list[str]:
+    """The demo needs every night to train (night 1 on the first batch, night 2 after new
+    images landed): one line per night that did not, with its reason. Empty: all trained."""
+    return [f"night {number} trained nothing ({record['state']}: {record['reason']})"
+            for number, record in enumerate(records, start=1) if not record["trained"]]

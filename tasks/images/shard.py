@@ -12,7 +12,8 @@ from prefect import task
 from pydantic import BaseModel
 
 from tasks.core import progress
-from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, code_version
+from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
+from tasks.core.code_versions import closure_version
 from tasks.core.memo import LineMemo
 from tasks.core.records import Manifest, read_lines, write_lines
 from tasks.images.sample import OUTPUT_LISTS, ImageStepConfig, LineOutcome
@@ -29,12 +30,17 @@ def as_reused(counters: dict[str, int]) -> Counter:
     return Counter({k: v for k, v in reused.items() if v})
 
 
+# The code whose answers the memos hold: this step and what it imports (the sample step, the
+# content store, the records), not the whole package: an edit elsewhere keeps them.
+SHARD_CODE = ("images/shard.py",)
+
+
 def sample_memo(config: ImageStepConfig, store_root: str | Path) -> LineMemo:
     """What the step made of each candidate line (which names its image's path, size and mtime,
     as `make` judges a file, with its boxes): a shard re-run because a new image fell into it
     opens none of the images it had."""
-    return LineMemo(store_root, "images", "|".join([config.model_dump_json(), code_version(),
-                                                    pillow_key()]))
+    return LineMemo(store_root, "images", "|".join([config.model_dump_json(),
+                                                    closure_version(SHARD_CODE), pillow_key()]))
 
 
 def process_shard(lines: list[str], config: ImageStepConfig, store_root: str | Path,
@@ -81,10 +87,11 @@ def _shard_memo(shard: Manifest, config: ImageStepConfig, store_root: str | Path
                 manifests_dir: str | Path) -> Path:
     """Where the output of this shard under this config is remembered. The shard's digest
     covers each image's path, size and mtime (as `make` judges a file), its boxes and declared
-    size; the code version and Pillow's version cover how the answer was computed."""
+    size; the step's code (SHARD_CODE) and Pillow's version cover how the answer was computed."""
     key = hashlib.sha256("|".join([shard.digest, config.model_dump_json(), str(manifests_dir),
-                                   code_version(), pillow_key()]).encode()).hexdigest()[:32]
-    return Path(store_root) / "shards" / key[:2] / f"{key}.json"
+                                   closure_version(SHARD_CODE), pillow_key()]).encode())
+    name = key.hexdigest()[:32]
+    return Path(store_root) / "shards" / name[:2] / f"{name}.json"
 
 
 def remembered(memo: Path) -> ShardOutput | None:

@@ -1,9 +1,9 @@
 """Per-image work, memoized by content: hash, decode safely, EXIF, grayscale check, re-encode.
 
 The content store keeps, per sha256 of the source bytes, the inspection result (named by the
-settings that shape its verdict too: max_pixels, gray_tolerance, the Pillow version) and every
-derived image (`<sha>-<op>-<pillow>.<ext>`), so a nightly run only decodes images it has never
-seen, and a changed setting never reuses a verdict made under another.
+settings that shape its verdict too: max_pixels, gray_tolerance, and `store_version()`) and
+every derived image (`<sha>-<op>-<store version>.<ext>`), so a nightly run only decodes images
+it has never seen, and a changed setting or store code never reuses a verdict made under another.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel
 
+from tasks.core.code_versions import closure_version
 from tasks.images.grayscale import is_grayscale, to_rgb
 
 # We check the pixel count ourselves (images.max_pixels) before decoding; Pillow's warning
@@ -58,7 +60,7 @@ class ContentStore:
         return self._path("inspect", sha, f"-{settings}.json")
 
     def image_path(self, sha: str, op: str, ext: str) -> Path:
-        return self._path("images", sha, f"-{op}-{pillow_key()}{ext}")
+        return self._path("images", sha, f"-{op}-{store_version()}{ext}")
 
     def write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
@@ -75,9 +77,21 @@ def pillow_key() -> str:
     return "pil" + PIL.__version__.replace(".", "_")
 
 
+# The code that makes the store's verdicts and images: this module (decode, EXIF, render,
+# encode) and what it imports (the grayscale rule). Its hash, not a version constant to bump by
+# hand: a verdict or image made by other code must never pass for one of this code, and an
+# edit here (rare) costs one night that decodes again; an edit elsewhere keeps them all.
+STORE_CODE = ("images/store.py",)
+
+
+def store_version() -> str:
+    """Pillow's version and the hash of STORE_CODE: part of every verdict's and image's name."""
+    return f"{pillow_key()}-{closure_version(STORE_CODE)[:8]}"
+
+
 def inspection_settings(max_pixels: int, gray_tolerance: int) -> str:
     """What an inspection's verdict depends on besides the bytes (part of its memo's name)."""
-    key = f"max_pixels={max_pixels};gray_tolerance={gray_tolerance};{pillow_key()}"
+    key = f"max_pixels={max_pixels};gray_tolerance={gray_tolerance};{store_version()}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -223,3 +237,24 @@ def derived_image(source: str | Path, sha: str, op: str, source_format: str, max
     target = target.with_suffix(ext_written)
     store.write(target, data)
     return str(target), False
+
+
+def dataset_image_bytes(record: dict) -> bytes:
+    """The bytes of the image a record (a manifest line, as JSON) shows. A derived image lost
+    from the store (a file cleaned by hand) is made again where the record names it, from its
+    source, as long as the source still holds the bytes the record was made from."""
+    path, source, kind = record["processed_path"], record["image_path"], record["augmentation"]
+    # a flipped copy shows the flip of what its record's op rendered
+    op = record["image_op"] if kind == "none" else flip_op(record["image_op"], kind)
+    try:
+        return Path(path or source).read_bytes()
+    except FileNotFoundError:
+        if not (path and op):
+            raise  # the source itself is gone: nothing to make it from
+    data = Path(source).read_bytes()
+    if sha256_bytes(data) != record["sha256"]:
+        raise FileNotFoundError(f"{path} is gone, and {source} has changed since it was made")
+    # (its pixel count passed images.max_pixels when the record was made)
+    encoded, _ = encode(render(open_image(data, sys.maxsize), op), record["image_format"])
+    ContentStore(Path(path).parent).write(Path(path), encoded)
+    return encoded

@@ -44,13 +44,14 @@ def list_configured_source(source: SourceConfig) -> SourceListing:
 
 
 def source_fingerprint(source: SourceConfig) -> str:
-    """Changes whenever a file under the source is added, removed or modified."""
+    """Changes whenever a file under the source is added, removed or written (even at the same
+    size with its mtime set back: `sources.stat_line`)."""
     return list_configured_source(source).fingerprint
 
 
 @dataclass
 class SourceState(CachePolicy):
-    """Adds the source folder's fingerprint (names, sizes, mtimes) to the key: new images -> miss.
+    """Adds the source folder's fingerprint (names and stats) to the key: new images -> miss.
     Build it with `argument=` by keyword: CachePolicy's own first field is `key_storage`."""
 
     argument: str = "source"

@@ -59,7 +59,8 @@ def check_relative_name(name: str) -> str:
 
 @dataclass
 class SourceListing:
-    """Every file under the source folders, and one hash of (name, size, mtime) for all of them."""
+    """Every file under the source folders, and one hash of their names and stats for all of
+    them (see `stat_line`)."""
 
     images: list[Path] = field(default_factory=list)  # image-named files, junk included
     annotations: list[Path] = field(default_factory=list)
@@ -118,6 +119,16 @@ def walk_files(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None 
     return found
 
 
+def stat_line(path: Path, lstat: os.stat_result) -> str:
+    """What the fingerprint holds of one file. Size and mtime, as `make` judges a file, and the
+    inode and ctime: any write of its content sets ctime to now, and no tool can set it back
+    (`touch -r`, `cp -p`, `rsync -t` restore only the mtime), a file replaced by a rename is
+    another inode, and both come with the lstat already taken (no file is read). A chmod or a
+    copied source folder also changes them: that costs one night whose steps mostly come back
+    Cached, not a missed edit."""
+    return f"{path}\0{lstat.st_size}\0{lstat.st_mtime_ns}\0{lstat.st_ctime_ns}\0{lstat.st_ino}\n"
+
+
 def list_source(images: Path, annotations: Path | list[Path], annotation_suffix: str) -> SourceListing:
     """List images and annotation files (under one folder or file, or several folders); the
     fingerprint changes when any of them changes."""
@@ -136,7 +147,7 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
         found = listing.listed.get(os.fspath(path))
         try:
             lstat = found[1] if found is not None else os.lstat(path)
-            digest.update(f"{path}\0{lstat.st_size}\0{lstat.st_mtime_ns}\n".encode())
+            digest.update(stat_line(path, lstat).encode())
         except OSError:
             digest.update(f"{path}\0gone\n".encode())
     listing.fingerprint = digest.hexdigest()

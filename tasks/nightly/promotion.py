@@ -14,11 +14,11 @@ from pydantic import BaseModel
 
 from tasks.core.config import RegistryConfig
 from tasks.core.logs import run_logger
+from tasks.nightly.champion_copy import local_champion
 from tasks.nightly.gate import decision_markdown, gate
 from tasks.nightly.registry import (
     RegistryTarget,
     champion_version,
-    download_version,
     record_decision,
     set_champion,
 )
@@ -75,15 +75,13 @@ def what_is_new_task(work_dir: str, source_fingerprint: str) -> bool:
 
 @task(name="current-champion", retries=2, retry_delay_seconds=[5, 30])
 def current_champion_task(registry: RegistryTarget, download_to: str) -> dict | None:
-    """The champion version and a local copy of its model folder (None before the first one)."""
+    """The champion version and a local copy of its model folder (None before the first one),
+    keyed by registry, model name and version and checked against its registered files' hash
+    (see champion_copy.py)."""
     champion = champion_version(registry.tracking_uri, registry.model_name)
     if champion is None:
         return None
-    folder = Path(download_to) / f"v{champion['version']}"
-    local = folder / "model"
-    if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
-        local = download_version(registry.tracking_uri, champion["run_id"], folder)
-    return {**champion, "model_dir": str(local)}
+    return {**champion, "model_dir": str(local_champion(registry, champion, download_to))}
 
 
 class Candidate(BaseModel, frozen=True):

@@ -1,6 +1,7 @@
-"""A Prefect server that outlives one command: the one `PREFECT_API_URL` names, or, without it,
-one started here on the home's SQLite database (`<home>/prefect/prefect.db`, the same one
-`make ui` opens), so that schedules fire and runs stay in the history.
+"""The home's Prefect server: the one `PREFECT_API_URL` names, else the home's lasting one
+(`defectflow server start`: detached, `<home>/prefect/server.json`, every line of the home uses
+it), else one started for the length of a command on the home's SQLite database
+(`<home>/prefect/prefect.db`), so that schedules fire and runs stay in the history.
 
 Without this, a process with no `PREFECT_API_URL` gets a temporary server that lives as long as
 the process and whose runner refuses schedules ("cannot schedule flows on an ephemeral server").
@@ -8,6 +9,7 @@ the process and whose runner refuses schedules ("cannot schedule flows on an eph
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tasks.core.home import Home, home_server_url, serves_home
+
+DEFAULT_PORT = 4200  # the port the Prefect UI is usually opened on
+
 
 class ServerUnavailable(RuntimeError):
     """The embedded Prefect server did not come up; the message says where its log is."""
@@ -27,6 +33,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def _healthy(api_url: str) -> bool:
@@ -85,36 +100,124 @@ def _dies_with_its_parent() -> None:
             pass
 
 
-@contextmanager
-def prefect_server(log_dir: str | Path, port: int | None = None,
-                   timeout_s: float = 120) -> Iterator[str]:
-    """The API URL of a running Prefect server for the duration of the block: `PREFECT_API_URL`
-    when set, else the one already listening on 127.0.0.1:`port`, else `prefect server start`
-    there (its log in `log_dir/server.log`), stopped when the block ends. Prefect's settings
-    (and the block's subprocesses) point at it inside the block."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
-        return
-    port = port or free_port()
+def _start(home: Home, port: int, detached: bool) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on the home's database (its log appended to `server.log`)."""
+    home.prefect.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
-    if _healthy(api_url):  # one is up there already (`make ui`): use it
-        with _pointing_at(api_url):
-            yield api_url
-        return
-    log_path = Path(log_dir) / "server.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open(home.prefect / "server.log", "ab") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_dies_with_its_parent,
-            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # detached: a session of its own, no parent-death signal (it outlives the command)
+            start_new_session=detached, preexec_fn=None if detached else _dies_with_its_parent,
+            env={**os.environ, "PREFECT_HOME": str(home.prefect),
+                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  # the UI's pages call the API at this address (by default port 4200's)
                  "PREFECT_UI_API_URL": api_url})
+    return server, api_url
+
+
+@contextmanager
+def prefect_server(prefect_home: str | Path, port: int | None = None,
+                   timeout_s: float = 120) -> Iterator[str]:
+    """The API URL of a running Prefect server for the duration of the block: `PREFECT_API_URL`
+    when set; else the home's lasting server when it is up; else one on 127.0.0.1:`port` that
+    keeps its runs in this home (`make ui`'s); else `prefect server start` on `port` (another
+    free port when that one is taken), stopped when the block ends. Prefect's settings (and the
+    block's subprocesses) point at it inside the block."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    home = Home(Path(prefect_home).resolve().parent)
+    url = home_server_url(home)
+    if url is None and port and serves_home(f"http://127.0.0.1:{port}/api", home):
+        url = f"http://127.0.0.1:{port}/api"
+    if url is not None:
+        with _pointing_at(url):
+            yield url
+        return
+    server, api_url = _start(home, port if port and port_is_free(port) else free_port(),
+                             detached=False)
     try:
         wait_until(lambda: _healthy(api_url), server, timeout_s,
-                   f"the Prefect server did not start; see {log_path}")
+                   f"the Prefect server did not start; see {home.prefect / 'server.log'}")
         with _pointing_at(api_url):
             yield api_url
     finally:
         stop(server)
+
+
+def start_home_server(home: Home, port: int = DEFAULT_PORT, timeout_s: float = 120) -> dict:
+    """Start the home's lasting server, detached (it outlives this process and serves every
+    line of the home), unless it is up already; its pid, URL and log in `server.json`."""
+    if url := home_server_url(home):
+        return {**json.loads(home.server_record.read_text()), "url": url, "started": False}
+    server, api_url = _start(home, port if port_is_free(port) else free_port(), detached=True)
+    try:
+        wait_until(lambda: _healthy(api_url), server, timeout_s,
+                   f"the Prefect server did not start; see {home.prefect / 'server.log'}")
+    except ServerUnavailable:
+        _end_group(server.pid)
+        raise
+    record = {"pid": server.pid, "url": api_url, "log": str(home.prefect / "server.log")}
+    staged = home.server_record.with_suffix(".tmp")
+    staged.write_text(json.dumps(record, indent=1))
+    staged.replace(home.server_record)
+    return {**record, "started": True}
+
+
+def home_server_status(home: Home) -> dict:
+    """{"up": bool, "url", "pid", "log"}: what `server.json` says, and whether it answers."""
+    try:
+        record = json.loads(home.server_record.read_text())
+    except (OSError, ValueError):
+        record = {}
+    return {"up": home_server_url(home) is not None, "url": record.get("url"),
+            "pid": record.get("pid"), "log": str(home.prefect / "server.log")}
+
+
+def stop_home_server(home: Home, timeout_s: float = 60) -> bool:
+    """Stop the home's lasting server; False when none was up. Only a process that still
+    serves this home is signalled (a pid in an old record may belong to another program now)."""
+    status = home_server_status(home)
+    if status["pid"] and (status["up"] or _runs_prefect_server(int(status["pid"]))):
+        _end_group(int(status["pid"]), timeout_s)  # (a hung server too: it holds the port)
+    home.server_record.unlink(missing_ok=True)
+    return bool(status["up"])
+
+
+def _end_group(pid: int, timeout_s: float = 60) -> None:
+    """SIGTERM to the server's session (the server was started as its leader), SIGKILL when it
+    has not ended after `timeout_s`."""
+    deadline, signal_number = time.monotonic() + timeout_s, signal.SIGTERM
+    while _alive(pid):
+        if signal_number is not None:
+            try:
+                os.killpg(pid, signal_number)
+            except ProcessLookupError:
+                return
+            signal_number = None
+        if time.monotonic() > deadline:
+            signal_number, deadline = signal.SIGKILL, float("inf")
+        time.sleep(0.2)
+
+
+def _runs_prefect_server(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"prefect" in command and b"server" in command and b"start" in command
+
+
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child (tests): reaped, gone
+            return False
+    except ChildProcessError:
+        pass  # another process's child: ask the kernel
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -10,7 +10,8 @@ import shutil
 import signal
 from pathlib import Path
 
-from tasks.core.caching import TRAINING_LIBRARIES, code_version, folder_hash, library_versions
+from tasks.core.caching import TRAINING_LIBRARIES, folder_hash, library_versions
+from tasks.core.code_versions import closure_version
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.core.deadline import Deadline
 from tasks.core.forks import forget_prefect_exit_hooks_in_forks
@@ -25,13 +26,18 @@ FAIL_ENV = "DEFECTFLOW_TEST_FAIL_AFTER_STEP"
 
 
 IDENTITY_FILE = "run_identity.json"
+# The code that can change a checkpoint: training, scoring (it chooses the checkpoint) and what
+# they import, never nightly/, predict/, evaluation/ or flows/. The config modules are left out
+# (code_versions.CONFIG_MODULES): the model and train configs enter the identity as values.
+CHECKPOINT_CODE = ("training", "scoring")
 
 
 def run_identity(fingerprint: str, model_config: ModelConfig, train_config: TrainConfig,
                  max_steps: int | None) -> str:
     """What a run folder's checkpoints were trained on: the dataset fingerprint, the model and
     train config, the base checkpoint (its files' hash when it is a local folder, e.g. a warm
-    start from the champion), the code version and the training libraries' versions."""
+    start from the champion), the code that can change a checkpoint (CHECKPOINT_CODE) and the
+    training libraries' versions."""
     base = Path(model_config.checkpoint)
     data = {
         "dataset_fingerprint": fingerprint,
@@ -39,7 +45,7 @@ def run_identity(fingerprint: str, model_config: ModelConfig, train_config: Trai
         "train": train_config.model_dump(mode="json"),
         "max_steps": max_steps,
         "base_checkpoint_files": folder_hash(base) if base.is_dir() else None,
-        "code_version": code_version(),
+        "code_version": closure_version(CHECKPOINT_CODE),
         "libraries": library_versions(TRAINING_LIBRARIES),
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from tasks.core.config import load_config
-from tasks.demo.scenario import demo_record, write_demo_config
+from tasks.demo.scenario import demo_record, untrained_nights, write_demo_config
 
 
 def test_the_demo_config_trains_a_lora_adapter_on_a_base_chosen_by_map50(tmp_path):
@@ -14,15 +14,35 @@ def test_the_demo_config_trains_a_lora_adapter_on_a_base_chosen_by_map50(tmp_pat
 
 
 def test_a_night_is_recorded_with_the_numbers_that_say_whether_it_learnt():
-    state = SimpleNamespace(name="Completed", state_details=SimpleNamespace(flow_run_id="f-1"))
+    state = SimpleNamespace(name="Completed", message=None,
+                            state_details=SimpleNamespace(flow_run_id="f-1"))
     summary = {"metrics": {"coco": {"map50": 0.81}}, "champion_metrics": {"coco": {"map50": 0.7}},
                "decision": {"promoted": True, "reason": "promoted"},
                "train": {"lora": True, "metric_for_best_model": "map50", "global_step": 2500,
                          "adapter": None}}
     record = demo_record({"state": state, "summary": summary})
-    assert record == {"state": "Completed", "flow_run_id": "f-1", "challenger_map50": 0.81,
+    assert record == {"state": "Completed", "trained": True, "reason": None,
+                      "flow_run_id": "f-1", "challenger_map50": 0.81,
                       "champion_map50": 0.7, "promoted": True, "decision": "promoted",
                       "train": {"lora": True, "metric_for_best_model": "map50", "global_step": 2500,
                                 "adapter": None}}
     nothing_new = demo_record({"state": state, "summary": None})
     assert nothing_new["challenger_map50"] is None and nothing_new["promoted"] is None
+
+
+def test_a_demo_night_that_trained_nothing_is_reported_with_its_reason_and_fails_the_demo():
+    def night(name: str, message: str | None, summary: dict | None) -> dict:
+        state = SimpleNamespace(name=name, message=message,
+                                state_details=SimpleNamespace(flow_run_id="f"))
+        return demo_record({"state": state, "summary": summary})
+
+    trained = night("Completed", None, {"train": {"global_step": 250}})
+    nothing_new = night("Completed", "no new images: nothing to retrain", None)
+    failed = night("Failed", None, None)
+    assert (nothing_new["trained"], nothing_new["reason"]) == (
+        False, "no new images: nothing to retrain")
+    assert (failed["trained"], failed["reason"]) == (False, "Failed")
+    assert untrained_nights([trained, trained]) == []
+    assert untrained_nights([trained, nothing_new, failed]) == [
+        "night 2 trained nothing (Completed: no new images: nothing to retrain)",
+        "night 3 trained nothing (Failed: Failed)"]

@@ -11,6 +11,7 @@ from flows.retrain import retrain
 from tasks.core.config import RegistryConfig, load_config
 from tasks.core.run_history import task_run_states
 from tasks.demo.sample_data import generate
+from tasks.nightly.champion_copy import copy_key
 from tasks.nightly.gate import decide
 from tasks.nightly.promotion import Candidate, promote_step, work_dir_lock
 from tasks.nightly.registry import (
@@ -176,7 +177,8 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
     result = second.result()
     assert result["decision"]["champion_version"] == 1
     # train.warm_start: night 2 starts from night 1's champion, not from the tiny base.
-    assert result["train"]["checkpoint"] == str(work / "champion" / "v1" / "model")
+    copy = copy_key(RegistryTarget(tracking_uri=uri, model_name="nightly-vit"), 1)
+    assert result["train"]["checkpoint"] == str(work / "champion" / copy / "model")
     assert result["decision"]["champion_metric"] == result["champion_metrics"]["macro_f1"]
     # The challenger's and the champion's evaluations each keep their own artifacts.
     artifacts = artifacts_of(second.state_details.flow_run_id)

@@ -1,0 +1,63 @@
+"""The source fingerprint ("what is new?" of the nightly retrain) changes with any write to a
+file, also one that keeps its size and has its mtime set back."""
+
+import os
+from pathlib import Path
+
+from tasks.core.config import SourceConfig
+from tasks.ingest.ingest import source_fingerprint
+
+
+def source(tmp_path: Path) -> SourceConfig:
+    images, annotations = tmp_path / "images", tmp_path / "annotations"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "a.jpg").write_bytes(b"\xff\xd8 pixels of a \xff\xd9")
+    (annotations / "a.xml").write_text("<annotation><object><name>scratch</name></object></annotation>")
+    return SourceConfig(format="voc", images=images, annotations=annotations)
+
+
+def past_the_ctime_of(path: Path) -> None:
+    """Return once the filesystem's clock has moved past the file's ctime (its ticks can be a
+    few milliseconds: a test edits right after writing, a person some time after)."""
+    probe = path.parents[1] / ".clock"
+    while True:
+        probe.write_bytes(b"")
+        ticked = probe.stat().st_ctime_ns > path.stat().st_ctime_ns
+        probe.unlink()
+        if ticked:
+            return
+
+
+def rewrite_keeping_size_and_mtime(path: Path, old: bytes, new: bytes) -> None:
+    """What `touch -r` after an edit, or a copy tool that keeps times, leaves behind."""
+    past_the_ctime_of(path)
+    stat = path.stat()
+    data = path.read_bytes()
+    assert len(old) == len(new) and old in data
+    path.write_bytes(data.replace(old, new))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+def test_a_same_size_edit_with_its_mtime_restored_is_new(tmp_path):
+    config = source(tmp_path)
+    before = source_fingerprint(config)
+    assert source_fingerprint(config) == before  # nothing written: nothing new
+    rewrite_keeping_size_and_mtime(config.images / "a.jpg", b"pixels of a", b"pixels of b")
+    after_image = source_fingerprint(config)
+    assert after_image != before
+    rewrite_keeping_size_and_mtime(config.annotations / "a.xml", b"scratch", b"patches")
+    assert source_fingerprint(config) not in (before, after_image)
+
+
+def test_a_file_replaced_by_a_rename_with_the_same_size_and_mtime_is_new(tmp_path):
+    config = source(tmp_path)
+    image = config.images / "a.jpg"
+    stat = image.stat()
+    before = source_fingerprint(config)
+    replacement = tmp_path / "a.jpg.part"  # a sync tool's temporary file, renamed over the old
+    replacement.write_bytes(image.read_bytes().replace(b"pixels of a", b"pixels of c"))
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    replacement.replace(image)
+    assert source_fingerprint(config) != before

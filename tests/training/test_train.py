@@ -307,9 +307,11 @@ def test_a_process_forked_after_a_prefect_flow_ran_ends_cleanly(prefect_server):
         return worker.exitcode
 
     assert exit_code() == 0
-    # With the parent's hooks back, a forked child ends in Prefect's, which fails in a fork: the
-    # loader then raised "DataLoader worker exited unexpectedly with exit code 1" (the CI failure).
-    assert exit_code(lambda: threading._threading_atexits.extend(inherited)) == 1
+    # With the parent's hooks back, a forked child ended in Prefect's, which failed in a fork on
+    # Prefect 3.8.8 (exit code 1: "DataLoader worker exited unexpectedly", the CI failure).
+    # Prefect 3.9.1 ends cleanly there too; the filter stays as a guard, and this catches a
+    # Prefect that fails again.
+    assert exit_code(lambda: threading._threading_atexits.extend(inherited)) == 0
 
 
 def test_a_training_past_its_time_limit_stops_at_the_next_step(synthetic_dataset, tmp_path,

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from flows.line_commands import gc, status
 from flows.predict_command import predict
 from flows.server_command import server_app
 from flows.summaries import config_or_exit, console, line_or_exit
@@ -20,7 +21,8 @@ app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-app.command()(predict)
+for command in (predict, gc, status):
+    app.command()(command)
 app.add_typer(server_app, name="server")
 IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
@@ -166,7 +168,6 @@ def demo(
     """Generate synthetic LabelImg defects and run the nightly retrain on them, offline (LoRA on
     a tiny pretrained base): night 1 on a first batch, night 2 after new images land."""
     from flows.demo import run_demo
-
     run_demo(work, ctx.obj, seed, nights)
 
 
@@ -174,6 +175,5 @@ def demo(
 def build_base(ctx: typer.Context) -> None:
     """Pretrain the tiny offline Florence-2 base on generic shapes (once; the demo uses it)."""
     from flows.demo import build_base as build
-
     console.print(f"base checkpoint: {build(ctx.obj)}")
 

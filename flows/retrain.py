@@ -1,6 +1,6 @@
 """retrain = what is new? -> prepare -> train -> evaluate (challenger and champion, same split)
 -> register -> promote -> record the night -> (push the new champion to the Hub, pre-label the
-inbox with the champion: steps that cannot fail or undo the night)."""
+inbox with the champion, retention: steps that cannot fail or undo the night)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from tasks.nightly.registry import (
     embedded_tracking_uri,
     register_task,
 )
+from tasks.nightly.retention import retention_task
 from tasks.nightly.runners import prep_task_runner
 from tasks.predict.folder import settings_for
 from tasks.predict.prelabel import prelabel_task
@@ -153,13 +154,18 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         if config.prelabel is not None:
             tonight[PRELABEL] = {}
         followups = after_the_night(config, registry, work, tonight, champion)
+        retention = retention_task(  # last, and a failure there never fails the night
+            config=config, work_dir=str(work), home=str(where.root), registry=registry,
+            cutoff=runtime.flow_run.scheduled_start_time.timestamp(), return_state=True)
         return {"report": report, "train": trained, "metrics": metrics,
                 "champion_metrics": champion_metrics, "version": version, "decision": decision,
                 "changes": changes,
                 "prelabels": followups.get(PRELABEL, {}).get("result"),
                 "followups": {name: "done" if outcome["done"] else f"failed: {outcome['error']}"
                               for name, outcome in followups.items()},
-                "tracking_uri": registry.tracking_uri, "source_fingerprint": source}
+                "tracking_uri": registry.tracking_uri, "source_fingerprint": source,
+                "retention": retention.result() if retention.is_completed()
+                else {"error": retention.message or retention.name}}
 
 
 def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,

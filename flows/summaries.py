@@ -172,7 +172,30 @@ def print_retrain_summary(result: dict, server: str | None = None) -> None:
     for name, outcome in (summary.get("followups") or {}).items():
         if outcome != "done":  # the night stands; the next night does it again
             table.add_row(f"[red]{name}[/red]", f"{outcome} (tried again next night)")
+    if retention := summary.get("retention"):
+        from tasks.nightly.retention import retention_line
+
+        table.add_row("retention", f"[red]failed: {retention['error']}[/red] (the night stands)"
+                      if "error" in retention else retention_line(retention))
     console.print(table)
+
+
+def retention_rows(table: Table, report: dict) -> None:
+    """What retention freed, kind by kind, and in all (`defectflow gc`)."""
+    from rich.filesize import decimal
+
+    from tasks.nightly.retention import freed_bytes
+
+    for name, part in report.items():
+        if isinstance(part, dict) and "bytes" in part:
+            named = [f"v{n}" if isinstance(n, int) else Path(n).name for n in (
+                part.get("collected") or part.get("versions_collected") or part.get("removed") or [])]
+            what = f"{part['files']} files" if part.get("files") else ", ".join(named[:5]) + (
+                f" and {len(named) - 5} more" if len(named) > 5 else "")
+            table.add_row(name.replace("_", " "), decimal(part["bytes"]) + (f"  ({what})" if what else ""))
+    if report.get("skipped"):
+        table.add_row("[yellow]not collected[/yellow]", f"manifests and content store: {report['skipped']}")
+    table.add_row("freed", decimal(freed_bytes(report)))
 
 
 def print_predict_summary(report: dict, out: Path) -> None:

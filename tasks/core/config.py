@@ -16,6 +16,7 @@ from tasks.core.operations_config import (
     NotifyConfig,
     PrelabelConfig,
     PrepConfig,
+    RetentionConfig,
     ScheduleConfig,
     Strict,
 )
@@ -161,6 +162,7 @@ class DatasetConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     prelabel: PrelabelConfig | None = Field(None, description="after each night, the champion "
                                             "pre-labels new images for LabelImg")
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def model_name(self) -> str:

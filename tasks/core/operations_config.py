@@ -1,5 +1,5 @@
 """The config sections of running every night (not of the data or the model): the schedule,
-alerts, the prep runner and pre-labelling."""
+alerts, the prep runner, pre-labelling and retention."""
 
 from __future__ import annotations
 
@@ -43,3 +43,9 @@ class PrelabelConfig(Strict):
     threshold: float | None = Field(None, ge=0, le=1, description="boxes at or above this "
                                     "confidence; default: the one the champion's validation "
                                     "chose (best F1), else 0.25")
+
+
+class RetentionConfig(Strict):
+    runs: int = Field(3, ge=1, description="nights whose run folders (checkpoints, pixel cache, "
+                      "model files) and registered model files are kept, besides the champion's "
+                      "and the challenger's; older ones keep their records only")

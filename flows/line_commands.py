@@ -1,0 +1,116 @@
+"""`defectflow gc` and `defectflow status`: a line's upkeep and its state for a person or a
+monitor, in a module of their own so the CLI's file stays a table of contents."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.summaries import config_or_exit, console, summary_table
+from tasks.core.home import resolve_home
+
+WorkOption = Annotated[Path | None, typer.Option(
+    help="work dir (default <home>/lines/<config name>)")]
+
+
+def gc(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(
+        help="dataset config: its line's runs, registry and work dir too; without it, only "
+        "the home's shared manifests, content store and leftovers")] = None,
+    work: WorkOption = None,
+) -> None:
+    """Collect what retention lets go: checkpoints of old runs, model files of old versions,
+    champion copies, unused manifests and content-store entries, crash leftovers."""
+    from flows.summaries import retention_rows
+    from tasks.nightly.promotion import work_dir_lock
+    from tasks.nightly.registry import RegistryTarget
+    from tasks.nightly.retention import references_or_none, retention_step
+    from tasks.nightly.status import registry_uri
+
+    home, cutoff = resolve_home(ctx.obj), time.time()  # what runs write from now on stays
+    loaded = config_or_exit(config) if config else None
+    line = (work or home.line(loaded.name)).resolve() if loaded else None
+    if line is None or not line.is_dir():
+        if loaded is not None:
+            console.print(f"[yellow]{line} does not exist: only the home is collected[/yellow]")
+        report = retention_step(None, None, home, None, cutoff, references_or_none(None))
+    else:
+        uri = registry_uri(loaded, home)
+        registry = RegistryTarget(tracking_uri=uri, model_name=loaded.model_name) if uri else None
+        with work_dir_lock(line) as ours:
+            if not ours:
+                console.print(f"[red]a retrain holds {line}: run gc again when it is done[/red]")
+                raise typer.Exit(1)
+            report = retention_step(loaded, line, home, registry, cutoff, references_or_none(line))
+    table = summary_table(f"gc: {loaded.name if loaded else home.root}")
+    retention_rows(table, report)
+    console.print(table)
+
+
+def status(
+    ctx: typer.Context,
+    configs: Annotated[list[Path] | None, typer.Argument(
+        help="dataset configs; default: every line of the home")] = None,
+    work: WorkOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """Each line's champion, last night, next scheduled run, images and disk use; exit code 1
+    when a line's last night failed (for cron or a monitoring check)."""
+    import json
+
+    from tasks.nightly.status import home_lines, line_status
+
+    home = resolve_home(ctx.obj)
+    paths = configs or home_lines(home)
+    if work is not None and len(paths) != 1:
+        console.print("[red]--work names one line's work dir: give exactly one config[/red]")
+        raise typer.Exit(2)
+    if not paths:
+        console.print(f"no line has run in {home.root} yet: name a config")
+    statuses = []
+    for path in paths:
+        config = config_or_exit(path)
+        statuses.append(line_status(config, path, home, (work or home.line(config.name)).resolve()))
+    if as_json:
+        typer.echo(json.dumps(statuses, indent=1))
+    else:
+        for found in statuses:
+            print_status(found)
+    if any(found["failed"] for found in statuses):
+        raise typer.Exit(1)
+
+
+def print_status(found: dict) -> None:
+    from rich.filesize import decimal
+
+    table = summary_table(f"status: {found['name']}")
+    champion = found["champion"]
+    table.add_row("champion", "none yet" if champion is None else (
+        f"v{champion['version']}  {champion['metric']} "
+        f"{'-' if champion['value'] is None else format(champion['value'], '.4f')}  "
+        f"since {champion['since']}"))
+    last = found["last_night"]
+    if last is None:
+        table.add_row("last night", "none yet")
+    else:
+        colour = "red" if last["failed"] else "green" if last["state"] == "Completed" else "yellow"
+        table.add_row("last night", f"[{colour}]{last['state']}[/{colour}] {last['at']} "
+                      f"({last['flow_run']}){': ' + last['message'] if last['message'] else ''}")
+    if running := found["running"]:
+        table.add_row("running now", f"{running['state']} since {running['at']} ({running['flow_run']})")
+    deployment = found["deployment"]
+    table.add_row("next run", f"{found['next_run']['at']} ({deployment['name']})" if found["next_run"]
+                  else "not served (no deployment)" if deployment is None
+                  else f"none scheduled ({deployment['name']}"
+                  + (", paused)" if deployment["paused"] else ")"))
+    images = found["images"]
+    table.add_row("images", "no prepare yet" if images is None else (
+        f"found {images['found']} = kept {images['kept']} + quarantined {images['quarantined']} "
+        f"+ dropped grayscale {images['dropped_grayscale']} (prepared {images['at']})"))
+    table.add_row("disk", f"home {decimal(found['disk']['home'])}, work dir "
+                  f"{decimal(found['disk']['work'])} ({found['work']})")
+    console.print(table)

@@ -1,0 +1,263 @@
+"""Retention: a line keeps the last `retention.runs` nights and the models in use, and the
+rest goes, so months of nights do not fill the disk.
+
+- Run folders (`<work>/runs/<fingerprint12>-<identity8>/`): the newest `runs` (by last write, a
+  failed night's included: its checkpoints resume it) and every run of the champion's and the
+  challenger's dataset are kept whole; the others keep their record (summaries, curves,
+  evaluations) and lose every other folder: checkpoints, pixel cache, model files.
+- Registered versions keep their record and tags; the model files of a version that is neither
+  champion nor challenger nor among the `runs` newest are deleted from the artifact store, and
+  the version gets a `files_collected` tag (when, bytes).
+- Champion copies (`<work>/champion/`) of versions that are no longer champion go.
+- Crash leftovers (staging folders, `*.tmp`, `.*.part`) written before the cutoff by a process
+  that is gone; the home's manifests and content store: see home_collection.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import task
+
+from tasks.core.config import DatasetConfig
+from tasks.core.home import Home
+from tasks.core.logs import run_logger
+from tasks.nightly.champion_copy import copy_key
+from tasks.nightly.home_collection import (
+    References,
+    collect_home,
+    prepared_references,
+    process_alive,
+)
+from tasks.nightly.registry import CHALLENGER, CHAMPION, RegistryTarget
+
+FILES_COLLECTED = "files_collected"
+# Names only a killed write leaves: publish's staging and trash folders, champion downloads'
+# staging, atomic writes' temporary files, LabelImg XMLs half written.
+LEFTOVER = re.compile(r"\.tmp$|^\..+\.part$|^\.(.+\.)?partial-|^\..+\.old-[0-9a-f]{8}$")
+INBOX_LEFTOVER = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.part$")  # only labelimg_writer's
+
+
+def disk_use(path: str | Path) -> int:
+    """Bytes of the files under `path` (each file once, however many hard links; links to
+    elsewhere not followed). 0 when it is not there."""
+    seen: set[tuple[int, int]] = set()
+    total, pending = 0, [Path(path)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                if (stat.st_dev, stat.st_ino) not in seen:
+                    seen.add((stat.st_dev, stat.st_ino))
+                    total += stat.st_size
+    return total
+
+
+def _removed(path: Path) -> int:
+    """Remove a file or folder; the bytes it held."""
+    size = disk_use(path) if path.is_dir() else path.stat().st_size
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return size
+
+
+def last_active(folder: Path) -> float:
+    """When a run folder was last written: its newest entry (not the folder's own time, which
+    collecting it moves: a collected run must stay behind the kept ones)."""
+    return max((entry.stat().st_mtime for entry in folder.iterdir()),
+               default=folder.stat().st_mtime)
+
+
+def split_runs(runs_dir: Path, nights: int, fingerprints: set[str]) -> tuple[list[Path], list[Path]]:
+    """(kept, to collect): the newest `nights` run folders and those of these datasets are kept."""
+    if not runs_dir.is_dir():
+        return [], []
+    folders = sorted((p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=last_active, reverse=True)
+    in_use = {fingerprint[:12] for fingerprint in fingerprints}
+    kept = [f for n, f in enumerate(folders) if n < nights or f.name.split("-")[0] in in_use]
+    return kept, [f for f in folders if f not in kept]
+
+
+def collect_run(folder: Path) -> int:
+    """Keep the run's record (its files, its evaluations), remove the rest; bytes freed."""
+    return sum(_removed(child) for child in folder.iterdir()
+               if child.is_dir() and not child.name.endswith("eval"))
+
+
+def versions_in_use(registry: RegistryTarget) -> dict[str, dict]:
+    """The champion's and the challenger's version and dataset fingerprint, by alias."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(registry.tracking_uri)
+    found = {}
+    for alias in (CHAMPION, CHALLENGER):
+        try:
+            version = client.get_model_version_by_alias(registry.model_name, alias)
+        except MlflowException:
+            continue
+        found[alias] = {"version": int(version.version),
+                        "dataset_fingerprint": (version.tags or {}).get("dataset_fingerprint", "")}
+    return found
+
+
+def _artifact_bytes(repository, path: str | None = None) -> int:
+    return sum(_artifact_bytes(repository, item.path) if item.is_dir else (item.file_size or 0)
+               for item in repository.list_artifacts(path))
+
+
+def collect_versions(registry: RegistryTarget, newest: int, in_use: set[int]) -> tuple[list[int], int]:
+    """Delete the model files of versions older than the `newest` ones and not in use, tagging
+    each version; (versions collected, bytes)."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = MlflowClient(registry.tracking_uri)
+    versions = sorted(client.search_model_versions(f"name = '{registry.model_name}'"),
+                      key=lambda v: int(v.version), reverse=True)
+    collected, freed = [], 0
+    for version in versions[newest:]:
+        if int(version.version) in in_use or FILES_COLLECTED in (version.tags or {}):
+            continue
+        try:
+            repository = get_artifact_repository(version.source, tracking_uri=registry.tracking_uri)
+            size = _artifact_bytes(repository)
+            repository.delete_artifacts()
+        except Exception as exc:  # noqa: BLE001 - a store that cannot delete keeps them, that is all
+            run_logger().warning("retention: the model files of v%s stay: %s", version.version, exc)
+            continue
+        client.set_model_version_tag(registry.model_name, version.version, FILES_COLLECTED,
+                                     json.dumps({"at": datetime.now(timezone.utc).isoformat(
+                                         timespec="seconds"), "bytes": size}))
+        collected.append(int(version.version))
+        freed += size
+    return collected, freed
+
+
+def _written_by_a_live_process(name: str) -> bool:
+    """Temporary names carry the writer's pid (`.x.<pid>.<random>.tmp`): that one may be busy."""
+    return any(process_alive(int(token)) for token in re.split(r"[.\-]", name)
+               if token.isdigit() and int(token) > 0)
+
+
+def sweep_leftovers(root: Path, cutoff: float, pattern: re.Pattern = LEFTOVER,
+                    skip: tuple[Path, ...] = ()) -> tuple[list[str], int]:
+    """Remove what a killed write left under `root`: names matching `pattern`, last written
+    before `cutoff`, by no live process. (paths removed, bytes)."""
+    removed, freed = [], 0
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        found = [name for name in dirs + files if pattern.search(name) and here / name not in skip]
+        # a leftover folder is judged whole, not entered; a skipped one is not ours
+        dirs[:] = [name for name in dirs if name not in found and here / name not in skip]
+        for name in found:
+            path = here / name
+            try:
+                if path.lstat().st_mtime >= cutoff or _written_by_a_live_process(name):
+                    continue
+                freed += _removed(path)
+            except FileNotFoundError:
+                continue
+            removed.append(str(path))
+    return removed, freed
+
+
+def line_retention(config: DatasetConfig, work: Path, registry: RegistryTarget | None,
+                   cutoff: float) -> dict:
+    """One line's part: run folders, registered model files, champion copies, leftovers."""
+    in_use = versions_in_use(registry) if registry else {}
+    kept, to_collect = split_runs(work / "runs", config.retention.runs,
+                                  {v["dataset_fingerprint"] for v in in_use.values()})
+    runs_freed = sum(collect_run(folder) for folder in to_collect)
+    versions, registry_freed = collect_versions(
+        registry, config.retention.runs, {v["version"] for v in in_use.values()}) if registry else ([], 0)
+    copies, copies_freed = [], 0
+    champion = in_use.get(CHAMPION)
+    if registry and (work / "champion").is_dir():
+        keep = copy_key(registry, champion["version"]) if champion else None
+        for copy in sorted((work / "champion").iterdir()):
+            if copy.is_dir() and not copy.name.startswith(".") and copy.name != keep:
+                copies_freed += _removed(copy)
+                copies.append(copy.name)
+    left, left_freed = sweep_leftovers(work, cutoff)
+    if config.prelabel is not None and Path(config.prelabel.inbox).is_dir():
+        more, more_freed = sweep_leftovers(Path(config.prelabel.inbox), cutoff, INBOX_LEFTOVER)
+        left, left_freed = left + more, left_freed + more_freed
+    return {"runs": {"kept": [f.name for f in kept], "collected": [f.name for f in to_collect],
+                     "bytes": runs_freed},
+            "registry": {"versions_collected": versions, "bytes": registry_freed},
+            "champion_copies": {"removed": copies, "bytes": copies_freed},
+            "leftovers": {"removed": left, "bytes": left_freed}}
+
+
+def home_retention(home: Home, references: References | None, cutoff: float) -> dict:
+    """The home's shared part: its leftovers (not in other lines' work dirs: each line sweeps
+    its own, under its lock), unused manifests and content-store entries."""
+    left, freed = sweep_leftovers(home.root, cutoff, skip=(home.root / "lines",))
+    return {"home_leftovers": {"removed": left, "bytes": freed},
+            **collect_home(home, references, cutoff)}
+
+
+def freed_bytes(report: dict) -> int:
+    return sum(part["bytes"] for part in report.values() if isinstance(part, dict) and "bytes" in part)
+
+
+def retention_line(report: dict) -> str:
+    """One line for the log and the summary: what was freed, by kind."""
+    from rich.filesize import decimal
+
+    parts = [f"{name.replace('_', ' ')} {decimal(part['bytes'])}" for name, part in report.items()
+             if isinstance(part, dict) and part.get("bytes")]
+    line = f"freed {decimal(freed_bytes(report))}" + (f" ({', '.join(parts)})" if parts else "")
+    if report.get("runs", {}).get("collected"):
+        line += f"; runs collected: {', '.join(report['runs']['collected'])}"
+    if report.get("registry", {}).get("versions_collected"):
+        line += "; model files of versions " + ", ".join(
+            f"v{v}" for v in report["registry"]["versions_collected"])
+    if report.get("skipped"):
+        line += f"; manifests and content store left as they are: {report['skipped']}"
+    return line
+
+
+def retention_step(config: DatasetConfig | None, work: Path | None, home: Home,
+                   registry: RegistryTarget | None, cutoff: float,
+                   references: References | None) -> dict:
+    """Everything retention collects for a line (`config` and its `work` dir; None: the home's
+    shared part only), files written before `cutoff` only. `references`: what the newest
+    prepares name (None: unknown, the home's manifests and store stay)."""
+    report = line_retention(config, work, registry, cutoff) if config is not None else {}
+    return {**report, **home_retention(home, references, cutoff)}
+
+
+def references_or_none(ours: Path | None) -> References | None:
+    """What the newest prepares name, from Prefect (`ours`: the work dir whose lock the caller
+    holds); None (and a warning) when it cannot say."""
+    try:
+        return prepared_references(ours)
+    except Exception as exc:  # noqa: BLE001 - without it nothing shared is collected, that is all
+        run_logger().warning("retention: Prefect's run history unreadable (%s): the home's "
+                             "manifests and content store stay", exc)
+        return None
+
+
+@task(name="retention")
+def retention_task(config: DatasetConfig, work_dir: str, home: str, registry: RegistryTarget,
+                   cutoff: float) -> dict:
+    report = retention_step(config, Path(work_dir), Home(Path(home)), registry, cutoff,
+                            references_or_none(Path(work_dir).resolve()))
+    run_logger().info("retention: %s", retention_line(report))
+    return report

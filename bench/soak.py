@@ -94,11 +94,15 @@ def night(home: Path, config: Path, kill_after: float | None) -> tuple[str, floa
 
 
 def disk(home: Path) -> dict:
+    """Bytes of the home: the content store's images, Prefect's own database and logs (run
+    history, which Prefect keeps), and everything else (run folders, checkpoints, MLflow files,
+    manifests, datasets), the part retention must keep flat."""
     store_images = home / "store" / "images"
     images = sum(1 for p in store_images.rglob("*") if p.is_file()) if store_images.is_dir() else 0
     image_bytes = folder_bytes(store_images) if store_images.is_dir() else 0
-    return {"outside_store_images": folder_bytes(home) - image_bytes, "store_image_bytes": image_bytes,
-            "store_images": images}
+    prefect_bytes = folder_bytes(home / "prefect")
+    return {"outside_store_images": folder_bytes(home) - image_bytes - prefect_bytes,
+            "store_image_bytes": image_bytes, "store_images": images, "prefect_bytes": prefect_bytes}
 
 
 def leftovers(home: Path) -> list[str]:
@@ -132,8 +136,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=120, help="images per line on night 1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from tasks.core.home import Home
     from tasks.demo.sample_data import generate
-    from tasks.nightly.server import prefect_server
+    from tasks.nightly.server import free_port, start_home_server, stop_home_server
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="defectflow-soak-"))
@@ -149,7 +154,12 @@ def main() -> None:
     killed = set(rng.sample(range(len(schedule)), args.kills))
     rows, successful = [], dict.fromkeys(LINES, 0)
     last_seconds = dict.fromkeys(LINES, 60.0)
-    with prefect_server(home / "prefect"):  # one server for both lines, every night's process
+    # The home's lasting server, as `defectflow server start` starts it: every night's process
+    # finds it through the home, both lines use it, and no kill of a night takes it down.
+    os.environ.pop("PREFECT_API_URL", None)
+    server = start_home_server(Home(home), free_port())
+    print(f"soak in {work}; the home's Prefect server: {server['url']}", flush=True)
+    try:
         for slot, (number, name) in enumerate(schedule):
             landed = {"added": args.images} if number == 1 else None
             if number > 1:
@@ -165,6 +175,8 @@ def main() -> None:
             rows.append({"night": number, "line": name, "outcome": outcome, "killed_before": kills,
                          "seconds": round(seconds, 1), **landed, **disk(home)})
             print(json.dumps(rows[-1]), flush=True)
+    finally:
+        stop_home_server(Home(home))
     result = checks(rows, registry_checks(home, successful), leftovers(home))
     (HERE / "soak.json").write_text(json.dumps({"rows": rows, **result}, indent=1))
     plot(rows, HERE / "soak.png")
@@ -221,7 +233,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def section(rows: list[dict], result: dict, args) -> str:
     table = "\n".join(
         f"| {r['night']} | {r['line']} | {r['outcome']} | {r['killed_before']} | {r['seconds']:.0f} "
-        f"| {r['outside_store_images'] / 2**20:.1f} | {r['store_image_bytes'] / 2**20:.2f} |"
+        f"| {r['outside_store_images'] / 2**20:.1f} | {r['store_image_bytes'] / 2**20:.2f} "
+        f"| {r['prefect_bytes'] / 2**20:.1f} |"
         for r in rows)
     verdicts = "\n".join(f"- {name}: {'met' if ok else '**missed**'}"
                          for name, ok in result["checks"].items())
@@ -238,7 +251,7 @@ def section(rows: list[dict], result: dict, args) -> str:
         f"{result['store_bytes_per_image']}; registry: {json.dumps(result['registry'])}; "
         f"left behind: {result['leftovers'] or 'nothing'}.\n\n"
         "| night | line | outcome | killed before | seconds | MiB outside store images | "
-        "MiB store images |\n|---|---|---|---|---|---|---|\n" + table
+        "MiB store images | MiB Prefect database and logs |\n|---|---|---|---|---|---|---|---|\n" + table
         + "\n\n![disk and seconds per night](soak.png)\n")
 
 

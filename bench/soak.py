@@ -75,8 +75,9 @@ def land(source: Path, rng: random.Random, seed: int, next_number: int) -> tuple
     return next_number + new, {"added": new, "relabelled": len(relabelled), "deleted": len(deleted)}
 
 
-def night(home: Path, config: Path, kill_after: float | None) -> tuple[str, float]:
-    """One night in a new process group; with `kill_after`, the group is SIGKILLed then."""
+def night(home: Path, config: Path, kill_after: float | None, log: Path) -> tuple[str, float]:
+    """One night in a new process group; with `kill_after`, the group is SIGKILLed then. What
+    it printed goes to `log`."""
     started = time.monotonic()
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "run", str(config)],
@@ -86,11 +87,12 @@ def night(home: Path, config: Path, kill_after: float | None) -> tuple[str, floa
         output = process.communicate(timeout=kill_after)[0]
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        log.write_text(process.communicate()[0] or "")
         return "killed", time.monotonic() - started
+    log.write_text(output)
     if process.returncode != 0:
         raise RuntimeError(f"{config.stem}: night failed (rc {process.returncode}):\n{output[-3000:]}")
-    return ("trained" if "nightly retrain" in output else "nothing new"), time.monotonic() - started
+    return ("nothing new" if "trained nothing" in output else "trained"), time.monotonic() - started
 
 
 def disk(home: Path) -> dict:
@@ -142,7 +144,8 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="defectflow-soak-"))
-    home = work / "home"
+    home, logs = work / "home", work / "logs"
+    logs.mkdir()
     configs, numbers = {}, {}
     for index, name in enumerate(LINES):
         source = work / name
@@ -167,9 +170,10 @@ def main() -> None:
                                              numbers[name])
             kills = 0
             if slot in killed:
-                outcome, _ = night(home, configs[name], rng.uniform(0.1, 0.9) * last_seconds[name])
+                outcome, _ = night(home, configs[name], rng.uniform(0.1, 0.9) * last_seconds[name],
+                                   logs / f"{number:02d}-{name}-killed.log")
                 kills = int(outcome == "killed")
-            outcome, seconds = night(home, configs[name], None)
+            outcome, seconds = night(home, configs[name], None, logs / f"{number:02d}-{name}.log")
             last_seconds[name] = seconds
             successful[name] += 1  # night() raises on a failed night
             rows.append({"night": number, "line": name, "outcome": outcome, "killed_before": kills,

@@ -3,11 +3,13 @@ rest goes, so months of nights do not fill the disk.
 
 - Run folders (`<work>/runs/<fingerprint12>-<identity8>/`): the newest `runs` (by last write, a
   failed night's included: its checkpoints resume it) and every run of the champion's and the
-  challenger's dataset are kept whole; the others keep their record (summaries, curves,
-  evaluations) and lose every other folder: checkpoints, pixel cache, model files.
-- Registered versions keep their record and tags; the model files of a version that is neither
-  champion nor challenger nor among the `runs` newest are deleted from the artifact store, and
-  the version gets a `files_collected` tag (when, bytes).
+  challenger's dataset are kept whole; the others keep their record (their JSON files and
+  each evaluation's `metrics.json`) and lose the rest: checkpoints, pixel cache, model files,
+  pictures and review folders (with tiny models those pictures outweigh the checkpoints).
+- Registered versions keep their record (tags, metrics, params, `evaluation/metrics.json`); the
+  model files and evaluation pictures of a version that is neither champion nor challenger nor
+  among the `runs` newest are deleted from the artifact store, and the version gets a
+  `files_collected` tag (when, bytes).
 - Champion copies (`<work>/champion/`) of versions that are no longer champion go.
 - Crash leftovers (staging folders, `*.tmp`, `.*.part`) written before the cutoff by a process
   that is gone; the home's manifests and content store: see home_collection.py.
@@ -92,10 +94,22 @@ def split_runs(runs_dir: Path, nights: int, fingerprints: set[str]) -> tuple[lis
     return kept, [f for f in folders if f not in kept]
 
 
+RECORD = "metrics.json"  # what an evaluation keeps once its run or version is collected
+
+
 def collect_run(folder: Path) -> int:
-    """Keep the run's record (its files, its evaluations), remove the rest; bytes freed."""
-    return sum(_removed(child) for child in folder.iterdir()
-               if child.is_dir() and not child.name.endswith("eval"))
+    """Keep the run's record (its JSON files, each evaluation's metrics), remove the rest; bytes
+    freed."""
+    freed = 0
+    for child in folder.iterdir():
+        if child.is_dir() and child.name.endswith("eval"):
+            written = child.stat()
+            freed += sum(_removed(part) for part in child.iterdir() if part.name != RECORD)
+            # its time stays when it was written: last_active() orders runs by it
+            os.utime(child, ns=(written.st_atime_ns, written.st_mtime_ns))
+        elif child.is_dir() or child.suffix != ".json":
+            freed += _removed(child)
+    return freed
 
 
 def versions_in_use(registry: RegistryTarget) -> dict[str, dict]:
@@ -120,6 +134,20 @@ def _artifact_bytes(repository, path: str | None = None) -> int:
                for item in repository.list_artifacts(path))
 
 
+def _collect_evaluation_pictures(model_source: str, tracking_uri: str) -> int:
+    """The version's evaluation files next to its model (`<run>/evaluation`), but its metrics."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repository = get_artifact_repository(model_source.rstrip("/").rsplit("/", 1)[0] + "/evaluation",
+                                         tracking_uri=tracking_uri)
+    freed = 0
+    for item in repository.list_artifacts():
+        if Path(item.path).name != RECORD:
+            freed += _artifact_bytes(repository, item.path) if item.is_dir else (item.file_size or 0)
+            repository.delete_artifacts(item.path)
+    return freed
+
+
 def collect_versions(registry: RegistryTarget, newest: int, in_use: set[int]) -> tuple[list[int], int]:
     """Delete the model files of versions older than the `newest` ones and not in use, tagging
     each version; (versions collected, bytes)."""
@@ -137,6 +165,7 @@ def collect_versions(registry: RegistryTarget, newest: int, in_use: set[int]) ->
             repository = get_artifact_repository(version.source, tracking_uri=registry.tracking_uri)
             size = _artifact_bytes(repository)
             repository.delete_artifacts()
+            size += _collect_evaluation_pictures(version.source, registry.tracking_uri)
         except Exception as exc:  # noqa: BLE001 - a store that cannot delete keeps them, that is all
             run_logger().warning("retention: the model files of v%s stay: %s", version.version, exc)
             continue

@@ -69,15 +69,22 @@ def test_the_last_nights_and_the_models_in_use_stay_and_the_rest_is_collected(tm
         write(model / "config.json", b"{}")
         write(model / "model.safetensors", bytes([night]) * 1000)
         write(run / "eval" / "metrics.json", b"{}")
+        write(run / "eval" / "pr_curves.png", b"g" * 300)  # pictures outweigh a tiny model's files
+        write(run / "eval" / "review" / "images" / "01-a.jpg", b"j" * 40)
+        write(run / "champion-v1-eval" / "metrics.json", b"{}")
+        write(run / "champion-v1-eval" / "predictions.png", b"g" * 200)
+        write(run / "loss_curve.png", b"l" * 60)
         write(run / "train_summary.json", b"{}")
         age(run, NOW - (6 - night) * 3600)  # night 5 is the newest
         register_version(target.tracking_uri, home.mlflow / "artifacts", target.model_name, model,
-                         {"coco": {"map": night / 10}}, {"dataset_fingerprint": fingerprint})
+                         {"coco": {"map": night / 10}}, {"dataset_fingerprint": fingerprint},
+                         files=[run / "eval" / "metrics.json", run / "eval" / "pr_curves.png"])
     set_champion(target.tracking_uri, target.model_name, 1, {})  # the first night's model still wins
     for version in (1, 2):  # champion copies: version 2 was champion once
         write(work / "champion" / copy_key(target, version) / "model" / "config.json", b"{}" * 50)
     second = work / "runs" / f"{fingerprints[1][:12]}-00000002"
     bulk = sum(disk_use(second / name) for name in ("checkpoints", "pixels", "model"))
+    pictures = 300 + 40 + 200 + 60
 
     report = retention_step(config(tmp_path), work, home, target, NOW, None)
 
@@ -85,8 +92,11 @@ def test_the_last_nights_and_the_models_in_use_stay_and_the_rest_is_collected(tm
     runs = report["runs"]
     assert sorted(runs["kept"]) == sorted(f"{fingerprints[n][:12]}-{n + 1:08d}" for n in (0, 2, 3, 4))
     assert runs["collected"] == [second.name]
-    assert sorted(p.name for p in second.iterdir()) == ["eval", "train_summary.json"]
-    assert runs["bytes"] == bulk == 2000 + 500 + 1002
+    # Its record: JSON files and each evaluation's metrics; pictures and review folders go.
+    assert sorted(str(p.relative_to(second)) for p in second.rglob("*") if p.is_file()) == [
+        "champion-v1-eval/metrics.json", "eval/metrics.json", "train_summary.json"]
+    assert bulk == 2000 + 500 + 1002
+    assert runs["bytes"] == bulk + pictures
     for n in (0, 2, 3, 4):
         kept = work / "runs" / f"{fingerprints[n][:12]}-{n + 1:08d}"
         assert (kept / "checkpoints" / "checkpoint-4" / "model.safetensors").is_file()
@@ -97,19 +107,21 @@ def test_the_last_nights_and_the_models_in_use_stay_and_the_rest_is_collected(tm
     client = MlflowClient(target.tracking_uri)
     versions = {int(v.version): v for v in client.search_model_versions("name = 'plant-florence2'")}
     assert sorted(versions) == [1, 2, 3, 4, 5]
-    assert report["registry"] == {"versions_collected": [2], "bytes": 1002}
+    assert report["registry"] == {"versions_collected": [2], "bytes": 1002 + 300}
     collected = json.loads(versions[2].tags[FILES_COLLECTED])
-    assert collected["bytes"] == 1002 and versions[2].tags["dataset_fingerprint"] == fingerprints[1]
+    assert collected["bytes"] == 1302 and versions[2].tags["dataset_fingerprint"] == fingerprints[1]
     for number, version in versions.items():
         files = Path(version.source.removeprefix("file://"))
         assert files.is_dir() == (number != 2), number
+        evaluation = sorted(p.name for p in (files.parent / "evaluation").iterdir())
+        assert evaluation == (["metrics.json"] if number == 2 else ["metrics.json", "pr_curves.png"])
         assert (FILES_COLLECTED in version.tags) == (number == 2)
     # Only the champion's copy stays.
     assert [p.name for p in (work / "champion").iterdir()] == [copy_key(target, 1)]
     assert report["champion_copies"] == {"removed": [copy_key(target, 2)], "bytes": 100}
-    assert freed_bytes(report) == bulk + 1002 + 100
+    assert freed_bytes(report) == bulk + pictures + 1302 + 100
     assert retention_line(report).startswith(
-        "freed 4.6 kB (runs 3.5 kB, registry 1.0 kB, champion copies 100 bytes)")
+        "freed 5.5 kB (runs 4.1 kB, registry 1.3 kB, champion copies 100 bytes)")
 
     # Again: nothing more to collect (version 2 is already collected).
     again = retention_step(config(tmp_path), work, home, target, NOW, None)

@@ -55,6 +55,9 @@ class Sample(BaseModel):
     declared_height: int | None = None
     file_size: int = 0
     file_mtime_ns: int = 0
+    # ctime too: a same-size edit whose mtime was set back is still another image (no tool sets
+    # ctime back), so its record, and the image step's memo keyed on it, change
+    file_ctime_ns: int = 0
     # Filled in by the image step, from the real pixels (after EXIF orientation):
     sha256: str = ""
     width: int = 0

@@ -150,7 +150,7 @@ def ingest_coco(
             item=item, image_path=str(path), source=f"{source}#{image['id']}", boxes=boxes,
             declared_width=_positive_int(image.get("width")),
             declared_height=_positive_int(image.get("height")),
-            file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
+            file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns, file_ctime_ns=stat.st_ctime_ns,
         ))
     reject_unclaimed_images(images_root, listing, claimed, result)
     return result

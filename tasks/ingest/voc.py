@@ -141,10 +141,12 @@ def make_sample(item: str, files: list[tuple[Path, Path]], annotation: VocAnnota
     sample = Sample(item=item, image_path=str(image), source=";".join(str(p) for _, p in files),
                     boxes=boxes, declared_width=annotation.width or None,
                     declared_height=annotation.height or None,
-                    file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns)
+                    file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
+                    file_ctime_ns=stat.st_ctime_ns)
     return Outcome(line=sample.model_dump_json(), rejected_boxes=[r.model_dump_json() for r in refused],
                    filename=annotation.filename, path_hint=annotation.path, image=str(image),
                    image_size=stat.st_size, image_mtime_ns=stat.st_mtime_ns,
+                   image_ctime_ns=stat.st_ctime_ns,
                    boxes_found=len(annotation.objects),
                    spellings=dict(Counter(obj.name for obj in annotation.objects)))
 

@@ -55,6 +55,7 @@ class Outcome:
     image: str
     image_size: int
     image_mtime_ns: int
+    image_ctime_ns: int
     boxes_found: int
     spellings: dict[str, int]
 
@@ -88,7 +89,8 @@ def still_its_image(outcome: Outcome, rel_folder: str, stem: str, index: dict[st
         state = listing.stat(image)
     except (PathOutsideSource, OSError):
         return None
-    if (state.st_size, state.st_mtime_ns) != (outcome.image_size, outcome.image_mtime_ns):
+    if (state.st_size, state.st_mtime_ns, state.st_ctime_ns) != (
+            outcome.image_size, outcome.image_mtime_ns, outcome.image_ctime_ns):
         return None
     return image
 

@@ -127,7 +127,8 @@ def ingest_yolo(
         stat = image.stat()
         keep(Sample(item=item, image_path=str(image), source=str(txt), boxes=boxes,
                     declared_width=size[0], declared_height=size[1],
-                    file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns))
+                    file_size=stat.st_size, file_mtime_ns=stat.st_mtime_ns,
+                    file_ctime_ns=stat.st_ctime_ns))
     reject_unclaimed_images(images_root, listing, claimed, result)
     return result
 

@@ -61,3 +61,50 @@ def test_a_file_replaced_by_a_rename_with_the_same_size_and_mtime_is_new(tmp_pat
     os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     replacement.replace(image)
     assert source_fingerprint(config) != before
+
+
+def test_a_same_size_image_edit_with_its_mtime_restored_reaches_the_prepared_record(tmp_path):
+    """Not only "something is new": the image step sees the new pixels, also through the VOC
+    memo and the image step's memo of an earlier night (both keyed on the file's state)."""
+    import io
+
+    from PIL import Image
+
+    from tasks.core.config import ImageLimits, load_config
+    from tasks.core.records import read_samples
+    from tasks.demo.sample_data import generate
+    from tasks.images.shard import ImageStepConfig, process_images_step
+    from tasks.ingest.ingest import ingest_step, shard_step
+    from tests.support import demo_config
+
+    source = tmp_path / "source"
+    generate(source, count=4, size=32, seed=2, troubles=False)
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(demo_config(source))
+    config = load_config(config_path)
+    step = ImageStepConfig(grayscale="convert", images=ImageLimits())
+
+    def prepared() -> dict[str, str]:
+        ingested = ingest_step(config.source, config.label_rules, tmp_path / "manifests",
+                               store_root=tmp_path / "store")
+        [shard] = shard_step(ingested.candidates, 1000, tmp_path / "manifests")
+        output = process_images_step(shard, step, tmp_path / "store", tmp_path / "manifests")
+        return {s.item: s.sha256 for s in read_samples(output.kept)}
+
+    before = prepared()
+    image = sorted((source / "images").glob("*.jpg"))[0]
+    old = image.read_bytes()
+    encoded = io.BytesIO()
+    Image.new("RGB", Image.open(image).size, (200, 10, 10)).save(encoded, "JPEG", quality=50)
+    new = encoded.getvalue()
+    assert len(new) < len(old)
+    new += b"\0" * (len(old) - len(new))  # bytes after the JPEG's end: decoders ignore them
+    past_the_ctime_of(image)
+    stat = image.stat()
+    image.write_bytes(new)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    after = prepared()
+    changed = [item for item in before if after[item] != before[item]]
+    assert len(changed) == 1 and image.stem in changed[0]

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.caching import code_version
+from tasks.core.code_versions import closure_version
 from tasks.core.labels import LabelRules
 from tasks.core.memo import LineMemo
 from tasks.core.records import Rejection
@@ -22,9 +22,12 @@ from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image
 
 
 def outcome_memo(store_root: str | Path, rules: LabelRules) -> LineMemo:
+    """Items made by the VOC reader, keyed on the code that makes them (the reader and what it
+    imports), not the whole package: an edit in a later stage keeps them."""
     allowed = list(rules.allowed) if rules.allowed is not None else None  # sorted already
     return LineMemo(store_root, "voc-samples", json.dumps(
-        [code_version(), rules.label_map, rules.merge_case_variants, allowed], sort_keys=True))
+        [closure_version(("ingest/voc.py",)), rules.label_map, rules.merge_case_variants, allowed],
+        sort_keys=True))
 
 
 def file_state(path: Path, state: os.stat_result) -> str:

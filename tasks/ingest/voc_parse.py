@@ -15,7 +15,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from tasks.core.caching import code_version
+from tasks.core.code_versions import closure_version
 from tasks.core.memo import LineMemo
 
 
@@ -83,7 +83,8 @@ def parse_voc(xml_bytes: bytes) -> VocAnnotation:
 
 def parse_memo(store_root: str | Path) -> LineMemo:
     """Parsed XMLs by content hash: a file seen before, wherever it is, is not parsed again."""
-    return LineMemo(store_root, "voc-parse", "|".join([code_version(), defusedxml.__version__]))
+    return LineMemo(store_root, "voc-parse", "|".join([closure_version(("ingest/voc_parse.py",)),
+                                                       defusedxml.__version__]))
 
 
 def annotation_of(entry: str) -> VocAnnotation:

@@ -155,8 +155,7 @@ def main() -> None:
         numbers[name] = args.images
     schedule = [(n, name) for n in range(1, args.nights + 1) for name in LINES]
     killed = set(rng.sample(range(len(schedule)), args.kills))
-    rows, successful = [], dict.fromkeys(LINES, 0)
-    last_seconds = dict.fromkeys(LINES, 60.0)
+    rows, successful, seconds_seen = [], dict.fromkeys(LINES, 0), [20.0]
     # The home's lasting server, as `defectflow server start` starts it: every night's process
     # finds it through the home, both lines use it, and no kill of a night takes it down.
     os.environ.pop("PREFECT_API_URL", None)
@@ -168,20 +167,24 @@ def main() -> None:
             if number > 1:
                 numbers[name], landed = land(work / name, rng, 10 * number + LINES.index(name),
                                              numbers[name])
-            kills = 0
-            if slot in killed:
-                outcome, _ = night(home, configs[name], rng.uniform(0.1, 0.9) * last_seconds[name],
-                                   logs / f"{number:02d}-{name}-killed.log")
-                kills = int(outcome == "killed")
+            kills, first = 0, None
+            if slot in killed:  # a moment before the shortest night so far ends: the kill lands
+                first = night(home, configs[name], rng.uniform(0.05, 0.95) * min(seconds_seen),
+                              logs / f"{number:02d}-{name}-killed.log")
+                kills = int(first[0] == "killed")
             outcome, seconds = night(home, configs[name], None, logs / f"{number:02d}-{name}.log")
-            last_seconds[name] = seconds
+            if first is not None and not kills:  # it ended before the kill: that night counts
+                rerun, (outcome, seconds) = outcome, first
+                print(f"night {number} of {name} ended before its kill; run again: {rerun}",
+                      flush=True)
+            seconds_seen.append(seconds)
             successful[name] += 1  # night() raises on a failed night
             rows.append({"night": number, "line": name, "outcome": outcome, "killed_before": kills,
                          "seconds": round(seconds, 1), **landed, **disk(home)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         stop_home_server(Home(home))
-    result = checks(rows, registry_checks(home, successful), leftovers(home))
+    result = checks(rows, registry_checks(home, successful), leftovers(home), args.kills)
     (HERE / "soak.json").write_text(json.dumps({"rows": rows, **result}, indent=1))
     plot(rows, HERE / "soak.png")
     write_section(section(rows, result, args), "## Soak")
@@ -189,7 +192,7 @@ def main() -> None:
     sys.exit(0 if all(result["checks"].values()) else 1)
 
 
-def checks(rows: list[dict], registry: dict, left: list[str]) -> dict:
+def checks(rows: list[dict], registry: dict, left: list[str], kills: int) -> dict:
     last = max(r["night"] for r in rows)
     at = {n: [r for r in rows if r["night"] == n][-1] for n in (4, last)}
     per_image = {n: at[n]["store_image_bytes"] / max(1, at[n]["store_images"]) for n in at}
@@ -204,6 +207,7 @@ def checks(rows: list[dict], registry: dict, left: list[str]) -> dict:
             "outside_store_images_at_most_1.5x_night_4": growth <= 1.5,
             "store_bytes_per_image_flat": per_image[last] <= 1.2 * per_image[4],
             "nothing_left_behind": not left,
+            f"{kills}_kills_landed": sum(r["killed_before"] for r in rows) == kills,
         },
     }
 

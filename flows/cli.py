@@ -47,6 +47,11 @@ def check(config: ConfigArg) -> None:
     console.print_json(config_or_exit(config).model_dump_json())
 
 
+def print_server(home: str | None) -> None:
+    """The Prefect server whose history holds the command's runs (the summary's last line)."""
+    console.print(f"Prefect server: {prefect_server_in_use(resolve_home(home))}")
+
+
 @app.command()
 def prepare(
     ctx: typer.Context,
@@ -64,10 +69,12 @@ def prepare(
         console.print(f"[red]error: {exc}[/red]")
         raise typer.Exit(2) from None
     print_prepare_summary(report, states, out)
+    print_server(ctx.obj)
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: ConfigArg,
     dataset: Annotated[Path, typer.Option(help="the dataset folder written by `prepare` (OUT/dataset)")],
     out: Annotated[Path, typer.Option(help="writes OUT/model/, OUT/loss_curve.png, OUT/train_summary.json")],
@@ -86,10 +93,12 @@ def train(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(code)
     print_train_summary(summary, out)
+    print_server(ctx.obj)
 
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     config: ConfigArg,
     dataset: Annotated[Path, typer.Option(help="the dataset folder written by `prepare`")],
     model: Annotated[Path, typer.Option(help="the model folder written by `train` (OUT/model)")],
@@ -104,6 +113,7 @@ def evaluate(
     config_or_exit(config)
     print_evaluate_summary(evaluate_flow(str(config), str(dataset.resolve()), str(model.resolve()),
                                          str(out.resolve()), split, num_beams), split, out)
+    print_server(ctx.obj)
 
 
 @app.command("coco-eval")

@@ -118,8 +118,11 @@ def home_server_url(home: Home) -> str | None:
 
 
 def prefect_server_in_use(home: Home) -> str:
-    """The server a command's runs went to, for its summary."""
-    return os.environ.get("PREFECT_API_URL") or f"a temporary local server on {home.prefect}"
+    """The server a command's runs went to, for its summary: Prefect's own setting (what its
+    client used), else the temporary one it starts on the home's database."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or f"a temporary local server on {home.prefect}"
 
 
 class LineTaken(ValueError):

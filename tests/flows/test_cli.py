@@ -71,6 +71,9 @@ def test_train_command_leaves_a_loadable_model_and_a_loss_curve(synthetic_datase
             "--model", "tiny", "--max-steps", "10"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    from prefect.settings import PREFECT_API_URL
+
+    assert f"Prefect server: {PREFECT_API_URL.value()}" in " ".join(result.output.split())
     summary = json.loads((tmp_path / "m" / "train_summary.json").read_text())
     assert summary["global_step"] == 10 and summary["checkpoint"] == "tiny"
     assert (tmp_path / "m" / "loss_curve.png").exists()

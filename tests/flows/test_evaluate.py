@@ -25,6 +25,9 @@ def test_evaluate_writes_metrics_and_pictures_that_agree_with_coco_eval(syntheti
     result = runner.invoke(app, ["evaluate", str(config), "--dataset", str(synthetic_dataset),
                                  "--model", str(tmp_path / "model" / "model"), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    from prefect.settings import PREFECT_API_URL
+
+    assert f"Prefect server: {PREFECT_API_URL.value()}" in " ".join(result.output.split())
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"coco", "per_class", "confusion_matrix", "parse_failures",
                             "unknown_labels", "n_images"}

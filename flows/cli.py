@@ -13,7 +13,7 @@ import typer
 from flows.line_commands import gc, status
 from flows.predict_command import predict
 from flows.server_command import server_app
-from flows.summaries import config_or_exit, console, line_or_exit
+from flows.summaries import config_or_exit, console, line_or_exit, print_server
 from tasks.core.home import configure_environment, prefect_server_in_use, resolve_home
 from tasks.images.workers import allow as allow_image_workers
 
@@ -45,11 +45,6 @@ def main(
 def check(config: ConfigArg) -> None:
     """Validate a dataset config and print it with every default filled in."""
     console.print_json(config_or_exit(config).model_dump_json())
-
-
-def print_server(home: str | None) -> None:
-    """The Prefect server whose history holds the command's runs (the summary's last line)."""
-    console.print(f"Prefect server: {prefect_server_in_use(resolve_home(home))}")
 
 
 @app.command()

@@ -261,3 +261,10 @@ def demo_summary(results: list[dict], home: str | None, server: str | None = Non
                   f"  MLflow registry:  {ui_command(final['tracking_uri'], mlflow_dir)}",
                   f"  metrics and plots:  {Path(final['train']['model_dir']).parent / 'eval'}"]
     return "\n".join(lines)
+
+
+def print_server(home: str | None) -> None:
+    """The Prefect server whose history holds the command's runs (the summary's last line)."""
+    from tasks.core.home import prefect_server_in_use, resolve_home
+
+    console.print(f"Prefect server: {prefect_server_in_use(resolve_home(home))}")

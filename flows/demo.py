@@ -20,6 +20,8 @@ from tasks.demo.scenario import (
     DEMO_SECOND_BATCH,
     add_batch,
     demo_record,
+    expectation_line,
+    night1_expectation,
     untrained_nights,
     write_demo_config,
 )
@@ -90,6 +92,9 @@ def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int
     console.print(demo_summary(results, home, server))
     record = {"seed": seed, "nights": [demo_record(result) for result in results],
               "seconds": round(time.monotonic() - started, 1)}
+    record["night1_expected"] = night1_expectation(record["nights"][0])
+    colour = "green" if record["night1_expected"]["reached"] else "yellow"
+    console.print(f"[{colour}]{expectation_line(record['night1_expected'])}[/{colour}]")
     (work / "demo_summary.json").write_text(json.dumps(record, indent=1))
     console.print(f"written: {work / 'demo_summary.json'}")
     if missed := untrained_nights(record["nights"]):

@@ -122,6 +122,20 @@ publish: {{target: local}}
 """
 
 
+def tiny_nightly_config(name: str, source: Path, max_steps: int, eval_steps: int) -> str:
+    """A line's config for nightly tests: the tiny model without LoRA, a few steps, no warm start
+    (a test adds what it is about at the end)."""
+    return f"""name: {name}
+source: {{format: voc, images: {source}/images, annotations: {source}/annotations}}
+grayscale: convert
+split: {{train: 0.6, validation: 0.2, test: 0.2}}
+labels: [patch, scratch, spot]
+model: {{checkpoint: tiny, lora: null}}
+train: {{max_steps: {max_steps}, lr: 1.0e-3, batch_size: 8, eval_steps: {eval_steps}, patience: 10,
+        warm_start: false}}
+"""
+
+
 def scripted_step_scores(tokens, logprobs, vocab_size: int, spare_ids=(0, 1)):
     """What `generate(output_scores=True)` returns per step for scripted outputs: at each step
     the scripted token gets probability exp(logprob) and a spare token (never a location bin)

@@ -22,23 +22,15 @@ from tasks.nightly.registry import (
     register_version,
     set_champion,
 )
-from tests.support import REPO
+from tests.support import REPO, tiny_nightly_config
 
 runner = CliRunner()
 
-LINE = """name: {name}
-source: {{format: voc, images: {src}/images, annotations: {src}/annotations}}
-grayscale: convert
-split: {{train: 0.6, validation: 0.2, test: 0.2}}
-labels: [patch, scratch, spot]
-model: {{checkpoint: tiny, lora: null}}
-train: {{max_steps: 4, lr: 1.0e-3, batch_size: 8, eval_steps: 4, patience: 10, warm_start: false}}
-"""
 
 
 def line_config(folder: Path, name: str, source: Path) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(LINE.format(name=name, src=source))
+    path.write_text(tiny_nightly_config(name, source, max_steps=4, eval_steps=4))
     return path
 
 

@@ -22,18 +22,13 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.runners import prep_task_runner
 from tasks.training.trainer import FAIL_ENV
-from tests.support import artifacts_of, logs_of, registry_and_model
+from tests.support import artifacts_of, logs_of, registry_and_model, tiny_nightly_config
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-CONFIG = """name: nightly
-source: {{format: voc, images: {src}/images, annotations: {src}/annotations}}
-grayscale: convert
-split: {{train: 0.6, validation: 0.2, test: 0.2}}
-labels: [patch, scratch, spot]
-model: {{checkpoint: tiny, lora: null}}
-train: {{max_steps: 12, lr: 1.0e-3, batch_size: 8, eval_steps: 4, patience: 10, warm_start: false}}
-"""
+
+def nightly_config(source: Path) -> str:
+    return tiny_nightly_config("nightly", source, max_steps=12, eval_steps=4)
 
 
 def states_of(state) -> dict[str, str]:
@@ -65,7 +60,7 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     human_xml = human.read_bytes()
     human.rename(inbox / "images" / human.name)
     config = tmp_path / "nightly.yaml"
-    config.write_text(CONFIG.format(src=source) + f"prelabel: {{inbox: {inbox}/images, threshold: 0}}\n")
+    config.write_text(nightly_config(source) + f"prelabel: {{inbox: {inbox}/images, threshold: 0}}\n")
     home, work = tmp_path / "home", tmp_path / "work"
 
     # Night 1: everything runs; version 1 carries its lineage and becomes champion; the
@@ -159,7 +154,7 @@ def test_a_vit_nightly_runs_end_to_end_with_the_defaults(tmp_path):
     source = tmp_path / "source"
     generate(source, count=30, size=64, seed=9, troubles=False)
     config = tmp_path / "vit.yaml"
-    config.write_text(CONFIG.format(src=source).replace(
+    config.write_text(nightly_config(source).replace(
         "model: {checkpoint: tiny, lora: null}", "model: {kind: vit, checkpoint: tiny}").replace(
         "warm_start: false", "warm_start: true"))
     home, work = tmp_path / "home", tmp_path / "work"
@@ -202,7 +197,7 @@ def test_two_retrains_at_once_on_one_work_dir_one_runs_and_the_other_is_cancelle
     source = tmp_path / "source"
     generate(source, count=20, size=48, seed=2, troubles=False)
     config = tmp_path / "nightly.yaml"
-    config.write_text(CONFIG.format(src=source))
+    config.write_text(nightly_config(source))
     args = (str(config), str(tmp_path / "work"), str(tmp_path / "home"))
     # The first run holds the work dir until the second has come and gone: a race on a busy
     # machine (the second run's start outlasting the first's whole night) cannot decide it.
@@ -232,7 +227,7 @@ def test_a_run_that_finds_the_work_dir_busy_exits_cleanly(tmp_path):
     source = tmp_path / "source"
     generate(source, count=2, size=32, seed=1, troubles=False)
     config = tmp_path / "nightly.yaml"
-    config.write_text(CONFIG.format(src=source))
+    config.write_text(nightly_config(source))
     with work_dir_lock(tmp_path / "work") as ours:
         assert ours
         state = retrain(str(config), str(tmp_path / "work"), str(tmp_path / "home"),
@@ -281,7 +276,7 @@ def test_dask_runner_gives_the_same_dataset_fingerprint(tmp_path):
     source = tmp_path / "source"
     generate(source, count=20, size=48, seed=4)
     config = tmp_path / "c.yaml"
-    config.write_text(CONFIG.format(src=source) + "shard_size: 4\n")
+    config.write_text(nightly_config(source) + "shard_size: 4\n")
     threads = prepare(str(config), str(tmp_path / "a"), str(tmp_path / "home-a"))
     dask_config = tmp_path / "d.yaml"
     dask_config.write_text(config.read_text() + "prep: {runner: dask, dask_workers: 2}\n")

@@ -17,6 +17,7 @@ from tasks.core.config import load_config
 from tasks.core.records import Rejection, write_manifest
 from tasks.core.run_history import task_run_states
 from tasks.demo.sample_data import generate
+from tests.support import tiny_nightly_config
 
 runner = CliRunner()
 OLD = datetime.now().timestamp() - 3600
@@ -27,15 +28,6 @@ except OSError:
 
 BROKEN = """name: statusline
 source: {{format: coco, images: {src}/images, annotations: {src}/broken.json}}
-"""
-NIGHTLY = """name: statusline
-source: {{format: voc, images: {src}/images, annotations: {src}/annotations}}
-grayscale: convert
-split: {{train: 0.6, validation: 0.2, test: 0.2}}
-labels: [patch, scratch, spot]
-model: {{checkpoint: tiny, lora: null}}
-train: {{max_steps: 2, lr: 1.0e-3, batch_size: 8, eval_steps: 2, patience: 10, warm_start: false}}
-retention: {{runs: 2}}
 """
 
 
@@ -97,7 +89,8 @@ def test_status_exits_1_after_a_failed_night_and_0_after_a_completed_one(tmp_pat
         os.utime(path, (OLD, OLD))
     stray = stray_manifest(home, "before-night-2")
 
-    config.write_text(NIGHTLY.format(src=source))
+    config.write_text(tiny_nightly_config("statusline", source, max_steps=2, eval_steps=2)
+                      + "retention: {runs: 2}\n")
     night = retrain(str(config), str(work), str(home), return_state=True)
     assert night.is_completed(), night.message
     retention = night.result()["retention"]

@@ -13,7 +13,7 @@ from tasks.core.run_history import task_run_states
 from tasks.demo.sample_data import generate
 from tasks.nightly.server import free_port
 from tasks.training.trainer import FAIL_ENV
-from tests.flows.test_retrain import CONFIG
+from tests.flows.test_retrain import nightly_config
 from tests.support import REPO, logs_of
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_a_night_is_a_deployment_run_and_retry_from_the_ui_resumes_training(tmp_
     source = tmp_path / "source"
     generate(source, count=30, size=64, seed=7, troubles=False)
     config = tmp_path / "nightly.yaml"
-    config.write_text(CONFIG.format(src=source))
+    config.write_text(nightly_config(source))
     home = str(tmp_path / "home")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     flag = tmp_path / "fail-while-this-exists"

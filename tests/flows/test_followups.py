@@ -10,7 +10,7 @@ from tasks.demo.sample_data import generate
 from tasks.nightly.followups import PENDING_FILE, push_champion_task
 from tasks.nightly.promotion import last_success
 from tasks.nightly.registry import champion_version, embedded_tracking_uri
-from tests.flows.test_retrain import CONFIG
+from tests.flows.test_retrain import nightly_config
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
@@ -41,7 +41,7 @@ def test_a_failed_push_or_prelabel_after_promotion_leaves_the_night_completed_an
     for xml in (inbox / "annotations").glob("*.xml"):
         xml.unlink()
     config = tmp_path / "line.yaml"
-    config.write_text(CONFIG.format(src=source)
+    config.write_text(nightly_config(source)
                       + f"prelabel: {{inbox: {inbox}/images, threshold: 0}}\n"
                       + "registry: {hub_repo: factory/detector}\n"
                       + "notify: {url: 'json://localhost/alerts'}\n")

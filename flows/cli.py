@@ -173,6 +173,7 @@ def demo(
     """Generate synthetic LabelImg defects and run the nightly retrain on them, offline (LoRA on
     a tiny pretrained base): night 1 on a first batch, night 2 after new images land."""
     from flows.demo import run_demo
+
     run_demo(work, ctx.obj, seed, nights)
 
 
@@ -180,5 +181,6 @@ def demo(
 def build_base(ctx: typer.Context) -> None:
     """Pretrain the tiny offline Florence-2 base on generic shapes (once; the demo uses it)."""
     from flows.demo import build_base as build
+
     console.print(f"base checkpoint: {build(ctx.obj)}")
 

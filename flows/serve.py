@@ -9,14 +9,10 @@ from pathlib import Path
 
 from flows.retrain import retrain
 from flows.summaries import console
-from tasks.core.config import DatasetConfig, load_config
+from tasks.core.config import load_config
 from tasks.core.home import resolve_home
 from tasks.nightly.server import prefect_server
-
-
-def deployment_name(config: DatasetConfig) -> str:
-    """`retrain-<dataset name>`: one retrain deployment per dataset config."""
-    return f"retrain-{config.name}"
+from tasks.nightly.status import deployment_name
 
 
 def deployment_parameters(config_path: Path, work: Path, home: str | None) -> dict[str, str]:

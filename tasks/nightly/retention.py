@@ -130,8 +130,11 @@ def versions_in_use(registry: RegistryTarget) -> dict[str, dict]:
 
 
 def _artifact_bytes(repository, path: str | None = None) -> int:
-    return sum(_artifact_bytes(repository, item.path) if item.is_dir else (item.file_size or 0)
-               for item in repository.list_artifacts(path))
+    return sum(_item_bytes(repository, item) for item in repository.list_artifacts(path))
+
+
+def _item_bytes(repository, item) -> int:
+    return _artifact_bytes(repository, item.path) if item.is_dir else (item.file_size or 0)
 
 
 def _collect_evaluation_pictures(model_source: str, tracking_uri: str) -> int:
@@ -143,7 +146,7 @@ def _collect_evaluation_pictures(model_source: str, tracking_uri: str) -> int:
     freed = 0
     for item in repository.list_artifacts():
         if Path(item.path).name != RECORD:
-            freed += _artifact_bytes(repository, item.path) if item.is_dir else (item.file_size or 0)
+            freed += _item_bytes(repository, item)
             repository.delete_artifacts(item.path)
     return freed
 

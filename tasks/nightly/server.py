@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.core.home import Home, home_server_url, serves_home
+from tasks.nightly.home_collection import process_alive
 
 DEFAULT_PORT = 4200  # the port the Prefect UI is usually opened on
 
@@ -216,8 +217,4 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass  # another process's child: ask the kernel
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+    return process_alive(pid)

@@ -11,7 +11,7 @@ from pathlib import Path
 from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
 from tasks.nightly.home_collection import lock_holder, process_alive
-from tasks.nightly.registry import CHAMPION
+from tasks.nightly.registry import CHAMPION, embedded_tracking_uri
 from tasks.nightly.retention import disk_use
 
 FAILED_STATES = ("FAILED", "CRASHED")
@@ -29,8 +29,7 @@ def registry_uri(config: DatasetConfig, home: Home) -> str | None:
     (asking must not make an empty one)."""
     if config.registry.tracking_uri:
         return config.registry.tracking_uri
-    database = home.mlflow / "mlflow.db"
-    return f"sqlite:///{database.resolve()}" if database.is_file() else None
+    return embedded_tracking_uri(home.mlflow) if (home.mlflow / "mlflow.db").is_file() else None
 
 
 def champion_status(tracking_uri: str | None, model_name: str, metric: str) -> dict | None:
@@ -136,8 +135,8 @@ def prepared_images(work: Path) -> dict | None:
 
 
 def deployment_name(config: DatasetConfig) -> str:
-    """The line's deployment, as `defectflow serve` names it (flows/serve.py; importing the
-    flows would load the training libraries, seconds a status check has no use for)."""
+    """`retrain-<dataset name>`: one retrain deployment per dataset config (`defectflow serve`
+    serves it under this name, `status` reads its runs)."""
     return f"retrain-{config.name}"
 
 

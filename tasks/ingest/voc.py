@@ -26,10 +26,10 @@ from tasks.ingest.sources import (
     find_image,
     index_images,
     relative_posix,
+    stat_line,
 )
 from tasks.ingest.voc_outcomes import (
     Outcome,
-    file_state,
     item_key,
     recall,
     rejections,
@@ -83,7 +83,7 @@ def read_annotation(xml_path: Path, annotations_root: Path, item: str, listing: 
         if state.st_size > MAX_XML_BYTES:
             return Rejection(item=item, reason="xml_malformed",
                              detail=f"larger than {MAX_XML_BYTES} bytes")
-        known_as = file_state(xml_path, state)
+        known_as = stat_line(xml_path, state)
         if memo is not None and (hit := memo.get(known_as)) is not None:
             return annotation_of(hit[0][0])
         return remembered_parse(xml_path.read_bytes(), memo, known_as)
@@ -145,8 +145,7 @@ def make_sample(item: str, files: list[tuple[Path, Path]], annotation: VocAnnota
                     file_ctime_ns=stat.st_ctime_ns)
     return Outcome(line=sample.model_dump_json(), rejected_boxes=[r.model_dump_json() for r in refused],
                    filename=annotation.filename, path_hint=annotation.path, image=str(image),
-                   image_size=stat.st_size, image_mtime_ns=stat.st_mtime_ns,
-                   image_ctime_ns=stat.st_ctime_ns,
+                   image_state=stat_line(image, stat),
                    boxes_found=len(annotation.objects),
                    spellings=dict(Counter(obj.name for obj in annotation.objects)))
 

@@ -18,7 +18,7 @@ from tasks.core.code_versions import closure_version
 from tasks.core.labels import LabelRules
 from tasks.core.memo import LineMemo
 from tasks.core.records import Rejection
-from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image
+from tasks.ingest.sources import PathOutsideSource, SourceListing, find_image, stat_line
 
 
 def outcome_memo(store_root: str | Path, rules: LabelRules) -> LineMemo:
@@ -30,23 +30,17 @@ def outcome_memo(store_root: str | Path, rules: LabelRules) -> LineMemo:
         sort_keys=True))
 
 
-def file_state(path: Path, state: os.stat_result) -> str:
-    # ctime too: unlike mtime, no tool sets it back
-    return "\0".join(map(str, (path, state.st_size, state.st_mtime_ns, state.st_ctime_ns,
-                               state.st_ino)))
-
-
 def item_key(item: str, files: list[tuple[Path, Path]], listing: SourceListing) -> str | None:
     """The item and the states of its XML files; None where one is not inside its folder or
     cannot be stat'ed (the full path then says why)."""
-    parts = [item]
+    parts = [item + "\n"]
     try:
         for root, xml_path in files:
             listing.check_inside(root, xml_path)
-            parts.append(file_state(xml_path, listing.stat(xml_path)))
+            parts.append(stat_line(xml_path, listing.stat(xml_path)))
     except (PathOutsideSource, OSError):
         return None
-    return "\n".join(parts)
+    return "".join(parts)
 
 
 @dataclass
@@ -56,9 +50,7 @@ class Outcome:
     filename: str | None  # what the XML said, to look the image up again
     path_hint: str | None
     image: str
-    image_size: int
-    image_mtime_ns: int
-    image_ctime_ns: int
+    image_state: str  # the image's stat_line when the item was made
     boxes_found: int
     spellings: dict[str, int]
 
@@ -92,8 +84,7 @@ def still_its_image(outcome: Outcome, rel_folder: str, stem: str, index: dict[st
         state = listing.stat(image)
     except (PathOutsideSource, OSError):
         return None
-    if (state.st_size, state.st_mtime_ns, state.st_ctime_ns) != (
-            outcome.image_size, outcome.image_mtime_ns, outcome.image_ctime_ns):
+    if stat_line(image, state) != outcome.image_state:
         return None
     return image
 

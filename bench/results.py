@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def record(name: str, value: float, baseline: float, **extra) -> dict:
     results[name] = entry
     RESULTS_JSON.write_text(json.dumps(dict(sorted(results.items())), indent=1) + "\n")
     return entry
+
+
+def measured_at(checkout: Path = RESULTS.parent) -> str:
+    """The commit the figures are measured at (short hash), `+ changes` when the tree has
+    uncommitted changes to tracked files, `?` outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True,
+                              text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "?"
+    return commit + (" + changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def sections(text: str) -> list[str]:

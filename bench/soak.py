@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.results import write_section
+from bench.results import measured_at, write_section
 
 HERE = Path(__file__).resolve().parent
 LINES = ("line-a", "line-b")
@@ -246,8 +246,7 @@ def section(rows: list[dict], result: dict, args) -> str:
         for r in rows)
     verdicts = "\n".join(f"- {name}: {'met' if ok else '**missed**'}"
                          for name, ok in result["checks"].items())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent,
-                            capture_output=True, text=True).stdout.strip() or "?"
+    commit = measured_at()
     return (
         f"## Soak (issue 27): `make soak` (`python -m bench.soak`) at {commit}, "
         f"{time.strftime('%Y-%m-%d')}\n\n"

@@ -178,9 +178,12 @@ def demo(
 
 
 @app.command("build-base")
-def build_base(ctx: typer.Context) -> None:
+def build_base(
+    ctx: typer.Context,
+    seed: Annotated[int, typer.Option(help="random weights and shapes (a built base is kept)")] = 0,
+) -> None:
     """Pretrain the tiny offline Florence-2 base on generic shapes (once; the demo uses it)."""
     from flows.demo import build_base as build
 
-    console.print(f"base checkpoint: {build(ctx.obj)}")
+    console.print(f"base checkpoint: {build(ctx.obj, seed)}")
 

@@ -42,6 +42,8 @@ class TrainConfig(Strict):
     grad_accum: int = Field(1, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="how the learning rate falls after warmup (to 0: linear, cosine)")
     seed: int = 42
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
     select: Literal["map50", "map", "loss", "accuracy"] | None = Field(

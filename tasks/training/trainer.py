@@ -188,6 +188,7 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, sel
         gradient_accumulation_steps=train.grad_accum,
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
+        lr_scheduler_type=train.lr_scheduler,
         seed=train.seed,
         save_strategy="steps",
         save_steps=train.eval_steps,

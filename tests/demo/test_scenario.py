@@ -69,3 +69,17 @@ def test_the_demo_says_whether_night_1_reached_what_it_is_expected_to_reach():
     untrained = night1_expectation({"trained": False, "challenger_map50": None})
     assert untrained["got"] is None and not untrained["reached"]
     assert "nothing < 0.8" in expectation_line(untrained)
+
+
+def test_build_base_pretrains_with_the_seed_it_is_given(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import flows.demo
+    from flows.cli import app
+
+    built = []
+    monkeypatch.setattr(flows.demo, "build_pretrained_base",
+                        lambda folder, seed: built.append((folder, seed)) or folder)
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "build-base", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    assert built == [(tmp_path / "bases" / "tiny-florence2-shapes", 7)]

@@ -341,3 +341,12 @@ def test_an_evaluation_past_its_time_limit_stops_at_the_next_batch(synthetic_dat
         evaluate_step(ModelConfig(checkpoint="tiny"), synthetic_dataset, tiny_florence,
                       tmp_path / "eval", split="validation", timeout_minutes=1e-6)
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_the_learning_rate_schedule_is_the_configured_one(tmp_path):
+    from tasks.training.trainer import training_arguments
+
+    assert training_arguments(tmp_path, TrainConfig(), 10, None).lr_scheduler_type == "linear"
+    for schedule in ("cosine", "constant_with_warmup"):
+        args = training_arguments(tmp_path, TrainConfig(lr_scheduler=schedule), 10, None)
+        assert args.lr_scheduler_type == schedule

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
+from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
 from flows.prepare import SOURCE_UNREADABLE, prepare
@@ -32,6 +33,7 @@ from tasks.nightly.followups import (
     push_champion_task,
     set_pending,
 )
+from tasks.nightly.landing import started_by_line, what_started
 from tasks.nightly.promotion import (
     Candidate,
     current_champion_task,
@@ -62,9 +64,12 @@ from tasks.training.trainer import run_identity
 @flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure],
       on_completion=[notify_on_completion])
 def retrain(config_path: str, work_dir: str, home: str | None = None,
-            max_steps: int | None = None):
-    """The nightly run: retrain when new images landed, promote only a better model."""
+            max_steps: int | None = None, landed: dict | None = None):
+    """The nightly run: retrain when new images landed, promote only a better model.
+    `landed`: the landing event that started it (the deployment's trigger fills it in)."""
     config = load_config(config_path)
+    started_by = what_started(landed, FlowRunContext.get().flow_run.auto_scheduled)
+    get_run_logger().info(started_by_line(started_by))
     where = resolve_home(home)
     work = Path(work_dir).resolve()
     registry = RegistryTarget(
@@ -157,7 +162,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         retention = retention_task(  # last, and a failure there never fails the night
             config=config, work_dir=str(work), home=str(where.root), registry=registry,
             cutoff=runtime.flow_run.scheduled_start_time.timestamp(), return_state=True)
-        return {"report": report, "train": trained, "metrics": metrics,
+        return {"started_by": started_by, "report": report, "train": trained, "metrics": metrics,
                 "champion_metrics": champion_metrics, "version": version, "decision": decision,
                 "changes": changes,
                 "prelabels": followups.get(PRELABEL, {}).get("result"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from flows.landing import in_background as watch_in_background
+from flows.landing import landing_trigger
 from flows.retrain import retrain
 from flows.summaries import console
 from tasks.core.config import load_config
@@ -34,11 +36,27 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
     config = load_config(config_path)
     schedule = Cron(cron or config.schedule.cron, timezone=config.schedule.timezone)
     where = resolve_home(home)
+    trigger = landing_trigger(config)
     with prefect_server(where.prefect, port=port) as api_url:
         if announce:
             console.print(f"serving {deployment_name(config)} on {schedule.cron!r} "
                           f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}; "
                           f"work dir {work.resolve()}. One run at a time; Ctrl-C stops.")
-        retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1, limit=1,
-                      print_starting_message=announce,
-                      parameters=deployment_parameters(config_path, work, home))
+            console.print(landing_line(config))
+        stop_watching = watch_in_background(config, f"{retrain.name}/{deployment_name(config)}")
+        try:
+            retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1,
+                          limit=1, print_starting_message=announce,
+                          triggers=[trigger] if trigger else None,
+                          parameters=deployment_parameters(config_path, work, home))
+        finally:
+            if stop_watching is not None:
+                stop_watching.set()
+
+
+def landing_line(config) -> str:
+    if config.trigger is None:
+        return "landing trigger off (trigger: null): nights start on the schedule only"
+    return (f"watching {config.source.images} for labelled images: {config.trigger.min_new_images} "
+            f"or more, then {config.trigger.quiet_seconds:g} s quiet, start a night "
+            "(the schedule stays as the fallback)")

@@ -19,6 +19,7 @@ from tasks.core.operations_config import (
     RetentionConfig,
     ScheduleConfig,
     Strict,
+    TriggerConfig,
 )
 
 
@@ -160,6 +161,9 @@ class DatasetConfig(_Strict):
     prep: PrepConfig = PrepConfig()
     notify: NotifyConfig = NotifyConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    trigger: TriggerConfig | None = Field(TriggerConfig(), description="while `serve` (or `watch`) "
+                                          "runs, labelled images landing start a night (a Prefect "
+                                          "event and the deployment's trigger); null: the cron only")
     prelabel: PrelabelConfig | None = Field(None, description="after each night, the champion "
                                             "pre-labels new images for LabelImg")
     retention: RetentionConfig = RetentionConfig()

@@ -1,5 +1,5 @@
 """The config sections of running every night (not of the data or the model): the schedule,
-alerts, the prep runner, pre-labelling and retention."""
+the landing trigger, alerts, the prep runner, pre-labelling and retention."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ class Strict(BaseModel):
 class ScheduleConfig(Strict):
     cron: str = Field("0 2 * * *", description="when `defectflow serve` runs the retrain")
     timezone: str = Field("UTC", description="IANA name, e.g. Europe/Berlin")
+
+
+class TriggerConfig(Strict):
+    quiet_seconds: float = Field(60, gt=0, description="a batch has landed once the source "
+                                 "folders have been quiet this long")
+    min_new_images: int = Field(5, gt=0, description="labelled images (an image with its "
+                                "annotation) new or changed since the last trigger that start a "
+                                "night; fewer wait for more, or for the cron")
 
 
 class NotifyConfig(Strict):

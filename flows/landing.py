@@ -1,0 +1,110 @@
+"""Landing -> event -> run: while `serve` (or `watch`) runs, labelled images landing in a line's
+source folders become one Prefect event per batch (`defectflow.images.landed`, the line as its
+resource), and the retrain deployment's trigger on that event starts a night with the event's
+counts as its `landed` parameter. A batch complete while a night of the line runs is announced
+when that night has ended: however many landed meanwhile, one more night (the deployment also
+runs one night at a time). What counts, and when, is `tasks/nightly/landing.py`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from flows.summaries import console
+from tasks.core.config import DatasetConfig
+from tasks.nightly.landing import LANDED_EVENT, Landing, LandingWatch, line_resource_id
+
+# The flow run's `landed` parameter, filled from the event by Prefect's trigger (Jinja).
+EVENT_PARAMETERS = {"event": "{{ event.event }}", "event_id": "{{ event.id | string }}",
+                    "images": "{{ event.payload.images }}",
+                    "names_digest": "{{ event.payload.names_digest }}",
+                    "examples": "{{ event.payload.examples }}"}
+
+
+def landing_trigger(config: DatasetConfig):
+    """The retrain deployment's trigger on the line's landing events; None with `trigger: null`."""
+    from prefect.events import DeploymentEventTrigger
+
+    if config.trigger is None:
+        return None
+    return DeploymentEventTrigger(
+        name=f"retrain {config.name} when labelled images land",
+        description=f"{LANDED_EVENT} for line {config.name}: at least "
+                    f"{config.trigger.min_new_images} labelled images, then "
+                    f"{config.trigger.quiet_seconds:g} s quiet",
+        expect={LANDED_EVENT}, match={"prefect.resource.id": line_resource_id(config.name)},
+        parameters={"landed": EVENT_PARAMETERS})
+
+
+def night_running(deployment: str) -> bool:
+    """Whether a run of the deployment (`flow/name`) is running, or due to start now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_deployment_by_name(deployment)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING,
+                      StateType.SCHEDULED]))))
+    soon = datetime.now(timezone.utc) + timedelta(seconds=30)
+    return any(run.state_type != StateType.SCHEDULED
+               or (run.expected_start_time is not None and run.expected_start_time <= soon)
+               for run in runs)
+
+
+def announce(config: DatasetConfig, landing: Landing) -> None:
+    from prefect.events import emit_event
+
+    payload = landing.payload(config.name)
+    emit_event(event=LANDED_EVENT, payload=payload,
+               resource={"prefect.resource.id": line_resource_id(config.name),
+                         "prefect.resource.name": config.name})
+    console.print(f"{payload['images']} labelled images landed in {config.name} "
+                  f"({', '.join(payload['examples'])}...): {LANDED_EVENT} sent")
+
+
+def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event,
+                   tick_s: float = 1.0) -> None:
+    """Until `stop` is set: follow the config's source folders and announce each batch."""
+    from watchfiles import watch
+
+    assert config.trigger is not None
+    landing = LandingWatch.starting_now(config.source, config.trigger)
+    folders = {config.source.images} | {p if p.is_dir() else p.parent
+                                        for p in config.source.annotation_paths}
+    folders = {folder for folder in folders if folder.is_dir()}  # watchfiles needs them there
+    for changes in watch(*sorted(folders), stop_event=stop, yield_on_timeout=True,
+                         rust_timeout=int(tick_s * 1000), debounce=int(tick_s * 1000),
+                         raise_interrupt=False):
+        now = time.monotonic()
+        if changes:
+            landing.changed(now)
+        try:
+            batch = landing.batch(now, lambda: night_running(deployment))
+        except Exception as error:  # noqa: BLE001 - the server away a moment: try next tick
+            console.print(f"[yellow]landing watch: {error!r}; trying again[/yellow]")
+            continue
+        if batch is not None:
+            announce(config, batch)
+
+
+def in_background(config: DatasetConfig, deployment: str) -> threading.Event | None:
+    """Start `watch_landings` on a daemon thread; set the returned event to stop it. None (and
+    no thread) when the config's trigger is off."""
+    if config.trigger is None:
+        return None
+    stop = threading.Event()
+    threading.Thread(target=watch_landings, args=(config, deployment, stop),
+                     name="landing-watch", daemon=True).start()
+    return stop

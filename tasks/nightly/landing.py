@@ -1,0 +1,126 @@
+"""Labelled images landing in a source: what counts as landed, and when a batch is complete.
+
+A labelled image is an image with its annotation: LabelImg writes the XML after the image, and a
+copy takes time, so an image alone is not counted, and a batch is complete once the source
+folders have been quiet for `trigger.quiet_seconds`. `LandingWatch` adds up what landed since the
+last batch it announced and says when to announce the next one; `serve` (and `watch`) feed it the
+file changes watchfiles reports and emit its batches as Prefect events
+(`flows/landing.py`). Pure: no Prefect, no threads, the clock passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.core.config import SourceConfig
+from tasks.core.operations_config import TriggerConfig
+from tasks.ingest.ingest import list_configured_source
+from tasks.ingest.sources import stat_line
+
+LANDED_EVENT = "defectflow.images.landed"
+
+
+def line_resource_id(config_name: str) -> str:
+    """The Prefect resource a line's landing events concern (the deployment trigger matches it)."""
+    return f"defectflow.line.{config_name}"
+
+
+def labelled_images(source: SourceConfig) -> dict[str, str]:
+    """Every image of the source that has its annotation, by path, with the state of both (their
+    stat lines: any rewrite changes it). VOC and YOLO: the annotation file of the image's name;
+    COCO: the images the JSON names (a relabel inside the JSON is not seen as a landing)."""
+    listing = list_configured_source(source)
+
+    def state(path: Path) -> str:
+        found = listing.listed.get(os.fspath(path))
+        return stat_line(path, found[1] if found else os.lstat(path))
+
+    if source.format == "coco":
+        try:
+            named = {image.get("file_name") for image in
+                     json.loads(Path(source.annotations).read_text(encoding="utf-8"))["images"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}  # half written, or not COCO: the next quiet moment reads it again
+        return {os.fspath(p): state(p) for p in listing.images
+                if p.relative_to(source.images).as_posix() in named or p.name in named}
+    annotations: dict[str, Path] = {}
+    for path in listing.annotations:
+        annotations.setdefault(path.stem, path)
+    return {os.fspath(p): state(p) + state(annotations[p.stem])
+            for p in listing.images if p.stem in annotations}
+
+
+def landed_since(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The labelled images that are new, or whose image or annotation changed, since `before`."""
+    return sorted(path for path, state in now.items() if before.get(path) != state)
+
+
+@dataclass
+class Landing:
+    """One batch: what the event says."""
+
+    images: list[str]
+
+    def payload(self, config_name: str) -> dict:
+        digest = hashlib.sha256("\n".join(self.images).encode()).hexdigest()[:16]
+        return {"line": config_name, "images": len(self.images), "names_digest": digest,
+                "examples": [Path(p).name for p in self.images[:5]]}
+
+
+@dataclass
+class LandingWatch:
+    """Adds up labelled images landing in `source` and says when a batch is complete: the source
+    quiet for `quiet_seconds`, at least `min_new_images` landed since the last batch, and no night
+    of the line running (landings during a night make one batch after it, however many)."""
+
+    source: SourceConfig
+    trigger: TriggerConfig
+    seen: dict[str, str] = field(default_factory=dict)  # labelled images at the last batch
+    last_change: float | None = None  # set while a change waits to be looked at
+
+    @classmethod
+    def starting_now(cls, source: SourceConfig, trigger: TriggerConfig) -> LandingWatch:
+        """What is there already is not new: the night's own check (and the cron) covers it."""
+        return cls(source, trigger, labelled_images(source))
+
+    def changed(self, now: float) -> None:
+        self.last_change = now
+
+    def batch(self, now: float, night_running: Callable[[], bool]) -> Landing | None:
+        """The batch to announce now, if one is complete; it becomes the new starting point.
+        `night_running` is asked only when a batch is otherwise complete."""
+        if self.last_change is None or now - self.last_change < self.trigger.quiet_seconds:
+            return None
+        current = labelled_images(self.source)
+        new = landed_since(self.seen, current)
+        if len(new) < self.trigger.min_new_images:
+            self.last_change = None  # the sum waits for the next change (or the cron)
+            return None
+        if night_running():
+            return None  # asked again until the night ends: then one batch for all of it
+        self.seen, self.last_change = current, None
+        return Landing(new)
+
+
+def what_started(landed: dict | None, auto_scheduled: bool) -> dict:
+    """What started a night: a landing event (the `landed` parameter the trigger filled in), the
+    schedule, or a person (`defectflow run`, the demo, a Run button)."""
+    if landed:
+        return {"by": "event", **landed}
+    return {"by": "schedule" if auto_scheduled else "hand"}
+
+
+def started_by_line(started: dict) -> str:
+    if started["by"] == "event":
+        examples = ", ".join(started.get("examples") or [])
+        return (f"started by the event {started.get('event', LANDED_EVENT)} "
+                f"({started.get('event_id')}): {started.get('images')} labelled images landed"
+                + (f" ({examples}, ...)" if examples else ""))
+    if started["by"] == "schedule":
+        return "started by the schedule (the cron; no landing event)"
+    return "started by hand (defectflow run, the demo, or a Run in Prefect)"

@@ -1,0 +1,105 @@
+"""Land -> event -> run, on a real served deployment: `defectflow serve` watches the source, a
+batch of labelled images becomes a `defectflow.images.landed` event, and the deployment's trigger
+starts a night that names the event; batches landing during a night make one more night after
+it; a batch below `min_new_images` starts nothing."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.demo.sample_data import generate
+from tasks.nightly.server import free_port
+from tests.flows.test_serve import api, wait_for
+from tests.support import REPO, tiny_nightly_config
+
+pytestmark = pytest.mark.slow
+QUIET_S = 4
+
+
+def night_runs(port: int, deployment_id: str) -> list[dict]:
+    """The deployment's flow runs other than the cron's booked ones, oldest first."""
+    runs = api(port, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}},
+                                           "sort": "EXPECTED_START_TIME_ASC"})
+    return [run for run in runs if not run["auto_scheduled"]]
+
+
+def run_log(port: int, flow_run_id: str) -> list[str]:
+    return [log["message"] for log in api(port, "/logs/filter", {
+        "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})]
+
+
+def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night(tmp_path):
+    made = tmp_path / "made"
+    generate(made, count=60, seed=3, troubles=False)
+    stems = sorted(p.stem for p in (made / "annotations").glob("*.xml"))
+    source = tmp_path / "source"
+    (source / "images").mkdir(parents=True)
+    (source / "annotations").mkdir()
+
+    def land(batch):
+        for stem in batch:
+            image = next((made / "images").glob(f"{stem}.*"))
+            shutil.copy(image, source / "images")
+            shutil.copy(made / "annotations" / f"{stem}.xml", source / "annotations")
+
+    land(stems[:30])  # there before serve: the watch does not count them
+    config = tmp_path / "plant.yaml"
+    config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
+                      + "schedule: {cron: '0 0 1 1 *'}\n"
+                      f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 5}}\n")
+    port, home = free_port(), tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
+         str(config), "--work", str(tmp_path / "w"), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
+        assert deployment, "no deployment on the home's server"
+        automations = wait_for(lambda: api(port, "/automations/filter", {}), 30)
+        assert [a["trigger"]["expect"] for a in automations] == [["defectflow.images.landed"]]
+        time.sleep(3)  # the watch lists the source once started
+
+        land(stems[30:35])
+        landed_at = time.monotonic()
+        first = wait_for(lambda: night_runs(port, deployment["id"]), QUIET_S + 30)
+        assert first, f"no night started within {QUIET_S + 30} s of 5 labelled images landing"
+        assert time.monotonic() - landed_at >= QUIET_S  # not before the source was quiet
+        assert first[0]["parameters"]["landed"]["images"] == 5
+
+        # Two more batches while night 1 runs: one more night after it, not two.
+        assert wait_for(lambda: api(port, f"/flow_runs/{first[0]['id']}")["state_type"]
+                        == "RUNNING", 60)
+        land(stems[35:41])
+        time.sleep(QUIET_S + 2)
+        land(stems[41:47])
+        night1 = wait_for(lambda: api(port, f"/flow_runs/{first[0]['id']}")["state_type"]
+                          in ("COMPLETED", "FAILED", "CRASHED") and first[0], 300)
+        assert api(port, f"/flow_runs/{night1['id']}")["state_type"] == "COMPLETED"
+        second = wait_for(lambda: night_runs(port, deployment["id"])[1:], QUIET_S + 30)
+        assert second, "the batches that landed during night 1 started no night after it"
+        assert second[0]["parameters"]["landed"]["images"] == 12
+        assert wait_for(lambda: api(port, f"/flow_runs/{second[0]['id']}")["state_type"]
+                        == "COMPLETED", 300)
+        logged = run_log(port, second[0]["id"])
+        assert any(line.startswith("started by the event defectflow.images.landed")
+                   and "12 labelled images landed" in line for line in logged), logged[:5]
+
+        land(stems[47:49])  # 2 < min_new_images: nothing starts
+        time.sleep(QUIET_S + 15)
+        assert len(night_runs(port, deployment["id"])) == 2
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            output = serve.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            output = serve.communicate()[0]
+    assert output.count("defectflow.images.landed sent") == 2, output[-3000:]

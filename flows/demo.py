@@ -7,12 +7,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
 import typer
 
-from flows.deployment import run_night, served
+from flows.deployment import landing_night, run_night, served
 from flows.summaries import console, demo_summary, line_or_exit, print_retrain_summary
 from tasks.core.home import prefect_server_in_use, resolve_home
 from tasks.demo.scenario import (
@@ -83,10 +84,11 @@ def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int
         results = [run_night(deployment)]
         print_retrain_summary(results[0], server)
         if nights == 2:
+            landed_from = datetime.now(timezone.utc)
             console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH,
                                     troubles=False, seed=seed))
-            console.rule("night 2: new images landed")
-            results.append(run_night(deployment))
+            console.rule("night 2: started by the landing trigger (serve saw the new images)")
+            results.append(landing_night(deployment, landed_from))
             print_retrain_summary(results[1], server)
     console.rule("summary")
     console.print(demo_summary(results, home, server))

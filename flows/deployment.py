@@ -71,3 +71,33 @@ def run_night(deployment: str) -> dict:
     summary = state.result(raise_on_failure=False) if state.is_completed() else None
     return {"state": state, "summary": summary if isinstance(summary, dict) else None,
             "task_states": task_run_states(flow_run.id)}
+
+
+def landing_night(deployment: str, since: datetime, timeout_s: float = 600) -> dict:
+    """The night the landing trigger starts (a run of the deployment with a `landed` parameter,
+    created after `since`), waited for as `run_night` waits for its run."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        flow_run = None
+        while flow_run is None or not flow_run.state.is_final():
+            if flow_run is None and time.monotonic() > deadline:
+                raise TimeoutError(f"no night of {deployment} started by the landing trigger "
+                                   f"within {timeout_s:g} s")
+            time.sleep(1)
+            if flow_run is not None:
+                flow_run = client.read_flow_run(flow_run.id)
+                continue
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment_id])))
+            flow_run = next((run for run in runs if run.parameters.get("landed")
+                             and run.created is not None and run.created >= since), None)
+    state = flow_run.state
+    summary = state.result(raise_on_failure=False) if state.is_completed() else None
+    return {"state": state, "summary": summary if isinstance(summary, dict) else None,
+            "task_states": task_run_states(flow_run.id)}

@@ -11,6 +11,7 @@ from rich.table import Table
 from tasks.core.config import ConfigError, DatasetConfig, load_config
 from tasks.core.home import LineTaken, claim_line, resolve_home
 from tasks.core.run_history import state_counts
+from tasks.nightly.landing import started_by_line
 
 console = Console()
 
@@ -147,6 +148,8 @@ def print_retrain_summary(result: dict, server: str | None = None) -> None:
         return
     report, decision, version = summary["report"], summary["decision"], summary["version"]
     table = summary_table("nightly retrain")
+    if started := summary.get("started_by"):
+        table.add_row("started by", started_by_line(started).removeprefix("started by "))
     add_image_rows(table, report)
     if changes := summary.get("changes"):
         table.add_row("since last night", "first night" if changes["first_night"] else (

@@ -35,6 +35,7 @@ train:
   seed: {seed}
   warm_start: true      # night 2 trains night 1's champion adapter further,
   warm_start_steps: {warm_steps}  # and needs fewer steps: it starts from a working detector
+trigger: {{quiet_seconds: 5, min_new_images: 5}}  # night 2 starts when its images have landed
 registry:
   promote: {{metric: map50, min_gain: 0.0, min_metric: 0.3, max_class_drop: 0.25}}
 """

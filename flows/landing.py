@@ -49,9 +49,13 @@ def night_running(deployment: str) -> bool:
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(deployment)
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return False  # not deployed (yet): no night of it can be running
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(

@@ -1,8 +1,12 @@
-"""`defectflow gc` and `defectflow status`: a line's upkeep and its state for a person or a
-monitor, in a module of their own so the CLI's file stays a table of contents."""
+"""`defectflow gc`, `status` and `watch`: a line's upkeep, its state for a person or a monitor,
+and its landing watch without `serve` (for a retrain deployment on a work pool, `prefect.yaml`:
+each batch of labelled images landing in the source becomes a `defectflow.images.landed` event
+and the deployment's trigger starts a night), in a module of their own so the CLI's file stays a
+table of contents."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -114,3 +118,28 @@ def print_status(found: dict) -> None:
     table.add_row("disk", f"home {decimal(found['disk']['home'])}, work dir "
                   f"{decimal(found['disk']['work'])} ({found['work']})")
     console.print(table)
+
+
+def watch(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")],
+    port: Annotated[int, typer.Option(help="port of the server watch starts when none is up")] = 4200,
+) -> None:
+    """Send a Prefect event for each batch of labelled images landing in the config's source
+    (a deployment on a work pool starts a night on it; `serve` watches by itself); Ctrl-C stops."""
+    from flows.landing import watch_landings
+    from flows.retrain import retrain
+    from flows.serve import landing_line
+    from tasks.core.home import resolve_home
+    from tasks.nightly.server import prefect_server
+    from tasks.nightly.status import deployment_name
+
+    dataset = config_or_exit(config)
+    if dataset.trigger is None:
+        console.print(f"[red]{config}: trigger is null: nothing to watch for[/red]")
+        raise typer.Exit(2)
+    deployment = f"{retrain.name}/{deployment_name(dataset)}"
+    with prefect_server(resolve_home(ctx.obj).prefect, port=port) as api_url:
+        console.print(f"{landing_line(dataset)}; events to {api_url}, for the deployment "
+                      f"{deployment}'s trigger. Ctrl-C stops.")
+        watch_landings(dataset, deployment, threading.Event())

@@ -37,7 +37,7 @@ COMMANDS = registered_commands(typer.main.get_command(app))
 
 def test_the_commands_are_read_from_the_app():
     assert {" ".join(path) for path in COMMANDS} >= {
-        "check", "prepare", "train", "evaluate", "coco-eval", "run", "serve", "demo", "build-base",
+        "check", "prepare", "train", "evaluate", "coco-eval", "run", "serve", "demo", "build-base", "watch",
         "predict"}
 
 

@@ -88,6 +88,10 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
     folders = {config.source.images} | {p if p.is_dir() else p.parent
                                         for p in config.source.annotation_paths}
     folders = {folder for folder in folders if folder.is_dir()}  # watchfiles needs them there
+    if not folders:
+        console.print(f"[yellow]landing watch: no source folder of {config.name} exists: nothing "
+                      "to watch (the cron still runs)[/yellow]")
+        return
     for changes in watch(*sorted(folders), stop_event=stop, yield_on_timeout=True,
                          rust_timeout=int(tick_s * 1000), debounce=int(tick_s * 1000),
                          raise_interrupt=False):

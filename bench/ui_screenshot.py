@@ -1,5 +1,6 @@
 """Look at the Prefect UI as a user would: the newest retrain run, two of its pictures (image
-artifacts) and the deployments page, screenshotted by a real headless browser, from the home
+artifacts), the deployments page, the retrain deployment's page, its landing trigger
+(Automations) and the Event Feed, screenshotted by a real headless browser, from the home
 `make demo` used.
 
     python -m bench.ui_screenshot [--home work/home] [--out bench/ui]
@@ -78,7 +79,11 @@ def main() -> None:
             raise SystemExit("the run has no image artifact")
         ui = api_url.removesuffix("/api")
         args.out.mkdir(parents=True, exist_ok=True)
-        pages = [("run", f"{ui}/runs/flow-run/{run.id}"), ("deployments", f"{ui}/deployments")]
+        pages = [("run", f"{ui}/runs/flow-run/{run.id}"), ("deployments", f"{ui}/deployments"),
+                 # the landing trigger (an automation of the deployment) and its events
+                 ("automations", f"{ui}/automations"), ("events", f"{ui}/events")]
+        if run.deployment_id:
+            pages.append(("deployment", f"{ui}/deployments/deployment/{run.deployment_id}"))
         pages += [(key, f"{ui}/artifacts/artifact/{artifact.id}") for key, artifact in
                   pictures.items() if key.endswith(("confusion-matrix", "predictions"))]
         for name, url in pages:

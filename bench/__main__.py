@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench.notes import NOTES
-from bench.results import RESULTS, median_time, record, sections_owned_elsewhere
+from bench.results import RESULTS, measured_at, median_time, record, sections_owned_elsewhere
 from tasks.images.workers import allow as allow_image_workers
 
 HERE = Path(__file__).resolve().parent
@@ -401,8 +401,9 @@ def main() -> None:
                f"{os.cpu_count()} cores, Python {platform.python_version()}")
     text = "\n".join([
         "# Benchmark results", "",
-        f"Command: `make bench` (`python -m bench --scale {args.scale} --repeats {args.repeats}`), "
-        f"{time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all.", f"Machine: {machine}.", "",
+        f"Command: `make bench` (`python -m bench --scale {args.scale} --repeats {args.repeats}`) at "
+        f"{measured_at()}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all.",
+        f"Machine: {machine}.", "",
         "Times in seconds unless said otherwise; ratio = value / baseline, both measured in this run.", "",
         render(rows), "", render_steps(step_seconds, args.scale), ""])
     others = sections_owned_elsewhere(("## Notes", "## Where the goals are missed"))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.results import write_section
+from bench.results import measured_at, write_section
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,7 +88,8 @@ def measure(work: Path, steps: int) -> dict:
 def section(result: dict) -> str:
     steps = ", ".join(f"{s:.1f}" for s in result["seconds_per_step"])
     return (
-        "## Florence-2 at base size (issue 12): `python -m bench.base_size` (in `make bench`)\n\n"
+        "## Florence-2 at base size (issue 12): `python -m bench.base_size` (in `make bench`) at "
+        f"{measured_at()}\n\n"
         f"The published Florence-2-base configuration ({result['parameters'] / 1e6:.0f} M parameters, "
         f"{result['image_size']} px, random weights built offline in {result['build_seconds']} s) "
         "through `finetune_detector` (LoRA r 8 on every attention and MLP projection, the Trainer, "

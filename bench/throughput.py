@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.results import median_time, record, write_section
+from bench.results import measured_at, median_time, record, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "work" / "demo" / "nightly"
@@ -166,8 +166,8 @@ def main() -> None:
     table = ["| measurement | value | baseline | ratio | baseline is | goal |", "|---|---|---|---|---|---|"]
     table += [f"| {name} | {value:.2f} | {base:.2f} | **{value / base:.2f}** | {what} | {goal} |"
               for name, value, base, what, goal in rows]
-    text = "\n".join(["## Throughput (issue 16): `python -m bench.throughput` (in `make bench`), "
-                      + time.strftime("%Y-%m-%d"), "", *table, skipped])
+    text = "\n".join(["## Throughput (issue 16): `python -m bench.throughput` (in `make bench`) at "
+                      f"{measured_at()}, {time.strftime('%Y-%m-%d')}", "", *table, skipped])
     print(text)
     write_section(text, "## Throughput")
 

@@ -11,7 +11,6 @@ from rich.table import Table
 from tasks.core.config import ConfigError, DatasetConfig, load_config
 from tasks.core.home import LineTaken, claim_line, resolve_home
 from tasks.core.run_history import state_counts
-from tasks.nightly.landing import started_by_line
 
 console = Console()
 
@@ -149,6 +148,8 @@ def print_retrain_summary(result: dict, server: str | None = None) -> None:
     report, decision, version = summary["report"], summary["decision"], summary["version"]
     table = summary_table("nightly retrain")
     if started := summary.get("started_by"):
+        from tasks.nightly.landing import started_by_line  # imports Prefect: not with the CLI
+
         table.add_row("started by", started_by_line(started).removeprefix("started by "))
     add_image_rows(table, report)
     if changes := summary.get("changes"):

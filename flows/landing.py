@@ -14,7 +14,13 @@ from datetime import datetime, timedelta, timezone
 
 from flows.summaries import console
 from tasks.core.config import DatasetConfig
-from tasks.nightly.landing import LANDED_EVENT, Landing, LandingWatch, line_resource_id
+from tasks.nightly.landing import (
+    LANDED_EVENT,
+    Landing,
+    LandingWatch,
+    line_resource_id,
+    night_alive,
+)
 
 # The flow run's `landed` parameter, filled from the event by Prefect's trigger (Jinja).
 EVENT_PARAMETERS = {"event": "{{ event.event }}", "event_id": "{{ event.id | string }}",
@@ -61,10 +67,18 @@ def night_running(deployment: str) -> bool:
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
                 any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING,
                       StateType.SCHEDULED]))))
-    soon = datetime.now(timezone.utc) + timedelta(seconds=30)
-    return any(run.state_type != StateType.SCHEDULED
-               or (run.expected_start_time is not None and run.expected_start_time <= soon)
-               for run in runs)
+    now = datetime.now(timezone.utc)
+
+    def counts(run) -> bool:
+        if run.state_type == StateType.SCHEDULED:
+            return run.expected_start_time is not None \
+                and run.expected_start_time <= now + timedelta(seconds=30)
+        if run.state_type == StateType.PENDING:
+            return True
+        return night_alive(run.parameters.get("work_dir"),  # a killed night stays Running
+                           run.start_time.timestamp() if run.start_time else None, now.timestamp())
+
+    return any(counts(run) for run in runs)
 
 
 def announce(config: DatasetConfig, landing: Landing) -> None:

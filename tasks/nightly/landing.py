@@ -124,3 +124,19 @@ def started_by_line(started: dict) -> str:
     if started["by"] == "schedule":
         return "started by the schedule (the cron; no landing event)"
     return "started by hand (defectflow run, the demo, or a Run in Prefect)"
+
+
+STARTING_S = 600  # a night that has not taken its work dir's lock after this long is not starting
+
+
+def night_alive(work_dir: str | None, started: float | None, now: float) -> bool:
+    """Whether a night Prefect calls Running still runs. Prefect never hears of a killed night
+    (it stays Running): its work dir's lock names the pid that took it last, dead now. A night
+    that has not taken the lock yet (its first moments) counts as running for STARTING_S."""
+    from tasks.nightly.home_collection import lock_holder, process_alive
+
+    holder = lock_holder(Path(work_dir)) if work_dir else None
+    if holder is None or process_alive(holder[0]):
+        return True  # alive, or nothing to tell by (the line's work dir is on another machine)
+    took_it_after_starting = started is None or holder[1] >= started - 1
+    return not took_it_after_starting and now - started < STARTING_S

@@ -130,3 +130,45 @@ def in_background(config: DatasetConfig, deployment: str) -> threading.Event | N
     threading.Thread(target=watch_landings, args=(config, deployment, stop),
                      name="landing-watch", daemon=True).start()
     return stop
+
+
+def release_killed_nights(deployment: str) -> int:
+    """Before serving: the deployment's runs Prefect calls Running or Pending whose process is
+    gone (`night_alive`: a killed night stays Running, a server restart forgets its slot lease)
+    become Crashed, and with no night left alive the deployment's concurrency slot is freed;
+    else that killed night would hold the one slot, and every later night would wait for good.
+    Returns how many runs were marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return 0
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]))))
+        now = time.time()
+        killed = [run for run in runs if not night_alive(
+            run.parameters.get("work_dir"), run.start_time.timestamp() if run.start_time else None,
+            now)]
+        for run in killed:
+            client.set_flow_run_state(run.id, Crashed(
+                message="its process is gone (killed): marked by the next serve"), force=True)
+        limit = found.global_concurrency_limit
+        if killed and len(killed) == len(runs) and limit is not None and limit.active_slots:
+            client.update_global_concurrency_limit(
+                limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    return len(killed)

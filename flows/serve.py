@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from flows.landing import in_background as watch_in_background
-from flows.landing import landing_trigger
+from flows.landing import landing_trigger, release_killed_nights
 from flows.retrain import retrain
 from flows.summaries import console
 from tasks.core.config import load_config
@@ -43,7 +43,11 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
                           f"({schedule.timezone}) against {api_url}; the UI: {api_url[:-4]}; "
                           f"work dir {work.resolve()}. One run at a time; Ctrl-C stops.")
             console.print(landing_line(config))
-        stop_watching = watch_in_background(config, f"{retrain.name}/{deployment_name(config)}")
+        deployment = f"{retrain.name}/{deployment_name(config)}"
+        if killed := release_killed_nights(deployment):
+            console.print(f"{killed} run(s) of {deployment} were killed (Prefect still had them "
+                          "Running): marked Crashed, their concurrency slot freed")
+        stop_watching = watch_in_background(config, deployment)
         try:
             retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1,
                           limit=1, print_starting_message=announce,

@@ -136,7 +136,10 @@ def night_alive(work_dir: str | None, started: float | None, now: float) -> bool
     from tasks.nightly.home_collection import lock_holder, process_alive
 
     holder = lock_holder(Path(work_dir)) if work_dir else None
-    if holder is None or process_alive(holder[0]):
-        return True  # alive, or nothing to tell by (the line's work dir is on another machine)
-    took_it_after_starting = started is None or holder[1] >= started - 1
-    return not took_it_after_starting and now - started < STARTING_S
+    if holder is not None and process_alive(holder[0]):
+        return True
+    if holder is None and not (work_dir and Path(work_dir).parent.is_dir()):
+        return True  # the line's work dir is on another machine: Prefect's word stands
+    # The lock names a dead process, or there is none: did this night take it and die?
+    took_it = holder is not None and (started is None or holder[1] >= started - 1)
+    return not took_it and started is not None and now - started < STARTING_S

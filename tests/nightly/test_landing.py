@@ -154,3 +154,7 @@ def test_a_killed_night_prefect_still_calls_running_holds_nothing_back(tmp_path)
     # ...unless it has been "starting" for longer than a night ever takes to take it.
     assert not night_alive(str(work), started, started + 3600)
     assert night_alive(None, started, time.time())  # nothing to tell by: Prefect's word
+    assert night_alive(str(tmp_path / "elsewhere" / "w"), started, started + 3600)  # not here
+    (work / ".retrain.lock").unlink()  # killed before it took the lock, long ago
+    assert not night_alive(str(work), started, started + 3600)
+    assert night_alive(str(work), started, started + 5)

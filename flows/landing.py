@@ -44,9 +44,8 @@ def landing_trigger(config: DatasetConfig):
         parameters={"landed": EVENT_PARAMETERS})
 
 
-def night_running(deployment: str) -> bool:
-    """Whether a run of the deployment (`flow/name`) is running, or due to start now."""
-    from prefect.client.orchestration import get_client
+def deployment_runs(client, deployment: str, states: list) -> tuple[object | None, list]:
+    """The deployment (`flow/name`, None when not deployed) and its runs in `states`."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -54,19 +53,33 @@ def night_running(deployment: str) -> bool:
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
-    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
 
+    try:
+        found = client.read_deployment_by_name(deployment)
+    except ObjectNotFound:
+        return None, []
+    return found, client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=states))))
+
+
+def run_alive(run, now: float) -> bool:
+    """`night_alive` for a flow run Prefect calls Running (a killed night stays Running)."""
+    return night_alive(run.parameters.get("work_dir"),
+                       run.start_time.timestamp() if run.start_time else None, now)
+
+
+def night_running(deployment: str) -> bool:
+    """Whether a run of the deployment (`flow/name`) is running, or due to start now; False
+    when it is not deployed (yet)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
     with get_client(sync_client=True) as client:
-        try:
-            found = client.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            return False  # not deployed (yet): no night of it can be running
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING,
-                      StateType.SCHEDULED]))))
+        _, runs = deployment_runs(client, deployment, [
+            StateType.RUNNING, StateType.PENDING, StateType.CANCELLING, StateType.SCHEDULED])
     now = datetime.now(timezone.utc)
 
     def counts(run) -> bool:
@@ -75,8 +88,7 @@ def night_running(deployment: str) -> bool:
                 and run.expected_start_time <= now + timedelta(seconds=30)
         if run.state_type == StateType.PENDING:
             return True
-        return night_alive(run.parameters.get("work_dir"),  # a killed night stays Running
-                           run.start_time.timestamp() if run.start_time else None, now.timestamp())
+        return run_alive(run, now.timestamp())
 
     return any(counts(run) for run in runs)
 
@@ -140,34 +152,18 @@ def release_killed_nights(deployment: str) -> int:
     Returns how many runs were marked."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
     from prefect.client.schemas.objects import StateType
-    from prefect.exceptions import ObjectNotFound
     from prefect.states import Crashed
 
     with get_client(sync_client=True) as client:
-        try:
-            found = client.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            return 0
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]))))
+        found, runs = deployment_runs(client, deployment, [
+            StateType.RUNNING, StateType.PENDING, StateType.CANCELLING])
         now = time.time()
-        killed = [run for run in runs if not night_alive(
-            run.parameters.get("work_dir"), run.start_time.timestamp() if run.start_time else None,
-            now)]
+        killed = [run for run in runs if not run_alive(run, now)]
         for run in killed:
             client.set_flow_run_state(run.id, Crashed(
                 message="its process is gone (killed): marked by the next serve"), force=True)
-        limit = found.global_concurrency_limit
+        limit = found.global_concurrency_limit if found is not None else None
         if killed and len(killed) == len(runs) and limit is not None and limit.active_slots:
             client.update_global_concurrency_limit(
                 limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))

@@ -67,10 +67,7 @@ def run_night(deployment: str) -> dict:
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(deployment, timeout=None, poll_interval=2, as_subflow=False)
-    state = flow_run.state
-    summary = state.result(raise_on_failure=False) if state.is_completed() else None
-    return {"state": state, "summary": summary if isinstance(summary, dict) else None,
-            "task_states": task_run_states(flow_run.id)}
+    return night_result(flow_run)
 
 
 def landing_night(deployment: str, since: datetime, timeout_s: float = 600) -> dict:
@@ -97,6 +94,11 @@ def landing_night(deployment: str, since: datetime, timeout_s: float = 600) -> d
                 id=DeploymentFilterId(any_=[deployment_id])))
             flow_run = next((run for run in runs if run.parameters.get("landed")
                              and run.created is not None and run.created >= since), None)
+    return night_result(flow_run)
+
+
+def night_result(flow_run) -> dict:
+    """A finished night as `run_retrain` returns it: final state, summary, task run states."""
     state = flow_run.state
     summary = state.result(raise_on_failure=False) if state.is_completed() else None
     return {"state": state, "summary": summary if isinstance(summary, dict) else None,

@@ -1,8 +1,10 @@
-"""`defectflow gc`, `status` and `watch`: a line's upkeep, its state for a person or a monitor,
-and its landing watch without `serve` (for a retrain deployment on a work pool, `prefect.yaml`:
-each batch of labelled images landing in the source becomes a `defectflow.images.landed` event
-and the deployment's trigger starts a night), in a module of their own so the CLI's file stays a
-table of contents."""
+"""`defectflow gc`, `status`, `watch` and `train-node`: a line's upkeep, its state for a person
+or a monitor, its landing watch without `serve` (for a retrain deployment on a work pool,
+`prefect.yaml`: each batch of labelled images landing in the source becomes a
+`defectflow.images.landed` event and the deployment's trigger starts a night), and another
+machine's part of its distributed training (`train.distributed.nnodes > 1`: the flow runs on
+node 0, every other machine runs `train-node` with the home at the same path as on node 0), in
+a module of their own so the CLI's file stays a table of contents."""
 
 from __future__ import annotations
 
@@ -143,3 +145,37 @@ def watch(
         console.print(f"{landing_line(dataset)}; events to {api_url}, for the deployment "
                       f"{deployment}'s trigger. Ctrl-C stops.")
         watch_landings(dataset, deployment, threading.Event())
+
+
+def train_node(
+    config: Annotated[Path, typer.Argument(help="the line's dataset config (the same file as on node 0)")],
+    node_rank: Annotated[int, typer.Option(min=1, help="this machine's node rank: 1 .. nnodes-1")],
+    trainings: Annotated[int, typer.Option(min=0, help="trainings to join; 0: join one after "
+                                           "another until stopped")] = 1,
+) -> None:
+    """Join the training node 0's night starts: torchrun with this node's rank at the config's
+    rdzv_endpoint, waiting up to join_timeout_minutes for the others. Node 0 logs the training;
+    this prints its own ranks' console."""
+    from tasks.training.distributed import RanksFailed, join_training
+
+    distributed = config_or_exit(config).train.distributed
+    if distributed is None or distributed.nnodes < 2:
+        console.print(f"[red]{config}: train.distributed.nnodes is not > 1: nothing to join[/red]")
+        raise typer.Exit(2)
+    if node_rank >= distributed.nnodes:
+        console.print(f"[red]--node-rank {node_rank}: the config has {distributed.nnodes} nodes "
+                      f"(ranks 0 .. {distributed.nnodes - 1}; 0 is the flow's)[/red]")
+        raise typer.Exit(2)
+    joined = 0
+    while trainings == 0 or joined < trainings:
+        console.print(f"node {node_rank}: waiting for node 0 at {distributed.rdzv_endpoint} "
+                      f"(up to {distributed.join_timeout_minutes:g} min)")
+        try:
+            join_training(distributed, node_rank, lambda level, message: console.print(message))
+        except RanksFailed as exc:
+            console.print(f"[red]{exc}[/red]")
+            if trainings:
+                raise typer.Exit(1) from None
+        else:
+            console.print(f"node {node_rank}: the training ended")
+        joined += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tasks.core.operations_config import Strict
 
@@ -32,6 +32,33 @@ class ModelConfig(Strict):
     # ViT: what an image's label is. `majority`: its most frequent box class, `passed` if none.
     image_label: Literal["majority", "first"] = "majority"
     negative_label: str = "passed"
+
+
+class DistributedConfig(Strict):
+    """Training under PyTorch's launcher (`torchrun`): DDP over `nproc_per_node` processes on each
+    of `nnodes` machines (NCCL on GPUs, gloo on CPUs). Every node needs the home at the same path
+    (the dataset is read and rank 0 writes the run folder there)."""
+
+    nproc_per_node: int = Field(1, gt=0, description="processes on this machine (one per GPU)")
+    nnodes: int = Field(1, gt=0, description="machines; the others run `defectflow train-node`")
+    rdzv_endpoint: str | None = Field(None, description="host:port where the nodes meet (c10d "
+                                      "rendezvous); needed when nnodes > 1")
+    rdzv_id: str = Field("defectflow", description="the training's name at the endpoint")
+    join_timeout_minutes: float = Field(10, gt=0, description="how long the nodes wait for each "
+                                        "other before the step fails")
+    timeout_minutes: float = Field(10, gt=0, description="a collective that waits longer (a rank "
+                                   "hung or gone) fails the step instead of hanging it")
+
+    @model_validator(mode="after")
+    def _endpoint_for_several_nodes(self):
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable "
+                             "from every node)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
 
 
 class TrainConfig(Strict):
@@ -66,6 +93,13 @@ class TrainConfig(Strict):
     timeout_minutes: float = Field(720, gt=0, description="a longer training fails as TimedOut")
     dataloader_workers: int | None = Field(None, ge=0, description="processes preparing batches; "
                                            "default: all cores but one with a GPU, 0 without")
+    distributed: DistributedConfig | None = Field(None, description="train under torchrun on "
+                                                  "several processes or machines; null: one process")
+
+    @property
+    def world_size(self) -> int:
+        """Processes training together: the global batch is world_size x batch_size x grad_accum."""
+        return self.distributed.world_size if self.distributed else 1
 
 
 class EvaluateConfig(Strict):

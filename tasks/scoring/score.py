@@ -75,9 +75,30 @@ def score_detector(model, processor, rows, labels: Sequence[str], batch_size: in
             scores.unknown_labels += result.unknown_labels
         if on_batch is not None:
             on_batch(batch, results)
+    return with_coco(scores)
+
+
+def with_coco(scores: DetectionScores) -> DetectionScores:
+    """The COCO ground truth, detections and metrics of the predictions made."""
     scores.gt = coco_ground_truth(scores.truths, scores.labels)
     scores.dt = coco_detections(((i + 1, boxes, confidences) for i, (boxes, confidences)
                                  in enumerate(scores.predictions)), scores.labels)
     scores.coco = (coco_evaluate(scores.gt, scores.dt, max_dets=dense_max_dets(scores.gt))
                    if scores.gt["annotations"] else None)
     return scores
+
+
+def interleaved(parts: Sequence[DetectionScores]) -> DetectionScores:
+    """The scores of rows split over processes as `rows[rank::len(parts)]`, in the rows' own
+    order again, with COCO recomputed: the metrics one process scoring every row would give."""
+    whole = DetectionScores(labels=list(parts[0].labels), max_new_tokens=parts[0].max_new_tokens)
+    for k in range(max(len(part.truths) for part in parts)):
+        for part in parts:
+            if k < len(part.truths):
+                whole.truths.append(part.truths[k])
+                whole.predictions.append(part.predictions[k])
+    for part in parts:
+        whole.parse_failures += part.parse_failures
+        whole.truncated_outputs += part.truncated_outputs
+        whole.unknown_labels += part.unknown_labels
+    return with_coco(whole)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.scoring.score import original_rows
 from tasks.training.models import unavailable
-from tasks.training.tiny import TINY, build_tiny_vit
+from tasks.training.tiny import TINY, build_tiny_vit, built_once
 from tasks.training.trainer import (
     run_trainer,
     save_checkpoints_in_model_format,
@@ -37,8 +37,7 @@ def load_classifier(checkpoint: str, labels: list[str], tiny_folder: str | Path 
     if checkpoint == TINY:
         if tiny_folder is None:
             raise ValueError("the tiny model needs a folder to be built in")
-        if not (Path(tiny_folder) / "config.json").exists():
-            build_tiny_vit(tiny_folder, labels)
+        built_once(tiny_folder, lambda: build_tiny_vit(tiny_folder, labels))
         checkpoint = str(tiny_folder)
     try:
         processor = AutoImageProcessor.from_pretrained(checkpoint)
@@ -120,8 +119,10 @@ def finetune_classifier(dataset_dir: str | Path, out_dir: str | Path, model_conf
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))
+    final = trainer.evaluate() if selection is not None else {}  # every rank takes part
+    if not trainer.is_world_process_zero():
+        return summary  # under DDP, rank 0 alone writes the model folder and the summary
     processor.save_pretrained(model_dir)
-    final = trainer.evaluate() if selection is not None else {}
     summary.update({"identity": identity, "select": select, "kind": "vit",
                     "checkpoint": model_config.checkpoint,
                     "labels": labels,

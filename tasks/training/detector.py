@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
 from tasks.scoring.generation import new_token_budget
-from tasks.scoring.score import original_rows, score_detector
+from tasks.scoring.score import interleaved, original_rows, score_detector
 from tasks.scoring.threshold import best_f1_threshold
 from tasks.training.models import load_detector, write_model_facts
 from tasks.training.pixels import PixelCache
@@ -76,6 +76,7 @@ class DetectionQuality(TrainerCallback):
 
     def __init__(self, processor, rows, labels: list[str], batch_size: int):
         self.processor, self.rows, self.labels, self.batch_size = processor, rows, labels, batch_size
+        self.budget = new_token_budget(rows["target"], processor.tokenizer)  # all rows' budget
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         import torch
@@ -83,12 +84,29 @@ class DetectionQuality(TrainerCallback):
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            scores = score_detector(model, self.processor, self.rows, self.labels, self.batch_size)
+            scores = self._scores(model, args.world_size, args.process_index)
         model.train(was_training)
         quality = {"eval_map50": scores.map50, "eval_map": scores.coco["map"] if scores.coco else 0.0}
         metrics.update(quality)
         if state.log_history and "eval_loss" in state.log_history[-1]:
             state.log_history[-1].update(quality)  # the curves and log_history.json show it
+
+    def _scores(self, model, world_size: int, rank: int):
+        """One process scores every row; under DDP each rank generates on rows[rank::world]
+        and the predictions are gathered, so every rank gets the same metrics (early stopping
+        and the best checkpoint must agree across ranks) on the very images one process uses."""
+        if world_size == 1:
+            return score_detector(model, self.processor, self.rows, self.labels, self.batch_size,
+                                  max_new_tokens=self.budget)
+        import torch.distributed
+
+        part = score_detector(model, self.processor,
+                              self.rows.select(range(rank, len(self.rows), world_size)),
+                              self.labels, self.batch_size, max_new_tokens=self.budget)
+        part.gt, part.dt, part.coco = {}, [], None  # recomputed on the whole
+        parts: list = [None] * world_size
+        torch.distributed.all_gather_object(parts, part)
+        return interleaved(parts)
 
 
 def wrap_with_lora(model, config: ModelConfig):
@@ -160,6 +178,8 @@ def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config
     trainer = summary.pop("trainer")
     model_dir = out / "model"
     trainer.save_model(str(model_dir))  # the best checkpoint: LoRA adapter, or the full model
+    if not trainer.is_world_process_zero():
+        return summary  # under DDP, rank 0 alone writes the model folder and the summary
     processor.save_pretrained(model_dir)
     write_model_facts(model_dir, labels,
                       new_token_budget([target for split in known for target in split["target"]],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.training.tiny import TINY, build_tiny_florence
+from tasks.training.tiny import TINY, build_tiny_florence, built_once
 
 # What a model folder written by `finetune_detector` says about itself, for `predict`: the
 # classes it learnt, the longest answer it was taught (sizes generation), the tiles it saw and
@@ -71,8 +71,7 @@ def load_detector(checkpoint: str, tiny_folder: str | Path | None = None,
     if checkpoint == TINY:
         if tiny_folder is None:
             raise ValueError("the tiny model needs a folder to be built in")
-        if not (Path(tiny_folder) / "config.json").exists():
-            build_tiny_florence(tiny_folder, labels or [])
+        built_once(tiny_folder, lambda: build_tiny_florence(tiny_folder, labels or []))
         checkpoint = str(tiny_folder)
     try:
         processor = AutoProcessor.from_pretrained(checkpoint)

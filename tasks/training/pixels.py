@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ class PixelCache:
             pixels = self.processor(images=[decoded.convert("RGB")], do_rescale=False,
                                     do_normalize=False, return_tensors="np")["pixel_values"][0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # Ranks on several machines may share the folder: the host keeps their names apart.
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
             np.save(handle, pixels.astype(np.uint8, copy=False))
         tmp.replace(path)  # atomic: a parallel reader never sees half a file

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -261,4 +262,17 @@ def build_tiny_vit(folder: str | Path, labels: list[str], image_size: int = 64, 
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "README.md").write_text(TINY_VIT_CARD)
+    return folder
+
+
+def built_once(folder: str | Path, build: Callable[[], Path]) -> Path:
+    """`build()` makes `folder` unless a finished one is there (its card is written last). Under
+    a file lock: the ranks of a distributed training all reach this line at once."""
+    from filelock import FileLock
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "README.md").is_file():
+            build()
     return folder

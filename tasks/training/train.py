@@ -12,10 +12,11 @@ from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.core.deadline import Deadline
 from tasks.training.classifier import finetune_classifier
 from tasks.training.detector import finetune_detector
+from tasks.training.distributed import train_distributed
 from tasks.training.models import ModelUnavailable
 from tasks.training.pretrain import DONE as PRETRAINING_RECORD
 from tasks.training.tiny import TINY
-from tasks.training.trainer import is_trained, stop_at
+from tasks.training.trainer import is_trained, stop_at, under_torchrun
 
 HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
 
@@ -38,6 +39,9 @@ def train_step(dataset_dir: str | Path, out_dir: str | Path, model_config: Model
     `identity`: the run identity, when the caller computed it already (see `run_identity`);
     `tiling`: how the dataset's tiles were cut (a detector's model folder records it). Past
     `train.timeout_minutes` (loading included) it raises StepTimedOut at the next step."""
+    if train_config.world_size > 1 and not under_torchrun():
+        return train_distributed(dataset_dir, out_dir, model_config, train_config, max_steps,
+                                 identity, tiling)  # its ranks come back here, under torchrun
     watch = (stop_at(Deadline("training", train_config.timeout_minutes, "train.timeout_minutes")),)
     if model_config.kind == "vit":
         return finetune_classifier(dataset_dir, out_dir, model_config, train_config,

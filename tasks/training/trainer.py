@@ -23,6 +23,7 @@ from tasks.training.selection import Splits, load_splits, selection_splits
 # Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
 FAULT_ENV = "DEFECTFLOW_TEST_KILL_AFTER_STEP"
 FAIL_ENV = "DEFECTFLOW_TEST_FAIL_AFTER_STEP"
+FAIL_RANK_ENV = "DEFECTFLOW_TEST_FAIL_RANK"  # under torchrun: only this rank raises
 
 
 IDENTITY_FILE = "run_identity.json"
@@ -36,13 +37,16 @@ def run_identity(fingerprint: str, model_config: ModelConfig, train_config: Trai
                  max_steps: int | None) -> str:
     """What a run folder's checkpoints were trained on: the dataset fingerprint, the model and
     train config, the base checkpoint (its files' hash when it is a local folder, e.g. a warm
-    start from the champion), the code that can change a checkpoint (CHECKPOINT_CODE) and the
-    training libraries' versions."""
+    start from the champion), the code that can change a checkpoint (CHECKPOINT_CODE), the
+    training libraries' versions and the number of processes training together."""
     base = Path(model_config.checkpoint)
     data = {
         "dataset_fingerprint": fingerprint,
         "model": model_config.model_dump(mode="json"),
-        "train": train_config.model_dump(mode="json"),
+        # Where the nodes meet and how long they wait changes no weight; how many train together
+        # does (the global batch).
+        "train": train_config.model_dump(mode="json", exclude={"distributed"}),
+        "world_size": train_config.world_size,
         "max_steps": max_steps,
         "base_checkpoint_files": folder_hash(base) if base.is_dir() else None,
         "code_version": closure_version(CHECKPOINT_CODE),
@@ -111,9 +115,24 @@ def precision_flags(precision: str) -> dict:
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    """The newest complete checkpoint. The Trainer writes a checkpoint's files one after the
+    other, its trainer_state.json last; a process killed before that (or a DDP rank stopped
+    while rank 0 was still saving) leaves a folder the Trainer would resume from all the same,
+    missing the optimizer or the step. Such folders are removed, and the log says so."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = sorted((int(path.name.rsplit("-", 1)[1]), path) for path in folder.glob("checkpoint-*")
+                   if path.is_dir() and path.name.rsplit("-", 1)[1].isdigit())
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            run_logger().warning("%s was not saved to the end (no trainer state): removed, not "
+                                 "resumed", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def _fault_callback():
@@ -125,6 +144,8 @@ def _fault_callback():
     kill_at = int(os.environ.get(FAULT_ENV, "0") or 0)
     fail_at_text, _, flag = (os.environ.get(FAIL_ENV, "0") or "0").partition(":")
     fail_at = int(fail_at_text) if not flag or Path(flag).exists() else 0
+    if os.environ.get(FAIL_RANK_ENV, os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        fail_at = 0
 
     class FaultAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -199,6 +220,9 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, sel
         dataloader_num_workers=(workers := input_workers(train)),
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        **({"ddp_timeout": int(train.distributed.timeout_minutes * 60)} if train.distributed else {}),
+        # accelerate does DDP over gloo only when told the ranks are CPU processes
+        use_cpu=under_torchrun() and not torch.cuda.is_available(),
         disable_tqdm=False,
         **precision_flags(train.precision),
         **choose,
@@ -216,6 +240,11 @@ def save_checkpoints_in_model_format(model) -> None:
     model.save_pretrained = partial(model.save_pretrained, save_original_format=False)
 
 
+def under_torchrun() -> bool:
+    """This process is a rank started by torchrun (its launcher sets these)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
 def quality_callbacks(patience: int, min_steps: int, early_stopping: bool = True):
     """Early stopping that waits for `min_steps` (only where a selection set is evaluated), then
     one line per evaluation in the run log. Callbacks that add metrics (mAP50) must come before
@@ -228,11 +257,27 @@ def quality_callbacks(patience: int, min_steps: int, early_stopping: bool = True
             if state.global_step >= min_steps:  # a model that has not learnt yet is not stuck
                 super().on_evaluate(args, state, control, metrics, **kwargs)
 
+    launched = under_torchrun()
+
     class EvaluationLines(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if launched and state.is_world_process_zero:
+                run_logger().info(
+                    "training on %d processes (DDP, %s): global batch %d x %d%s = %d",
+                    args.world_size, args.distributed_state.backend, args.world_size,
+                    args.per_device_train_batch_size,
+                    f" x {args.gradient_accumulation_steps} accumulated"
+                    if args.gradient_accumulation_steps > 1 else "",
+                    args.world_size * args.per_device_train_batch_size
+                    * args.gradient_accumulation_steps)
+
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if not state.is_world_process_zero:
+                return  # every rank evaluates; one says so
             line = evaluation_line(state.global_step, metrics or {}, state.log_history)
-            run_logger().info(line)  # the run log (Prefect UI)
-            tqdm.write(line)  # the console, above the steps bar: one table row per evaluation
+            run_logger().info(line)  # the run log (Prefect UI); under torchrun, rank 0's stdout
+            if not launched:
+                tqdm.write(line)  # the console, above the steps bar: one table row per evaluation
 
     stopping = [EarlyStoppingAfter(early_stopping_patience=patience)] if early_stopping else []
     return [*stopping, EvaluationLines()]
@@ -287,8 +332,12 @@ def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, 
         "first_train_loss": train_losses[0] if train_losses else None,
         "last_train_loss": train_losses[-1] if train_losses else None,
         "train_runtime_s": result.metrics.get("train_runtime"),
+        "world_size": args.world_size,
+        "global_batch": args.world_size * args.per_device_train_batch_size
+        * args.gradient_accumulation_steps,
         "curves": curves(history),
     }
-    plot_training_curves(history, out / "loss_curve.png", selected_by)
-    (out / "log_history.json").write_text(json.dumps(history, indent=1))
+    if trainer.is_world_process_zero():  # under DDP, rank 0 alone writes the run folder
+        plot_training_curves(history, out / "loss_curve.png", selected_by)
+        (out / "log_history.json").write_text(json.dumps(history, indent=1))
     return {"trainer": trainer, **summary}

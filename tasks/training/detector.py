@@ -41,7 +41,9 @@ class DetectionCollator:
                                          return_tensors="pt", padding=True))
         else:
             inputs = {"pixel_values": self.pixels.batch([row["image"] for row in rows]),
-                      **{k: v.expand(len(rows), -1) for k, v in self._prompt().items()}}
+                      # a copy per row: on a GPU machine the DataLoader pins each batch, and
+                      # pinning refuses an expanded view (rows sharing one memory location)
+                      **{k: v.repeat(len(rows), 1) for k, v in self._prompt().items()}}
         labels = self.processor.tokenizer([row["target"] for row in rows], return_tensors="pt",
                                           padding=True, return_token_type_ids=False).input_ids
         labels[labels == self.processor.tokenizer.pad_token_id] = -100

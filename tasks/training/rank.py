@@ -33,6 +33,10 @@ def rank_logging(rank: int) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+        # Said by the DDP machinery on every run, about nothing the user can change.
+        for noise in (r"barrier\(\): using the device under current context",
+                      r".*is_gradient_checkpointing.* is deprecated"):
+            warnings.filterwarnings("ignore", message=noise)
     else:
         logger.setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
@@ -67,6 +71,10 @@ def main() -> None:
                ModelConfig.model_validate(request["model_config"]),
                TrainConfig.model_validate(request["train_config"]), request["max_steps"],
                request["identity"], TilingConfig.model_validate(tiling) if tiling else None)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()  # else NCCL warns at exit that resources may leak
 
 
 if __name__ == "__main__":

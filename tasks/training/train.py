@@ -39,7 +39,7 @@ def train_step(dataset_dir: str | Path, out_dir: str | Path, model_config: Model
     `identity`: the run identity, when the caller computed it already (see `run_identity`);
     `tiling`: how the dataset's tiles were cut (a detector's model folder records it). Past
     `train.timeout_minutes` (loading included) it raises StepTimedOut at the next step."""
-    if train_config.world_size > 1 and not under_torchrun():
+    if train_config.distributed is not None and not under_torchrun():
         return train_distributed(dataset_dir, out_dir, model_config, train_config, max_steps,
                                  identity, tiling)  # its ranks come back here, under torchrun
     watch = (stop_at(Deadline("training", train_config.timeout_minutes, "train.timeout_minutes")),)

@@ -220,7 +220,10 @@ def training_arguments(out: Path, train: TrainConfig, max_steps: int | None, sel
         dataloader_num_workers=(workers := input_workers(train)),
         dataloader_persistent_workers=workers > 0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        **({"ddp_timeout": int(train.distributed.timeout_minutes * 60)} if train.distributed else {}),
+        # Every trainable weight of both model kinds takes part in each step: DDP need not
+        # search the graph for unused ones every step (and warn that it found none).
+        **({"ddp_timeout": int(train.distributed.timeout_minutes * 60),
+            "ddp_find_unused_parameters": False} if train.distributed else {}),
         # accelerate does DDP over gloo only when told the ranks are CPU processes
         use_cpu=under_torchrun() and not torch.cuda.is_available(),
         disable_tqdm=False,

@@ -178,3 +178,13 @@ def test_generation_scores_are_the_log_probabilities_of_the_tokens_they_belong_t
     [prediction] = predict_batch(model, processor, [image], {"spot"}, num_beams=num_beams,
                                  max_new_tokens=12)
     assert prediction.text == processor.tokenizer.decode(generated, skip_special_tokens=False)
+
+
+def test_a_loaded_model_never_swaps_in_kernels_from_the_hub(tiny_florence):
+    # transformers downloads Hub kernels when a model on a GPU changes mode: offline, the first
+    # evaluation of a training crashed on the GPU machine. Loading through defectflow turns them
+    # off (the user may turn them on with USE_HUB_KERNELS=1).
+    import os
+
+    _, model = load_detector(str(tiny_florence))
+    assert os.environ["USE_HUB_KERNELS"] == "0" and model.use_kernels is False

@@ -52,3 +52,8 @@ def test_the_collator_gives_the_same_batch_with_and_without_the_cache(tmp_path, 
         assert torch.equal(plain[key], cached[key]), key
     assert torch.equal(normalise_on_device(cached["pixel_values"], processor.image_processor),
                        plain["pixel_values"])
+    # Each tensor owns its memory: on a GPU machine the DataLoader pins every batch, and pinning
+    # refused the prompt's ids when they were one row expanded to the batch (found on an H200:
+    # "more than one element of the written-to tensor refers to a single memory location").
+    for key, tensor in cached.items():
+        assert tensor.is_contiguous() and 0 not in tensor.stride(), key

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from tasks.training.trainer import claim_output, run_identity
 LAUNCH_FILE = "launch.json"
 JOIN = "--join"  # what the other machines pass instead of a launch file: rank 0 sends it
 TIMEOUT_ENV = "DEFECTFLOW_DDP_TIMEOUT_S"
+LAUNCHER_ENV = "DEFECTFLOW_LAUNCHER_PID"  # the ranks end when this process is gone
 
 
 class RanksFailed(RuntimeError):
@@ -61,7 +63,27 @@ def rank_environment(distributed: DistributedConfig) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // distributed.nproc_per_node)))
     env[TIMEOUT_ENV] = str(int(distributed.timeout_minutes * 60))
+    env[LAUNCHER_ENV] = str(os.getpid())
     return env
+
+
+def end_with_launcher(pid: int, every_s: float = 2.0) -> threading.Thread:
+    """In a rank: exit once the process that started torchrun is gone (a night killed with
+    SIGKILL leaves torchrun and its ranks behind otherwise, training on into a run folder the
+    next night claims). torchrun then stops the other ranks."""
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:
+                pass  # alive, another user's: not ours to judge
+
+    watcher = threading.Thread(target=watch, name="end-with-launcher", daemon=True)
+    watcher.start()
+    return watcher
 
 
 RANK_LOG = "@defectflow-log "

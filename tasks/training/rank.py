@@ -15,7 +15,13 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
-from tasks.training.distributed import JOIN, TIMEOUT_ENV, rank_log_text
+from tasks.training.distributed import (
+    JOIN,
+    LAUNCHER_ENV,
+    TIMEOUT_ENV,
+    end_with_launcher,
+    rank_log_text,
+)
 
 
 class RankLines(logging.Formatter):
@@ -65,6 +71,8 @@ def main() -> None:
     from tasks.training.train import train_step
 
     rank_logging(int(os.environ.get("RANK", "0")))
+    if LAUNCHER_ENV in os.environ:
+        end_with_launcher(int(os.environ[LAUNCHER_ENV]))
     request = launch_request(sys.argv[1])
     tiling = request["tiling"]
     train_step(request["dataset_dir"], request["out_dir"],

@@ -197,3 +197,39 @@ def test_two_nodes_on_one_machine_meet_and_finish_one_training(synthetic_dataset
     assert "node 1: the training ended" in output
     assert result["world_size"] == 2 and result["global_step"] == 8, result
     assert (tmp_path / "run" / "model" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_ranks_end_when_the_process_that_launched_them_is_killed(synthetic_dataset, tmp_path):
+    import time
+
+    import psutil
+
+    code = ("from tasks.core.config import ModelConfig, TrainConfig\n"
+            "from tasks.core.model_config import DistributedConfig\n"
+            "from tasks.training.train import train_step\n"
+            f"train_step({str(synthetic_dataset)!r}, {str(tmp_path)!r}, ModelConfig(checkpoint='tiny'),\n"
+            "           TrainConfig(lr=5e-3, batch_size=4, eval_steps=10000, max_steps=100000,\n"
+            "                       distributed=DistributedConfig(nproc_per_node=2)))\n")
+    launcher = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    left: list = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until both ranks run
+            left = psutil.Process(launcher.pid).children(recursive=True)
+            if sum("tasks.training.rank" in " ".join(p.cmdline()) for p in left) == 2:
+                break
+            time.sleep(0.5)
+        assert len(left) >= 3, "torchrun and its two ranks never started"
+        time.sleep(5)
+        launcher.kill()  # SIGKILL: the night's process alone, as a crash or the OOM killer does
+        launcher.wait()
+        gone, alive = psutil.wait_procs(left, timeout=60)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        for process in [*left, launcher]:
+            try:
+                process.kill()
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass

@@ -110,7 +110,8 @@ def result_or_error(state, what: str) -> tuple[object, str | None, int]:
 
 def print_train_summary(summary: dict, out: Path) -> None:
     table = summary_table("train")
-    for key in ("kind", "checkpoint", "global_step", "resumed_from_step", "first_train_loss",
+    for key in ("kind", "checkpoint", "world_size", "global_batch", "global_step",
+                "resumed_from_step", "first_train_loss",
                 "last_train_loss", "selected_on", "metric_for_best_model", "best_metric",
                 "best_checkpoint", "model_dir"):
         table.add_row(key, str(summary.get(key)))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,11 @@ from flows.prepare import prepare
 from tasks.core.config import load_config
 from tasks.demo.sample_data import generate
 from tasks.nightly.runners import prep_task_runner
+from tasks.nightly.server import free_port
 from tests.support import REPO, tiny_nightly_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,7 +28,7 @@ def dask_cluster(tmp_path):
     from prefect.settings import PREFECT_API_URL
 
     dask = str(Path(sys.executable).parent / "dask")
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     logs = [open(tmp_path / f"dask-{name}.log", "w") for name in ("scheduler", "w1", "w2")]
     processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port",

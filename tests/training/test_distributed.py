@@ -4,7 +4,6 @@ logs, a failed rank fails the step with its error, a DDP checkpoint resumes, two
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ import pytest
 from tasks.core.config import ModelConfig, TrainConfig
 from tasks.core.model_config import DistributedConfig
 from tasks.core.records import Box
+from tasks.nightly.server import free_port
 from tasks.scoring.score import DetectionScores, interleaved, with_coco
 from tasks.training.distributed import (
     JOIN,
@@ -159,17 +159,12 @@ def test_a_failed_rank_fails_the_step_with_its_error_and_the_ddp_checkpoint_resu
     assert [h["step"] for h in history if "eval_loss" in h] == [4, 8]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_meet_and_finish_one_training(synthetic_dataset, tmp_path):
     from tasks.training.train import train_step
 
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     config = tmp_path / "line.yaml"
     config.write_text(
         "name: two-nodes\n"

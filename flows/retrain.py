@@ -52,13 +52,13 @@ from tasks.nightly.retention import retention_task
 from tasks.nightly.runners import prep_task_runner
 from tasks.predict.folder import settings_for
 from tasks.predict.prelabel import prelabel_task
+from tasks.training.run_folder import run_identity
 from tasks.training.train import (
     check_train_config_task,
     train_task_for,
     warm_start_config,
     warm_start_train_config,
 )
-from tasks.training.trainer import run_identity
 
 
 @flow(name="retrain", log_prints=True, on_failure=[notify_on_failure], on_crashed=[notify_on_failure],

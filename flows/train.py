@@ -6,8 +6,8 @@ from prefect import flow
 
 from tasks.core.config import load_config
 from tasks.dataset.publish import dataset_fingerprint_of
+from tasks.training.run_folder import run_identity
 from tasks.training.train import check_train_config_task, train_task_for
-from tasks.training.trainer import run_identity
 
 
 @flow(name="train", log_prints=True)

@@ -27,7 +27,7 @@ from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.core.logs import run_logger
 from tasks.core.model_config import DistributedConfig
 from tasks.dataset.publish import dataset_fingerprint_of
-from tasks.training.trainer import claim_output, run_identity
+from tasks.training.run_folder import claim_output, run_identity
 
 LAUNCH_FILE = "launch.json"
 JOIN = "--join"  # what the other machines pass instead of a launch file: rank 0 sends it

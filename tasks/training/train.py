@@ -15,8 +15,9 @@ from tasks.training.detector import finetune_detector
 from tasks.training.distributed import train_distributed
 from tasks.training.models import ModelUnavailable
 from tasks.training.pretrain import DONE as PRETRAINING_RECORD
+from tasks.training.run_folder import is_trained
 from tasks.training.tiny import TINY
-from tasks.training.trainer import is_trained, stop_at, under_torchrun
+from tasks.training.trainer import stop_at, under_torchrun
 
 HIGH_LR = {"florence2": 1e-4, "vit": 1e-3}
 

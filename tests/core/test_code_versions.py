@@ -7,7 +7,7 @@ import pytest
 
 from tasks.core.code_versions import TASKS_ROOT, closure_version, module_closure
 from tasks.core.config import ModelConfig, TrainConfig
-from tasks.training.trainer import CHECKPOINT_CODE, run_identity
+from tasks.training.run_folder import CHECKPOINT_CODE, run_identity
 from tests.support import TasksCopy
 
 

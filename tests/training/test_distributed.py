@@ -24,7 +24,8 @@ from tasks.training.distributed import (
     root_cause,
     torchrun_command,
 )
-from tasks.training.trainer import FAIL_ENV, FAIL_RANK_ENV, last_checkpoint, run_identity
+from tasks.training.run_folder import last_checkpoint, run_identity
+from tasks.training.trainer import FAIL_ENV, FAIL_RANK_ENV
 from tests.support import REPO, logs_of
 
 

@@ -107,7 +107,7 @@ def test_another_config_in_the_same_folder_starts_fresh_instead_of_resuming(synt
 
 
 def test_only_a_run_of_the_same_identity_may_be_resumed(tmp_path):
-    from tasks.training.trainer import claim_output, run_identity
+    from tasks.training.run_folder import claim_output, run_identity
 
     model, train = ModelConfig(checkpoint="tiny"), TrainConfig()
     identity = run_identity("fingerprint-a", model, train, None)

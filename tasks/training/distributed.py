@@ -69,8 +69,9 @@ def rank_environment(distributed: DistributedConfig) -> dict[str, str]:
 
 def end_with_launcher(pid: int, every_s: float = 2.0) -> threading.Thread:
     """In a rank: exit once the process that started torchrun is gone (a night killed with
-    SIGKILL leaves torchrun and its ranks behind otherwise, training on into a run folder the
-    next night claims). torchrun then stops the other ranks."""
+    SIGKILL). Without it, rank 0 dies only at its next write to the launcher's closed pipe (the
+    steps bar, every step), and a phase that writes nothing (an evaluation, filling the pixel
+    cache) trains on into a run folder the next night claims. torchrun then stops the others."""
     def watch() -> None:
         while True:
             time.sleep(every_s)

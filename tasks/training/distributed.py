@@ -28,6 +28,7 @@ from tasks.core.logs import run_logger
 from tasks.core.model_config import DistributedConfig
 from tasks.dataset.publish import dataset_fingerprint_of
 from tasks.training.run_folder import claim_output, run_identity
+from tasks.training.tiny import TINY
 
 LAUNCH_FILE = "launch.json"
 JOIN = "--join"  # what the other machines pass instead of a launch file: rank 0 sends it
@@ -157,6 +158,8 @@ def train_distributed(dataset_dir: str | Path, out_dir: str | Path, model_config
     identity = identity or run_identity(dataset_fingerprint_of(dataset_dir), model_config,
                                         train_config, max_steps)
     claim_output(out, identity)
+    if model_config.kind == "florence2" and model_config.checkpoint == TINY:
+        tiny_base_for(dataset_dir, out / "tiny-base")  # once, here, before any rank loads it
     launch = out / LAUNCH_FILE
     launch.write_text(json.dumps({
         "dataset_dir": str(Path(dataset_dir).resolve()), "out_dir": str(out.resolve()),
@@ -174,6 +177,20 @@ def train_distributed(dataset_dir: str | Path, out_dir: str | Path, model_config
     if summary.get("identity") != identity:
         raise RanksFailed(f"the ranks ended without writing this run's summary in {out}")
     return summary
+
+
+def tiny_base_for(dataset_dir: str | Path, folder: Path) -> None:
+    """The tiny Florence-2 the ranks load, built for the dataset's classes (train and
+    validation: what `finetune_detector` builds it for) before they start. Built by the ranks
+    themselves, under a file lock, the two-node test once found its config.json without a
+    `model_type` on both ranks."""
+    from tasks.training.selection import load_splits
+    from tasks.training.tiny import build_tiny_florence, built_once
+
+    train, validation = load_splits(dataset_dir)
+    splits = [train] + ([validation] if validation is not None else [])
+    labels = sorted({label for split in splits for row in split["labels"] for label in row})
+    built_once(folder, lambda: build_tiny_florence(folder, labels))
 
 
 def join_training(distributed: DistributedConfig, node_rank: int,

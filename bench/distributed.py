@@ -84,6 +84,8 @@ def section(rows: list[dict], gpu: dict | None) -> str:
     if gpu:
         text += ["", f"On the GPU machine (NCCL), measured at {gpu['measured_at']}:", "",
                  *table(gpu["rows"])]
+        if gpu.get("note"):
+            text += ["", gpu["note"][0].upper() + gpu["note"][1:] + "."]
     return "\n".join(text) + "\n"
 
 

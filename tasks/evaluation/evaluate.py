@@ -22,6 +22,7 @@ from tasks.training.models import (
     answer_budget,
     inference_ready,
     load_finetuned_detector,
+    model_class_thresholds,
     model_threshold,
     read_model_facts,
 )
@@ -72,7 +73,8 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
     bar.close()
     truths = [truth[3] for truth in scores.truths]
     threshold = model_threshold(facts)
-    review = write_review(out, rows, truths, scores.predictions, labels, threshold)
+    review = write_review(out, rows, truths, scores.predictions, labels, threshold,
+                          per_class=model_class_thresholds(facts))
     (out / "gt.json").write_text(json.dumps(scores.gt))
     (out / "dt.json").write_text(json.dumps(scores.dt))
     coco = scores.coco

@@ -29,11 +29,12 @@ REVIEW_GALLERY = "review/review_gallery.png"
 
 
 def worst_images(truths: list[list[Box]], predictions: list[tuple[list[Box], list[float]]],
-                 threshold: float = DEFAULT_THRESHOLD, count: int = REVIEW_IMAGES
-                 ) -> list[tuple[int, int, int]]:
+                 threshold: float = DEFAULT_THRESHOLD, count: int = REVIEW_IMAGES,
+                 per_class: dict[str, float] | None = None) -> list[tuple[int, int, int]]:
     """(index, missed, spurious) of the `count` images with the most errors (ties: dataset
-    order); images without an error are never listed."""
-    errors = [(index, *missed_and_spurious(truth, boxes, scores, threshold))
+    order), at `threshold` or a class's own in `per_class`; images without an error are never
+    listed."""
+    errors = [(index, *missed_and_spurious(truth, boxes, scores, threshold, per_class))
               for index, (truth, (boxes, scores)) in enumerate(zip(truths, predictions, strict=True))]
     ranked = sorted((e for e in errors if e[1] + e[2]), key=lambda e: (-(e[1] + e[2]), e[0]))
     return ranked[:count]
@@ -46,19 +47,20 @@ def file_stem(image_id: str) -> str:
 
 def write_review(out_dir: str | Path, rows, truths: list[list[Box]],
                  predictions: list[tuple[list[Box], list[float]]], labels: list[str],
-                 threshold: float = DEFAULT_THRESHOLD, count: int = REVIEW_IMAGES) -> list[dict]:
+                 threshold: float = DEFAULT_THRESHOLD, count: int = REVIEW_IMAGES,
+                 per_class: dict[str, float] | None = None) -> list[dict]:
     """Write `out_dir/review/` for the worst images of `rows` (a dataset split whose order
     matches `truths` and `predictions`); returns what review.json lists."""
     review = Path(out_dir) / "review"
     shutil.rmtree(review, ignore_errors=True)  # never a stale image from an earlier evaluation
     listed, grid = [], []
     for rank, (index, missed, spurious) in enumerate(
-            worst_images(truths, predictions, threshold, count), start=1):
+            worst_images(truths, predictions, threshold, count, per_class), start=1):
         row = rows[index]
         image = row["image"].convert("RGB")
         name = f"{rank:02d}-{file_stem(row['image_id'])}"
         boxes, scores = predictions[index]
-        kept_boxes, kept_scores = at_or_above(boxes, scores, threshold)
+        kept_boxes, kept_scores = at_or_above(boxes, scores, threshold, per_class)
         files = {"image": f"images/{name}.jpg", "ground_truth": f"ground_truth/{name}.xml",
                  "predictions": f"predictions/{name}.xml", "overlay": f"overlays/{name}.jpg"}
         for path in files.values():
@@ -77,7 +79,8 @@ def write_review(out_dir: str | Path, rows, truths: list[list[Box]],
                      truths[index], kept_boxes, kept_scores))
     if listed:
         (review / "review.json").write_text(json.dumps(
-            {"threshold": threshold, "iou": IOU_MATCH, "images": listed}, indent=1,
+            {"threshold": threshold, "class_thresholds": per_class or {}, "iou": IOU_MATCH,
+             "images": listed}, indent=1,
             ensure_ascii=False))
         predictions_grid_png(grid, Path(out_dir) / REVIEW_GALLERY,
                              title="look here first: the most missed (green without red) or "

@@ -35,12 +35,13 @@ from tasks.scoring.generation import (
     predict_sliced,
 )
 from tasks.scoring.threshold import at_or_above
-from tasks.training.models import model_threshold, read_model_facts
+from tasks.training.models import model_class_thresholds, model_threshold, read_model_facts
 
 
 @dataclass
 class PredictSettings:
     threshold: float = DEFAULT_THRESHOLD
+    class_thresholds: dict[str, float] = field(default_factory=dict)  # a class's own, if chosen
     batch_size: int = 8
     num_beams: int = 1
     max_new_tokens: int = DECODER_POSITIONS
@@ -54,10 +55,11 @@ def settings_for(model_dir: str | Path, threshold: float | None = None, batch_si
                  tiling: TilingConfig | None = None, max_pixels: int | None = None) -> PredictSettings:
     """What the model folder says it learnt (classes, answer length, tiles, the threshold its
     validation chose) comes first; the config's `labels` and `tiling` stand in for a folder that
-    does not say; a threshold given here wins over the model's."""
+    does not say; a threshold given here wins over the model's, its classes' own included."""
     facts = read_model_facts(model_dir)
     return PredictSettings(
         threshold=threshold if threshold is not None else model_threshold(facts),
+        class_thresholds={} if threshold is not None else model_class_thresholds(facts),
         batch_size=batch_size, num_beams=num_beams,
         max_new_tokens=facts.get("max_new_tokens") or DECODER_POSITIONS,
         labels=facts.get("labels") or labels,
@@ -111,8 +113,9 @@ def predict_stream(inputs: list[ImageInput], model, processor, settings: Predict
             bar.update(len(inputs[start:start + settings.batch_size]))
 
 
-def kept_boxes(prediction: Prediction, threshold: float) -> tuple[list, list[float]]:
-    return at_or_above(prediction.boxes, prediction.scores, threshold)
+def kept_boxes(prediction: Prediction, settings: PredictSettings) -> tuple[list, list[float]]:
+    return at_or_above(prediction.boxes, prediction.scores, settings.threshold,
+                       settings.class_thresholds)
 
 
 @dataclass
@@ -138,7 +141,7 @@ class PredictionFiles:
         for box, score in zip(prediction.boxes, prediction.scores, strict=True):
             self.annotations.append((image_id, box.label,
                                      [box.x1, box.y1, box.width, box.height], score))
-        boxes, scores = kept_boxes(prediction, self.settings.threshold)
+        boxes, scores = kept_boxes(prediction, self.settings)
         self.per_class.update(box.label for box in boxes)
         self.counts.update(parse_failures=prediction.parse_failures,
                            truncated_outputs=int(prediction.truncated),
@@ -168,6 +171,7 @@ class PredictionFiles:
         (self.out / "predictions.json").write_text(json.dumps(coco))
         report = {
             "model": model, "threshold": self.settings.threshold,
+            "class_thresholds": dict(self.settings.class_thresholds),
             "found": len(self.images) + len(rejected), "predicted": len(self.images),
             "quarantined": len(rejected),
             "quarantine_reasons": dict(Counter(r.reason for r in rejected).most_common()),

@@ -30,7 +30,7 @@ def prelabel_inbox(inbox: str | Path, model, processor, settings: PredictSetting
     lost_races: list[str] = []
     for loaded, prediction in predict_stream(unlabelled, model, processor, settings, rejected,
                                              "pre-label"):
-        kept, _ = kept_boxes(prediction, settings.threshold)
+        kept, _ = kept_boxes(prediction, settings)
         width, height = loaded.image.size
         if not save_xml(xml_beside(loaded.source.path),
                         labelimg_xml(loaded.source.path.resolve(), width, height, loaded.depth,
@@ -51,8 +51,9 @@ def prelabel_task(inbox: str, model_dir: str, settings: PredictSettings) -> dict
 
     processor, model = load_finetuned_detector(model_dir)
     result = prelabel_inbox(inbox, model, processor, settings)
+    own = f", per class {settings.class_thresholds}" if settings.class_thresholds else ""
     run_logger().info(f"pre-labelled {result['written']} inbox images ({result['boxes']} boxes "
-                      f"at confidence >= {settings.threshold}); {result['already_labelled']} "
+                      f"at confidence >= {settings.threshold}{own}); {result['already_labelled']} "
                       f"already had an XML, left as they were; {len(result['quarantined'])} "
                       "quarantined")
     return result

@@ -32,19 +32,33 @@ def matched(truth: list[Box], predicted: list[Box], scores: list[float],
     return result
 
 
-def at_or_above(boxes: list[Box], scores: list[float],
-                threshold: float) -> tuple[list[Box], list[float]]:
-    """The boxes (and their scores) that count as answers at `threshold`."""
-    pairs = [(b, s) for b, s in zip(boxes, scores, strict=True) if s >= threshold]
+def at_or_above(boxes: list[Box], scores: list[float], threshold: float,
+                per_class: dict[str, float] | None = None) -> tuple[list[Box], list[float]]:
+    """The boxes (and their scores) that count as answers at `threshold`, or at their class's
+    own threshold in `per_class`."""
+    per_class = per_class or {}
+    pairs = [(b, s) for b, s in zip(boxes, scores, strict=True)
+             if s >= per_class.get(b.label, threshold)]
     return [b for b, _ in pairs], [s for _, s in pairs]
 
 
 def missed_and_spurious(truth: list[Box], predicted: list[Box], scores: list[float],
-                        threshold: float) -> tuple[int, int]:
-    """(true boxes no prediction at or above `threshold` matched, such predictions matching
-    none): a box of the wrong class counts once in each."""
-    kept = [hit for score, hit in matched(truth, predicted, scores) if score >= threshold]
+                        threshold: float, per_class: dict[str, float] | None = None) -> tuple[int, int]:
+    """(true boxes no prediction at or above `threshold` (its class's in `per_class`) matched,
+    such predictions matching none): a box of the wrong class counts once in each."""
+    per_class = per_class or {}
+    kept = [hit for score, hit, label in matched_with_labels(truth, predicted, scores)
+            if score >= per_class.get(label, threshold)]
     return len(truth) - sum(kept), kept.count(False)
+
+
+def matched_with_labels(truth: list[Box], predicted: list[Box],
+                        scores: list[float]) -> list[tuple[float, bool, str]]:
+    """`matched`, with each prediction's class."""
+    labels = [box.label for _, box in sorted(zip(scores, predicted, strict=True),
+                                             key=lambda pair: -pair[0])]
+    return [(score, hit, label) for (score, hit), label
+            in zip(matched(truth, predicted, scores), labels, strict=True)]
 
 
 def best_f1_threshold(truths: list[list[Box]],
@@ -67,3 +81,32 @@ def best_f1_threshold(truths: list[list[Box]],
         if best is None or f1 >= best["f1"]:
             best = {"threshold": score, "f1": f1, "precision": precision, "recall": recall}
     return best
+
+
+# A class gets a threshold of its own only from this many of its boxes on the selection images;
+# below that one image more or less would move it, and the global threshold stands in.
+MIN_CLASS_BOXES = 5
+
+
+def best_f1_thresholds_per_class(truths: list[list[Box]],
+                                 predictions: list[tuple[list[Box], list[float]]],
+                                 min_boxes: int | None = None) -> dict[str, dict]:
+    """Per class with at least `min_boxes` (default MIN_CLASS_BOXES) true boxes:
+    `best_f1_threshold` on its boxes and predictions alone (matching is within a class, so the
+    outcomes are the same ones)."""
+    min_boxes = MIN_CLASS_BOXES if min_boxes is None else min_boxes
+    counts: dict[str, int] = {}
+    for truth in truths:
+        for box in truth:
+            counts[box.label] = counts.get(box.label, 0) + 1
+    chosen = {}
+    for label in sorted(label for label, count in counts.items() if count >= min_boxes):
+        only = [[box for box in truth if box.label == label] for truth in truths]
+        mine = []
+        for boxes, scores in predictions:
+            keep = [i for i, box in enumerate(boxes) if box.label == label]
+            mine.append(([boxes[i] for i in keep], [scores[i] for i in keep]))
+        best = best_f1_threshold(only, mine)
+        if best is not None:
+            chosen[label] = best
+    return chosen

@@ -42,6 +42,13 @@ def answer_budget(facts: dict) -> int:
     return facts.get("max_new_tokens") or DECODER_POSITIONS
 
 
+def model_class_thresholds(facts: dict) -> dict[str, float]:
+    """The classes whose validation boxes chose a threshold of their own (the others: the
+    model's threshold)."""
+    chosen = facts.get("threshold") or {}
+    return dict(chosen.get("per_class") or {})
+
+
 def model_threshold(facts: dict) -> float:
     """The confidence threshold the model's validation images chose, else DEFAULT_THRESHOLD."""
     from tasks.scoring.generation import DEFAULT_THRESHOLD

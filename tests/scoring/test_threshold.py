@@ -45,3 +45,39 @@ def test_a_tie_in_scores_is_kept_or_dropped_as_one():
 def test_predict_takes_the_models_threshold_unless_told(tmp_path, facts, given, expected):
     (tmp_path / "defectflow.json").write_text(json.dumps(facts))
     assert settings_for(tmp_path, given).threshold == expected
+
+
+def test_each_class_with_enough_boxes_gets_the_threshold_its_own_boxes_choose():
+    from tasks.scoring.threshold import at_or_above, best_f1_thresholds_per_class
+
+    # The model is sure of dents (right at 0.9, wrong at 0.5) and unsure of spots (right at
+    # 0.2, wrong at 0.1): one threshold for both loses either the spots or precision on dents.
+    truths = [[box(0), box(100, "spot")] for _ in range(6)] + [[box(0)]]
+    predictions = [([box(0), box(40), box(100, "spot"), box(140, "spot")], [0.9, 0.5, 0.2, 0.1])
+                   for _ in range(6)] + [([box(0)], [0.9])]
+    per_class = best_f1_thresholds_per_class(truths, predictions)
+    assert {label: chosen["threshold"] for label, chosen in per_class.items()} == {
+        "dent": 0.9, "spot": 0.2}
+    assert per_class["dent"]["f1"] == per_class["spot"]["f1"] == 1.0
+    overall = best_f1_threshold(truths, predictions)["threshold"]
+    assert overall == 0.2  # the spots' recall wins it: the wrong dents at 0.5 come along
+    assert box(40) in at_or_above(*predictions[0], overall)[0]
+    kept, _ = at_or_above(*predictions[0], overall, {"dent": 0.9, "spot": 0.2})
+    assert kept == [box(0), box(100, "spot")]
+    # A class with fewer than MIN_CLASS_BOXES boxes keeps the global threshold.
+    assert best_f1_thresholds_per_class(truths[:4], predictions[:4]) == {}
+
+
+def test_predict_takes_the_class_thresholds_too_and_a_given_threshold_replaces_them(tmp_path):
+    from tasks.predict.folder import kept_boxes
+    from tasks.scoring.generation import Prediction
+
+    (tmp_path / "defectflow.json").write_text(json.dumps({"threshold": {
+        "threshold": 0.5, "f1": 0.9, "per_class": {"spot": 0.2}}}))
+    found = Prediction(boxes=[box(0), box(100, "spot"), box(200, "spot")], scores=[0.6, 0.3, 0.1])
+    chosen = settings_for(tmp_path)
+    assert chosen.class_thresholds == {"spot": 0.2}
+    assert kept_boxes(found, chosen)[0] == [box(0), box(100, "spot")]
+    told = settings_for(tmp_path, 0.25)
+    assert told.class_thresholds == {} and kept_boxes(found, told)[0] == [box(0), box(100, "spot")]
+    assert kept_boxes(found, settings_for(tmp_path, 0.05))[0] == found.boxes

@@ -117,7 +117,8 @@ def test_with_nothing_to_set_aside_the_last_checkpoint_is_kept(tmp_path):
     assert (tmp_path / "run" / "model" / "adapter_config.json").exists()
 
 
-def test_the_threshold_is_chosen_on_the_selection_set_and_says_which(synthetic_dataset, tiny_florence):
+def test_the_threshold_is_chosen_on_the_selection_set_and_says_which(synthetic_dataset, tiny_florence,
+                                                                     monkeypatch):
     from transformers import AutoProcessor
 
     from tasks.scoring.score import original_rows
@@ -135,5 +136,16 @@ def test_the_threshold_is_chosen_on_the_selection_set_and_says_which(synthetic_d
     assert (chosen["chosen_on"], chosen["images"]) == ("train_holdout", len(selection))
     assert chosen["precision"] == chosen["recall"] == chosen["f1"] == 1.0
     assert 0 < chosen["threshold"] < 1
+    # Each class with enough boxes among these images has its own threshold, saved beside the
+    # global one in defectflow.json (predict, pre-labels and the review set read it).
+    # (These 4 images hold 1-3 boxes of a class: none has the 5 it takes; with 1 each has.)
+    assert chosen["per_class"] == {}
+    monkeypatch.setattr("tasks.scoring.threshold.MIN_CLASS_BOXES", 1)
+    model = ScriptedByCall(perfect, processor.tokenizer.eos_token_id, len(processor.tokenizer))
+    model.eval = lambda: model
+    each = selection_threshold(model, processor, selection, "train_holdout",
+                               ["patch", "scratch", "spot"], TrainConfig(batch_size=4))
+    assert set(each["per_class"]) == {label for labels in selection["labels"] for label in labels}
+    assert all(0 < value < 1 for value in each["per_class"].values())
     assert selection_threshold(model, processor, None, "last_checkpoint", ["spot"],
                                TrainConfig()) is None

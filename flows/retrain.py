@@ -195,7 +195,7 @@ def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,
                 settings=settings_for(champion["model_dir"], config.prelabel.threshold,
                                       config.evaluate.batch_size, config.evaluate.num_beams,
                                       config.labels, config.tiling, config.images.max_pixels),
-                return_state=True)
+                model_version=f"{config.model_name} v{champion['version']}", return_state=True)
         if state.is_completed():
             set_pending(work, name, None)
             outcomes[name] = {"done": True, "result": state.result()}

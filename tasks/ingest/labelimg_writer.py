@@ -32,11 +32,14 @@ def _add(parent: Element, tag: str, text: object) -> Element:
 
 
 def labelimg_xml(image_path: str | Path, width: int, height: int, depth: int,
-                 boxes: list[Box]) -> bytes:
-    """The XML LabelImg would save for `image_path` with these boxes (not marked verified: a
-    person has not checked them yet)."""
+                 boxes: list[Box], verified: bool | None = None) -> bytes:
+    """The XML LabelImg would save for `image_path` with these boxes. `verified`: LabelImg's
+    "Verify Image" mark (`<annotation verified="yes">`); False writes `verified="no"`, what a
+    model's guess is until a person checks it and LabelImg saves it marked; None: no mark."""
     image_path = Path(image_path)
     root = Element("annotation")
+    if verified is not None:
+        root.set("verified", "yes" if verified else "no")
     _add(root, "folder", image_path.parent.name)
     _add(root, "filename", image_path.name)
     _add(root, "path", str(image_path))

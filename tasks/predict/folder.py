@@ -148,7 +148,8 @@ class PredictionFiles:
                            unknown_labels=len(prediction.unknown_labels))
         xml = self.out / "labelimg" / f"{loaded.source.stem}.xml"
         written = save_xml(xml, labelimg_xml(loaded.source.path.resolve(), width, height,
-                                             loaded.depth, boxes), self.overwrite)
+                                             loaded.depth, boxes, verified=False),
+                           self.overwrite)
         self.counts.update(xmls_written=int(written))
         if not written:
             self.kept_existing.append(str(xml.relative_to(self.out / "labelimg")))

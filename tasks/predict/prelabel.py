@@ -6,6 +6,8 @@ can lose one."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from prefect import task
@@ -21,8 +23,31 @@ def xml_beside(path: Path) -> Path:
     return path.with_suffix(".xml")
 
 
-def prelabel_inbox(inbox: str | Path, model, processor, settings: PredictSettings) -> dict:
-    """Write XMLs for the inbox images without one; returns the counts."""
+SIDECAR = ".prelabel.json"  # beside the XML: LabelImg rewrites the whole XML when it saves
+
+
+def sidecar_beside(path: Path) -> Path:
+    return path.with_suffix(SIDECAR)
+
+
+def write_sidecar(image: Path, model_version: str | None, settings: PredictSettings,
+                  boxes: list, scores: list[float]) -> None:
+    """What wrote a pre-label: the model version, its thresholds and each box's score (in the
+    XML's order), written whole (a temporary file renamed)."""
+    record = {"image": image.name, "xml": xml_beside(image).name, "model_version": model_version,
+              "threshold": settings.threshold, "class_thresholds": settings.class_thresholds,
+              "boxes": [{"label": box.label, "box": [box.x1, box.y1, box.x2, box.y2],
+                         "score": round(score, 6)} for box, score in zip(boxes, scores, strict=True)]}
+    path = sidecar_beside(image)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial.write_text(json.dumps(record, indent=1))
+    partial.replace(path)
+
+
+def prelabel_inbox(inbox: str | Path, model, processor, settings: PredictSettings,
+                   model_version: str | None = None) -> dict:
+    """Write XMLs for the inbox images without one (marked `verified="no"`: a model's guess),
+    each with a sidecar naming `model_version` and its boxes' scores; returns the counts."""
     inbox = Path(inbox)
     inputs, rejected = list_inputs(inbox) if inbox.is_dir() else ([], [])
     unlabelled = [image for image in inputs if not xml_beside(image.path).exists()]
@@ -30,13 +55,14 @@ def prelabel_inbox(inbox: str | Path, model, processor, settings: PredictSetting
     lost_races: list[str] = []
     for loaded, prediction in predict_stream(unlabelled, model, processor, settings, rejected,
                                              "pre-label"):
-        kept, _ = kept_boxes(prediction, settings)
+        kept, scores = kept_boxes(prediction, settings)
         width, height = loaded.image.size
         if not save_xml(xml_beside(loaded.source.path),
                         labelimg_xml(loaded.source.path.resolve(), width, height, loaded.depth,
-                                     kept), overwrite=False):
+                                     kept, verified=False), overwrite=False):
             lost_races.append(loaded.source.item)  # a person saved one while the model thought
             continue
+        write_sidecar(loaded.source.path, model_version, settings, kept, scores)
         written += 1
         boxes += len(kept)
     return {"inbox": str(inbox), "images": len(inputs), "already_labelled": len(inputs) - len(unlabelled),
@@ -45,12 +71,14 @@ def prelabel_inbox(inbox: str | Path, model, processor, settings: PredictSetting
 
 
 @task(name="prelabel")
-def prelabel_task(inbox: str, model_dir: str, settings: PredictSettings) -> dict:
-    """Pre-label the inbox with the model in `model_dir` (tonight's champion)."""
+def prelabel_task(inbox: str, model_dir: str, settings: PredictSettings,
+                  model_version: str | None = None) -> dict:
+    """Pre-label the inbox with the model in `model_dir` (tonight's champion, `model_version`
+    in the registry)."""
     from tasks.training.models import load_finetuned_detector
 
     processor, model = load_finetuned_detector(model_dir)
-    result = prelabel_inbox(inbox, model, processor, settings)
+    result = prelabel_inbox(inbox, model, processor, settings, model_version)
     own = f", per class {settings.class_thresholds}" if settings.class_thresholds else ""
     run_logger().info(f"pre-labelled {result['written']} inbox images ({result['boxes']} boxes "
                       f"at confidence >= {settings.threshold}{own}); {result['already_labelled']} "

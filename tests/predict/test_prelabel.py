@@ -40,10 +40,23 @@ def test_inbox_images_get_xmls_and_a_persons_xml_is_left_as_it_was(tmp_path, pro
     (inbox / "done.xml").write_bytes(human)
 
     result = prelabel_inbox(inbox, scripted(processor, sizes), processor,
-                            PredictSettings(labels=["scratch", "spot"]))
+                            PredictSettings(labels=["scratch", "spot"]), "detector v7")
     assert (result["images"], result["already_labelled"], result["written"], result["boxes"]) == (
         3, 1, 2, 3)
     assert (inbox / "done.xml").read_bytes() == human
+    # A model's guess says so the way LabelImg reads it (its "Verify Image" mark not set), and
+    # its sidecar says which model wrote it and how sure it was of each box, in the XML's order.
+    import json
+    from xml.etree import ElementTree
+
+    for name in sizes:
+        xml = ElementTree.parse(inbox / name.replace(name[-4:], ".xml")).getroot()
+        assert xml.get("verified") == "no"
+        sidecar = json.loads((inbox / name).with_suffix(".prelabel.json").read_text())
+        assert sidecar["model_version"] == "detector v7" and sidecar["xml"] == f"{name[:-4]}.xml"
+        assert [b["label"] for b in sidecar["boxes"]] == [o.findtext("name") for o in xml.iter("object")]
+        assert all(0 < b["score"] <= 1 for b in sidecar["boxes"])
+    assert not (inbox / "done.prelabel.json").exists()
     back = ingested_boxes(inbox)
     assert {name: sorted((b.label, b.x1, b.y1, b.x2, b.y2) for b in boxes)
             for name, boxes in back.items() if name != "done.jpg"} == {
@@ -73,7 +86,7 @@ def test_predict_writes_coco_xml_and_overlays_for_what_the_model_said(tmp_path, 
     assert len(first) == 1 and first[0]["bbox"] == pytest.approx([10, 10, 30, 20], abs=0.1)
     assert 0.5 < first[0]["score"] < 1  # each token scripted at probability 0.905
     for stem in ("a", "b"):
-        assert (tmp_path / "out" / "labelimg" / f"{stem}.xml").is_file()
+        assert b'<annotation verified="no">' in (tmp_path / "out" / "labelimg" / f"{stem}.xml").read_bytes()
         with Image.open(tmp_path / "out" / "overlays" / f"{stem}.jpg") as overlay:
             assert overlay.size == sizes[f"{stem}.png" if stem == "a" else "b.jpg"]
             assert len(set(overlay.getdata())) > 2  # boxes and captions drawn on the gray

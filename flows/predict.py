@@ -12,6 +12,7 @@ from tasks.core.home import resolve_home
 from tasks.nightly.registry import embedded_tracking_uri
 from tasks.predict.folder import predict_task, settings_for
 from tasks.predict.model import resolve_model
+from tasks.predict.queue import queue_task
 
 
 def model_folder(model: str, out_dir: Path, config: DatasetConfig | None, home: str | None) -> Path:
@@ -34,3 +35,15 @@ def predict(images_dir: str, model_dir: str, out_dir: str, threshold: float | No
                             config.images.max_pixels if config else None)
     return predict_task(images_dir=images_dir, model_dir=model_dir, out_dir=out_dir,
                         settings=settings, overwrite=overwrite)
+
+
+@flow(name="queue", log_prints=True)
+def queue(inbox: str, model_dir: str, out_dir: str, config: DatasetConfig | None = None,
+          class_counts: dict[str, int] | None = None, batch_size: int = 8) -> dict:
+    """Rank the inbox images no person verified yet by what labelling them should teach the
+    model: queue.csv and a gallery (the run's image artifact)."""
+    settings = settings_for(model_dir, None, batch_size, 1, config.labels if config else None,
+                            config.tiling if config else None,
+                            config.images.max_pixels if config else None)
+    return queue_task(inbox=inbox, model_dir=model_dir, out_dir=out_dir, settings=settings,
+                      class_counts=class_counts)

@@ -1,4 +1,5 @@
-"""`defectflow predict`: its own module, so the CLI's file stays a table of contents."""
+"""`defectflow predict` and `queue`: their own module, so the CLI's file stays a table of
+contents."""
 
 from __future__ import annotations
 
@@ -47,3 +48,47 @@ def predict(
     report = predict_flow(str(images.resolve()), str(model_dir), str(out.resolve()), threshold,
                           batch_size, num_beams, loaded, overwrite)
     print_predict_summary(report, out)
+
+
+def queue(
+    ctx: typer.Context,
+    inbox: Annotated[Path, typer.Argument(help="folder of unlabelled images (and pre-labels)")],
+    model: Annotated[str, typer.Option(help="as for `predict`: a model folder, or `champion` / "
+                                       "`champion@NAME` from the registry of --config")],
+    out: Annotated[Path, typer.Option(help="writes queue.csv and queue_gallery.png")],
+    config: Annotated[Path | None, typer.Option(help="dataset config: its registry (for "
+                                                "`champion`), labels, and its line's class "
+                                                "counts (rare classes rank higher)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per generation")] = 8,
+) -> None:
+    """Which inbox images to label first: those the model is unsure of, whose mirror image it
+    sees differently, or of rare classes; near-duplicates last. Images with a verified XML
+    (LabelImg's "Verify Image") are done and left out."""
+    import json
+
+    from flows.predict import model_folder
+    from flows.predict import queue as queue_flow
+    from tasks.core.home import resolve_home
+    from tasks.predict.model import ModelNotFound
+
+    loaded = config_or_exit(config) if config else None
+    if not inbox.is_dir():
+        console.print(f"[red]{inbox} is not a folder of images[/red]")
+        raise typer.Exit(2)
+    try:
+        model_dir = model_folder(model, out.resolve(), loaded, ctx.obj)
+    except ModelNotFound as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    report = (resolve_home(ctx.obj).line(loaded.name) / "prepared" / "prepare_report.json"
+              if loaded else None)
+    counts = json.loads(report.read_text()).get("classes") if report and report.is_file() else None
+    result = queue_flow(str(inbox.resolve()), str(model_dir), str(out.resolve()), loaded, counts,
+                        batch_size)
+    console.print(f"{result['queued']} images ranked ({result['verified']} verified already, "
+                  f"{result['quarantined']} unreadable): {result['queue']}")
+    for row in result["top"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in row["reasons"].items())
+        console.print(f"  #{row['rank']:<3} {row['image']}  {row['score']:.3f}  {reasons}")
+    if result["gallery"]:
+        console.print(f"gallery: {result['gallery']}")

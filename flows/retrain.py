@@ -4,6 +4,7 @@ inbox with the champion, retention: steps that cannot fail or undo the night).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime
@@ -52,6 +53,7 @@ from tasks.nightly.retention import retention_task
 from tasks.nightly.runners import prep_task_runner
 from tasks.predict.folder import settings_for
 from tasks.predict.prelabel import prelabel_task
+from tasks.predict.queue import queue_task
 from tasks.training.run_folder import run_identity
 from tasks.training.train import (
     check_train_config_task,
@@ -190,20 +192,35 @@ def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,
                                        metrics=needs["metrics"], lineage=needs["lineage"],
                                        return_state=True)
         else:
+            settings = settings_for(champion["model_dir"], config.prelabel.threshold,
+                                    config.evaluate.batch_size, config.evaluate.num_beams,
+                                    config.labels, config.tiling, config.images.max_pixels)
             state = prelabel_task(
                 inbox=str(config.prelabel.inbox), model_dir=champion["model_dir"],
-                settings=settings_for(champion["model_dir"], config.prelabel.threshold,
-                                      config.evaluate.batch_size, config.evaluate.num_beams,
-                                      config.labels, config.tiling, config.images.max_pixels),
-                model_version=f"{config.model_name} v{champion['version']}", return_state=True)
+                settings=settings, model_version=f"{config.model_name} v{champion['version']}",
+                return_state=True)
         if state.is_completed():
             set_pending(work, name, None)
             outcomes[name] = {"done": True, "result": state.result()}
+            if name == PRELABEL:  # and which inbox images to label first (a gallery artifact)
+                queued = queue_task(inbox=str(config.prelabel.inbox),
+                                    model_dir=champion["model_dir"], out_dir=str(work / "queue"),
+                                    settings=settings, class_counts=line_class_counts(work),
+                                    return_state=True)
+                outcomes[name]["result"]["queue"] = queued.result() if queued.is_completed() \
+                    else {"error": queued.message or queued.name}
         else:
             followup_failed_task(work_dir=str(work), name=name, needs=needs,
                                  error=state.message or state.name, notify=config.notify)
             outcomes[name] = {"done": False, "error": state.message or state.name}
     return outcomes
+
+
+def line_class_counts(work: Path) -> dict[str, int] | None:
+    """Boxes per class in the line's last prepared dataset (rare classes rank higher in the
+    labelling queue)."""
+    report = work / "prepared" / "prepare_report.json"
+    return json.loads(report.read_text()).get("classes") if report.is_file() else None
 
 
 def run_retrain(config_path: Path, work_dir: Path, home: str | None,

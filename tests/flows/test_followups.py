@@ -11,6 +11,7 @@ from tasks.nightly.followups import PENDING_FILE, push_champion_task
 from tasks.nightly.promotion import last_success
 from tasks.nightly.registry import champion_version, embedded_tracking_uri
 from tests.flows.test_retrain import nightly_config
+from tests.support import artifacts_of
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
@@ -83,6 +84,11 @@ def test_a_failed_push_or_prelabel_after_promotion_leaves_the_night_completed_an
     assert len(hub.commits) == 1 and "README.md" in hub.commits[0]
     assert champion_version(uri, "nightly-florence2")["tags"]["model_hub_revision"] == "c0ffee"
     assert len(list((inbox / "images").glob("*.xml"))) == 2  # the pre-labels, written
+    # And the labelling queue of those 2 unverified images, its gallery on the night's run.
+    assert len((work / "queue" / "queue.csv").read_text().splitlines()) == 1 + 2
+    artifacts = artifacts_of(second.state_details.flow_run_id)
+    assert artifacts["labelling-queue"].type == "image"
+    assert len(artifacts["labelling-queue-top"].data) > 0
     assert json.loads((work / PENDING_FILE).read_text()) == {}
     # Night 3: nothing left to do.
     third = retrain(str(config), str(work), str(home), return_state=True)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flows.line_commands import gc, status, train_node, watch
-from flows.predict_command import predict, queue
+from flows.predict_command import predict, queue, suspects
 from flows.server_command import server_app
 from flows.summaries import config_or_exit, console, line_or_exit, print_server
 from tasks.core.home import configure_environment, prefect_server_in_use, resolve_home
@@ -21,7 +21,7 @@ app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-for command in (predict, queue, gc, status, watch, train_node):
+for command in (predict, queue, suspects, gc, status, watch, train_node):
     app.command()(command)
 app.add_typer(server_app, name="server")
 IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)

@@ -13,6 +13,7 @@ from tasks.nightly.registry import embedded_tracking_uri
 from tasks.predict.folder import predict_task, settings_for
 from tasks.predict.model import resolve_model
 from tasks.predict.queue import queue_task
+from tasks.predict.suspects import suspects_task
 
 
 def model_folder(model: str, out_dir: Path, config: DatasetConfig | None, home: str | None) -> Path:
@@ -47,3 +48,15 @@ def queue(inbox: str, model_dir: str, out_dir: str, config: DatasetConfig | None
                             config.images.max_pixels if config else None)
     return queue_task(inbox=inbox, model_dir=model_dir, out_dir=out_dir, settings=settings,
                       class_counts=class_counts)
+
+
+@flow(name="suspects", log_prints=True)
+def suspects(dataset_dir: str, model_dir: str, out_dir: str, config: DatasetConfig | None = None,
+             batch_size: int = 8) -> dict:
+    """The labels of a prepared dataset the model disagrees with: suspects.json, the image and
+    the two XMLs of each, a gallery (the run's image artifact)."""
+    settings = settings_for(model_dir, None, batch_size, 1, config.labels if config else None,
+                            config.tiling if config else None,
+                            config.images.max_pixels if config else None)
+    return suspects_task(dataset_dir=dataset_dir, model_dir=model_dir, out_dir=out_dir,
+                         settings=settings)

@@ -1,4 +1,4 @@
-"""`defectflow predict` and `queue`: their own module, so the CLI's file stays a table of
+"""`defectflow predict`, `queue` and `suspects`: their own module, so the CLI's file stays a table of
 contents."""
 
 from __future__ import annotations
@@ -92,3 +92,38 @@ def queue(
         console.print(f"  #{row['rank']:<3} {row['image']}  {row['score']:.3f}  {reasons}")
     if result["gallery"]:
         console.print(f"gallery: {result['gallery']}")
+
+
+def suspects(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="the line's dataset config")],
+    model: Annotated[str, typer.Option(help="as for `predict`: a model folder, or `champion` / "
+                                       "`champion@NAME` from the config's registry")],
+    dataset: Annotated[Path, typer.Option(help="a dataset made by `prepare` (OUT/dataset)")],
+    out: Annotated[Path, typer.Option(help="writes suspects.json, images/, labels/, model/ and "
+                                      "suspects_gallery.png")],
+    batch_size: Annotated[int, typer.Option(min=1, help="images per generation")] = 8,
+) -> None:
+    """Labels the model disagrees with: a defect nobody drew (possible_missing), another class
+    (possible_wrong_class), a label over nothing (possible_spurious), a loose box (loose_box).
+    Open OUT/images in LabelImg with OUT/labels or OUT/model as the save folder."""
+    from flows.predict import model_folder
+    from flows.predict import suspects as suspects_flow
+    from tasks.predict.model import ModelNotFound
+
+    loaded = config_or_exit(config)
+    if not (dataset / "train").is_dir() and not any(dataset.glob("**/*.parquet")):
+        console.print(f"[red]{dataset} is not a dataset made by `prepare`[/red]")
+        raise typer.Exit(2)
+    try:
+        model_dir = model_folder(model, out.resolve(), loaded, ctx.obj)
+    except ModelNotFound as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    result = suspects_flow(str(dataset.resolve()), str(model_dir), str(out.resolve()), loaded,
+                           batch_size)
+    for kind, per_class in result["counts"].items():
+        console.print(f"{kind:22} {sum(per_class.values()):5}  "
+                      + ", ".join(f"{label} {n}" for label, n in per_class.items()))
+    console.print(f"{result['images_listed']} train/validation images with their two XMLs in "
+                  f"{out} (the test split is only counted)")

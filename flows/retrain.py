@@ -54,6 +54,7 @@ from tasks.nightly.runners import prep_task_runner
 from tasks.predict.folder import settings_for
 from tasks.predict.prelabel import prelabel_task
 from tasks.predict.queue import queue_task
+from tasks.predict.suspects import suspects_task
 from tasks.training.run_folder import run_identity
 from tasks.training.train import (
     check_train_config_task,
@@ -129,6 +130,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         champion_metrics = None if champion is None else evaluate_on_test(
             champion["model_dir"], folder_hash(champion["model_dir"]),
             run_dir / f"champion-v{champion['version']}-eval", "champion")
+        suspects = suspect_labels_tonight(config, dataset, champion, changes, run_dir)
         lineage = {"dataset_fingerprint": fingerprint,
                    "hub_revision": report["dataset"]["hub_revision"] or "",
                    "prefect_flow_run_id": str(runtime.flow_run.id),
@@ -166,7 +168,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
             cutoff=runtime.flow_run.scheduled_start_time.timestamp(), return_state=True)
         return {"started_by": started_by, "report": report, "train": trained, "metrics": metrics,
                 "champion_metrics": champion_metrics, "version": version, "decision": decision,
-                "changes": changes,
+                "changes": changes, "suspects": suspects,
                 "prelabels": followups.get(PRELABEL, {}).get("result"),
                 "followups": {name: "done" if outcome["done"] else f"failed: {outcome['error']}"
                               for name, outcome in followups.items()},
@@ -214,6 +216,26 @@ def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,
                                  error=state.message or state.name, notify=config.notify)
             outcomes[name] = {"done": False, "error": state.message or state.name}
     return outcomes
+
+
+def suspect_labels_tonight(config: DatasetConfig, dataset: str, champion: dict | None,
+                           changes: dict, run_dir: Path) -> dict | None:
+    """Last night's champion on the images that landed or changed since: labels it disagrees
+    with (it never trained on these, so it does not simply agree with them). The cost follows
+    what is new; a failure is logged, the night goes on. None on a first night or without a
+    champion."""
+    if champion is None or not changes.get("changed_ids"):
+        return None
+    state = suspects_task(
+        dataset_dir=dataset, model_dir=champion["model_dir"], out_dir=str(run_dir / "suspects"),
+        settings=settings_for(champion["model_dir"], None, config.evaluate.batch_size,
+                              config.evaluate.num_beams, config.labels, config.tiling,
+                              config.images.max_pixels),
+        only=changes["changed_ids"], return_state=True)
+    if state.is_completed():
+        return {key: value for key, value in state.result().items() if key != "suspects"}
+    get_run_logger().warning("suspect labels: %s", state.message or state.name)
+    return {"error": state.message or state.name}
 
 
 def line_class_counts(work: Path) -> dict[str, int] | None:

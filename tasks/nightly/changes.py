@@ -71,6 +71,10 @@ def what_changed(before: dict[str, dict] | None, after: dict[str, dict]) -> dict
         "images_replaced": sum(before[i]["sha256"] != after[i]["sha256"] for i in common),
         "images_relabelled": sum(before[i]["sha256"] == after[i]["sha256"]
                                  and before[i]["boxes"] != after[i]["boxes"] for i in common),
+        # What landed or changed since (empty on a first night: nothing came before it).
+        "changed_ids": sorted(i for i in after if before and (
+            i not in before or before[i]["sha256"] != after[i]["sha256"]
+            or before[i]["boxes"] != after[i]["boxes"])),
         "test_images": {"before": sum(e["split"] == "test" for e in before.values()),
                         "after": sum(e["split"] == "test" for e in after.values())},
         "classes": {name: {"before": old_classes[name], "after": new_classes[name],

@@ -90,9 +90,10 @@ def suspect_counts(entries: list[dict]) -> dict:
 
 def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor, settings,
                   splits: tuple[str, ...] = ("train", "validation", "test"),
-                  gallery_images: int = 12) -> dict:
-    """Predict every original (unflipped) row of `splits` and list where the labels look wrong;
-    writes OUT/ (see the module's text) and returns suspects.json's content."""
+                  gallery_images: int = 12, only: set[str] | None = None) -> dict:
+    """Predict every original (unflipped) row of `splits` (with `only`: of those source images)
+    and list where the labels look wrong; writes OUT/ (see the module's text) and returns
+    suspects.json's content."""
     import datasets
     from tqdm.auto import tqdm
 
@@ -106,9 +107,12 @@ def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor
     out = Path(out_dir)
     loaded = datasets.load_dataset(str(dataset_dir))
     listed, counted, gallery = [], [], []
-    written = 0
+    written = checked = 0
     for split in (name for name in splits if name in loaded):
         rows = original_rows(loaded[split])
+        if only is not None:
+            rows = rows.select([i for i, item in enumerate(rows["source_id"]) if item in only])
+        checked += len(rows)
         labels = settings.labels or sorted({lab for row in rows["labels"] for lab in row})
         for start in tqdm(range(0, len(rows), settings.batch_size), desc=f"suspects {split}",
                           unit="batch"):
@@ -147,7 +151,7 @@ def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor
                              out / "suspects_gallery.png",
                              title="suspect labels: labels (green), the model (red)")
     result = {"counts": suspect_counts(counted), "listed_counts": suspect_counts(listed),
-              "images_listed": written, "suspects": listed,
+              "images_checked": checked, "images_listed": written, "suspects": listed,
               "gallery": str(out / "suspects_gallery.png") if gallery else None}
     out.mkdir(parents=True, exist_ok=True)
     (out / "suspects.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -155,16 +159,18 @@ def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor
 
 
 @task(name="suspects", cache_policy=NO_CACHE)
-def suspects_task(dataset_dir: str, model_dir: str, out_dir: str, settings) -> dict:
-    """Suspect labels with the model in `model_dir`; the gallery is the run's image artifact
-    `suspect-labels`, the counts a table artifact."""
+def suspects_task(dataset_dir: str, model_dir: str, out_dir: str, settings,
+                  only: list[str] | None = None) -> dict:
+    """Suspect labels with the model in `model_dir` (with `only`: of those source images); the
+    gallery is the run's image artifact `suspect-labels`, the counts a table artifact."""
     from prefect.artifacts import create_image_artifact, create_table_artifact
 
     from tasks.evaluation.evaluate import png_data_url
     from tasks.training.models import load_finetuned_detector
 
     processor, model = load_finetuned_detector(model_dir)
-    result = find_suspects(dataset_dir, out_dir, model, processor, settings)
+    result = find_suspects(dataset_dir, out_dir, model, processor, settings,
+                           only=None if only is None else set(only))
     if result["gallery"]:
         create_image_artifact(image_url=png_data_url(result["gallery"]), key="suspect-labels",
                               description="labels the model disagrees with (suspects.json)")
@@ -175,5 +181,6 @@ def suspects_task(dataset_dir: str, model_dir: str, out_dir: str, settings) -> d
                               for label, count in per_class.items()])
     run_logger().info("suspect labels: " + ", ".join(
         f"{kind} {sum(per_class.values())}" for kind, per_class in result["counts"].items())
-        + f"; {result['images_listed']} train/validation images listed in {out_dir}")
+        + f" in {result['images_checked']} images; {result['images_listed']} train/validation "
+        f"images listed in {out_dir}")
     return result

@@ -39,6 +39,10 @@ def by_prefix(states: dict[str, str], prefix: str) -> list[str]:
     return [s for name, s in states.items() if name.startswith(prefix)]
 
 
+def run_dir_of(result: dict) -> Path:
+    return Path(result["train"]["model_dir"]).parent
+
+
 def scored(eval_dir: Path) -> dict:
     """The ground truth an evaluation scored (its gt.json: image names, sizes, boxes)."""
     return json.loads((eval_dir / "gt.json").read_text())
@@ -132,6 +136,9 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     # Night 3 failed, so "since last night" still compares with night 1: the 6 new images.
     assert summary["changes"]["first_night"] and not result["changes"]["first_night"]
     assert (result["changes"]["images_added"], result["changes"]["images_removed"]) == (6, 0)
+    # Last night's champion looked for suspect labels among those 6 only, not every image.
+    assert result["suspects"]["images_checked"] == 6 and summary["suspects"] is None
+    assert (run_dir_of(result) / "suspects" / "suspects.json").is_file()
     assert [line for line in logs_of(fourth.state_details.flow_run_id)
             if line.startswith("resuming from") and "global step 8" in line]
     # Champion and challenger were both scored on tonight's test split: the same images with

@@ -100,6 +100,8 @@ def test_what_changed_between_two_known_indexes():
     assert changes == {
         "first_night": False, "images_before": 6, "images_after": 7,
         "images_added": 2, "images_removed": 1, "images_replaced": 2, "images_relabelled": 1,
+        "changed_ids": ["added test.xml", "added.xml", "new everything.xml", "new pixels.xml",
+                        "relabelled.xml"],
         "test_images": {"before": 3, "after": 4},
         "classes": {"patch": {"before": 1, "after": 2, "delta": 1},
                     "scratch": {"before": 4, "after": 5, "delta": 1},
@@ -112,6 +114,7 @@ def test_what_changed_between_two_known_indexes():
     first = what_changed(None, after)
     assert (first["first_night"], first["images_added"], first["test_images"]) == (
         True, 7, {"before": 0, "after": 4})
+    assert first["changed_ids"] == []  # a first night has no "since": the suspects wait
 
 
 def test_a_tiled_image_is_one_entry_with_its_boxes_back_in_image_coordinates(tmp_path):

@@ -79,13 +79,16 @@ def main() -> None:
             raise SystemExit("the run has no image artifact")
         ui = api_url.removesuffix("/api")
         args.out.mkdir(parents=True, exist_ok=True)
-        pages = [("run", f"{ui}/runs/flow-run/{run.id}"), ("deployments", f"{ui}/deployments"),
+        pages = [("run", f"{ui}/runs/flow-run/{run.id}"),
+                 ("run-artifacts", f"{ui}/runs/flow-run/{run.id}?tab=Artifacts"),
+                 ("deployments", f"{ui}/deployments"),
                  # the landing trigger (an automation of the deployment) and its events
                  ("automations", f"{ui}/automations"), ("events", f"{ui}/events")]
         if run.deployment_id:
             pages.append(("deployment", f"{ui}/deployments/deployment/{run.deployment_id}"))
         pages += [(key, f"{ui}/artifacts/artifact/{artifact.id}") for key, artifact in
-                  pictures.items() if key.endswith(("confusion-matrix", "predictions"))]
+                  pictures.items() if key.endswith(("confusion-matrix", "predictions",
+                                                    "labelling-queue", "suspect-labels"))]
         for name, url in pages:
             screenshot(browser, url, args.out / f"{name}.png")
             print(f"written: {args.out / f'{name}.png'} ({url})")

@@ -174,6 +174,14 @@ def print_retrain_summary(result: dict, server: str | None = None) -> None:
         table.add_row("pre-labels", f"{prelabels['written']} new XMLs ({prelabels['boxes']} boxes) "
                       f"in {prelabels['inbox']}; {prelabels['already_labelled']} images already "
                       "had one (kept)")
+        queue = prelabels.get("queue") or {}
+        table.add_row("labelling queue", f"{queue['queued']} images to label, best first: "
+                      f"{queue['queue']}" if "queue" in queue else f"[red]{queue.get('error')}[/red]")
+    if suspects := summary.get("suspects"):
+        table.add_row("suspect labels", ", ".join(
+            f"{kind} {sum(per_class.values())}" for kind, per_class in suspects["counts"].items())
+            + f" among {suspects['images_checked']} new or changed images (last night's champion)"
+            if "counts" in suspects else f"[red]{suspects.get('error')}[/red]")
     for name, outcome in (summary.get("followups") or {}).items():
         if outcome != "done":  # the night stands; the next night does it again
             table.add_row(f"[red]{name}[/red]", f"{outcome} (tried again next night)")

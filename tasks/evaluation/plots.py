@@ -67,9 +67,9 @@ def predictions_grid_png(items: list[tuple], path: str | Path, columns: int = 4,
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (image, title, truth, predicted, scores) in zip(axes.flat, items, strict=False):
+    for ax, (image, caption, truth, predicted, scores) in zip(axes.flat, items, strict=False):
         ax.imshow(image.convert("RGB"))
-        ax.set_title(title, fontsize=8)
+        ax.set_title(caption, fontsize=8)
         _draw(ax, truth, [None] * len(truth), "lime")
         _draw(ax, predicted, scores, "red")
     fig.suptitle(title, fontsize=10)

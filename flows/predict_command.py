@@ -11,6 +11,25 @@ import typer
 from flows.summaries import config_or_exit, console
 
 
+def folder_or_exit(images: Path) -> None:
+    if not images.is_dir():
+        console.print(f"[red]{images} is not a folder of images[/red]")
+        raise typer.Exit(2)
+
+
+def model_folder_or_exit(model: str, out: Path, config, home: str | None) -> Path:
+    """The model folder `--model` names (a champion is downloaded into OUT/model/), or its
+    error in red and exit code 2."""
+    from flows.predict import model_folder
+    from tasks.predict.model import ModelNotFound
+
+    try:
+        return model_folder(model, out.resolve(), config, home)
+    except ModelNotFound as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
 def predict(
     ctx: typer.Context,
     images: Annotated[Path, typer.Argument(help="folder of images (searched recursively)")],
@@ -31,20 +50,12 @@ def predict(
         "XML (your LabelImg corrections) is kept as it is and counted as kept")] = False,
 ) -> None:
     """Detect defects in new images: COCO predictions, LabelImg XMLs to correct, overlays."""
-    from flows.predict import model_folder
     from flows.predict import predict as predict_flow
     from flows.summaries import print_predict_summary
-    from tasks.predict.model import ModelNotFound
 
     loaded = config_or_exit(config) if config else None
-    if not images.is_dir():
-        console.print(f"[red]{images} is not a folder of images[/red]")
-        raise typer.Exit(2)
-    try:
-        model_dir = model_folder(model, out.resolve(), loaded, ctx.obj)
-    except ModelNotFound as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    folder_or_exit(images)
+    model_dir = model_folder_or_exit(model, out, loaded, ctx.obj)
     report = predict_flow(str(images.resolve()), str(model_dir), str(out.resolve()), threshold,
                           batch_size, num_beams, loaded, overwrite)
     print_predict_summary(report, out)
@@ -66,20 +77,12 @@ def queue(
     (LabelImg's "Verify Image") are done and left out."""
     import json
 
-    from flows.predict import model_folder
     from flows.predict import queue as queue_flow
     from tasks.core.home import resolve_home
-    from tasks.predict.model import ModelNotFound
 
     loaded = config_or_exit(config) if config else None
-    if not inbox.is_dir():
-        console.print(f"[red]{inbox} is not a folder of images[/red]")
-        raise typer.Exit(2)
-    try:
-        model_dir = model_folder(model, out.resolve(), loaded, ctx.obj)
-    except ModelNotFound as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    folder_or_exit(inbox)
+    model_dir = model_folder_or_exit(model, out, loaded, ctx.obj)
     report = (resolve_home(ctx.obj).line(loaded.name) / "prepared" / "prepare_report.json"
               if loaded else None)
     counts = json.loads(report.read_text()).get("classes") if report and report.is_file() else None
@@ -107,19 +110,13 @@ def suspects(
     """Labels the model disagrees with: a defect nobody drew (possible_missing), another class
     (possible_wrong_class), a label over nothing (possible_spurious), a loose box (loose_box).
     Open OUT/images in LabelImg with OUT/labels or OUT/model as the save folder."""
-    from flows.predict import model_folder
     from flows.predict import suspects as suspects_flow
-    from tasks.predict.model import ModelNotFound
 
     loaded = config_or_exit(config)
     if not (dataset / "train").is_dir() and not any(dataset.glob("**/*.parquet")):
         console.print(f"[red]{dataset} is not a dataset made by `prepare`[/red]")
         raise typer.Exit(2)
-    try:
-        model_dir = model_folder(model, out.resolve(), loaded, ctx.obj)
-    except ModelNotFound as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    model_dir = model_folder_or_exit(model, out, loaded, ctx.obj)
     result = suspects_flow(str(dataset.resolve()), str(model_dir), str(out.resolve()), loaded,
                            batch_size)
     for kind, per_class in result["counts"].items():

@@ -71,15 +71,16 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def section(rows: list[dict], gpu: dict | None) -> str:
+def section(rows: list[dict], gpu: dict | None, at: str) -> str:
     text = ["## Distributed training throughput (`python -m bench.distributed`)", "",
-            f"Measured at {measured_at()} on {platform.machine()}; the tiny Florence-2 (LoRA) on "
+            f"Measured at {at} on {platform.machine()}; the tiny Florence-2 (LoRA) on "
             "64 px images, samples/s = steps x global batch / train runtime. Reported, not a goal. "
             "On the CPU the processes split its cores (1 thread each of 2): the tiny model's "
             "steps are too small for a second thread to help one process, so two processes "
             "(twice the global batch, one gloo all-reduce a step) get more done; a real model's "
-            "steps would tell another story. On the GPU machine (one GPU) only the NCCL path "
-            "with one process can run: it matches the in-process training.", "",
+            "steps would tell another story. A run takes 3-4 s: the figures move by a third "
+            "between runs. On the GPU machine (one GPU) only the NCCL path with one process can "
+            "run; the tiny model is latency-bound there, the point is that the path runs.", "",
             *table(rows)]
     if gpu:
         text += ["", f"On the GPU machine (NCCL), measured at {gpu['measured_at']}:", "",
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--json", type=Path, help="write the rows here, and nothing else")
     args = parser.parse_args()
+    at = measured_at()  # before this run writes results.json and RESULTS.md
     work = Path(tempfile.mkdtemp(prefix="defectflow-bench-ddp-"))
     data = dataset(work)
     rows = [throughput(data, work / "in-process", None, args.steps, args.batch)]
@@ -103,14 +105,14 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     if args.json:
-        args.json.write_text(json.dumps({"measured_at": measured_at(), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"measured_at": at, "rows": rows}, indent=1))
         return
     by_processes = {row["processes"]: row["samples_per_s"] for row in rows}
     if 1 in by_processes and 2 in by_processes:
         record("train_ddp_2_vs_1_process", by_processes[2], by_processes[1],
-               unit="samples/s", measured_at=measured_at())
+               unit="samples/s", measured_at=at)
     gpu = json.loads(GPU_RESULT.read_text()) if GPU_RESULT.exists() else None
-    write_section(section(rows, gpu), "## Distributed training throughput")
+    write_section(section(rows, gpu, at), "## Distributed training throughput")
 
 
 if __name__ == "__main__":

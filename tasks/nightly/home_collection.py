@@ -21,21 +21,12 @@ from pathlib import Path
 from pydantic_core import from_json
 
 from tasks.core.home import Home
+from tasks.core.processes import process_alive
 from tasks.images.store import store_version
 
 BUSY_FOR_S = 24 * 3600  # a `prepare` command "running" for longer than this was killed
 PAGE = 200
 LOCK_FILE = ".retrain.lock"  # promotion.work_dir_lock writes its holder's pid into it
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError, ValueError):
-        return False
-    except PermissionError:
-        return True  # someone else's, alive
-    return True
 
 
 def lock_holder(work: Path) -> tuple[int, float] | None:

@@ -133,7 +133,8 @@ def night_alive(work_dir: str | None, started: float | None, now: float) -> bool
     """Whether a night Prefect calls Running still runs. Prefect never hears of a killed night
     (it stays Running): its work dir's lock names the pid that took it last, dead now. A night
     that has not taken the lock yet (its first moments) counts as running for STARTING_S."""
-    from tasks.nightly.home_collection import lock_holder, process_alive
+    from tasks.core.processes import process_alive
+    from tasks.nightly.home_collection import lock_holder
 
     holder = lock_holder(Path(work_dir)) if work_dir else None
     if holder is not None and process_alive(holder[0]):

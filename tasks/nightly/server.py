@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.core.home import Home, home_server_url, serves_home
-from tasks.nightly.home_collection import process_alive
+from tasks.core.processes import process_alive
 
 DEFAULT_PORT = 4200  # the port the Prefect UI is usually opened on
 

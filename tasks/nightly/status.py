@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
-from tasks.nightly.home_collection import lock_holder, process_alive
+from tasks.core.processes import process_alive
+from tasks.nightly.home_collection import lock_holder
 from tasks.nightly.registry import CHAMPION, embedded_tracking_uri
 from tasks.nightly.retention import disk_use
 

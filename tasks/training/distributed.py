@@ -26,6 +26,7 @@ from pathlib import Path
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.core.logs import run_logger
 from tasks.core.model_config import DistributedConfig
+from tasks.core.processes import process_alive
 from tasks.dataset.publish import dataset_fingerprint_of
 from tasks.training.run_folder import claim_output, run_identity
 from tasks.training.tiny import TINY
@@ -74,14 +75,9 @@ def end_with_launcher(pid: int, every_s: float = 2.0) -> threading.Thread:
     steps bar, every step), and a phase that writes nothing (an evaluation, filling the pixel
     cache) trains on into a run folder the next night claims. torchrun then stops the others."""
     def watch() -> None:
-        while True:
+        while process_alive(pid):
             time.sleep(every_s)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(3)
-            except PermissionError:
-                pass  # alive, another user's: not ours to judge
+        os._exit(3)
 
     watcher = threading.Thread(target=watch, name="end-with-launcher", daemon=True)
     watcher.start()

@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core.logs import run_logger
 from tasks.core.records import Box
 from tasks.scoring.coco import IOU_MATCH, iou
+from tasks.scoring.threshold import at_or_above
 
 NEAR = 2.0  # "unsure": within this factor of the threshold, either side
 DUPLICATE_BITS = 6  # average hashes this close (of 64 bits) are the same picture, near enough
@@ -94,8 +95,7 @@ def rank_queue(candidates: list[Candidate], threshold: float, per_class: dict[st
                class_counts: dict[str, int] | None = None) -> list[Candidate]:
     """The candidates best first, each with its score and reasons (see the module's text)."""
     for candidate in candidates:
-        kept = [b for b, s in zip(candidate.boxes, candidate.scores, strict=True)
-                if s >= per_class.get(b.label, threshold)]
+        kept = at_or_above(candidate.boxes, candidate.scores, threshold, per_class)[0]
         parts = {"near_threshold": unsure_boxes(candidate.boxes, candidate.scores, threshold,
                                                 per_class),
                  "flip_disagrees": float(disagreements(kept, candidate.flipped)),
@@ -162,11 +162,8 @@ def queue_inbox(inbox: str | Path, out_dir: str | Path, model, processor, settin
     gallery = []
     for rank, candidate in enumerate(ranked[:gallery_images], start=1):
         loaded = load_input(by_item[candidate.item], settings.max_pixels)
-        boxes, scores = [], []
-        for box, score in zip(candidate.boxes, candidate.scores, strict=True):
-            if score >= settings.class_thresholds.get(box.label, settings.threshold):
-                boxes.append(box)
-                scores.append(score)
+        boxes, scores = at_or_above(candidate.boxes, candidate.scores, settings.threshold,
+                                    settings.class_thresholds)
         gallery.append((loaded.image, f"#{rank} {candidate.item}\nscore {candidate.score:.2f}",
                         [], boxes, scores))
     if gallery:

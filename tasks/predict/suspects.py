@@ -31,6 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.core.logs import run_logger
 from tasks.core.records import Box
 from tasks.scoring.coco import IOU_MATCH, iou
+from tasks.scoring.threshold import at_or_above
 
 SEEN_IOU = 0.1  # below this, a box and a label are about different things
 LOOSE_IOU = 0.3
@@ -45,9 +46,7 @@ def label_suspects(labels: list[Box], boxes: list[Box], scores: list[float], thr
                    per_class: dict[str, float] | None = None) -> list[dict]:
     """The suspects of one image (see the module's text), each {kind, class, label, model,
     score}: `label` and `model` the boxes involved (None where there is none)."""
-    per_class = per_class or {}
-    confident = [(b, s) for b, s in zip(boxes, scores, strict=True)
-                 if s >= per_class.get(b.label, threshold)]
+    confident = list(zip(*at_or_above(boxes, scores, threshold, per_class), strict=True))
     found: list[dict] = []
 
     def add(kind: str, label: Box | None, model: Box | None, score: float | None) -> None:
@@ -102,7 +101,6 @@ def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor
     from tasks.ingest.labelimg_writer import labelimg_xml
     from tasks.scoring.generation import predict_batch
     from tasks.scoring.score import original_rows, truth_boxes
-    from tasks.scoring.threshold import at_or_above
 
     out = Path(out_dir)
     loaded = datasets.load_dataset(str(dataset_dir))

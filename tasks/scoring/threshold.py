@@ -18,6 +18,13 @@ def matched(truth: list[Box], predicted: list[Box], scores: list[float],
     """(score, matched) per prediction: most confident first, each takes the unmatched true box
     of its class it overlaps most (IoU >= 0.5). The order makes this the same for every
     confidence threshold: a prediction only competes with more confident ones."""
+    return [(score, hit) for score, hit, _ in matched_with_labels(truth, predicted, scores,
+                                                                  iou_threshold)]
+
+
+def matched_with_labels(truth: list[Box], predicted: list[Box], scores: list[float],
+                        iou_threshold: float = IOU_MATCH) -> list[tuple[float, bool, str]]:
+    """`matched`, with each prediction's class."""
     taken = [False] * len(truth)
     result = []
     for score, box in sorted(zip(scores, predicted, strict=True), key=lambda pair: -pair[0]):
@@ -28,7 +35,7 @@ def matched(truth: list[Box], predicted: list[Box], scores: list[float],
                 best, best_iou = j, overlap
         if best is not None:
             taken[best] = True
-        result.append((score, best is not None))
+        result.append((score, best is not None, box.label))
     return result
 
 
@@ -50,15 +57,6 @@ def missed_and_spurious(truth: list[Box], predicted: list[Box], scores: list[flo
     kept = [hit for score, hit, label in matched_with_labels(truth, predicted, scores)
             if score >= per_class.get(label, threshold)]
     return len(truth) - sum(kept), kept.count(False)
-
-
-def matched_with_labels(truth: list[Box], predicted: list[Box],
-                        scores: list[float]) -> list[tuple[float, bool, str]]:
-    """`matched`, with each prediction's class."""
-    labels = [box.label for _, box in sorted(zip(scores, predicted, strict=True),
-                                             key=lambda pair: -pair[0])]
-    return [(score, hit, label) for (score, hit), label
-            in zip(matched(truth, predicted, scores), labels, strict=True)]
 
 
 def best_f1_threshold(truths: list[list[Box]],

@@ -51,6 +51,17 @@ def score_detector(model, processor, rows, labels: Sequence[str], batch_size: in
     predictions)` sees each batch (the evaluation keeps a few images for its picture).
     `max_new_tokens` defaults to the rows' longest target and a quarter more. A row marked
     `sliced` (a test image too dense for one target) is predicted through `tiling`'s tiles."""
+    return with_coco(predicted_rows(model, processor, rows, labels, batch_size, num_beams,
+                                    on_batch, max_new_tokens, tiling))
+
+
+def predicted_rows(model, processor, rows, labels: Sequence[str], batch_size: int = 8,
+                   num_beams: int = 1,
+                   on_batch: Callable[[list[dict], list], None] | None = None,
+                   max_new_tokens: int | None = None,
+                   tiling: TilingConfig | None = None) -> DetectionScores:
+    """`score_detector`'s predictions and truths, without the COCO metrics (`with_coco` adds
+    them; a part of the rows scored apart is scored once it is whole again)."""
     scores = DetectionScores(labels=list(labels))
     if max_new_tokens is None:
         max_new_tokens = new_token_budget(rows["target"], processor.tokenizer)
@@ -75,7 +86,7 @@ def score_detector(model, processor, rows, labels: Sequence[str], batch_size: in
             scores.unknown_labels += result.unknown_labels
         if on_batch is not None:
             on_batch(batch, results)
-    return with_coco(scores)
+    return scores
 
 
 def with_coco(scores: DetectionScores) -> DetectionScores:

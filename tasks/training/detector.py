@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
 from tasks.scoring.generation import new_token_budget
-from tasks.scoring.score import interleaved, original_rows, score_detector
+from tasks.scoring.score import interleaved, original_rows, predicted_rows, score_detector
 from tasks.scoring.threshold import best_f1_threshold, best_f1_thresholds_per_class
 from tasks.training.models import load_detector, write_model_facts
 from tasks.training.pixels import PixelCache
@@ -102,10 +102,9 @@ class DetectionQuality(TrainerCallback):
                                   max_new_tokens=self.budget)
         import torch.distributed
 
-        part = score_detector(model, self.processor,
+        part = predicted_rows(model, self.processor,
                               self.rows.select(range(rank, len(self.rows), world_size)),
                               self.labels, self.batch_size, max_new_tokens=self.budget)
-        part.gt, part.dt, part.coco = {}, [], None  # recomputed on the whole
         parts: list = [None] * world_size
         torch.distributed.all_gather_object(parts, part)
         return interleaved(parts)

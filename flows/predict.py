@@ -10,7 +10,7 @@ from prefect import flow
 from tasks.core.config import DatasetConfig
 from tasks.core.home import resolve_home
 from tasks.nightly.registry import embedded_tracking_uri
-from tasks.predict.folder import predict_task, settings_for
+from tasks.predict.folder import line_settings, predict_task
 from tasks.predict.model import resolve_model
 from tasks.predict.queue import queue_task
 from tasks.predict.suspects import suspects_task
@@ -31,9 +31,7 @@ def predict(images_dir: str, model_dir: str, out_dir: str, threshold: float | No
             overwrite: bool = False) -> dict:
     """Apply a trained detector to every image of a folder (an XML already in OUT/labelimg is
     kept unless `overwrite`)."""
-    settings = settings_for(model_dir, threshold, batch_size, num_beams,
-                            config.labels if config else None, config.tiling if config else None,
-                            config.images.max_pixels if config else None)
+    settings = line_settings(model_dir, config, threshold, batch_size, num_beams)
     return predict_task(images_dir=images_dir, model_dir=model_dir, out_dir=out_dir,
                         settings=settings, overwrite=overwrite)
 
@@ -43,9 +41,7 @@ def queue(inbox: str, model_dir: str, out_dir: str, config: DatasetConfig | None
           class_counts: dict[str, int] | None = None, batch_size: int = 8) -> dict:
     """Rank the inbox images no person verified yet by what labelling them should teach the
     model: queue.csv and a gallery (the run's image artifact)."""
-    settings = settings_for(model_dir, None, batch_size, 1, config.labels if config else None,
-                            config.tiling if config else None,
-                            config.images.max_pixels if config else None)
+    settings = line_settings(model_dir, config, None, batch_size, 1)
     return queue_task(inbox=inbox, model_dir=model_dir, out_dir=out_dir, settings=settings,
                       class_counts=class_counts)
 
@@ -55,8 +51,6 @@ def suspects(dataset_dir: str, model_dir: str, out_dir: str, config: DatasetConf
              batch_size: int = 8) -> dict:
     """The labels of a prepared dataset the model disagrees with: suspects.json, the image and
     the two XMLs of each, a gallery (the run's image artifact)."""
-    settings = settings_for(model_dir, None, batch_size, 1, config.labels if config else None,
-                            config.tiling if config else None,
-                            config.images.max_pixels if config else None)
+    settings = line_settings(model_dir, config, None, batch_size, 1)
     return suspects_task(dataset_dir=dataset_dir, model_dir=model_dir, out_dir=out_dir,
                          settings=settings)

@@ -75,17 +75,15 @@ def queue(
     """Which inbox images to label first: those the model is unsure of, whose mirror image it
     sees differently, or of rare classes; near-duplicates last. Images with a verified XML
     (LabelImg's "Verify Image") are done and left out."""
-    import json
 
     from flows.predict import queue as queue_flow
     from tasks.core.home import resolve_home
+    from tasks.predict.queue import class_counts_of
 
     loaded = config_or_exit(config) if config else None
     folder_or_exit(inbox)
     model_dir = model_folder_or_exit(model, out, loaded, ctx.obj)
-    report = (resolve_home(ctx.obj).line(loaded.name) / "prepared" / "prepare_report.json"
-              if loaded else None)
-    counts = json.loads(report.read_text()).get("classes") if report and report.is_file() else None
+    counts = class_counts_of(resolve_home(ctx.obj).line(loaded.name)) if loaded else None
     result = queue_flow(str(inbox.resolve()), str(model_dir), str(out.resolve()), loaded, counts,
                         batch_size)
     console.print(f"{result['queued']} images ranked ({result['verified']} verified already, "

@@ -4,7 +4,6 @@ inbox with the champion, retention: steps that cannot fail or undo the night).""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime
@@ -51,9 +50,9 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.retention import retention_task
 from tasks.nightly.runners import prep_task_runner
-from tasks.predict.folder import settings_for
+from tasks.predict.folder import line_settings
 from tasks.predict.prelabel import prelabel_task
-from tasks.predict.queue import queue_task
+from tasks.predict.queue import class_counts_of, queue_task
 from tasks.predict.suspects import suspects_task
 from tasks.training.run_folder import run_identity
 from tasks.training.train import (
@@ -194,9 +193,7 @@ def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,
                                        metrics=needs["metrics"], lineage=needs["lineage"],
                                        return_state=True)
         else:
-            settings = settings_for(champion["model_dir"], config.prelabel.threshold,
-                                    config.evaluate.batch_size, config.evaluate.num_beams,
-                                    config.labels, config.tiling, config.images.max_pixels)
+            settings = line_settings(champion["model_dir"], config, config.prelabel.threshold)
             state = prelabel_task(
                 inbox=str(config.prelabel.inbox), model_dir=champion["model_dir"],
                 settings=settings, model_version=f"{config.model_name} v{champion['version']}",
@@ -207,7 +204,7 @@ def after_the_night(config: DatasetConfig, registry: RegistryTarget, work: Path,
             if name == PRELABEL:  # and which inbox images to label first (a gallery artifact)
                 queued = queue_task(inbox=str(config.prelabel.inbox),
                                     model_dir=champion["model_dir"], out_dir=str(work / "queue"),
-                                    settings=settings, class_counts=line_class_counts(work),
+                                    settings=settings, class_counts=class_counts_of(work),
                                     return_state=True)
                 outcomes[name]["result"]["queue"] = queued.result() if queued.is_completed() \
                     else {"error": queued.message or queued.name}
@@ -228,21 +225,12 @@ def suspect_labels_tonight(config: DatasetConfig, dataset: str, champion: dict |
         return None
     state = suspects_task(
         dataset_dir=dataset, model_dir=champion["model_dir"], out_dir=str(run_dir / "suspects"),
-        settings=settings_for(champion["model_dir"], None, config.evaluate.batch_size,
-                              config.evaluate.num_beams, config.labels, config.tiling,
-                              config.images.max_pixels),
+        settings=line_settings(champion["model_dir"], config),
         only=changes["changed_ids"], return_state=True)
     if state.is_completed():
         return {key: value for key, value in state.result().items() if key != "suspects"}
     get_run_logger().warning("suspect labels: %s", state.message or state.name)
     return {"error": state.message or state.name}
-
-
-def line_class_counts(work: Path) -> dict[str, int] | None:
-    """Boxes per class in the line's last prepared dataset (rare classes rank higher in the
-    labelling queue)."""
-    report = work / "prepared" / "prepare_report.json"
-    return json.loads(report.read_text()).get("classes") if report.is_file() else None
 
 
 def run_retrain(config_path: Path, work_dir: Path, home: str | None,

@@ -22,7 +22,7 @@ from pathlib import Path
 from prefect import task
 from tqdm.auto import tqdm
 
-from tasks.core.config import ImageLimits, TilingConfig
+from tasks.core.config import DatasetConfig, ImageLimits, TilingConfig
 from tasks.core.records import Rejection
 from tasks.images.overlay import draw_boxes
 from tasks.ingest.labelimg_writer import labelimg_xml, save_xml
@@ -65,6 +65,18 @@ def settings_for(model_dir: str | Path, threshold: float | None = None, batch_si
         labels=facts.get("labels") or labels,
         tiling=TilingConfig(**facts["tiling"]) if facts.get("tiling") else tiling,
         max_pixels=max_pixels or ImageLimits().max_pixels)
+
+
+def line_settings(model_dir: str | Path, config: DatasetConfig | None,
+                  threshold: float | None = None, batch_size: int | None = None,
+                  num_beams: int | None = None) -> PredictSettings:
+    """`settings_for` with what a line's config says: its labels, tiling and image limit, and
+    (unless given) its evaluation's batch size and beams."""
+    return settings_for(model_dir, threshold,
+                        batch_size or (config.evaluate.batch_size if config else 8),
+                        num_beams or (config.evaluate.num_beams if config else 1),
+                        config.labels if config else None, config.tiling if config else None,
+                        config.images.max_pixels if config else None)
 
 
 def predict_loaded(model, processor, images: list[LoadedImage],

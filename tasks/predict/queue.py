@@ -116,6 +116,14 @@ def rank_queue(candidates: list[Candidate], threshold: float, per_class: dict[st
     return first + later
 
 
+def class_counts_of(work_dir: Path) -> dict[str, int] | None:
+    """Boxes per class in a line's last prepared dataset (its prepare_report.json), if any."""
+    import json
+
+    report = Path(work_dir) / "prepared" / "prepare_report.json"
+    return json.loads(report.read_text()).get("classes") if report.is_file() else None
+
+
 def write_queue(ranked: list[Candidate], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:

@@ -113,6 +113,8 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
     landing = LandingWatch.starting_now(config.source, config.trigger)
     folders = {config.source.images} | {p if p.is_dir() else p.parent
                                         for p in config.source.annotation_paths}
+    if config.source.verified_inbox is not None:
+        folders.add(config.source.verified_inbox)  # a person verifying there lands an image
     folders = {folder for folder in folders if folder.is_dir()}  # watchfiles needs them there
     if not folders:
         console.print(f"[yellow]landing watch: no source folder of {config.name} exists: nothing "

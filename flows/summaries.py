@@ -52,6 +52,10 @@ def add_image_rows(table: Table, report: dict) -> None:
                                               report["quarantine_reasons"].items()))
     if merged := report.get("annotations", {}).get("images_from_several_folders"):
         table.add_row("annotation passes", f"{merged} images drew boxes from several folders")
+    if "inbox_read" in (annotations := report.get("annotations", {})):
+        table.add_row("inbox", f"{annotations['inbox_read']} verified XMLs read, "
+                      f"{annotations['inbox_waiting_verification']} waiting for a person to "
+                      "verify (not read)")
     table.add_row("work this run", f"decoded {work.get('images_decoded', 0)}, reused "
                   f"{work.get('images_reused', 0)} (content store), encoded "
                   f"{work.get('images_encoded', 0)}")

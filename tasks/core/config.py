@@ -37,6 +37,9 @@ class SourceConfig(_Strict):
         description="VOC: a folder of XML files, or a list of folders (one per annotation pass: "
         "boxes for the same image merge); COCO: the JSON file; YOLO: the folder of LabelImg "
         ".txt files with its classes.txt")
+    verified_inbox: Path | None = Field(
+        None, description="set from `prelabel: {adopt: verified}` (not written here): the inbox "
+        "whose XMLs a person marked verified in LabelImg are labels too")
 
     @model_validator(mode="after")
     def _one_file_for_coco(self) -> SourceConfig:
@@ -257,8 +260,18 @@ def load_config(path: str | Path) -> DatasetConfig:
     source.annotations = ([(base / p).resolve() for p in source.annotations]
                           if isinstance(source.annotations, list)
                           else (base / source.annotations).resolve())
+    if "verified_inbox" in (raw.get("source") or {}):
+        raise ConfigError(f"{path}: source.verified_inbox: set `prelabel: {{inbox: ..., adopt: "
+                          "verified}` instead")
     if config.prelabel is not None:
         config.prelabel.inbox = inbox = (base / config.prelabel.inbox).resolve()
+        if config.prelabel.adopt == "verified":
+            source.verified_inbox = inbox
+            images = source.images
+            if inbox == images or images in inbox.parents or inbox in images.parents:
+                # An image would be read by both sources: once adopted, once unlabelled.
+                raise ConfigError(f"{path}: prelabel.inbox {inbox} overlaps source.images "
+                                  f"{images}: with adopt: verified keep the two folders apart")
         for annotations in source.annotation_paths:
             if inbox == annotations or annotations in inbox.parents or inbox in annotations.parents:
                 # Tomorrow's ingest would read the model's guesses as a person's labels.

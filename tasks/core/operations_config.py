@@ -51,6 +51,10 @@ class PrelabelConfig(Strict):
     threshold: float | None = Field(None, ge=0, le=1, description="boxes at or above this "
                                     "confidence; default: the one the champion's validation "
                                     "chose (best F1), else 0.25")
+    adopt: Literal["none", "verified"] = Field(
+        "none", description="verified: the inbox's XMLs a person marked verified in LabelImg "
+        "(its Verify Image key) are labels of the line, read where they are (nothing is moved); "
+        "pre-labels and unverified XMLs never are")
 
 
 class RetentionConfig(Strict):

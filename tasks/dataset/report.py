@@ -63,7 +63,12 @@ def report_step(
             "dropped_grayscale": len(dropped_gray),
         },
         # VOC in passes (several annotation folders): images whose boxes merged from several.
-        "annotations": {"images_from_several_folders": ingested.several_passes},
+        # With `prelabel: {adopt: verified}`: the inbox XMLs read as labels (verified, or
+        # unreadable and quarantined) and those a person has not verified yet (not read).
+        "annotations": {"images_from_several_folders": ingested.several_passes,
+                        **({"inbox_read": ingested.inbox["xmls_read"],
+                            "inbox_waiting_verification": ingested.inbox["waiting"]}
+                           if ingested.inbox is not None else {})},
         "boxes": {
             "found": ingested.boxes_found,
             "kept": kept_boxes,

@@ -3,6 +3,7 @@ content-defined shards; and the source folder's fingerprint (what "new images la
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tasks.core.config import SourceConfig
 from tasks.core.labels import LabelRules
 from tasks.core.records import Manifest, ManifestWriter, Rejection, read_lines, write_lines, write_manifest
 from tasks.ingest.coco import CocoUnreadable, ingest_coco
+from tasks.ingest.inbox import adoptable, ingest_inbox
 from tasks.ingest.results import IngestResult
 from tasks.ingest.sources import SourceListing, list_source
 from tasks.ingest.voc import ingest_voc, parse_memo
@@ -34,6 +36,8 @@ class IngestOutput(BaseModel, frozen=True):
     boxes_found: int
     images_found: int
     label_spellings: dict[str, int] = {}  # raw class names with their box counts
+    # With an adopted inbox: its XMLs read as labels (verified), and those waiting for a person
+    inbox: dict[str, int] | None = None
 
 
 ANNOTATION_SUFFIX = {"voc": ".xml", "coco": ".json", "yolo": ".txt"}
@@ -45,8 +49,13 @@ def list_configured_source(source: SourceConfig) -> SourceListing:
 
 def source_fingerprint(source: SourceConfig) -> str:
     """Changes whenever a file under the source is added, removed or written (even at the same
-    size with its mtime set back: `sources.stat_line`)."""
-    return list_configured_source(source).fingerprint
+    size with its mtime set back: `sources.stat_line`), and with an adopted inbox, whenever a
+    verified XML there (or its image) is."""
+    main = list_configured_source(source).fingerprint
+    if source.verified_inbox is None:
+        return main
+    return hashlib.sha256(f"{main}\n{adoptable(source.verified_inbox).listing.fingerprint}"
+                          .encode()).hexdigest()
 
 
 @dataclass
@@ -68,7 +77,9 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
     files parsed, and items made, in an earlier run are taken from its memos."""
     listing = list_configured_source(source)
     missing = [p for p in source.annotation_paths if not p.is_dir()]
-    fatal = None
+    fatal, inbox = None, None
+    memos = (parse_memo(store_root), outcome_memo(store_root, rules)) \
+        if store_root is not None else (None, None)
     with ManifestWriter(manifests_dir, "candidates") as candidates:  # streamed as parsed
         result = IngestResult()
         if source.format == "coco":
@@ -85,12 +96,14 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
             result = ingest_yolo(source.images, source.annotations, listing, labels, rules,
                                  candidates.add)
         else:
-            memos = (parse_memo(store_root), outcome_memo(store_root, rules)) \
-                if store_root is not None else (None, None)
             result = ingest_voc(source.images, source.annotation_paths, listing, rules,
                                 candidates.add_line, *memos)
-            for memo in filter(None, memos):
-                memo.save()
+        if source.verified_inbox is not None and fatal is None:
+            adopted, found = ingest_inbox(source.verified_inbox, rules, candidates.add_line, *memos)
+            result.merge(adopted)
+            inbox = {"xmls_read": len(found.listing.annotations), "waiting": found.waiting}
+        for memo in filter(None, memos):
+            memo.save()
     return IngestOutput(
         fatal=fatal, several_passes=result.several_passes,
         candidates=candidates.manifest,
@@ -98,7 +111,7 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
         rejected_boxes=write_manifest(result.rejected_boxes, manifests_dir, "ingest-rejected-boxes"),
         boxes_found=result.boxes_found,
         images_found=candidates.count + len(result.rejected),
-        label_spellings=dict(sorted(result.spellings.items())),
+        label_spellings=dict(sorted(result.spellings.items())), inbox=inbox,
     )
 
 

@@ -19,6 +19,15 @@ class IngestResult:
     spellings: Counter[str] = field(default_factory=Counter)  # raw class names, as annotated
     several_passes: int = 0  # images whose boxes came from more than one annotation folder
 
+    def merge(self, other: IngestResult) -> None:
+        """Another source's result added to this one."""
+        self.samples += other.samples
+        self.rejected += other.rejected
+        self.rejected_boxes += other.rejected_boxes
+        self.boxes_found += other.boxes_found
+        self.spellings.update(other.spellings)
+        self.several_passes += other.several_passes
+
 
 def reject_unclaimed_images(
     images_root: Path, listing: SourceListing, claimed: set[Path], result: IngestResult

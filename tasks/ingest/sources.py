@@ -133,7 +133,6 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
     """List images and annotation files (under one folder or file, or several folders); the
     fingerprint changes when any of them changes."""
     listing = SourceListing()
-    digest = hashlib.sha256()
     for path in walk_files(images, listing.listed) if images.is_dir() else []:
         if is_image_name(path.name):
             listing.images.append(path)
@@ -143,6 +142,13 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
                                     if p.suffix.lower() == annotation_suffix]
         elif folder.is_file():
             listing.annotations.append(folder)
+    listing.fingerprint = fingerprint_of(listing)
+    return listing
+
+
+def fingerprint_of(listing: SourceListing) -> str:
+    """One hash of the stat lines of the listing's images and annotations."""
+    digest = hashlib.sha256()
     for path in sorted(set(listing.images) | set(listing.annotations), key=os.fspath):
         found = listing.listed.get(os.fspath(path))
         try:
@@ -150,8 +156,7 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
             digest.update(stat_line(path, lstat).encode())
         except OSError:
             digest.update(f"{path}\0gone\n".encode())
-    listing.fingerprint = digest.hexdigest()
-    return listing
+    return digest.hexdigest()
 
 
 def find_image(

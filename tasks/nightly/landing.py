@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tasks.core.config import SourceConfig
 from tasks.core.operations_config import TriggerConfig
+from tasks.ingest.inbox import adoptable
 from tasks.ingest.ingest import list_configured_source
-from tasks.ingest.sources import stat_line
+from tasks.ingest.sources import SourceListing, stat_line
 
 LANDED_EVENT = "defectflow.images.landed"
 
@@ -33,21 +34,28 @@ def line_resource_id(config_name: str) -> str:
 def labelled_images(source: SourceConfig) -> dict[str, str]:
     """Every image of the source that has its annotation, by path, with the state of both (their
     stat lines: any rewrite changes it). VOC and YOLO: the annotation file of the image's name;
-    COCO: the images the JSON names (a relabel inside the JSON is not seen as a landing)."""
-    listing = list_configured_source(source)
+    COCO: the images the JSON names (a relabel inside the JSON is not seen as a landing). With an
+    adopted inbox, its images whose XML a person verified too (a pre-label does not land)."""
+    coco = source if source.format == "coco" else None
+    found = _with_annotations(list_configured_source(source), coco)
+    if source.verified_inbox is not None:
+        found |= _with_annotations(adoptable(source.verified_inbox).listing)
+    return found
 
+
+def _with_annotations(listing: SourceListing, coco: SourceConfig | None = None) -> dict[str, str]:
     def state(path: Path) -> str:
         found = listing.listed.get(os.fspath(path))
         return stat_line(path, found[1] if found else os.lstat(path))
 
-    if source.format == "coco":
+    if coco is not None:
         try:
             named = {image.get("file_name") for image in
-                     json.loads(Path(source.annotations).read_text(encoding="utf-8"))["images"]}
+                     json.loads(Path(coco.annotations).read_text(encoding="utf-8"))["images"]}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}  # half written, or not COCO: the next quiet moment reads it again
         return {os.fspath(p): state(p) for p in listing.images
-                if p.relative_to(source.images).as_posix() in named or p.name in named}
+                if p.relative_to(coco.images).as_posix() in named or p.name in named}
     annotations: dict[str, Path] = {}
     for path in listing.annotations:
         annotations.setdefault(path.stem, path)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.config import ConfigError, load_config
+from tasks.core.config import ConfigError, DatasetConfig, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -38,6 +38,12 @@ def test_minimal_config_gets_defaults_and_resolves_paths_against_the_yaml(tmp_pa
          "augment.hflip"),
         ("name: x\nsource: {format: voc, images: a, annotations: b}\nmodel: {kind: vit}\n"
          "prelabel: {inbox: inbox}\n", "prelabel writes boxes, which a vit classifier does not give"),
+        ("name: x\nsource: {format: voc, images: a, annotations: b}\n"
+         "prelabel: {inbox: a/new, adopt: verified}\n", "prelabel.inbox"),
+        ("name: x\nsource: {format: voc, images: a, annotations: b, verified_inbox: c}\n",
+         "source.verified_inbox: set `prelabel: {inbox: ..., adopt: verified}` instead"),
+        ("name: x\nsource: {format: voc, images: a, annotations: b}\n"
+         "prelabel: {inbox: c, adopt: everything}\n", "prelabel.adopt"),
         ("name: [x\n", "not valid YAML"),
         ("- a\n- b\n", "mapping"),
     ],
@@ -58,3 +64,15 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_shipped_configs_are_valid():
     for path in sorted((Path(__file__).parents[2] / "datasets_cfg").glob("*.yaml")):
         load_config(path)
+
+
+def test_adopting_verified_inbox_xmls_makes_the_inbox_a_second_source(tmp_path):
+    plain = load_config(write(tmp_path, "name: x\nsource: {format: voc, images: a, annotations: b}\n"
+                              "prelabel: {inbox: c}\n"))
+    assert plain.source.verified_inbox is None  # pre-labels alone: the inbox is never read
+    adopting = load_config(write(tmp_path, "name: x\nsource: {format: voc, images: a, "
+                                 "annotations: b}\nprelabel: {inbox: c, adopt: verified}\n"))
+    assert adopting.source.verified_inbox == (tmp_path / "c").resolve()
+    # as a deployment's parameter, the config travels as JSON and is validated again
+    again = DatasetConfig.model_validate(adopting.model_dump(mode="json"))
+    assert again.source.verified_inbox == (tmp_path / "c").resolve()

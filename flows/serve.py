@@ -61,6 +61,8 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
 def landing_line(config) -> str:
     if config.trigger is None:
         return "landing trigger off (trigger: null): nights start on the schedule only"
-    return (f"watching {config.source.images} for labelled images: {config.trigger.min_new_images} "
+    inbox = config.source.verified_inbox
+    where = f"{config.source.images}" + (f" and {inbox} (verified XMLs)" if inbox else "")
+    return (f"watching {where} for labelled images: {config.trigger.min_new_images} "
             f"or more, then {config.trigger.quiet_seconds:g} s quiet, start a night "
             "(the schedule stays as the fallback)")

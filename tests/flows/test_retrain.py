@@ -139,6 +139,13 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
     # Last night's champion looked for suspect labels among those 6 only, not every image.
     assert result["suspects"]["images_checked"] == 6 and summary["suspects"] is None
     assert (run_dir_of(result) / "suspects" / "suspects.json").is_file()
+    # ...and its gallery and counts are artifacts of the night's run (read from Prefect's API).
+    artifacts = artifacts_of(fourth.state_details.flow_run_id)
+    counts = json.loads(artifacts["suspect-label-counts"].data)
+    assert sum(row["count"] for row in counts) == sum(
+        sum(per_class.values()) for per_class in result["suspects"]["counts"].values()) > 0
+    assert artifacts["suspect-labels"].type == "image"
+    assert artifacts["suspect-labels"].data.startswith("data:image/png;base64,")
     assert [line for line in logs_of(fourth.state_details.flow_run_id)
             if line.startswith("resuming from") and "global step 8" in line]
     # Champion and challenger were both scored on tonight's test split: the same images with

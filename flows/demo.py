@@ -1,5 +1,6 @@
-"""demo = generate a first batch -> build the base (once) while the retrain deployment is served ->
-night 1 (a run of it) -> new images land -> night 2 -> summary (console and demo_summary.json)."""
+"""demo = generate a first batch and an inbox -> build the base (once) while the retrain deployment
+is served -> night 1 (a run of it; the champion pre-labels the inbox) -> new images land and a
+person verifies some pre-labels -> night 2 -> summary (console and demo_summary.json)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from tasks.demo.scenario import (
     DEMO_FIRST_BATCH,
     DEMO_SECOND_BATCH,
     add_batch,
+    add_inbox,
     demo_record,
     expectation_line,
     night1_expectation,
     untrained_nights,
+    verify_in_labelimg,
     write_demo_config,
 )
 from tasks.training.pretrain import BASE_NAME, build_pretrained_base
@@ -73,6 +76,8 @@ def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int
     source = work / "source"
     if not (source / "annotations").exists():
         console.print(add_batch(source, DEMO_FIRST_BATCH, start=0, troubles=True, seed=seed))
+    if not (work / "inbox").is_dir():
+        console.print(add_inbox(work, seed))
     # The base trains while Prefect's server (a new database on a first run) and serve start.
     base = in_background(lambda: build_base(home))
     with served(config, nightly, str(where.root)) as deployment:
@@ -87,6 +92,7 @@ def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int
             landed_from = datetime.now(timezone.utc)
             console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH,
                                     troubles=False, seed=seed))
+            console.print(verify_in_labelimg(work))
             console.rule("night 2: started by the landing trigger (serve saw the new images)")
             results.append(landing_night(deployment, landed_from))
             print_retrain_summary(results[1], server)

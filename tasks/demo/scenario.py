@@ -8,6 +8,8 @@ from tasks.demo.sample_data import generate
 
 DEMO_FIRST_BATCH = 800
 DEMO_SECOND_BATCH = 200
+DEMO_INBOX = 12  # unlabelled photos the champion pre-labels
+DEMO_VERIFIED = 4  # of them, verified by a person before night 2
 DEFECT_EXTENT = (1 / 3, 1 / 2)  # defect sides as a fraction of the 128 px image
 DEMO_CONFIG = """# Written by `defectflow demo`: synthetic LabelImg-style defects, a LoRA adapter trained
 # on a tiny Florence-2 base that `defectflow build-base` pretrained offline on generic shapes
@@ -36,6 +38,9 @@ train:
   warm_start: true      # night 2 trains night 1's champion adapter further,
   warm_start_steps: {warm_steps}  # and needs fewer steps: it starts from a working detector
 trigger: {{quiet_seconds: 5, min_new_images: 5}}  # night 2 starts when its images have landed
+# After each night the champion pre-labels the inbox for LabelImg and ranks what to label first;
+# the XMLs a person has verified there are labels of the next night.
+prelabel: {{inbox: {inbox}, adopt: verified}}
 registry:
   promote: {{metric: map50, min_gain: 0.0, min_metric: 0.3, max_class_drop: 0.25}}
 """
@@ -53,7 +58,8 @@ def write_demo_config(work: Path, base: Path, seed: int, steps: int = DEMO_STEPS
     path = work / "demo.yaml"
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(DEMO_CONFIG.format(
-        images=source / "images", annotations=source / "annotations", base=base, steps=steps,
+        images=source / "images", annotations=source / "annotations", inbox=work / "inbox",
+        base=base, steps=steps,
         min_steps=steps // 2, warm_steps=DEMO_WARM_STEPS, rank=DEMO_LORA_RANK,
         alpha=2 * DEMO_LORA_RANK, lr=DEMO_LR,
         seed=seed), encoding="utf-8")
@@ -66,6 +72,30 @@ def add_batch(source: Path, count: int, start: int, troubles: bool, seed: int) -
     extra = " + a truncated JPEG, an XML whose image is missing, a macOS junk file" if troubles else ""
     return (f"{'generated' if start == 0 else 'new images landed:'} {written['images']} images "
             f"({written['grayscale']} grayscale, {written['boxes']} boxes){extra} under {source}")
+
+
+def add_inbox(work: Path, seed: int) -> str:
+    """New photos nobody has labelled, in `work/inbox`; what a person would draw on them is kept
+    apart (`work/inbox_truth`), for `verify_in_labelimg` to play that person."""
+    truth, inbox = work / "inbox_truth", work / "inbox"
+    generate(truth, count=DEMO_INBOX, size=128, seed=seed + 1, start=10_000, troubles=False,
+             max_defects=1, extent=DEFECT_EXTENT)
+    inbox.mkdir(parents=True, exist_ok=True)
+    for image in sorted((truth / "images").iterdir()):
+        image.replace(inbox / image.name)
+    return f"{DEMO_INBOX} unlabelled photos in {inbox}: the champion pre-labels them"
+
+
+def verify_in_labelimg(work: Path, count: int = DEMO_VERIFIED) -> str:
+    """Play the person: correct `count` inbox images in LabelImg and press "Verify Image" (it
+    saves the whole XML again, `<annotation verified="yes">`, over the model's pre-label)."""
+    truths = sorted((work / "inbox_truth" / "annotations").glob("*.xml"))[:count]
+    for truth in truths:
+        text = truth.read_text(encoding="utf-8").replace("<annotation>",
+                                                         '<annotation verified="yes">', 1)
+        (work / "inbox" / truth.name).write_text(text, encoding="utf-8")
+    return (f"a person corrected {len(truths)} inbox images in LabelImg and marked them verified: "
+            "they are labels from now on")
 
 
 def demo_record(result: dict) -> dict:

@@ -83,3 +83,18 @@ def test_build_base_pretrains_with_the_seed_it_is_given(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "build-base", "--seed", "7"])
     assert result.exit_code == 0, result.output
     assert built == [(tmp_path / "bases" / "tiny-florence2-shapes", 7)]
+
+
+def test_the_demo_inbox_becomes_labels_only_where_the_person_verified(tmp_path):
+    from tasks.demo.scenario import DEMO_INBOX, DEMO_VERIFIED, add_inbox, verify_in_labelimg
+    from tasks.ingest.inbox import adoptable
+
+    config = load_config(write_demo_config(tmp_path, tmp_path / "bases" / "b", seed=3))
+    assert config.source.verified_inbox == tmp_path / "inbox"
+    add_inbox(tmp_path, seed=3)
+    before = adoptable(tmp_path / "inbox")
+    assert (len(before.listing.images), before.waiting) == (0, 0)
+    assert len(list((tmp_path / "inbox").iterdir())) == DEMO_INBOX  # photos only
+    verify_in_labelimg(tmp_path)
+    after = adoptable(tmp_path / "inbox")
+    assert len(after.listing.annotations) == len(after.listing.images) == DEMO_VERIFIED

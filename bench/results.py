@@ -20,6 +20,11 @@ GOALS = {
     "coco_eval_vs_pycocotools": ("<=", 0.2),
     "train_input_speedup": (">=", 2.0),
     "eval_speedup_vs_seed": (">=", 3.0),
+    # bench/scale.py: the cost of a line as it grows (issue 32)
+    "scale_per_image_100k_vs_1k": ("<=", 1.1),
+    "incremental_100k": ("<=", 0.05),
+    "rss_100k_vs_1k": ("<=", 1.5),
+    "unchanged_rerun_seconds_1k": ("<=", 5.0),
 }
 
 

@@ -1,0 +1,194 @@
+"""The cost of a line as it grows: `defectflow prepare` at 1k, 10k and 100k small images, each
+size in a home of its own with the home's Prefect server up (`defectflow server start`), as a
+nightly line runs. Each command is a new process, timed on the wall clock, as a user waits.
+
+    python -m bench.scale [--sizes 1000 10000 100000] [--work work/bench-scale]
+
+Per size: the cold run (an empty home), the unchanged rerun, the run after 1% new images, the
+peak RSS of the command's process tree (the server excluded), the content store's bytes per
+image and the task runs Prefect recorded for a night. Writes `scale_per_image_100k_vs_1k`,
+`incremental_100k`, `rss_100k_vs_1k`, `unchanged_rerun_seconds_1k` to bench/results.json and the
+"Scale" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.results import measured_at, record, write_section
+from tasks.demo.sample_data import DrawnBox, voc_xml
+from tasks.nightly.server import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SIDE = 32  # px: small images, so that 100k of them fit in a few minutes on 2 cores
+CLI = [str(Path(sys.executable).parent / "defectflow")]  # the command a user runs
+
+
+def small_images(target: Path, count: int, start: int = 0, seed: int = 0) -> Path:
+    """`count` distinct 32 x 32 JPEGs, each with one dark box and its VOC XML (numbered from
+    `start`: a second call adds new images beside the first ones)."""
+    marker = target / f".made-{start}-{count}"
+    if marker.exists():
+        return target
+    (target / "images").mkdir(parents=True, exist_ok=True)
+    (target / "annotations").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed * 1_000_003 + start)
+    for number in range(start, start + count):
+        pixels = rng.integers(90, 200, (SIDE, SIDE, 3), dtype=np.uint8)
+        x, y, w, h = (int(v) for v in rng.integers(0, SIDE // 2, 4))
+        w, h = max(4, w), max(4, h)
+        pixels[y:y + h, x:x + w] = 30
+        stem = f"s{number:06d}"
+        Image.fromarray(pixels).save(target / "images" / f"{stem}.jpg", quality=90)
+        (target / "annotations" / f"{stem}.xml").write_text(voc_xml(
+            f"{stem}.jpg", SIDE, SIDE, 3, [DrawnBox("dent", x + 1, y + 1, x + w, y + h)]))
+    marker.touch()
+    return target
+
+
+def remove_images(target: Path, start: int, count: int) -> None:
+    for number in range(start, start + count):
+        (target / "images" / f"s{number:06d}.jpg").unlink(missing_ok=True)
+        (target / "annotations" / f"s{number:06d}.xml").unlink(missing_ok=True)
+    (target / f".made-{start}-{count}").unlink(missing_ok=True)
+
+
+def timed_command(command: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Run `command`; (wall seconds, peak RSS in MiB of its process tree, Prefect servers
+    excluded)."""
+    import psutil
+
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        handle, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                tree = [handle, *(c for c in handle.children(recursive=True)
+                                  if "prefect" not in " ".join(c.cmdline()))]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): see {log}")
+    return seconds, peak / 2**20
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def last_prepare_task_runs(api_url: str) -> int:
+    """Task runs of the newest prepare flow run, as the server recorded them."""
+    code = ("from prefect.client.orchestration import get_client\n"
+            "from prefect.client.schemas.filters import FlowFilter, FlowFilterName, "
+            "FlowRunFilter, FlowRunFilterId\n"
+            "from prefect.client.schemas.sorting import FlowRunSort\n"
+            "with get_client(sync_client=True) as c:\n"
+            "    run = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=['prepare']"
+            ")), sort=FlowRunSort.START_TIME_DESC, limit=1)[0]\n"
+            "    print(c.count_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_="
+            "[run.id]))))\n")
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def measure(work: Path, size: int) -> dict:
+    source = small_images(work / f"source-{size}", size)
+    home = work / f"home-{size}"
+    shutil.rmtree(home, ignore_errors=True)
+    config = work / f"line-{size}.yaml"
+    config.write_text(f"name: scale{size}\nsource: {{format: voc, images: {source / 'images'}, "
+                      f"annotations: {source / 'annotations'}}}\ngrayscale: convert\n"
+                      "augment: {hflip: true, vflip: false}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["DEFECTFLOW_HOME"] = str(home)
+    log = work / f"scale-{size}.log"
+    log.unlink(missing_ok=True)
+    prepare = [*CLI, "prepare", str(config), "--out", str(work / f"out-{size}")]
+    subprocess.run([*CLI, "server", "start", "--port", str(free_port())], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    try:
+        api_url = json.loads((home / "prefect" / "server.json").read_text())["url"]
+        cold, cold_rss = timed_command(prepare, env, log)
+        store_bytes = folder_bytes(home / "store")
+        unchanged, _ = timed_command(prepare, env, log)
+        extra = max(1, size // 100)
+        small_images(source, extra, start=size, seed=1)
+        try:
+            grown, grown_rss = timed_command(prepare, env, log)
+            task_runs = last_prepare_task_runs(api_url)
+        finally:
+            remove_images(source, size, extra)
+    finally:
+        subprocess.run([*CLI, "server", "stop"], cwd=REPO, env=env, capture_output=True)
+    row = {"images": size, "cold_s": cold, "cold_s_per_image": cold / size,
+           "unchanged_rerun_s": unchanged, "plus_1_percent_s": grown,
+           "plus_1_percent_vs_cold": grown / cold, "peak_rss_mib": cold_rss,
+           "peak_rss_plus_1_percent_mib": grown_rss, "store_bytes_per_image": store_bytes / size,
+           "task_runs_per_night": task_runs}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def render(rows: list[dict]) -> str:
+    lines = ["| images | cold s | cold ms/image | unchanged rerun s | +1% s | +1% / cold | "
+             "peak RSS MiB (cold / +1%) | store bytes/image | task runs per night |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['images']} | {r['cold_s']:.1f} | {1000 * r['cold_s_per_image']:.2f} | "
+                     f"{r['unchanged_rerun_s']:.1f} | {r['plus_1_percent_s']:.1f} | "
+                     f"{r['plus_1_percent_vs_cold']:.3f} | {r['peak_rss_mib']:.0f} / "
+                     f"{r['peak_rss_plus_1_percent_mib']:.0f} | {r['store_bytes_per_image']:.0f} | "
+                     f"{r['task_runs_per_night']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
+    parser.add_argument("--work", type=Path, default=REPO / "work" / "bench-scale")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows = [measure(args.work, size) for size in sorted(args.sizes)]
+    by_size = {r["images"]: r for r in rows}
+    first, last = rows[0], rows[-1]
+    if len(rows) > 1:
+        record(f"scale_per_image_{last['images'] // 1000}k_vs_{first['images'] // 1000}k",
+               last["cold_s_per_image"], first["cold_s_per_image"],
+               measurement="cold `defectflow prepare`, wall seconds per image (home server up)")
+        record(f"rss_{last['images'] // 1000}k_vs_{first['images'] // 1000}k",
+               last["peak_rss_mib"], first["peak_rss_mib"],
+               measurement="peak RSS (MiB) of a cold `defectflow prepare` (server excluded)")
+    record(f"incremental_{last['images'] // 1000}k", last["plus_1_percent_s"], last["cold_s"],
+           measurement="`defectflow prepare` after +1% images / the cold run, wall seconds")
+    if 1000 in by_size:
+        record("unchanged_rerun_seconds_1k", by_size[1000]["unchanged_rerun_s"], 1.0,
+               measurement="wall seconds of an unchanged `defectflow prepare` rerun of 1000 "
+               "images, home server up (baseline 1 s: the ratio is the seconds)")
+    text = "\n".join([
+        "## Scale: `defectflow prepare` at growing sizes (`python -m bench.scale`)", "",
+        f"At {measured_at()}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all; "
+        f"{SIDE} x {SIDE} px JPEGs with one box each, a home per size with its Prefect server up, "
+        "each command a new process (wall clock).", "", render(rows)])
+    write_section(text, "## Scale")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

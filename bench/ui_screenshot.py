@@ -33,6 +33,71 @@ def screenshot(browser: str, url: str, out: Path) -> None:
                        check=True, capture_output=True, timeout=120)
 
 
+def screenshot_tab(browser: str, url: str, tab: str, out: Path, timeout_s: float = 60) -> None:
+    """The page at `url` after clicking its tab named `tab`, through Chrome's DevTools protocol:
+    the run page's `?tab=` is reset to Logs while the run loads, so the tab is clicked as a user
+    would."""
+    import base64
+    import json
+    import time
+
+    import httpx
+    from websockets.sync.client import connect
+
+    from tasks.nightly.server import free_port
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as profile:
+        chrome = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1400,2600",
+             f"--remote-debugging-port={port}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    pages = httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json()
+                    target = next(p for p in pages if p.get("type") == "page")
+                    break
+                except (httpx.HTTPError, StopIteration, ValueError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            with connect(target["webSocketDebuggerUrl"], max_size=None) as socket:
+                calls = iter(range(1, 1_000_000))
+
+                def call(method: str, **params) -> dict:
+                    number = next(calls)
+                    socket.send(json.dumps({"id": number, "method": method, "params": params}))
+                    while True:
+                        reply = json.loads(socket.recv(timeout=timeout_s))
+                        if reply.get("id") == number:
+                            return reply.get("result", {})
+
+                call("Page.enable")
+                call("Page.navigate", url=url)
+                click = ("(() => { const t = [...document.querySelectorAll('button, [role=tab], .p-tab')]"
+                         f".find(e => e.textContent.trim() === {json.dumps(tab)}); "
+                         "if (t) { t.click(); return true; } return false; })()")
+                while not call("Runtime.evaluate", expression=click,
+                               returnByValue=True).get("result", {}).get("value"):
+                    if time.monotonic() > deadline:
+                        found = call("Runtime.evaluate", returnByValue=True, expression=(
+                            "[...document.querySelectorAll('*')].filter(e => e.children.length"
+                            f" == 0 && e.textContent.includes({json.dumps(tab)})).map(e => "
+                            "e.tagName + '.' + e.className + ':' + e.textContent).slice(0, 10)"))
+                        raise TimeoutError(f"no tab {tab!r} on {url}: {found}")
+                    time.sleep(0.5)
+                time.sleep(5)  # the tab's content loads from the API
+                shot = call("Page.captureScreenshot", format="png")
+                out.write_bytes(base64.b64decode(shot["data"]))
+        finally:
+            chrome.terminate()
+            chrome.wait(timeout=30)
+
+
 def newest_retrain_run():
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -79,8 +144,10 @@ def main() -> None:
             raise SystemExit("the run has no image artifact")
         ui = api_url.removesuffix("/api")
         args.out.mkdir(parents=True, exist_ok=True)
+        screenshot_tab(browser, f"{ui}/runs/flow-run/{run.id}", "Artifacts",
+                       args.out / "run-artifacts.png")
+        print(f"written: {args.out / 'run-artifacts.png'} (the run's Artifacts tab)")
         pages = [("run", f"{ui}/runs/flow-run/{run.id}"),
-                 ("run-artifacts", f"{ui}/runs/flow-run/{run.id}?tab=Artifacts"),
                  ("deployments", f"{ui}/deployments"),
                  # the landing trigger (an automation of the deployment) and its events
                  ("automations", f"{ui}/automations"), ("events", f"{ui}/events")]

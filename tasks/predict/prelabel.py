@@ -79,9 +79,10 @@ def prelabel_task(inbox: str, model_dir: str, settings: PredictSettings,
 
     processor, model = load_finetuned_detector(model_dir)
     result = prelabel_inbox(inbox, model, processor, settings, model_version)
-    own = f", per class {settings.class_thresholds}" if settings.class_thresholds else ""
+    own = ", ".join(f"{label} {value:.3g}" for label, value in settings.class_thresholds.items())
+    own = f"; per class {own}" if own else ""
     run_logger().info(f"pre-labelled {result['written']} inbox images ({result['boxes']} boxes "
-                      f"at confidence >= {settings.threshold}{own}); {result['already_labelled']} "
+                      f"at confidence >= {settings.threshold:.3g}{own}); {result['already_labelled']} "
                       f"already had an XML, left as they were; {len(result['quarantined'])} "
                       "quarantined")
     return result

@@ -91,20 +91,13 @@ def folder_bytes(folder: Path) -> int:
 
 
 def last_prepare_task_runs(api_url: str) -> int:
-    """Task runs of the newest prepare flow run, as the server recorded them."""
-    code = ("from prefect.client.orchestration import get_client\n"
-            "from prefect.client.schemas.filters import FlowFilter, FlowFilterName, "
-            "FlowRunFilter, FlowRunFilterId\n"
-            "from prefect.client.schemas.sorting import FlowRunSort\n"
-            "with get_client(sync_client=True) as c:\n"
-            "    run = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=['prepare']"
-            ")), sort=FlowRunSort.START_TIME_DESC, limit=1)[0]\n"
-            "    print(c.count_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_="
-            "[run.id]))))\n")
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    """Task runs of the newest prepare flow run, as the server counts them."""
+    import httpx
+
+    runs = httpx.post(f"{api_url}/flow_runs/filter", timeout=30, json={
+        "flows": {"name": {"any_": ["prepare"]}}, "sort": "START_TIME_DESC", "limit": 1}).json()
+    return int(httpx.post(f"{api_url}/task_runs/count", timeout=30, json={
+        "flow_runs": {"id": {"any_": [runs[0]["id"]]}}}).json())
 
 
 def measure(work: Path, size: int) -> dict:

@@ -20,7 +20,7 @@ from tasks.dataset.report import report_task
 from tasks.dataset.split import split_task
 from tasks.images.sample import image_step_config
 from tasks.images.shard import process_images_task
-from tasks.ingest.ingest import ingest_task, shard_task
+from tasks.ingest.ingest import forget_listing, ingest_task, shard_task
 from tasks.nightly.runners import prep_threads
 
 SOURCE_UNREADABLE = "source unreadable: "
@@ -37,6 +37,7 @@ def prepare(config_path: str, out_dir: str, home: str | None = None) -> dict:
     ingested = run_trusted(ingest_task, source=config.source, rules=config.label_rules,
                            manifests_dir=manifests, labels=config.labels,
                            store_root=store).result()
+    forget_listing(config.source)  # (kept for the ingest, which may have come back Cached)
     if ingested.fatal:  # the source cannot be read at all: one line, no traceback
         return Failed(message=SOURCE_UNREADABLE + ingested.fatal)
     shards = run_trusted(shard_task, candidates=ingested.candidates,

@@ -4,7 +4,9 @@ last publication (a hard link) instead of written again."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -13,7 +15,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import datasets
 import pyarrow as pa
 
 # Images per file, on average (files are cut where an item's hash says, see file_groups): small
@@ -54,11 +55,17 @@ def file_groups(records: Iterable[tuple[str, str, int]]) -> Iterator[list[tuple[
         yield group
 
 
+@functools.cache
+def _datasets_version() -> str:
+    # (from its metadata: importing `datasets` takes a second that an unchanged rerun need not wait)
+    return importlib.metadata.version("datasets")
+
+
 def group_digest(group: list[tuple[str, str, int]]) -> str:
     """What a file holds: its records (content hashes, boxes, targets, where the pixels are: the
     manifest lines as they are) and the row format, so an unchanged group's file can be taken
     over as it is."""
-    digest = hashlib.sha256(f"{ROW_FORMAT}|{datasets.__version__}|{pa.__version__}".encode())
+    digest = hashlib.sha256(f"{ROW_FORMAT}|{_datasets_version()}|{pa.__version__}".encode())
     for _, line, _ in group:
         digest.update(line.rstrip("\n").encode())
     return digest.hexdigest()[:16]

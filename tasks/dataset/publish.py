@@ -7,6 +7,7 @@ dataset. The token comes from HF_TOKEN through huggingface_hub itself and is nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
@@ -44,28 +44,34 @@ from tasks.images.store import dataset_image_bytes
 
 ROWS_PER_GROUP = 64  # rows per parquet row group: what the writer holds at once
 
-FEATURES = datasets.Features({
-    "image": datasets.Image(),
-    "image_id": datasets.Value("string"),
-    "source_id": datasets.Value("string"),
-    "sha256": datasets.Value("string"),
-    "width": datasets.Value("int32"),
-    "height": datasets.Value("int32"),
-    "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
-    "labels": datasets.List(datasets.Value("string")),
-    "difficult": datasets.List(datasets.Value("bool")),
-    "augmentation": datasets.Value("string"),
-    "prompt": datasets.Value("string"),
-    "target": datasets.Value("string"),
-    "tile": datasets.List(datasets.Value("int32")),  # x, y, width, height in the source image
-    "sliced": datasets.Value("bool"),  # a whole test image scored through tiles
-})
-ARROW_SCHEMA = FEATURES.arrow_schema  # (a property: computed again on every use)
+@functools.cache
+def dataset_schema() -> tuple[pa.Schema, list[str]]:
+    """The parquet schema of a published row (the `datasets` features), and the columns
+    written with dictionaries. Built on first use: importing `datasets` takes a second, which
+    a command that publishes nothing (an unchanged rerun: every step Cached) need not wait."""
+    import datasets
 
-# Every column but the image bytes: each image is unique and already compressed, so a
-# dictionary of them only costs (it was 2/3 of writing a file of big images).
-DICTIONARY_COLUMNS = [leaf for field in ARROW_SCHEMA for leaf in leaf_columns(field)
-                      if leaf != "image.bytes"]
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "image_id": datasets.Value("string"),
+        "source_id": datasets.Value("string"),
+        "sha256": datasets.Value("string"),
+        "width": datasets.Value("int32"),
+        "height": datasets.Value("int32"),
+        "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+        "labels": datasets.List(datasets.Value("string")),
+        "difficult": datasets.List(datasets.Value("bool")),
+        "augmentation": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "target": datasets.Value("string"),
+        "tile": datasets.List(datasets.Value("int32")),  # x, y, width, height in the source image
+        "sliced": datasets.Value("bool"),  # a whole test image scored through tiles
+    })
+    schema = features.arrow_schema  # (a property: computed again on every use)
+    # Every column but the image bytes: each image is unique and already compressed, so a
+    # dictionary of them only costs (it was 2/3 of writing a file of big images).
+    dictionary = [leaf for field in schema for leaf in leaf_columns(field) if leaf != "image.bytes"]
+    return schema, dictionary
 
 
 def to_row(line: str) -> dict:
@@ -101,10 +107,11 @@ def _write_file(lines: list[str], path: Path) -> None:
     # Rows go to arrow as they are: `to_row` already gives each column its stored form (the image
     # as {"bytes", "path"}), so `FEATURES.encode_example` would only walk them again (a tenth of
     # prep's time on small images). Loading the files through `datasets` is tested.
-    with pq.ParquetWriter(path, ARROW_SCHEMA, use_dictionary=DICTIONARY_COLUMNS) as writer:
+    schema, dictionary = dataset_schema()
+    with pq.ParquetWriter(path, schema, use_dictionary=dictionary) as writer:
         for start in range(0, len(lines), ROWS_PER_GROUP):
             rows = [to_row(line) for line in lines[start:start + ROWS_PER_GROUP]]
-            writer.write_table(pa.Table.from_pylist(rows, schema=ARROW_SCHEMA))
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
 
 
 def dataset_card(name: str, counts: dict[str, int], classes: dict[str, int], fingerprint: str) -> str:

@@ -58,10 +58,10 @@ def adoptable(inbox: Path) -> InboxListing:
         if root_verified(xml_path, inbox, everything) is False:
             waiting += 1
         else:
-            adopted.append(xml_path)
-    stems = {(os.path.dirname(p), p.stem.lower()) for p in adopted}
-    images = [p for p in everything.images if (os.path.dirname(p), p.stem.lower()) in stems]
-    listing = SourceListing(images=images, annotations=adopted, listed=everything.listed)
+            adopted.append(os.fspath(xml_path))
+    stems = {os.path.splitext(p)[0].lower() for p in adopted}
+    images = [p for p in everything.image_paths if os.path.splitext(p)[0].lower() in stems]
+    listing = SourceListing(image_paths=images, annotation_paths=adopted, listed=everything.listed)
     listing.fingerprint = fingerprint_of(listing)
     return InboxListing(listing, waiting)
 

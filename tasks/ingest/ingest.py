@@ -43,8 +43,35 @@ class IngestOutput(BaseModel, frozen=True):
 ANNOTATION_SUFFIX = {"voc": ".xml", "coco": ".json", "yolo": ".txt"}
 
 
-def list_configured_source(source: SourceConfig) -> SourceListing:
-    return list_source(source.images, source.annotations, ANNOTATION_SUFFIX[source.format])
+# The listing a flow run made of a source, kept until its ingest takes it: a night lists its
+# source for "what is new?", for the ingest's cache key and for the ingest itself (2 s each at
+# 100,000 images). Within one run they all read the same listing, so the key always says what
+# the ingest read; the next run lists again.
+_run_listing: dict[str, tuple[str, SourceListing]] = {}
+
+
+def forget_listing(source: SourceConfig) -> None:
+    """Drop the run's listing of `source` (its ingest came back Cached and will not take it)."""
+    _run_listing.pop(source.model_dump_json(), None)
+
+
+def _flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context is not None and context.flow_run else None
+
+
+def list_configured_source(source: SourceConfig, keep: bool = True) -> SourceListing:
+    """The source's listing; inside a flow run, the one this run already made (`keep=False`:
+    and forget it, the ingest being its last reader)."""
+    run, key = _flow_run_id(), source.model_dump_json()
+    kept = _run_listing.pop(key, None) if run is not None else None
+    listing = kept[1] if kept is not None and kept[0] == run else \
+        list_source(source.images, source.annotations, ANNOTATION_SUFFIX[source.format])
+    if run is not None and keep:
+        _run_listing[key] = (run, listing)
+    return listing
 
 
 def source_fingerprint(source: SourceConfig) -> str:
@@ -75,7 +102,7 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
     rejections. A COCO file that cannot be read at all is `fatal` (it is the whole dataset);
     `labels` name YOLO's class ids where there is no classes.txt. With a content store, VOC
     files parsed, and items made, in an earlier run are taken from its memos."""
-    listing = list_configured_source(source)
+    listing = list_configured_source(source, keep=False)
     missing = [p for p in source.annotation_paths if not p.is_dir()]
     fatal, inbox = None, None
     memos = (parse_memo(store_root), outcome_memo(store_root, rules)) \

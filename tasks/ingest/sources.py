@@ -62,12 +62,22 @@ class SourceListing:
     """Every file under the source folders, and one hash of their names and stats for all of
     them (see `stat_line`)."""
 
-    images: list[Path] = field(default_factory=list)  # image-named files, junk included
-    annotations: list[Path] = field(default_factory=list)
+    # As strings: a night lists the source up to three times (what is new, the ingest's cache
+    # key, the ingest), and making a Path of each of 200,000 names took most of a listing.
+    image_paths: list[str] = field(default_factory=list)  # image-named files, junk included
+    annotation_paths: list[str] = field(default_factory=list)
     fingerprint: str = ""
     # path -> (the folder whose walk listed it, its lstat then): what ingest asks of a file
     # again (is it a link? its size and mtime) is answered from here, without a syscall
     listed: dict[str, tuple[str, os.stat_result]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def images(self) -> list[Path]:
+        return [Path(p) for p in self.image_paths]
+
+    @functools.cached_property
+    def annotations(self) -> list[Path]:
+        return [Path(p) for p in self.annotation_paths]
 
     def check_inside(self, root: Path, path: Path) -> None:
         """`inside(root, path)`, answered from the listing for a plain file that root's own walk
@@ -87,7 +97,12 @@ class SourceListing:
 def walk_files(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None = None) -> list[Path]:
     """Every file under root, sorted (a folder's files, then its subfolders), hidden folders
     skipped, symlinked folders not entered. With `listed`, each file's lstat goes there."""
-    found: list[Path] = []
+    return [Path(path) for path in walk_paths(root, listed)]
+
+
+def walk_paths(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None = None) -> list[str]:
+    """`walk_files`, as strings."""
+    found: list[str] = []
     top = os.fspath(root)
 
     def visit(folder: str) -> None:
@@ -106,7 +121,7 @@ def walk_files(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None 
                 if not entry.name.startswith(".") and not entry.is_symlink():
                     folders.append(entry.path)
                 continue
-            found.append(Path(entry.path))
+            found.append(entry.path)
             if listed is not None:
                 try:
                     listed[entry.path] = (top, entry.stat(follow_symlinks=False))
@@ -119,7 +134,7 @@ def walk_files(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None 
     return found
 
 
-def stat_line(path: Path, lstat: os.stat_result) -> str:
+def stat_line(path: str | Path, lstat: os.stat_result) -> str:
     """What the fingerprint holds of one file. Size and mtime, as `make` judges a file, and the
     inode and ctime: any write of its content sets ctime to now, and no tool can set it back
     (`touch -r`, `cp -p`, `rsync -t` restore only the mtime), a file replaced by a rename is
@@ -133,15 +148,15 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
     """List images and annotation files (under one folder or file, or several folders); the
     fingerprint changes when any of them changes."""
     listing = SourceListing()
-    for path in walk_files(images, listing.listed) if images.is_dir() else []:
-        if is_image_name(path.name):
-            listing.images.append(path)
+    if images.is_dir():
+        listing.image_paths = [path for path in walk_paths(images, listing.listed)
+                               if is_image_name(path)]
     for folder in annotations if isinstance(annotations, list) else [annotations]:
         if folder.is_dir():
-            listing.annotations += [p for p in walk_files(folder, listing.listed)
-                                    if p.suffix.lower() == annotation_suffix]
+            listing.annotation_paths += [path for path in walk_paths(folder, listing.listed)
+                                         if os.path.splitext(path)[1].lower() == annotation_suffix]
         elif folder.is_file():
-            listing.annotations.append(folder)
+            listing.annotation_paths.append(os.fspath(folder))
     listing.fingerprint = fingerprint_of(listing)
     return listing
 
@@ -149,8 +164,8 @@ def list_source(images: Path, annotations: Path | list[Path], annotation_suffix:
 def fingerprint_of(listing: SourceListing) -> str:
     """One hash of the stat lines of the listing's images and annotations."""
     digest = hashlib.sha256()
-    for path in sorted(set(listing.images) | set(listing.annotations), key=os.fspath):
-        found = listing.listed.get(os.fspath(path))
+    for path in sorted(set(listing.image_paths) | set(listing.annotation_paths)):
+        found = listing.listed.get(path)
         try:
             lstat = found[1] if found is not None else os.lstat(path)
             digest.update(stat_line(path, lstat).encode())

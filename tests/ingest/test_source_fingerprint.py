@@ -4,6 +4,8 @@ file, also one that keeps its size and has its mtime set back."""
 import os
 from pathlib import Path
 
+import pytest
+
 from tasks.core.config import SourceConfig
 from tasks.ingest.ingest import source_fingerprint
 
@@ -108,3 +110,31 @@ def test_a_same_size_image_edit_with_its_mtime_restored_reaches_the_prepared_rec
     after = prepared()
     changed = [item for item in before if after[item] != before[item]]
     assert len(changed) == 1 and image.stem in changed[0]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_within_a_flow_run_the_key_and_the_ingest_read_one_listing(tmp_path, monkeypatch):
+    """A night lists its source for the ingest's cache key and for the ingest: one listing per
+    run (2 s each at 100,000 images), so the key says exactly what the ingest read."""
+    from prefect import flow
+
+    from tasks.core.labels import ANY_LABEL
+    from tasks.ingest import ingest as ingest_module
+
+    config = source(tmp_path)
+    listings = []
+    real = ingest_module.list_source
+    monkeypatch.setattr(ingest_module, "list_source", lambda *a: listings.append(a) or real(*a))
+
+    @flow
+    def night() -> tuple[str, int]:
+        key = source_fingerprint(config)
+        ingested = ingest_module.ingest_step(config, ANY_LABEL, tmp_path / "manifests")
+        return key, ingested.images_found
+
+    assert night() == (source_fingerprint(config), 1)
+    assert len(listings) == 2  # one in the run, one outside it (nothing kept outside a run)
+    listings.clear()
+    night()  # the next run lists again: a file landed since would be seen
+    assert len(listings) == 1
+    assert not ingest_module._run_listing  # the ingest took the listing: nothing held after

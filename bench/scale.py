@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "work" / "bench-scale")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, commit = time.time(), measured_at()  # (before results.json is written)
     rows = [measure(args.work, size) for size in sorted(args.sizes)]
     by_size = {r["images"]: r for r in rows}
     first, last = rows[0], rows[-1]
@@ -176,7 +176,7 @@ def main() -> None:
                "images, home server up (baseline 1 s: the ratio is the seconds)")
     text = "\n".join([
         "## Scale: `defectflow prepare` at growing sizes (`python -m bench.scale`)", "",
-        f"At {measured_at()}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all; "
+        f"At {commit}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all; "
         f"{SIDE} x {SIDE} px JPEGs with one box each, a home per size with its Prefect server up, "
         "each command a new process (wall clock).", "", render(rows)])
     write_section(text, "## Scale")

@@ -90,14 +90,30 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def last_prepare_task_runs(api_url: str) -> int:
-    """Task runs of the newest prepare flow run, as the server counts them."""
+def last_prepare_task_runs(api_url: str) -> tuple[int, dict[str, float]]:
+    """Task runs of the newest prepare flow run as the server counts them, and the seconds from
+    the first to the last of each step's task runs (the shards' spans overlap: wall time)."""
+    from datetime import datetime
+
     import httpx
 
     runs = httpx.post(f"{api_url}/flow_runs/filter", timeout=30, json={
         "flows": {"name": {"any_": ["prepare"]}}, "sort": "START_TIME_DESC", "limit": 1}).json()
-    return int(httpx.post(f"{api_url}/task_runs/count", timeout=30, json={
-        "flow_runs": {"id": {"any_": [runs[0]["id"]]}}}).json())
+    where = {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}}
+    count = int(httpx.post(f"{api_url}/task_runs/count", timeout=30, json=where).json())
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for offset in range(0, count, 200):
+        for task_run in httpx.post(f"{api_url}/task_runs/filter", timeout=30, json={
+                **where, "limit": 200, "offset": offset}).json():
+            times = [datetime.fromisoformat(t) for t in (task_run["start_time"],
+                                                         task_run["end_time"]) if t]
+            if not times:
+                continue
+            name = task_run["name"].rsplit("-", 1)[0]  # "process-images-3f2" -> process-images
+            first, last = spans.get(name, (min(times), max(times)))
+            spans[name] = (min(first, *times), max(last, *times))
+    in_order = sorted(spans.items(), key=lambda item: item[1][0])
+    return count, {name: (last - first).total_seconds() for name, (first, last) in in_order}
 
 
 def measure(work: Path, size: int) -> dict:
@@ -124,7 +140,7 @@ def measure(work: Path, size: int) -> dict:
         small_images(source, extra, start=size, seed=1)
         try:
             grown, grown_rss = timed_command(prepare, env, log)
-            task_runs = last_prepare_task_runs(api_url)
+            task_runs, steps = last_prepare_task_runs(api_url)
         finally:
             remove_images(source, size, extra)
     finally:
@@ -133,7 +149,7 @@ def measure(work: Path, size: int) -> dict:
            "unchanged_rerun_s": unchanged, "plus_1_percent_s": grown,
            "plus_1_percent_vs_cold": grown / cold, "peak_rss_mib": cold_rss,
            "peak_rss_plus_1_percent_mib": grown_rss, "store_bytes_per_image": store_bytes / size,
-           "task_runs_per_night": task_runs}
+           "task_runs_per_night": task_runs, "plus_1_percent_steps_s": steps}
     print(json.dumps(row), flush=True)
     return row
 
@@ -179,6 +195,12 @@ def main() -> None:
         f"At {commit}, {time.strftime('%Y-%m-%d')}, {time.time() - started:.0f} s in all; "
         f"{SIDE} x {SIDE} px JPEGs with one box each, a home per size with its Prefect server up, "
         "each command a new process (wall clock).", "", render(rows)])
+    steps = last["plus_1_percent_steps_s"]
+    text += (f"\n\nWhere the +1% run of {last['images']} images spends its {last['plus_1_percent_s']:.1f}"
+             " s (seconds from each step's first task run's start to its last one's end, as "
+             "Prefect recorded them; the rest is the process: imports, the flow run, the "
+             "summary):\n\n| step | seconds |\n|---|---|\n"
+             + "\n".join(f"| {name} | {seconds:.2f} |" for name, seconds in steps.items()))
     write_section(text, "## Scale")
     print(text)
 

@@ -25,6 +25,10 @@ def task_run_states(flow_run_id: UUID | str, settle_s: float = 15.0) -> list[tup
     return [(name, state) for name, state, _ in rows]
 
 
+# States of a task run that has not started: after an upstream failure it stays in one.
+NEVER_STARTED = frozenset({"Pending", "NotReady", "Scheduled", "Late", "AwaitingConcurrencySlot"})
+
+
 def settled(read: Callable[[], list[StateRow]], limit_s: float, pause_s: float = 0.1,
             unfinished_reads: int = 10, clock: Callable[[], float] = time.monotonic,
             sleep: Callable[[float], None] = time.sleep) -> list[StateRow]:
@@ -37,11 +41,17 @@ def settled(read: Callable[[], list[StateRow]], limit_s: float, pause_s: float =
         rows = read()
         agreeing = agreeing + 1 if rows == previous else 0
         finished = rows and all(final for _, _, final in rows)  # none yet: maybe not recorded
-        if ((agreeing and finished) or agreeing >= unfinished_reads
+        # Only a run that never started may stay unfinished for good; a Running or Retrying one
+        # is still to be recorded as it ends (late under load): that is waited for, to the limit.
+        never_ran = all(final or state in NEVER_STARTED for _, state, final in rows)
+        if ((agreeing and finished) or (agreeing >= unfinished_reads and never_ran)
                 or clock() >= give_up):
             return rows
         previous = rows
         sleep(pause_s)
+
+
+PAGE = 200  # task runs the server returns at most per read
 
 
 def _read_states(flow_run_id: UUID) -> list[StateRow]:
@@ -58,9 +68,14 @@ def _read_states(flow_run_id: UUID) -> list[StateRow]:
     with get_client(sync_client=True) as client:
         while pending:
             run_id = pending.pop(0)
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+            runs: list = []
+            while len(runs) % PAGE == 0:  # a night of 100,000 images has ~420 task runs
+                page = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                    sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=PAGE, offset=len(runs))
+                runs += page
+                if not page:
+                    break
             rows += [(run.name, run.state.name, run.state.is_final()) if run.state
                      else (run.name, "?", False) for run in runs]
             children = client.read_flow_runs(

@@ -99,6 +99,36 @@ def leaf_columns(field: pa.Field, prefix: str = "") -> list[str]:
     return [name]
 
 
+@functools.cache
+def dataset_schema() -> tuple[pa.Schema, list[str]]:
+    """The parquet schema of a published row (the `datasets` features), and the columns
+    written with dictionaries. Built on first use: importing `datasets` takes a second, which
+    a command that publishes nothing (an unchanged rerun: every step Cached) need not wait."""
+    import datasets
+
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "image_id": datasets.Value("string"),
+        "source_id": datasets.Value("string"),
+        "sha256": datasets.Value("string"),
+        "width": datasets.Value("int32"),
+        "height": datasets.Value("int32"),
+        "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+        "labels": datasets.List(datasets.Value("string")),
+        "difficult": datasets.List(datasets.Value("bool")),
+        "augmentation": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "target": datasets.Value("string"),
+        "tile": datasets.List(datasets.Value("int32")),  # x, y, width, height in the source image
+        "sliced": datasets.Value("bool"),  # a whole test image scored through tiles
+    })
+    schema = features.arrow_schema  # (a property: computed again on every use)
+    # Every column but the image bytes: each image is unique and already compressed, so a
+    # dictionary of them only costs (it was 2/3 of writing a file of big images).
+    dictionary = [leaf for field in schema for leaf in leaf_columns(field) if leaf != "image.bytes"]
+    return schema, dictionary
+
+
 def swap_in(staging: Path, folder: Path, attempts: int = 5) -> None:
     """Replace `folder` by the finished `staging` folder with renames only, so a reader never
     sees half a dataset, and two runs publishing at once both end with a complete one."""

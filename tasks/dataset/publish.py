@@ -7,7 +7,6 @@ dataset. The token comes from HF_TOKEN through huggingface_hub itself and is nev
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -33,46 +32,16 @@ from tasks.core.retry import with_backoff
 from tasks.core.splits import SPLITS
 from tasks.dataset.loc_tokens import OD_PROMPT
 from tasks.dataset.parquet_files import (
+    dataset_schema,
     file_groups,
     files_by_digest,
     group_digest,
-    leaf_columns,
     link,
     swap_in,
 )
 from tasks.images.store import dataset_image_bytes
 
 ROWS_PER_GROUP = 64  # rows per parquet row group: what the writer holds at once
-
-@functools.cache
-def dataset_schema() -> tuple[pa.Schema, list[str]]:
-    """The parquet schema of a published row (the `datasets` features), and the columns
-    written with dictionaries. Built on first use: importing `datasets` takes a second, which
-    a command that publishes nothing (an unchanged rerun: every step Cached) need not wait."""
-    import datasets
-
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "image_id": datasets.Value("string"),
-        "source_id": datasets.Value("string"),
-        "sha256": datasets.Value("string"),
-        "width": datasets.Value("int32"),
-        "height": datasets.Value("int32"),
-        "boxes": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
-        "labels": datasets.List(datasets.Value("string")),
-        "difficult": datasets.List(datasets.Value("bool")),
-        "augmentation": datasets.Value("string"),
-        "prompt": datasets.Value("string"),
-        "target": datasets.Value("string"),
-        "tile": datasets.List(datasets.Value("int32")),  # x, y, width, height in the source image
-        "sliced": datasets.Value("bool"),  # a whole test image scored through tiles
-    })
-    schema = features.arrow_schema  # (a property: computed again on every use)
-    # Every column but the image bytes: each image is unique and already compressed, so a
-    # dictionary of them only costs (it was 2/3 of writing a file of big images).
-    dictionary = [leaf for field in schema for leaf in leaf_columns(field) if leaf != "image.bytes"]
-    return schema, dictionary
-
 
 def to_row(line: str) -> dict:
     """A parquet row from one manifest line. Lines are read as plain JSON: they were written

@@ -1,5 +1,7 @@
 """Reading a flow run's task states while Prefect is still recording them."""
 
+import pytest
+
 from tasks.core.run_history import settled
 
 
@@ -54,3 +56,33 @@ def test_no_runs_yet_is_not_taken_for_a_flow_without_tasks_at_once():
     clock = Clock()
     read = reads([], [], [("ingest", "Completed", True)])
     assert settled(read, limit_s=15, clock=clock, sleep=clock.sleep) == [("ingest", "Completed", True)]
+
+
+def test_a_retrying_run_recorded_late_is_waited_for_until_it_ends():
+    """Under load the server records a task's end seconds late: its Retrying is not its end."""
+    clock = Clock()
+
+    def read():
+        return [("train", "Retrying", False)] if clock.now < 3 else [("train", "Failed", True)]
+
+    assert settled(read, limit_s=15, clock=clock, sleep=clock.sleep) == [("train", "Failed", True)]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_every_task_run_of_a_large_night_is_read():
+    """The server answers 200 task runs per read; a night of 100,000 images has ~420."""
+    from prefect import flow, task
+
+    from tasks.core.run_history import task_run_states
+
+    @task
+    def shard(number: int) -> int:
+        return number
+
+    @flow
+    def night() -> None:
+        shard.map(range(230)).wait()
+
+    state = night(return_state=True)
+    states = task_run_states(state.state_details.flow_run_id)
+    assert len(states) == 230 and {name for _, name in states} == {"Completed"}

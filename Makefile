@@ -57,6 +57,7 @@ bench: venv
 	$(BIN)/python -m bench.base_size
 	$(BIN)/python -m bench.distributed
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.step_floors
 
 # The demo's night 1 for 3 seeds in fresh processes: test mAP50 (min / median) and minutes.
 bench-learning: venv

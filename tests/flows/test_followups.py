@@ -6,7 +6,9 @@ import json
 import pytest
 
 from flows.retrain import retrain
+from tasks.core.config import load_config
 from tasks.demo.sample_data import generate
+from tasks.ingest import ingest
 from tasks.nightly.followups import PENDING_FILE, push_champion_task
 from tasks.nightly.promotion import last_success
 from tasks.nightly.registry import champion_version, embedded_tracking_uri
@@ -93,3 +95,5 @@ def test_a_failed_push_or_prelabel_after_promotion_leaves_the_night_completed_an
     # Night 3: nothing left to do.
     third = retrain(str(config), str(work), str(home), return_state=True)
     assert third.is_completed() and len(hub.commits) == 1
+    # A night that found nothing new holds no listing of its source afterwards.
+    assert load_config(config).source.model_dump_json() not in ingest._run_listing

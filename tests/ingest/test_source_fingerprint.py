@@ -137,4 +137,5 @@ def test_within_a_flow_run_the_key_and_the_ingest_read_one_listing(tmp_path, mon
     listings.clear()
     night()  # the next run lists again: a file landed since would be seen
     assert len(listings) == 1
-    assert not ingest_module._run_listing  # the ingest took the listing: nothing held after
+    # the ingest took the listing: nothing of this source is held after the run
+    assert config.model_dump_json() not in ingest_module._run_listing

@@ -239,6 +239,11 @@ def _format_errors(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def overlaps(a: Path, b: Path) -> bool:
+    """The same folder, or one inside the other."""
+    return a == b or b in a.parents or a in b.parents
+
+
 def load_config(path: str | Path) -> DatasetConfig:
     """Read and validate a dataset YAML; relative paths resolve against the YAML's folder."""
     path = Path(path)
@@ -267,13 +272,12 @@ def load_config(path: str | Path) -> DatasetConfig:
         config.prelabel.inbox = inbox = (base / config.prelabel.inbox).resolve()
         if config.prelabel.adopt == "verified":
             source.verified_inbox = inbox
-            images = source.images
-            if inbox == images or images in inbox.parents or inbox in images.parents:
+            if overlaps(inbox, source.images):
                 # An image would be read by both sources: once adopted, once unlabelled.
                 raise ConfigError(f"{path}: prelabel.inbox {inbox} overlaps source.images "
-                                  f"{images}: with adopt: verified keep the two folders apart")
+                                  f"{source.images}: with adopt: verified keep the two folders apart")
         for annotations in source.annotation_paths:
-            if inbox == annotations or annotations in inbox.parents or inbox in annotations.parents:
+            if overlaps(inbox, annotations):
                 # Tomorrow's ingest would read the model's guesses as a person's labels.
                 raise ConfigError(f"{path}: prelabel.inbox {inbox} overlaps source.annotations "
                                   f"{annotations}: pre-labels are guesses, keep them apart "

@@ -26,20 +26,29 @@ from tasks.ingest.voc import MAX_XML_BYTES, ingest_voc
 INBOX_ITEM_PREFIX = "inbox/"
 
 
+def verified_mark(xml_path: str | Path) -> bool | None:
+    """LabelImg's "Verify Image" mark on an XML's root (`<annotation verified="yes">`): True or
+    False; None when the root cannot be read safely (entities, malformed, unreadable, not an
+    `<annotation>`). Only the root's start tag is read: a few hundred bytes per file."""
+    try:
+        for _event, root in SafeET.iterparse(os.fspath(xml_path), events=("start",)):
+            return root.get("verified") == "yes" if root.tag == "annotation" else None
+    except (DefusedXmlException, ParseError, OSError, RecursionError):
+        return None
+    return None
+
+
 def root_verified(xml_path: Path, inbox: Path, listing: SourceListing) -> bool | None:
-    """Whether LabelImg's "verified" mark is on the XML's root; None when that cannot be read
-    safely (a link out of the inbox, entities, too big, malformed): such a file goes to ingest,
-    which quarantines it under its reason, so it never vanishes."""
+    """`verified_mark` of an inbox XML; None also for a link out of the inbox or a file too big
+    to ingest. Such a file goes to ingest, which quarantines it under its reason, so it never
+    vanishes."""
     try:
         listing.check_inside(inbox, xml_path)
         if listing.stat(xml_path).st_size > MAX_XML_BYTES:
             return None
-        # Only the root's start tag is read: the check costs a few hundred bytes per file.
-        for _event, root in SafeET.iterparse(os.fspath(xml_path), events=("start",)):
-            return root.get("verified") == "yes" if root.tag == "annotation" else None
-    except (PathOutsideSource, DefusedXmlException, ParseError, OSError, RecursionError):
+    except (PathOutsideSource, OSError):
         return None
-    return None
+    return verified_mark(xml_path)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.core.logs import run_logger
 from tasks.core.records import Box
+from tasks.ingest.inbox import verified_mark
 from tasks.scoring.coco import IOU_MATCH, iou
 from tasks.scoring.threshold import at_or_above
 
@@ -134,16 +135,6 @@ def write_queue(ranked: list[Candidate], path: Path) -> None:
             writer.writerow([rank, candidate.item, f"{candidate.score:.4f}", reasons])
 
 
-def verified_by_a_person(xml: Path) -> bool:
-    """LabelImg's "Verify Image" mark on the image's XML (`<annotation verified="yes">`)."""
-    from defusedxml import ElementTree
-
-    try:
-        return ElementTree.parse(xml).getroot().get("verified") == "yes"
-    except (OSError, ElementTree.ParseError):
-        return False
-
-
 def queue_inbox(inbox: str | Path, out_dir: str | Path, model, processor, settings,
                 class_counts: dict[str, int] | None = None, gallery_images: int = 12) -> dict:
     """Rank the inbox images without a verified XML (none, or a model's pre-label) and write
@@ -154,7 +145,9 @@ def queue_inbox(inbox: str | Path, out_dir: str | Path, model, processor, settin
 
     inbox, out = Path(inbox), Path(out_dir)
     inputs, rejected = list_inputs(inbox) if inbox.is_dir() else ([], [])
-    waiting = [image for image in inputs if not verified_by_a_person(image.path.with_suffix(".xml"))]
+    # done: an image whose XML carries LabelImg's "Verify Image" mark (the one the inbox's
+    # adoption reads); none, a pre-label, or an XML that cannot be read safely is still to label
+    waiting = [image for image in inputs if verified_mark(image.path.with_suffix(".xml")) is not True]
     candidates = []
     for loaded, prediction in predict_stream(waiting, model, processor, settings, rejected, "queue"):
         mirror = LoadedImage(source=loaded.source, image=ImageOps.mirror(loaded.image),

@@ -22,7 +22,7 @@ from tasks.evaluation.evaluate import (
     evaluate_task_for,
     evaluation_artifacts_task,
 )
-from tasks.ingest.ingest import forget_listing, source_fingerprint_task
+from tasks.ingest.ingest import source_fingerprint_task
 from tasks.nightly.alerts import notify_on_completion, notify_on_failure
 from tasks.nightly.changes import changes_task, save_index_task
 from tasks.nightly.followups import (
@@ -82,7 +82,6 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
             return Cancelled(message="another retrain holds this work dir: skipped, not waited")
         check_train_config_task(model_config=config.model, train_config=config.train)
         source = source_fingerprint_task(source=config.source)
-        forget_listing(config.source)  # (prepare runs as a subflow: it lists in its own run)
         if not what_is_new_task(work_dir=str(work), source_fingerprint=source):
             left = pending_followups(work)
             if left:  # what an earlier night could not finish, with tonight's champion

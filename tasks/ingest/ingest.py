@@ -43,10 +43,9 @@ class IngestOutput(BaseModel, frozen=True):
 ANNOTATION_SUFFIX = {"voc": ".xml", "coco": ".json", "yolo": ".txt"}
 
 
-# The listing a flow run made of a source, kept until its ingest takes it: a night lists its
-# source for "what is new?", for the ingest's cache key and for the ingest itself (2 s each at
-# 100,000 images). Within one run they all read the same listing, so the key always says what
-# the ingest read; the next run lists again.
+# The listing the ingest's cache key made in a flow run, kept until the ingest takes it: both
+# would list the source (2 s each at 100,000 images), and reading one listing the key always
+# says what the ingest read; the next run lists again.
 _run_listing: dict[str, tuple[str, SourceListing]] = {}
 
 
@@ -62,9 +61,9 @@ def _flow_run_id() -> str | None:
     return str(context.flow_run.id) if context is not None and context.flow_run else None
 
 
-def list_configured_source(source: SourceConfig, keep: bool = True) -> SourceListing:
-    """The source's listing; inside a flow run, the one this run already made (`keep=False`:
-    and forget it, the ingest being its last reader)."""
+def list_configured_source(source: SourceConfig, keep: bool = False) -> SourceListing:
+    """The source's listing: inside a flow run, the one this run's ingest key kept, if any
+    (taken: the ingest is its last reader); `keep`: kept for this run's ingest."""
     run, key = _flow_run_id(), source.model_dump_json()
     kept = _run_listing.pop(key, None) if run is not None else None
     listing = kept[1] if kept is not None and kept[0] == run else \
@@ -74,11 +73,11 @@ def list_configured_source(source: SourceConfig, keep: bool = True) -> SourceLis
     return listing
 
 
-def source_fingerprint(source: SourceConfig) -> str:
+def source_fingerprint(source: SourceConfig, keep: bool = False) -> str:
     """Changes whenever a file under the source is added, removed or written (even at the same
     size with its mtime set back: `sources.stat_line`), and with an adopted inbox, whenever a
-    verified XML there (or its image) is."""
-    main = list_configured_source(source).fingerprint
+    verified XML there (or its image) is. `keep`: its listing is kept for this run's ingest."""
+    main = list_configured_source(source, keep).fingerprint
     if source.verified_inbox is None:
         return main
     return hashlib.sha256(f"{main}\n{adoptable(source.verified_inbox).listing.fingerprint}"
@@ -93,7 +92,7 @@ class SourceState(CachePolicy):
     argument: str = "source"
 
     def compute_key(self, task_ctx: Any, inputs: Any, flow_parameters: Any, **kwargs: Any) -> str:
-        return source_fingerprint(inputs[self.argument])
+        return source_fingerprint(inputs[self.argument], keep=True)  # for the ingest itself
 
 
 def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Path,
@@ -102,7 +101,7 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
     rejections. A COCO file that cannot be read at all is `fatal` (it is the whole dataset);
     `labels` name YOLO's class ids where there is no classes.txt. With a content store, VOC
     files parsed, and items made, in an earlier run are taken from its memos."""
-    listing = list_configured_source(source, keep=False)
+    listing = list_configured_source(source)
     missing = [p for p in source.annotation_paths if not p.is_dir()]
     fatal, inbox = None, None
     memos = (parse_memo(store_root), outcome_memo(store_root, rules)) \

@@ -128,7 +128,7 @@ def test_within_a_flow_run_the_key_and_the_ingest_read_one_listing(tmp_path, mon
 
     @flow
     def night() -> tuple[str, int]:
-        key = source_fingerprint(config)
+        key = ingest_module.SourceState().compute_key(None, {"source": config}, None)
         ingested = ingest_module.ingest_step(config, ANY_LABEL, tmp_path / "manifests")
         return key, ingested.images_found
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
-
-from tests.support import prepare_without_prefect
-
-# Before anything imports prefect: its settings are read at import time.
-_PREFECT_HOME = tempfile.mkdtemp(prefix="defectflow-test-prefect-")
+# Before anything imports prefect or datasets: their settings are read at import time. Their
+# homes are the session's own, and go when it ends (a machine running the suite again and
+# again would otherwise keep every session's Prefect database and `datasets` cache).
+_SESSION_DIR = tempfile.mkdtemp(prefix="defectflow-test-")
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+_PREFECT_HOME = os.path.join(_SESSION_DIR, "prefect")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_SESSION_DIR, "datasets-cache")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")  # the API still gets INFO
@@ -20,6 +23,10 @@ os.environ.pop("PREFECT_API_URL", None)
 # Tests never reach a model hub: a Hub id fails at once instead of after network time-outs.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+from tests.support import prepare_without_prefect  # noqa: E402
 
 
 @pytest.fixture(scope="session")

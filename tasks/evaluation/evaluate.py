@@ -12,6 +12,7 @@ from tasks.core.caching import EVALUATION_LIBRARIES, cache_policy
 from tasks.core.config import EvaluateConfig, ModelConfig, TilingConfig
 from tasks.core.deadline import Deadline
 from tasks.core.logs import run_logger
+from tasks.dataset.loading import load_published
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
 from tasks.evaluation.review import REVIEW_GALLERY, write_review
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
@@ -36,9 +37,7 @@ EVALUATION_PICTURES = tuple(name for name in EVALUATION_FILES if name.endswith("
 
 def _load(dataset_dir: str | Path, split: str):
     """(the prepared dataset, its `split` without flipped copies)."""
-    import datasets
-
-    loaded = datasets.load_dataset(str(dataset_dir))
+    loaded = load_published(dataset_dir)
     if split not in loaded:
         raise ValueError(f"{dataset_dir} has no {split!r} split (it has {sorted(loaded)})")
     return loaded, original_rows(loaded[split])

@@ -15,6 +15,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.core.records import Box
+from tasks.dataset.loading import load_published
 from tasks.images.tiles import merge_tile_boxes
 
 INDEX_FILE = "dataset_index.json"
@@ -23,9 +24,7 @@ INDEX_FILE = "dataset_index.json"
 def dataset_index(dataset_dir: str | Path) -> dict[str, dict]:
     """{source image: {sha256, split, labels, boxes}} from a published dataset. A tiled image's
     boxes are gathered from its tiles, back in the image's coordinates, each counted once."""
-    import datasets
-
-    loaded = datasets.load_dataset(str(dataset_dir))
+    loaded = load_published(dataset_dir)
     seen: dict[str, list] = {}  # source image -> [(window, boxes, areas)] per row (tile)
     index: dict[str, dict] = {}
     for split, rows in loaded.items():

@@ -93,9 +93,9 @@ def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor
     """Predict every original (unflipped) row of `splits` (with `only`: of those source images)
     and list where the labels look wrong; writes OUT/ (see the module's text) and returns
     suspects.json's content."""
-    import datasets
     from tqdm.auto import tqdm
 
+    from tasks.dataset.loading import load_published
     from tasks.evaluation.plots import predictions_grid_png
     from tasks.evaluation.review import file_stem
     from tasks.ingest.labelimg_writer import labelimg_xml
@@ -103,7 +103,7 @@ def find_suspects(dataset_dir: str | Path, out_dir: str | Path, model, processor
     from tasks.scoring.score import original_rows, truth_boxes
 
     out = Path(out_dir)
-    loaded = datasets.load_dataset(str(dataset_dir))
+    loaded = load_published(dataset_dir)
     listed, counted, gallery = [], [], []
     written = checked = 0
     for split in (name for name in splits if name in loaded):

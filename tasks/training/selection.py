@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.logs import run_logger
+from tasks.dataset.loading import load_published
 
 
 @dataclass
@@ -24,9 +25,7 @@ class Splits:
 def load_splits(dataset_dir: str | Path):
     """The prepared dataset's train split and its validation split (None when it has none). The
     test split is never loaded here: it scores the final model and does nothing else."""
-    import datasets
-
-    loaded = datasets.load_dataset(str(dataset_dir))
+    loaded = load_published(dataset_dir)
     if "train" not in loaded:
         raise ValueError(f"{dataset_dir} has no train split: nothing to train on")
     validation = loaded.get("validation")

@@ -10,6 +10,7 @@ single files.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,3 +67,29 @@ def map_trusted(step: Task, over: str, values: list, **inputs: Any) -> list[Stat
         for n, future in zip(stale, again, strict=True):
             states[n] = future.state
     return states
+
+
+class StepStates:
+    """`run_trusted` and `map_trusted` that remember the final state of every task run, as the
+    flow saw it: `counts()` -> {step name: {state name: task runs}}. A command's summary counts
+    these instead of reading them back from Prefect's server, which records task runs from
+    events after the flow has returned (10 s behind the flow at 100,000 images on 2 cores)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, Counter] = {}
+
+    def _add(self, step: Task, states: list[State]) -> None:
+        self._counts.setdefault(step.name, Counter()).update(state.name for state in states)
+
+    def run(self, step: Task, **inputs: Any) -> State:
+        state = run_trusted(step, **inputs)
+        self._add(step, [state])
+        return state
+
+    def map(self, step: Task, over: str, values: list, **inputs: Any) -> list[State]:
+        states = map_trusted(step, over, values, **inputs)
+        self._add(step, states)
+        return states
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {name: dict(sorted(counts.items())) for name, counts in self._counts.items()}

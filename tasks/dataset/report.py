@@ -31,6 +31,7 @@ def report_step(
     published: PublishOutput,
     work: dict[str, int],
     rules: LabelRules = ANY_LABEL,
+    steps: dict[str, dict[str, int]] | None = None,
 ) -> dict:
     classes: Counter = Counter()
     splits: Counter = Counter()
@@ -97,6 +98,8 @@ def report_step(
                     # when publish last ran: parquet files written, and taken over unchanged
                     "parquet_files": published.files},
         "work": dict(sorted(work.items())),
+        # each step's task runs by final state, as the flow saw them (report excluded)
+        "prefect_steps": steps or {},
         "fingerprint": published.fingerprint,
     }
     check_counts(report)

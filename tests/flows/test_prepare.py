@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 
-from flows.prepare import prepare
+from flows.prepare import prepare, step_states
 from tasks.core.run_history import task_run_states
 from tasks.demo.sample_data import generate
 from tests.support import REPO, demo_config, shared_data
@@ -22,6 +22,9 @@ def run(config: Path, out: Path, home: Path) -> tuple[dict, Counter]:
     report = state.result()
     assert report == json.loads((out / "prepare_report.json").read_text())
     states = task_run_states(state.state_details.flow_run_id)
+    # The CLI's summary counts the states the flow saw: the same task runs as the server's record
+    seen = [*step_states(report["prefect_steps"]), ("report", "Completed")]
+    assert Counter(seen) == Counter((name.rsplit("-", 1)[0], state) for name, state in states)
     return report, Counter(name for _, name in states)
 
 

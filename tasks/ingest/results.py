@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.core.records import Rejection, Sample
-from tasks.ingest.sources import PathOutsideSource, SourceListing, is_junk_name
+from tasks.ingest.sources import PathOutsideSource, SourceListing, is_junk_name, relative_posix
 
 
 @dataclass
@@ -30,19 +31,20 @@ class IngestResult:
 
 
 def reject_unclaimed_images(
-    images_root: Path, listing: SourceListing, claimed: set[Path], result: IngestResult
+    images_root: Path, listing: SourceListing, claimed: set[str] | set[Path], result: IngestResult
 ) -> None:
     """Images that no annotation mentions: junk, or unlabelled (never silently ignored)."""
-    for path in listing.images:
-        if path in claimed:
+    claimed_paths = {os.fspath(path) for path in claimed}
+    for path in listing.image_paths:
+        if path in claimed_paths:
             continue
-        item = path.relative_to(images_root).as_posix()
+        item = relative_posix(path, images_root)
         try:
             listing.check_inside(images_root, path)
         except PathOutsideSource as exc:
             result.rejected.append(Rejection(item=item, reason="path_outside_source", detail=str(exc)))
             continue
-        if is_junk_name(path.name):
+        if is_junk_name(os.path.basename(path)):
             result.rejected.append(Rejection(item=item, reason="junk_file",
                                              detail="hidden or macOS resource-fork file"))
         else:

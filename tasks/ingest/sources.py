@@ -8,7 +8,9 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TypeVar
 
+PathLike = TypeVar("PathLike", str, Path)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -79,19 +81,19 @@ class SourceListing:
     def annotations(self) -> list[Path]:
         return [Path(p) for p in self.annotation_paths]
 
-    def check_inside(self, root: Path, path: Path) -> None:
+    def check_inside(self, root: Path, path: str | Path) -> None:
         """`inside(root, path)`, answered from the listing for a plain file that root's own walk
         listed: the walk enters no linked folder, so such a file cannot lead out of root."""
         found = self.listed.get(os.fspath(path))
         if found is None or found[0] != os.fspath(root) or stat.S_ISLNK(found[1].st_mode):
             inside(root, path)
 
-    def stat(self, path: Path) -> os.stat_result:
+    def stat(self, path: str | Path) -> os.stat_result:
         """The file's stat (links followed): from the listing for a plain file, else asked."""
         found = self.listed.get(os.fspath(path))
         if found is not None and stat.S_ISREG(found[1].st_mode):
             return found[1]
-        return path.stat()
+        return os.stat(path)
 
 
 def walk_files(root: Path, listed: dict[str, tuple[str, os.stat_result]] | None = None) -> list[Path]:
@@ -175,9 +177,9 @@ def fingerprint_of(listing: SourceListing) -> str:
 
 
 def find_image(
-    name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, Path],
+    name: str | None, rel_folder: str, fallback_stem: str, index: dict[str, PathLike],
     path_hint: str | None = None,
-) -> Path | None:
+) -> PathLike | None:
     """Find an annotation's image: by its name (relative to the annotation's folder or the root),
     by its name plus any image extension, by the base name of LabelImg's `<path>` (only ever
     looked up among the source's own files), then by the annotation's own stem.
@@ -207,24 +209,26 @@ def find_image(
     return None
 
 
-def relative_posix(path: Path, root: Path) -> str:
+def relative_posix(path: str | Path, root: Path) -> str:
     """`path.relative_to(root).as_posix()` for a path listed under root, without pathlib's parsing."""
     text, prefix = os.fspath(path), os.fspath(root).rstrip(os.sep) + os.sep
     if not text.startswith(prefix):
-        return path.relative_to(root).as_posix()
+        return Path(path).relative_to(root).as_posix()
     return text[len(prefix):].replace(os.sep, "/")
 
 
-def index_images(images_root: Path, images: list[Path]) -> dict[str, Path]:
-    """Lower-cased relative path -> file, plus bare file names where they are unambiguous."""
-    index: dict[str, Path] = {}
-    by_name: dict[str, list[Path]] = {}
+def index_images(images_root: Path, images: list[PathLike]) -> dict[str, PathLike]:
+    """Lower-cased relative path -> file (as given: a string or a Path), plus bare file names
+    where they are unambiguous."""
+    index: dict[str, PathLike] = {}
+    by_name: dict[str, list[PathLike]] = {}
     for path in images:
-        if is_junk_name(path.name):
+        name = os.path.basename(path)
+        if is_junk_name(name):
             continue
         rel = relative_posix(path, images_root)
         index[rel.lower()] = path
-        by_name.setdefault(path.name.lower(), []).append(path)
+        by_name.setdefault(name.lower(), []).append(path)
     for name, paths in by_name.items():
         if len(paths) == 1:
             index.setdefault(name, paths[0])

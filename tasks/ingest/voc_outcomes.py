@@ -10,7 +10,6 @@ the work is skipped, never a check. The label rules and the code version key the
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def outcome_memo(store_root: str | Path, rules: LabelRules) -> LineMemo:
         sort_keys=True))
 
 
-def item_key(item: str, files: list[tuple[Path, Path]], listing: SourceListing) -> str | None:
+def item_key(item: str, files: list[tuple[Path, str]], listing: SourceListing) -> str | None:
     """The item and the states of its XML files; None where one is not inside its folder or
     cannot be stat'ed (the full path then says why)."""
     parts = [item + "\n"]
@@ -72,13 +71,13 @@ def remember(memo: LineMemo, key: str, outcome: Outcome) -> None:
     memo.put(key, [outcome.line, *outcome.rejected_boxes], extras)
 
 
-def still_its_image(outcome: Outcome, rel_folder: str, stem: str, index: dict[str, Path],
-                    claimed: dict[Path, str], images_root: Path, listing: SourceListing) -> Path | None:
+def still_its_image(outcome: Outcome, rel_folder: str, stem: str, index: dict[str, str],
+                    claimed: dict[str, str], images_root: Path, listing: SourceListing) -> str | None:
     """The remembered image, if the lookup still finds it, unclaimed, inside the source and
     unchanged; else None (the item is made again)."""
     try:
         image = find_image(outcome.filename, rel_folder, stem, index, outcome.path_hint)
-        if image is None or os.fspath(image) != outcome.image or image in claimed:
+        if image is None or image != outcome.image or image in claimed:
             return None
         listing.check_inside(images_root, image)
         state = listing.stat(image)

@@ -10,8 +10,9 @@ Prefect: the image workers import it through the content store.
 
 from __future__ import annotations
 
-import ast
 import hashlib
+import io
+import tokenize
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -50,20 +51,64 @@ def module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+def import_statements(source: bytes) -> list[tuple[int, str, list[str]]]:
+    """(level, module, imported names) of every import statement in `source`, wherever it sits:
+    `import a.b` -> (0, "a.b", []), `from ..c import d` -> (2, "c", ["d"]). Read from its tokens,
+    not its syntax tree: CPython 3.11's `ast.parse` is not thread-safe (two threads building
+    trees at once can fail with "AST constructor recursion depth mismatch", gh-106905), and
+    steps compute these on Prefect's worker threads."""
+    statements: list[tuple[int, str, list[str]]] = []
+    words: list[str] = []  # the current statement's NAME and OP tokens
+    skipped = {tokenize.COMMENT, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENCODING}
+    for token in tokenize.tokenize(io.BytesIO(source).readline):
+        if token.type in skipped:
+            continue
+        if token.type in (tokenize.NEWLINE, tokenize.ENDMARKER) or token.string in (";", ":"):
+            if words[:1] == ["import"] or (words[:1] == ["from"] and "import" in words):
+                statements += _import_statement(words)
+            words = []
+            continue
+        words.append(token.string)
+    return statements
+
+
+def _import_statement(words: list[str]) -> list[tuple[int, str, list[str]]]:
+    def dotted(pieces: list[str]) -> list[str]:
+        """`a . b as c , d` -> ["a.b", "d"] (aliases and parentheses dropped)."""
+        names, current, skip = [], "", False
+        for piece in [*pieces, ","]:
+            if piece == ",":
+                if current:
+                    names.append(current)
+                current, skip = "", False
+            elif piece == "as":
+                skip = True
+            elif not skip and piece not in "()":
+                current += piece
+        return names
+
+    if words[0] == "import":
+        return [(0, name, []) for name in dotted(words[1:])]
+    split = words.index("import")
+    module = "".join(words[1:split])
+    level = len(module) - len(module.lstrip("."))
+    return [(level, module.lstrip("."), dotted(words[split + 1:]))]
+
+
 def imported_files(path: Path, root: Path) -> set[Path]:
     """The files of the package's modules that `path` imports, wherever the statement sits, and
     of the packages above them (Python runs their `__init__` first)."""
     parts = path.relative_to(root).with_suffix("").parts
     package = [root.name, *parts[:-1]]
     names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_bytes())):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from the module's own package, up `level - 1`
-                base = ".".join(filter(None, [*package[:len(package) - node.level + 1], base]))
-            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    for level, module, imported in import_statements(path.read_bytes()):
+        if not imported:
+            names.append(module)
+            continue
+        base = module
+        if level:  # relative: from the module's own package, up `level - 1`
+            base = ".".join(filter(None, [*package[:len(package) - level + 1], base]))
+        names += [base] + [f"{base}.{name}" for name in imported]
     found = set()
     for name in names:
         pieces = name.split(".")

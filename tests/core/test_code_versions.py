@@ -72,3 +72,42 @@ def test_imports_inside_functions_and_relative_imports_are_followed(tmp_path):
     (root / "c" / "w.py").write_text("thing = 2\n")
     _closure_version.cache_clear()
     assert closure_version(("a/x.py",), (), root) != before
+
+
+def statements_by_syntax_tree(source: bytes) -> list[tuple[int, str, list[str]]]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or "", [alias.name for alias in node.names]))
+    return sorted(found)
+
+
+TRICKY = b'''"""import docstring"""
+import a.b as c, d  # import e
+from . import (f,
+    g as h,)
+from ..i.j import *
+def k():
+    if True: import l; from m import n
+    x = {"import": 1}[  # an index
+        "import"]
+    raise ValueError() from None
+from \\
+    o import p
+'''
+
+
+def test_imports_read_from_tokens_are_those_of_the_syntax_tree():
+    from tasks.core.code_versions import import_statements
+
+    assert sorted(import_statements(TRICKY)) == statements_by_syntax_tree(TRICKY) == [
+        (0, "a.b", []), (0, "d", []), (0, "l", []), (0, "m", ["n"]), (0, "o", ["p"]),
+        (1, "", ["f", "g"]), (2, "i.j", ["*"])]
+    repo = TASKS_ROOT.parent
+    for path in [*repo.glob("tasks/**/*.py"), *repo.glob("flows/*.py"), *repo.glob("tests/**/*.py")]:
+        source = path.read_bytes()
+        assert sorted(import_statements(source)) == statements_by_syntax_tree(source), path

@@ -10,6 +10,11 @@ as one append-only file: a run indexes it once and appends what it learned in wh
 two runs at once can only add whole entries. A run killed mid-append leaves a torn last entry:
 the next append starts on a line of its own, and every entry ends with a checksum of itself, so
 a torn or glued entry is never taken for a hit (it is done again).
+
+In front of it, a step that streams records (budget, flips, targets) keeps a `ChunkMemo`: what
+it wrote for a whole chunk of consecutive records, cut where the records' own hashes say, so that
+a night reads its unchanged chunks back without a look-up per record, and looks records up only
+in the few chunks the new ones fall into.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -139,3 +146,77 @@ def remembered_map(lines: Iterable[str], memo: LineMemo, make: Callable[[str], l
         else:
             outputs = hit[0]
         yield from outputs
+
+
+CHUNK_LINES = 64  # records per chunk, on average
+
+
+def content_chunks(lines: Iterable[str], size: int = CHUNK_LINES) -> Iterator[list[str]]:
+    """Consecutive lines, cut after any line whose own hash is 0 modulo `size` (or at 4 x size):
+    a cut depends on its own line, so new or changed records change the chunks they fall into
+    and (but for a run of 4 x size uncut lines) no other, as the shards are cut."""
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if zlib.crc32(line.encode()) % size == 0 or len(chunk) >= 4 * size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ChunkMemo:
+    """What a step wrote for a whole chunk of input lines (`content_chunks`), by the chunk's
+    digest, in front of the step's per-record memo: a chunk that did not change since an earlier
+    run gives its output lines without a look-up per record (~15 us each: 1.5-2 s a step at
+    100,000 images). One file per chunk, written whole (a temporary file, then a rename), under
+    `memos/<step>/<key digest>.chunks/`; its extras as in LineMemo (files under "paths" must
+    still be there)."""
+
+    def __init__(self, store_root: str | Path, step: str, key: str) -> None:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        self.folder = Path(store_root) / "memos" / step / f"{digest}.chunks"
+
+    def _path(self, chunk: list[str]) -> tuple[Path, str]:
+        digest = hashlib.blake2b("".join(line.rstrip("\n") + "\n" for line in chunk).encode(),
+                                 digest_size=DIGEST_CHARS // 2).hexdigest()
+        return self.folder / digest[:2] / f"{digest}.txt", digest
+
+    def get(self, chunk: list[str]) -> tuple[list[str], dict] | None:
+        path, digest = self._path(chunk)
+        try:
+            head, *outputs = path.read_text(encoding="utf-8").split("\n")[:-1]
+            found, extras, check = head.split(ENTRY_SEPARATOR)
+            extras = json.loads(extras)
+        except (OSError, ValueError):  # none, or damaged: done again
+            return None
+        if found != digest or check != entry_check("\n".join(outputs)):
+            return None  # damaged (a write is whole: a disk's fault, or an edit by hand)
+        if not all(os.path.isfile(p) for p in extras.get("paths", ())):
+            return None
+        return outputs, extras
+
+    def put(self, chunk: list[str], outputs: list[str], extras: dict | None = None) -> None:
+        path, digest = self._path(chunk)
+        lines = [out.rstrip("\n") for out in outputs]
+        if any("\n" in line for line in lines):
+            return  # not one-line JSON records: not remembered
+        head = ENTRY_SEPARATOR.join([digest, json.dumps(extras or {}), entry_check("\n".join(lines))])
+        text = "\n".join([head, *lines]) + "\n"
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+
+    def map(self, lines: Iterable[str],
+            make: Callable[[list[str]], tuple[list[str], dict]]) -> Iterator[tuple[list[str], dict, bool]]:
+        """Each chunk's (output lines, extras, whether remembered): remembered, or made by `make`
+        (and remembered), in order."""
+        for chunk in content_chunks(lines):
+            hit = self.get(chunk)
+            if hit is not None:
+                yield *hit, True
+                continue
+            outputs, extras = make(chunk)
+            self.put(chunk, outputs, extras)
+            yield outputs, extras, False

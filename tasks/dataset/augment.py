@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -14,9 +15,10 @@ from prefect import task
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy
 from tasks.core.code_versions import closure_version
 from tasks.core.config import AugmentConfig
-from tasks.core.memo import LineMemo
+from tasks.core.memo import ChunkMemo, LineMemo
 from tasks.core.records import Manifest, ManifestWriter, Sample, read_lines
 from tasks.images.boxes import hflip, vflip
+from tasks.images.shard import as_reused
 from tasks.images.store import ContentStore, derived_image, flip_op, pillow_key
 
 CHUNK = 64  # samples whose flips are made at once
@@ -69,57 +71,72 @@ def augment(samples: Iterable[Sample], config: AugmentConfig, store_root: str,
                     yield record
 
 
+def augment_key(config: AugmentConfig, max_pixels: int) -> str:
+    """What the flips depend on: this config, AUGMENT_CODE and Pillow."""
+    return "|".join([config.model_dump_json(), str(max_pixels), closure_version(AUGMENT_CODE),
+                     pillow_key()])
+
+
 def augment_memo(config: AugmentConfig, max_pixels: int, store_root: str | Path) -> LineMemo:
-    """Each sample's line and its flips' lines, by record, under this config, AUGMENT_CODE and
-    Pillow."""
-    return LineMemo(store_root, "augment", "|".join([
-        config.model_dump_json(), str(max_pixels), closure_version(AUGMENT_CODE), pillow_key()]))
+    """Each sample's line and its flips' lines, by record (`augment_key`)."""
+    return LineMemo(store_root, "augment", augment_key(config, max_pixels))
 
 
 def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, store_root: str,
                  manifests_dir: str | Path) -> tuple[Manifest, dict[str, int]]:
-    """`augment` over a manifest, in input order, with a per-record memo: a sample seen before
-    (`augment_memo`) gives its remembered lines without a pydantic parse, as long as its flips'
-    files are still there (the memo checks its "paths")."""
+    """`augment` over a manifest, in input order, with two memos: a chunk of records unchanged
+    since an earlier run (`ChunkMemo`) gives its remembered lines at once, and within a chunk
+    that changed, a sample seen before (`augment_memo`) gives its lines without a pydantic parse;
+    both as long as their flips' files are still there (the memos check their "paths")."""
     counters: Counter = Counter()
-    memo = augment_memo(config, max_pixels, store_root)
+    # Read only when a chunk changed (its index is a pass over every record ever remembered).
+    records = functools.cache(lambda: augment_memo(config, max_pixels, store_root))
 
-    def known(line: str) -> list[str] | None:
-        hit = memo.get(line)
-        if hit is None:
-            return None
-        for kind in hit[1].get("kinds", []):
-            counters[kind] += 1
-            counters["encodes_reused"] += 1
-        return hit[0]
+    def augment_chunk(chunk: list[str]) -> tuple[list[str], dict]:
+        """The chunk's samples with their flips; extras: the work it took and the flips' files."""
+        memo, work = records(), Counter()
+        answers = [memo.get(line) for line in chunk]
+        fresh = iter(made(memo, [line for line, answer in zip(chunk, answers, strict=True)
+                                 if answer is None], work))
+        outputs, paths = [], []
+        for answer in answers:
+            if answer is not None:
+                kinds = answer[1].get("kinds", [])
+                work.update(kinds)
+                work["encodes_reused"] += len(kinds)
+                paths += answer[1].get("paths", [])
+            else:
+                answer = next(fresh)
+                paths += answer[1]["paths"]
+            outputs += answer[0]
+        return outputs, {"counters": dict(work), "paths": paths}
 
-    def made(lines: list[str]) -> Iterator[list[str]]:
+    def made(memo: LineMemo, lines: list[str], work: Counter) -> Iterator[tuple[list[str], dict]]:
         """Each line's sample with its flips, made (and remembered), in order."""
-        records = augment((Sample.model_validate_json(line) for line in lines), config,
-                          store_root, max_pixels, counters)
+        made_records = augment((Sample.model_validate_json(line) for line in lines), config,
+                               store_root, max_pixels, work)
         group: list[Sample] = []
         position = 0
-        for record in [*records, None]:  # a sample's flips follow it; None closes the last
+        for record in [*made_records, None]:  # a sample's flips follow it; None closes the last
             if group and (record is None or record.augmentation == "none"):
                 outputs, copies = [r.model_dump_json() for r in group], group[1:]
-                memo.put(lines[position], outputs, {"kinds": [c.augmentation for c in copies],
-                                                    "paths": [c.processed_path for c in copies]})
+                extras = {"kinds": [c.augmentation for c in copies],
+                          "paths": [c.processed_path for c in copies]}
+                memo.put(lines[position], outputs, extras)
                 position += 1
-                yield outputs
+                yield outputs, extras
                 group = []
             if record is not None:
                 group.append(record)
 
     with ManifestWriter(manifests_dir, "augmented") as out:
-        remaining = read_lines(manifest)
-        while chunk := list(islice(remaining, CHUNK)):  # a chunk at a time: memory stays flat
-            answers = [known(line) for line in chunk]
-            fresh = made([line for line, answer in zip(chunk, answers, strict=True)
-                          if answer is None])
-            for answer in answers:
-                for line in answer if answer is not None else next(fresh):
-                    out.add_line(line)
-    memo.save()
+        chunks = ChunkMemo(store_root, "augment", augment_key(config, max_pixels))
+        for outputs, extras, remembered in chunks.map(read_lines(manifest), augment_chunk):
+            counters.update(as_reused(extras["counters"]) if remembered else extras["counters"])
+            for line in outputs:
+                out.add_line(line)
+    if records.cache_info().currsize:
+        records().save()
     return out.manifest, dict(counters)
 
 

@@ -11,6 +11,7 @@ most one token per UTF-8 byte, and each `<loc_N>` is one token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -27,7 +28,7 @@ from pydantic import BaseModel
 from tasks.core.caching import IMAGE_LIBRARIES, cache_policy, library_versions
 from tasks.core.code_versions import closure_version
 from tasks.core.config import TilingConfig
-from tasks.core.memo import LineMemo
+from tasks.core.memo import ChunkMemo, LineMemo, content_chunks
 from tasks.core.records import (
     Manifest,
     ManifestWriter,
@@ -217,41 +218,61 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
     answered from its memo."""
     tokenizer, counted_with = target_tokenizer(checkpoint)
     store = ContentStore(store_root) if tiling and store_root is not None else None
-    memo = None if store_root is None else LineMemo(store_root, "budget", "|".join([
-        str(budget), checkpoint, counted_with, tokenizer_key(checkpoint),
-        tiling.model_dump_json() if tiling else "", str(max_pixels), str(min_box_size),
-        closure_version(BUDGET_CODE), pillow_key()]))
+    key = "|".join([str(budget), checkpoint, counted_with, tokenizer_key(checkpoint),
+                    tiling.model_dump_json() if tiling else "", str(max_pixels), str(min_box_size),
+                    closure_version(BUDGET_CODE), pillow_key()])
+    # Read only when a chunk changed (its index is a pass over every record ever remembered).
+    records = functools.cache(lambda: LineMemo(store_root, "budget", key)
+                              if store_root is not None else None)
     lengths: list[int] = []
     tiled: Counter = Counter({"images": 0, "tiles": 0, "sliced_test_images": 0})
 
     def tokens(sample: Sample) -> int:
         return target_tokens(od_target(sample.boxes, sample.width, sample.height), tokenizer)
 
+    def measure(line: str) -> tuple[list[str], dict]:
+        memo = records()
+        if memo is not None and (hit := memo.get(line)) is not None:
+            return hit
+        made, length, made_tiled = budget_one(Sample.model_validate_json(line), budget,
+                                              tokens, tiling, store, max_pixels, min_box_size)
+        outputs = [record.model_dump_json() for _, record in made]
+        extras = {"to": [to for to, _ in made], "length": length, "tiled": made_tiled,
+                  "paths": [r.processed_path for to, r in made
+                            if to == "rows" and getattr(r, "tile", None)]}
+        if memo is not None:
+            memo.put(line, outputs, extras)
+        return outputs, extras
+
+    def measure_chunk(chunk: list[str]) -> tuple[list[str], dict]:
+        """The chunk's records (tagged with their manifests in "to"), lengths and tiling."""
+        outputs: list[str] = []
+        extras: dict = {"to": [], "lengths": [], "tiled": Counter(), "paths": []}
+        for line in chunk:
+            made, made_extras = measure(line)
+            outputs += made
+            extras["to"] += made_extras["to"]
+            extras["lengths"].append(made_extras["length"])
+            extras["tiled"].update(made_extras["tiled"])
+            extras["paths"] += made_extras["paths"]
+        return outputs, extras
+
+    chunks = (ChunkMemo(store_root, "budget", key).map(read_lines(samples), measure_chunk)
+              if store_root is not None else
+              ((*measure_chunk(chunk), False) for chunk in content_chunks(read_lines(samples))))
     with ManifestWriter(manifests_dir, "rows") as rows, \
             ManifestWriter(manifests_dir, "within-budget") as images, \
             ManifestWriter(manifests_dir, "over-budget") as rejected, \
             ManifestWriter(manifests_dir, "over-budget-boxes") as rejected_boxes:
         writers = {"rows": rows, "images": images, "rejected": rejected,
                    "rejected_boxes": rejected_boxes}
-        for line in read_lines(samples):
-            hit = memo.get(line) if memo is not None else None
-            if hit is not None:
-                outputs, extras = list(zip(hit[1]["to"], hit[0], strict=True)), hit[1]
-            else:
-                made, length, made_tiled = budget_one(Sample.model_validate_json(line), budget,
-                                                      tokens, tiling, store, max_pixels, min_box_size)
-                outputs = [(to, record.model_dump_json()) for to, record in made]
-                extras = {"to": [to for to, _ in made], "length": length, "tiled": made_tiled,
-                          "paths": [r.processed_path for to, r in made
-                                    if to == "rows" and getattr(r, "tile", None)]}
-                if memo is not None:
-                    memo.put(line, [out for _, out in outputs], extras)
-            for to, out in outputs:
+        for outputs, extras, _ in chunks:
+            for to, out in zip(extras["to"], outputs, strict=True):
                 writers[to].add_line(out)
-            lengths.append(extras["length"])
+            lengths += extras["lengths"]
             tiled.update(extras["tiled"])
-    if memo is not None:
-        memo.save()
+    if records.cache_info().currsize and records() is not None:
+        records().save()
     stats = {"budget": budget, "counted_with": counted_with, "max_tokens": max(lengths, default=0),
              "p99_tokens": percentile(lengths, 99),
              "over_budget": sum(length > budget for length in lengths), "tiling": dict(tiled)}

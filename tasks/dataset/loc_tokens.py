@@ -9,6 +9,7 @@ untruncated centre (truncation would pull every box up to a pixel towards the or
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from prefect import task
 
 from tasks.core.caching import CACHE_POLICY
 from tasks.core.code_versions import closure_version
-from tasks.core.memo import LineMemo, remembered_map
+from tasks.core.memo import ChunkMemo, LineMemo, remembered_map
 from tasks.core.records import (
     Box,
     Manifest,
@@ -76,10 +77,19 @@ def loc_targets_step(manifest: Manifest, manifests_dir: str | Path,
     if store_root is None:
         return write_manifest(map(with_target, read_records(manifest, Sample)), manifests_dir,
                               "targets")
-    memo = LineMemo(store_root, "loc-targets", closure_version(("dataset/loc_tokens.py",)))
-    targets = write_lines(remembered_map(read_lines(manifest), memo, lambda line: [
-        with_target(Sample.model_validate_json(line)).model_dump_json()]), manifests_dir, "targets")
-    memo.save()
+    key = closure_version(("dataset/loc_tokens.py",))
+    # Read only when a chunk changed (its index is a pass over every record ever remembered).
+    records = functools.cache(lambda: LineMemo(store_root, "loc-targets", key))
+
+    def make(chunk: list[str]) -> tuple[list[str], dict]:
+        return list(remembered_map(chunk, records(), lambda line: [
+            with_target(Sample.model_validate_json(line)).model_dump_json()])), {}
+
+    chunks = ChunkMemo(store_root, "loc-targets", key).map(read_lines(manifest), make)
+    targets = write_lines((line for outputs, _, _ in chunks for line in outputs), manifests_dir,
+                          "targets")
+    if records.cache_info().currsize:
+        records().save()
     return targets
 
 

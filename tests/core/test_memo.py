@@ -78,3 +78,47 @@ def test_an_entry_naming_a_file_that_is_gone_is_not_an_answer(tmp_path):
         ['{"a": 1, "flip": "x"}'], {"paths": [str(made)]})
     made.unlink()  # a store cleaned by hand
     assert LineMemo(tmp_path, "step", "key").get('{"a": 1}') is None
+
+
+def lines_of(items) -> list[str]:
+    return [f'{{"item": "img_{n:05d}.xml", "split": "train"}}' for n in items]
+
+
+def test_a_new_line_changes_only_the_chunk_it_falls_into():
+    from tasks.core.memo import content_chunks
+
+    before = [tuple(chunk) for chunk in content_chunks(lines_of(range(2000)))]
+    after = [tuple(chunk) for chunk in content_chunks(lines_of([*range(1000), 5000, *range(1000, 2000)]))]
+    assert 10 < len(before) < 100  # ~64 lines a chunk
+    assert len(set(before) - set(after)) == 1 and len(set(after) - set(before)) == 1
+    assert [line for chunk in after for line in chunk] == lines_of([*range(1000), 5000, *range(1000, 2000)])
+
+
+def test_a_chunk_seen_before_is_answered_without_making_it_and_a_damaged_one_is_made_again(tmp_path):
+    from tasks.core.memo import ChunkMemo
+
+    kept = tmp_path / "flip.png"
+    kept.write_bytes(b"x")
+    made: list[int] = []
+
+    def make(chunk):
+        made.append(len(chunk))
+        return [line.replace("train", "made") for line in chunk], {"paths": [str(kept)]}
+
+    def run(key="key"):
+        made.clear()
+        return [line for outputs, _, _ in ChunkMemo(tmp_path, "step", key).map(lines, make)
+                for line in outputs]
+
+    lines = lines_of(range(500))
+    first = run()
+    assert first == [line.replace("train", "made") for line in lines]
+    assert sum(made) == 500
+    assert run() == first and made == []  # every chunk remembered, none made again
+    assert run("another key") == first and sum(made) == 500  # another setting: its own memo
+
+    files = sorted(ChunkMemo(tmp_path, "step", "key").folder.glob("*/*.txt"))
+    files[0].write_text(files[0].read_text()[:-20])  # damaged (a write is whole: by hand)
+    assert run() == first and len(made) == 1
+    kept.unlink()  # a file its answer names is gone (a store cleaned by hand): made again
+    assert run() == first and sum(made) == 500

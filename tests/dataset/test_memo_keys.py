@@ -92,3 +92,35 @@ def test_a_budget_counted_by_the_byte_bound_is_not_reused_once_the_tokenizer_is_
     assert key() == before
     write_tokenizer(checkpoint, '{"model": {"vocab": {"a": 0}}}')  # e.g. downloaded by training
     assert key() != before
+
+
+def test_the_targets_and_flips_of_unchanged_chunks_take_no_look_up_per_record(tmp_path, monkeypatch):
+    from tasks.core.memo import LineMemo
+    from tasks.core.records import read_lines
+    from tasks.dataset.augment import augment_step
+    from tests.dataset.test_augment import samples
+
+    originals = samples(tmp_path / "images", 150)
+    manifest = write_manifest(originals, tmp_path / "manifests", "split")
+    store, out = str(tmp_path / "store"), tmp_path / "manifests"
+    config = AugmentConfig(hflip=True)
+
+    def both():
+        flipped, counters = augment_step(manifest, config, 10**8, store, out)
+        return flipped, counters, loc_targets_step(flipped, out, store)
+
+    first = both()
+    look_ups = []
+    real_get = LineMemo.get
+    monkeypatch.setattr(LineMemo, "get", lambda memo, line: look_ups.append(line) or real_get(memo, line))
+    again = both()
+    assert again[0] == first[0] and again[2] == first[2]  # the same manifests
+    train = sum(sample.split == "train" for sample in originals)
+    assert first[1] == {"hflip": train, "images_encoded": train}
+    assert again[1] == {"hflip": train, "encodes_reused": train}  # the same flips, reused
+    assert look_ups == []  # before chunk memos: a look-up per record, in each step
+
+    grown = write_manifest([*originals, *samples(tmp_path / "more", 1)], out, "split")
+    flipped, _ = augment_step(grown, config, 10**8, store, out)
+    assert len(look_ups) < 4 * 64  # the chunk the new record falls into, not every record
+    assert sum(1 for _ in read_lines(flipped)) == sum(1 for _ in read_lines(first[0])) + 1

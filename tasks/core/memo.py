@@ -165,6 +165,12 @@ def content_chunks(lines: Iterable[str], size: int = CHUNK_LINES) -> Iterator[li
         yield chunk
 
 
+def chunk_check(body: str) -> str:
+    """A chunk file's check of its lines (damage, not tampering: crc32 is ~5x faster than blake2b
+    on a chunk's ~100 KB)."""
+    return f"{zlib.crc32(body.encode()):08x}"
+
+
 class ChunkMemo:
     """What a step wrote for a whole chunk of input lines (`content_chunks`), by the chunk's
     digest, in front of the step's per-record memo: a chunk that did not change since an earlier
@@ -190,7 +196,7 @@ class ChunkMemo:
             extras = json.loads(extras)
         except (OSError, ValueError):  # none, or damaged: done again
             return None
-        if found != digest or check != entry_check("\n".join(outputs)):
+        if found != digest or check != chunk_check("\n".join(outputs)):
             return None  # damaged (a write is whole: a disk's fault, or an edit by hand)
         if not all(os.path.isfile(p) for p in extras.get("paths", ())):
             return None
@@ -201,7 +207,7 @@ class ChunkMemo:
         lines = [out.rstrip("\n") for out in outputs]
         if any("\n" in line for line in lines):
             return  # not one-line JSON records: not remembered
-        head = ENTRY_SEPARATOR.join([digest, json.dumps(extras or {}), entry_check("\n".join(lines))])
+        head = ENTRY_SEPARATOR.join([digest, json.dumps(extras or {}), chunk_check("\n".join(lines))])
         text = "\n".join([head, *lines]) + "\n"
         temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         path.parent.mkdir(parents=True, exist_ok=True)

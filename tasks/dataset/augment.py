@@ -133,8 +133,7 @@ def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, sto
         chunks = ChunkMemo(store_root, "augment", augment_key(config, max_pixels))
         for outputs, extras, remembered in chunks.map(read_lines(manifest), augment_chunk):
             counters.update(as_reused(extras["counters"]) if remembered else extras["counters"])
-            for line in outputs:
-                out.add_line(line)
+            out.add_lines(outputs)
     if records.cache_info().currsize:
         records().save()
     return out.manifest, dict(counters)

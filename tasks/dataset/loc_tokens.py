@@ -21,10 +21,10 @@ from tasks.core.memo import ChunkMemo, LineMemo, remembered_map
 from tasks.core.records import (
     Box,
     Manifest,
+    ManifestWriter,
     Sample,
     read_lines,
     read_records,
-    write_lines,
     write_manifest,
 )
 
@@ -85,12 +85,12 @@ def loc_targets_step(manifest: Manifest, manifests_dir: str | Path,
         return list(remembered_map(chunk, records(), lambda line: [
             with_target(Sample.model_validate_json(line)).model_dump_json()])), {}
 
-    chunks = ChunkMemo(store_root, "loc-targets", key).map(read_lines(manifest), make)
-    targets = write_lines((line for outputs, _, _ in chunks for line in outputs), manifests_dir,
-                          "targets")
+    with ManifestWriter(manifests_dir, "targets") as out:
+        for outputs, _, _ in ChunkMemo(store_root, "loc-targets", key).map(read_lines(manifest), make):
+            out.add_lines(outputs)
     if records.cache_info().currsize:
         records().save()
-    return targets
+    return out.manifest
 
 
 @task(name="loc-targets", cache_policy=CACHE_POLICY, persist_result=True)

@@ -47,26 +47,33 @@ class LineMemo:
     """`memo.get(line)` -> (output lines, extras) or None; `memo.put(line, outputs, extras)`;
     `memo.save()` appends what is left of the new entries. Only where each entry lies in the
     file is held (~150 bytes an entry), an entry is read when asked for: a memo of every record
-    of a large dataset does not grow the process."""
+    of a large dataset does not grow the process. The file is indexed at the first look-up, not
+    before: a step whose chunks all come from its `ChunkMemo` never reads it."""
 
     def __init__(self, store_root: str | Path, step: str, key: str) -> None:
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
         self.path = Path(store_root) / "memos" / step / f"{digest}.tsv"
-        self._where: dict[bytes, tuple[int, int]] = {}  # digest -> (offset, length) in the file
+        self._where: dict[bytes, tuple[int, int]] | None = None  # digest -> (offset, length)
         self._new: dict[str, str] = {}  # digest -> entry, until appended
         self._reader: int | None = None
-        if self.path.is_file():
-            with open(self.path, "rb") as handle:
-                offset = 0
-                for raw in handle:
-                    if raw.endswith(b"\n"):  # a torn last entry is not one
-                        self._where[raw[:DIGEST_CHARS]] = (offset, len(raw))
-                    offset += len(raw)
+
+    def _index(self) -> dict[bytes, tuple[int, int]]:
+        """Where each entry of the file lies (read once, at the first look-up)."""
+        if self._where is None:
+            self._where = {}
+            if self.path.is_file():
+                with open(self.path, "rb") as handle:
+                    offset = 0
+                    for raw in handle:
+                        if raw.endswith(b"\n"):  # a torn last entry is not one
+                            self._where[raw[:DIGEST_CHARS]] = (offset, len(raw))
+                        offset += len(raw)
+        return self._where
 
     def _entry(self, digest: str) -> str | None:
         if digest in self._new:
             return self._new[digest]
-        where = self._where.get(digest.encode())
+        where = self._index().get(digest.encode())
         if where is None:
             return None
         if self._reader is None:
@@ -133,7 +140,7 @@ class LineMemo:
             os.close(self._reader)
 
     def __len__(self) -> int:
-        return len(self._where) + len(self._new)
+        return len(self._index()) + len(self._new)
 
 
 def remembered_map(lines: Iterable[str], memo: LineMemo, make: Callable[[str], list[str]]) -> Iterator[str]:

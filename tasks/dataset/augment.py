@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -89,15 +88,14 @@ def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, sto
     that changed, a sample seen before (`augment_memo`) gives its lines without a pydantic parse;
     both as long as their flips' files are still there (the memos check their "paths")."""
     counters: Counter = Counter()
-    # Read only when a chunk changed (its index is a pass over every record ever remembered).
-    records = functools.cache(lambda: augment_memo(config, max_pixels, store_root))
+    memo = augment_memo(config, max_pixels, store_root)
 
     def augment_chunk(chunk: list[str]) -> tuple[list[str], dict]:
         """The chunk's samples with their flips; extras: the work it took and the flips' files."""
-        memo, work = records(), Counter()
+        work: Counter = Counter()
         answers = [memo.get(line) for line in chunk]
-        fresh = iter(made(memo, [line for line, answer in zip(chunk, answers, strict=True)
-                                 if answer is None], work))
+        fresh = iter(made([line for line, answer in zip(chunk, answers, strict=True)
+                           if answer is None], work))
         outputs, paths = [], []
         for answer in answers:
             if answer is not None:
@@ -111,7 +109,7 @@ def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, sto
             outputs += answer[0]
         return outputs, {"counters": dict(work), "paths": paths}
 
-    def made(memo: LineMemo, lines: list[str], work: Counter) -> Iterator[tuple[list[str], dict]]:
+    def made(lines: list[str], work: Counter) -> Iterator[tuple[list[str], dict]]:
         """Each line's sample with its flips, made (and remembered), in order."""
         made_records = augment((Sample.model_validate_json(line) for line in lines), config,
                                store_root, max_pixels, work)
@@ -134,8 +132,7 @@ def augment_step(manifest: Manifest, config: AugmentConfig, max_pixels: int, sto
         for outputs, extras, remembered in chunks.map(read_lines(manifest), augment_chunk):
             counters.update(as_reused(extras["counters"]) if remembered else extras["counters"])
             out.add_lines(outputs)
-    if records.cache_info().currsize:
-        records().save()
+    memo.save()
     return out.manifest, dict(counters)
 
 

@@ -11,7 +11,6 @@ most one token per UTF-8 byte, and each `<loc_N>` is one token.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import re
@@ -221,9 +220,7 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
     key = "|".join([str(budget), checkpoint, counted_with, tokenizer_key(checkpoint),
                     tiling.model_dump_json() if tiling else "", str(max_pixels), str(min_box_size),
                     closure_version(BUDGET_CODE), pillow_key()])
-    # Read only when a chunk changed (its index is a pass over every record ever remembered).
-    records = functools.cache(lambda: LineMemo(store_root, "budget", key)
-                              if store_root is not None else None)
+    memo = LineMemo(store_root, "budget", key) if store_root is not None else None
     lengths: list[int] = []
     tiled: Counter = Counter({"images": 0, "tiles": 0, "sliced_test_images": 0})
 
@@ -231,7 +228,6 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
         return target_tokens(od_target(sample.boxes, sample.width, sample.height), tokenizer)
 
     def measure(line: str) -> tuple[list[str], dict]:
-        memo = records()
         if memo is not None and (hit := memo.get(line)) is not None:
             return hit
         made, length, made_tiled = budget_one(Sample.model_validate_json(line), budget,
@@ -271,8 +267,8 @@ def budget_step(samples: Manifest, budget: int, checkpoint: str, manifests_dir: 
                 writers[to].add_line(out)
             lengths += extras["lengths"]
             tiled.update(extras["tiled"])
-    if records.cache_info().currsize and records() is not None:
-        records().save()
+    if memo is not None:
+        memo.save()
     stats = {"budget": budget, "counted_with": counted_with, "max_tokens": max(lengths, default=0),
              "p99_tokens": percentile(lengths, 99),
              "over_budget": sum(length > budget for length in lengths), "tiling": dict(tiled)}

@@ -9,7 +9,6 @@ untruncated centre (truncation would pull every box up to a pixel towards the or
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -78,18 +77,16 @@ def loc_targets_step(manifest: Manifest, manifests_dir: str | Path,
         return write_manifest(map(with_target, read_records(manifest, Sample)), manifests_dir,
                               "targets")
     key = closure_version(("dataset/loc_tokens.py",))
-    # Read only when a chunk changed (its index is a pass over every record ever remembered).
-    records = functools.cache(lambda: LineMemo(store_root, "loc-targets", key))
+    memo = LineMemo(store_root, "loc-targets", key)
 
     def make(chunk: list[str]) -> tuple[list[str], dict]:
-        return list(remembered_map(chunk, records(), lambda line: [
+        return list(remembered_map(chunk, memo, lambda line: [
             with_target(Sample.model_validate_json(line)).model_dump_json()])), {}
 
     with ManifestWriter(manifests_dir, "targets") as out:
         for outputs, _, _ in ChunkMemo(store_root, "loc-targets", key).map(read_lines(manifest), make):
             out.add_lines(outputs)
-    if records.cache_info().currsize:
-        records().save()
+    memo.save()
     return out.manifest
 
 

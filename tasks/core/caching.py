@@ -12,6 +12,7 @@ transformers trains differently). This module imports nothing from `tasks` but
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -93,13 +94,20 @@ EVALUATION_LIBRARIES = (*TRAINING_LIBRARIES, "faster-coco-eval")
 
 
 def library_versions(libraries: tuple[str, ...]) -> dict[str, str]:
-    versions = {}
+    return dict(_library_versions(libraries))
+
+
+@functools.lru_cache(maxsize=32)
+def _library_versions(libraries: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Read once per process (each task run's key asks): a library upgraded under a running
+    process is not the one that process has loaded, so its first answer stays the true one."""
+    versions = []
     for name in libraries:
         try:
-            versions[name] = package_version(name)
+            versions.append((name, package_version(name)))
         except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+            versions.append((name, "absent"))
+    return tuple(versions)
 
 
 @dataclass

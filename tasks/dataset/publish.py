@@ -198,9 +198,22 @@ def read_manifest_once(manifest: Manifest) -> tuple[str, dict[str, int], list[tu
     return digest.hexdigest()[:32], dict(classes), where
 
 
+# The pass of the fingerprint step, kept for the publish step that follows it in the same run
+# (one entry, taken by the publish): a night reads every line's JSON once, not twice.
+_last_pass: dict[Manifest, tuple[str, dict[str, int], list[tuple[str, str, int]]]] = {}
+
+
 def fingerprint_and_classes(manifest: Manifest) -> tuple[str, dict[str, int]]:
-    fingerprint, classes, _ = read_manifest_once(manifest)
-    return fingerprint, classes
+    read = read_manifest_once(manifest)
+    _last_pass.clear()
+    _last_pass[manifest] = read
+    return read[0], read[1]
+
+
+def manifest_pass(manifest: Manifest) -> tuple[str, dict[str, int], list[tuple[str, str, int]]]:
+    """`read_manifest_once`, taken from the fingerprint step's pass when it read this manifest."""
+    kept = _last_pass.pop(manifest, None)
+    return kept if kept is not None else read_manifest_once(manifest)
 
 
 def records_of_split(manifest: Manifest, split: str,
@@ -214,7 +227,7 @@ def records_of_split(manifest: Manifest, split: str,
 
 def publish_step(manifest: Manifest, name: str, config: PublishConfig, out_dir: str | Path,
             api=None) -> PublishOutput:
-    fingerprint, classes, where = read_manifest_once(manifest)
+    fingerprint, classes, where = manifest_pass(manifest)
 
     def split_reader(split: str) -> Callable[[], Iterable[tuple[str, str, int]]]:
         return lambda: records_of_split(manifest, split, where)

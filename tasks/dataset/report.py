@@ -7,10 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 from prefect import task
+from pydantic_core import from_json
 
 from tasks.core.labels import ANY_LABEL, LabelRules, collisions
 from tasks.core.logs import run_logger
-from tasks.core.records import Sample, read_records, read_rejections, read_samples
+from tasks.core.records import read_lines, read_rejections, read_samples
 from tasks.core.splits import SPLITS
 from tasks.dataset.budget import TargetsCheck
 from tasks.dataset.publish import PublishOutput
@@ -36,11 +37,12 @@ def report_step(
     classes: Counter = Counter()
     splits: Counter = Counter()
     by_split: dict[str, Counter] = {name: Counter() for name in SPLITS}
-    for sample in read_records(budget.images, Sample):  # streamed: counts only
-        labels = [box.label for box in sample.boxes]
+    for line in read_lines(budget.images):  # streamed, read as plain JSON: counts only
+        sample = from_json(line)
+        labels = [box["label"] for box in sample["boxes"]]
         classes.update(labels)
-        splits[sample.split] += 1
-        by_split[sample.split or "train"].update(labels)
+        splits[sample["split"]] += 1
+        by_split[sample["split"] or "train"].update(labels)
     quarantine = read_rejections(ingested.rejected)
     box_rejections = read_rejections(ingested.rejected_boxes)
     dropped_gray = []

@@ -9,7 +9,6 @@ probabilities: the split is stratified in expectation, and the report shows per-
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
 from pathlib import Path
 
 from prefect import task
@@ -20,19 +19,6 @@ from tasks.core.caching import CACHE_POLICY
 from tasks.core.config import SplitConfig
 from tasks.core.records import Manifest, ManifestWriter, Rejection, Sample, box_rejections, read_lines
 from tasks.core.splits import split_of
-
-
-def duplicate_items(items_in_order: Iterable[tuple[str, str, str]]) -> dict[str, str]:
-    """item -> the earlier item with the same pixels (the first, by item, keeps them), from
-    (item, sha256, ...) tuples in item order."""
-    first: dict[str, str] = {}
-    duplicates: dict[str, str] = {}
-    for item, sha, *_ in items_in_order:
-        if sha in first:
-            duplicates[item] = first[sha]
-        else:
-            first[sha] = item
-    return duplicates
 
 
 def duplicate_rejections(sample: Sample, original: str) -> tuple[Rejection, list[Rejection]]:
@@ -47,20 +33,19 @@ class SplitOutput(BaseModel, frozen=True):
 
 
 def split_step(kept: list[Manifest], ratios: SplitConfig, manifests_dir: str | Path) -> SplitOutput:
-    """Merge the shards (each in item order), drop content duplicates, assign splits. Streams:
-    one pass finds the duplicates, a second writes the records; neither holds the set. A record
-    is read as plain JSON for its item and hash, and kept as the line it is, its split set."""
-
-    def in_item_order():
-        return heapq.merge(*(_keyed_lines(m) for m in kept), key=lambda keyed: keyed[0])
-
-    duplicates = duplicate_items(in_item_order())
+    """Merge the shards (each in item order), drop content duplicates, assign splits, in one
+    streamed pass: in item order the first of a set of duplicates comes first, so a record is
+    known to be a duplicate when it is reached. Only each image hash's first item is held; a
+    record is read as plain JSON for its item and hash, and kept as the line it is, its split set."""
+    first_with: dict[str, str] = {}  # sha256 -> the first item with those pixels
     with ManifestWriter(manifests_dir, "split") as out, \
             ManifestWriter(manifests_dir, "duplicates") as rejected, \
             ManifestWriter(manifests_dir, "duplicate-boxes") as rejected_boxes:
-        for item, sha, line in in_item_order():
-            if item in duplicates:
-                image, boxes = duplicate_rejections(Sample.model_validate_json(line), duplicates[item])
+        for item, sha, line in heapq.merge(*(_keyed_lines(m) for m in kept),
+                                           key=lambda keyed: keyed[0]):
+            original = first_with.setdefault(sha, item)
+            if original != item:
+                image, boxes = duplicate_rejections(Sample.model_validate_json(line), original)
                 rejected.add(image)
                 for box in boxes:
                     rejected_boxes.add(box)

@@ -64,7 +64,29 @@ def test_a_new_version_of_a_library_that_shapes_a_step_is_a_cache_miss(task, lib
     real = caching.package_version
     monkeypatch.setattr(caching, "package_version",
                         lambda name: "999.0" if name == library else real(name))
-    assert policy.compute_key(None, {}, {}) != before
+    caching._library_versions.cache_clear()  # the upgrade, as the next process reads it
+    try:
+        assert policy.compute_key(None, {}, {}) != before
+    finally:
+        caching._library_versions.cache_clear()  # (the real versions again, for other tests)
+
+
+def test_library_versions_are_read_once_per_process(monkeypatch):
+    # Every task run's key asks (~400 a night at 100k images); a library upgraded under a
+    # running process is not the one loaded in it, so the first answer stays the true one.
+    asked = []
+    real = caching.package_version
+    monkeypatch.setattr(caching, "package_version", lambda name: asked.append(name) or real(name))
+    caching._library_versions.cache_clear()
+    try:
+        policy = library_policy(publish_task)
+        first = policy.compute_key(None, {}, {})
+        assert policy.compute_key(None, {}, {}) == first
+        assert sorted(asked) == sorted(policy.libraries)
+        caching.library_versions(policy.libraries)["datasets"] = "mutated by a caller"
+        assert policy.compute_key(None, {}, {}) == first
+    finally:
+        caching._library_versions.cache_clear()
 
 
 def test_an_evaluation_limit_is_not_part_of_its_cache_key():

@@ -178,3 +178,28 @@ def test_big_images_cut_files_by_bytes_and_a_new_one_changes_only_its_own_file()
     grown = list(file_groups(records(400, BYTES_PER_FILE // 4, extra=("big_0200b.xml",))))
     changed = [group for group in grown if group not in big]
     assert len(changed) == 1 and "big_0200b.xml" in [item for item, *_ in changed[0]]
+
+
+def test_publish_after_the_fingerprint_step_reads_each_line_once(tmp_path, monkeypatch):
+    # A night runs the fingerprint step, then publish, on the same manifest: the publish takes
+    # the fingerprint step's pass (fingerprint, classes, where each line goes) instead of
+    # parsing every line's JSON a second time; it publishes the same dataset.
+    from tasks.dataset import publish
+
+    manifest = write_manifest(make_samples(tmp_path), tmp_path / "m", "t")
+    alone = publish_step(manifest, "demo", PublishConfig(), tmp_path / "alone")
+    parsed = []
+    real = publish.from_json
+    monkeypatch.setattr(publish, "from_json", lambda line: parsed.append(line) or real(line))
+    fingerprint = publish.fingerprint_step(manifest)
+    after = publish_step(manifest, "demo", PublishConfig(), tmp_path / "after")
+    rows_parsed = 4  # `to_row` parses each written row
+    assert len(parsed) == manifest.count + rows_parsed
+    assert after.fingerprint == fingerprint == alone.fingerprint and after.rows == alone.rows
+    assert (tmp_path / "after" / "README.md").read_text() == (tmp_path / "alone" / "README.md").read_text()
+
+    # Taken once: a second publish (a retry) reads the manifest again, with the same answer.
+    parsed.clear()
+    again = publish_step(manifest, "demo", PublishConfig(), tmp_path / "again")
+    assert len(parsed) == manifest.count + rows_parsed and again == after.model_copy(
+        update={"folder": str(tmp_path / "again")})

@@ -152,7 +152,8 @@ class DatasetConfig(_Strict):
     merge_case_variants: bool = Field(
         False, description="names that differ only by case or spacing become one class (the "
         "spelling in `labels`, else lower case); either way prepare_report.json lists them")
-    shard_size: int = Field(256, gt=0, description="images per prep task")
+    shard_size: int = Field(256, gt=0, description="images per prep task (doubled as a line "
+                            "grows, so that a night has at most ~128 image tasks)")
     targets: TargetsConfig = TargetsConfig()
     tiling: TilingConfig | None = Field(None, description="cut dense images into overlapping "
                                         "tiles (train, validation); test images are scored "

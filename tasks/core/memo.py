@@ -142,6 +142,10 @@ class LineMemo:
     def __len__(self) -> int:
         return len(self._index()) + len(self._new)
 
+    def __bool__(self) -> bool:
+        # A memo is there even when empty: `if memo` must not read its whole file (__len__).
+        return True
+
 
 def remembered_map(lines: Iterable[str], memo: LineMemo, make: Callable[[str], list[str]]) -> Iterator[str]:
     """Each input line's output lines: remembered, or made by `make` and remembered."""

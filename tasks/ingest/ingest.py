@@ -23,7 +23,7 @@ from tasks.ingest.inbox import adoptable, ingest_inbox
 from tasks.ingest.results import IngestResult
 from tasks.ingest.sources import SourceListing, list_source
 from tasks.ingest.voc import ingest_voc, parse_memo
-from tasks.ingest.voc_outcomes import outcome_memo
+from tasks.ingest.voc_outcomes import outcome_chunks, outcome_memo
 from tasks.ingest.yolo import ingest_yolo
 
 
@@ -123,13 +123,15 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
                                  candidates.add)
         else:
             result = ingest_voc(source.images, source.annotation_paths, listing, rules,
-                                candidates.add_line, *memos)
+                                candidates.add_line, *memos,
+                                outcome_chunks(store_root, rules) if store_root is not None else None)
         if source.verified_inbox is not None and fatal is None:
             adopted, found = ingest_inbox(source.verified_inbox, rules, candidates.add_line, *memos)
             result.merge(adopted)
             inbox = {"xmls_read": len(found.listing.annotations), "waiting": found.waiting}
-        for memo in filter(None, memos):
-            memo.save()
+        for memo in memos:
+            if memo is not None:  # (not `filter(None, ...)`: a memo's truth was its length)
+                memo.save()
     return IngestOutput(
         fatal=fatal, several_passes=result.several_passes,
         candidates=candidates.manifest,

@@ -233,3 +233,10 @@ def index_images(images_root: Path, images: list[PathLike]) -> dict[str, PathLik
         if len(paths) == 1:
             index.setdefault(name, paths[0])
     return index
+
+
+def stem_of(path: str) -> str:
+    """`Path(path).stem`, without pathlib's parsing."""
+    name = os.path.basename(path)
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name

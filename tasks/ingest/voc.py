@@ -17,7 +17,7 @@ from xml.etree.ElementTree import ParseError
 from defusedxml import DefusedXmlException
 
 from tasks.core.labels import ANY_LABEL, LabelRules
-from tasks.core.memo import LineMemo
+from tasks.core.memo import ChunkMemo, LineMemo, content_chunks, line_digest
 from tasks.core.records import Box, Rejection, Sample, box_rejections, voc_to_box
 from tasks.ingest.results import IngestResult, reject_unclaimed_images
 from tasks.ingest.sources import (
@@ -27,14 +27,17 @@ from tasks.ingest.sources import (
     index_images,
     relative_posix,
     stat_line,
+    stem_of,
 )
 from tasks.ingest.voc_outcomes import (
     Outcome,
+    chunk_entry,
     item_key,
     recall,
     rejections,
     remember,
     still_its_image,
+    take_chunk,
 )
 from tasks.ingest.voc_parse import (  # noqa: F401 - parse_voc, parse_memo: this stage's API
     VocAnnotation,
@@ -158,13 +161,15 @@ def ingest_voc(
     on_line: Callable[[str], None] | None = None,
     memo: LineMemo | None = None,
     outcomes: LineMemo | None = None,
+    chunks: ChunkMemo | None = None,
 ) -> IngestResult:
     """Every XML becomes a Sample or a Rejection; every image no XML claims is rejected too.
     With several annotation folders, XMLs at the same relative path are one image's passes and
     merge (a box drawn identically in two passes is kept once). With `on_line`, samples go
     there as manifest lines as they are made instead of into `result.samples`; with a `memo`
     (`parse_memo`), an XML parsed in an earlier run is not parsed again; with `outcomes`
-    (`voc_outcomes.outcome_memo`), an item unchanged since an earlier run is not made again."""
+    (`voc_outcomes.outcome_memo`), an item unchanged since an earlier run is not made again,
+    and with `chunks` too (`outcome_chunks`), a chunk of such items comes back at once."""
     roots = annotations_roots if isinstance(annotations_roots, list) else [annotations_roots]
     result = IngestResult()
     keep = on_line or (lambda line: result.samples.append(Sample.model_validate_json(line)))
@@ -177,10 +182,10 @@ def ingest_voc(
         root = next(r for r, prefix in root_prefixes if xml_path.startswith(prefix))
         passes.setdefault(relative_posix(xml_path, root), []).append((root, xml_path))
     claimed: dict[str, str] = {}
-    for item, files in sorted(passes.items()):
-        stem = stem_of(files[0][1])
-        rel_folder = posixpath.dirname(item)
-        key = item_key(item, files, listing) if outcomes is not None else None
+
+    def make(item: str, files: list[tuple[Path, str]], key: str | None) -> Outcome | None:
+        """The item's Sample kept (or its rejection added); its Outcome, None if rejected."""
+        stem, rel_folder = stem_of(files[0][1]), posixpath.dirname(item)
         made = recall(outcomes, key) if key is not None else None
         image = None if made is None else still_its_image(made, rel_folder, stem, index,
                                                           claimed, images_root, listing)
@@ -189,7 +194,7 @@ def ingest_voc(
             image = _image_of(annotation, result, item, rel_folder, stem, index, claimed,
                               images_root, listing)
             if image is None:
-                continue
+                return None
             made = make_sample(item, files, annotation, image, listing, rules)
             if key is not None:
                 remember(outcomes, key, made)
@@ -199,15 +204,28 @@ def ingest_voc(
         result.spellings.update(made.spellings)
         result.rejected_boxes += rejections(made.rejected_boxes)
         keep(made.line)
+        return made
+
+    keyed = [(item, files, item_key(item, files, listing) if outcomes is not None else None)
+             for item, files in sorted(passes.items())]
+    if chunks is None:
+        for item, files, key in keyed:
+            make(item, files, key)
+    else:
+        # A chunk's line per item: its key's digest (an item without a key: never remembered).
+        lines = [line_digest(key) if key is not None else "\0" + item for item, _, key in keyed]
+        start = 0
+        for chunk in content_chunks(lines):
+            members, start = keyed[start:start + len(chunk)], start + len(chunk)
+            remembered = chunks.get(chunk) if all(key for *_, key in members) else None
+            if remembered is not None and take_chunk(*remembered, members, result, keep, index,
+                                                      claimed, images_root, listing):
+                continue
+            made = [make(item, files, key) for item, files, key in members]
+            if all(made) and all(key for *_, key in members):
+                chunks.put(chunk, *chunk_entry(made))
     reject_unclaimed_images(images_root, listing, set(claimed), result)
     return result
-
-
-def stem_of(path: str) -> str:
-    """`Path(path).stem`, without pathlib's parsing."""
-    name = os.path.basename(path)
-    dot = name.rfind(".")
-    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def _image_of(annotation: VocAnnotation | Rejection, result: IngestResult, item: str,

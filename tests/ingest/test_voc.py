@@ -246,13 +246,14 @@ def test_a_second_ingest_parses_only_the_xml_files_it_has_not_seen(tmp_path, mon
     assert (second.rejected, second.boxes_found) == (first.rejected, first.boxes_found)
 
 
-def _ingest_with_memo(images: Path, annotations: Path, store: Path, rules=ANY_LABEL):
+def _ingest_with_memo(images: Path, annotations: Path, store: Path, rules=ANY_LABEL,
+                      chunks: bool = True):
     from tasks.ingest.voc import parse_memo
-    from tasks.ingest.voc_outcomes import outcome_memo
+    from tasks.ingest.voc_outcomes import outcome_chunks, outcome_memo
 
     memos = parse_memo(store), outcome_memo(store, rules)
     result = ingest_voc(images, annotations, list_source(images, annotations, ".xml"), rules,
-                        None, *memos)
+                        None, *memos, outcome_chunks(store, rules) if chunks else None)
     for memo in memos:
         memo.save()
     return result
@@ -263,7 +264,8 @@ def _made(result) -> tuple:
             result.spellings)
 
 
-def test_an_item_unchanged_since_the_last_run_is_not_made_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-item", "chunks"])
+def test_an_item_unchanged_since_the_last_run_is_not_made_again(tmp_path, monkeypatch, chunks):
     import tasks.ingest.voc as voc
 
     images, xmls = tmp_path / "images", tmp_path / "xml"
@@ -272,22 +274,22 @@ def test_an_item_unchanged_since_the_last_run_is_not_made_again(tmp_path, monkey
         # c.xml names c.png, not there yet: its image is found by the XML's stem
         write_xml(xmls / f"{name}.xml", f"{name}.png" if name == "c" else f"{name}.jpg",
                   [DrawnBox("Dent", 2, 2, 20, 20), DrawnBox("dent", 9, 5, 3, 9)])  # one inverted
-    first = _ingest_with_memo(images, xmls, tmp_path / "store")
+    first = _ingest_with_memo(images, xmls, tmp_path / "store", chunks=chunks)
     made = []
     real = voc.make_sample
     monkeypatch.setattr(voc, "make_sample", lambda item, *a: made.append(item) or real(item, *a))
-    assert _made(_ingest_with_memo(images, xmls, tmp_path / "store")) == _made(first)
+    assert _made(_ingest_with_memo(images, xmls, tmp_path / "store", chunks=chunks)) == _made(first)
     assert made == [] and len(first.samples) == 3 and len(first.rejected_boxes) == 3
     # A changed image file, a better match for an XML's <filename>, new label rules: made again.
     make_image(images / "b.jpg", size=(48, 40))
     make_image(images / "c.png")
-    second = _ingest_with_memo(images, xmls, tmp_path / "store")
+    second = _ingest_with_memo(images, xmls, tmp_path / "store", chunks=chunks)
     assert made == ["b.xml", "c.xml"]
     by_item = {s.item: s for s in second.samples}
     assert by_item["b.xml"].file_size == (images / "b.jpg").stat().st_size
     assert by_item["c.xml"].image_path == str(images / "c.png")
     renamed = _ingest_with_memo(images, xmls, tmp_path / "store",
-                                LabelRules(label_map={"Dent": "scratch"}))
+                                LabelRules(label_map={"Dent": "scratch"}), chunks=chunks)
     assert made[2:] == ["a.xml", "b.xml", "c.xml"]
     assert {box.label for s in renamed.samples for box in s.boxes} == {"scratch"}
 
@@ -308,14 +310,15 @@ def test_an_xml_unchanged_since_the_last_run_is_not_read_again(tmp_path, monkeyp
     assert second.samples[0].boxes == first.samples[0].boxes and len(second.samples) == 3
 
 
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-item", "chunks"])
 @pytest.mark.parametrize("replaced", ["xml/a.xml", "images/a.jpg"])
-def test_a_remembered_file_replaced_by_a_link_out_of_the_source_is_refused(tmp_path, replaced):
+def test_a_remembered_file_replaced_by_a_link_out_of_the_source_is_refused(tmp_path, replaced, chunks):
     images, xmls = tmp_path / "images", tmp_path / "xml"
     make_image(images / "a.jpg")
     write_xml(xmls / "a.xml", "a.jpg", [DrawnBox("dent", 2, 2, 20, 20)])
-    assert len(_ingest_with_memo(images, xmls, tmp_path / "store").samples) == 1
+    assert len(_ingest_with_memo(images, xmls, tmp_path / "store", chunks=chunks).samples) == 1
     outside = tmp_path / ("outside-" + Path(replaced).name)
     (tmp_path / replaced).rename(outside)  # the same bytes, now outside, reached through a link
     (tmp_path / replaced).symlink_to(outside)
-    result = _ingest_with_memo(images, xmls, tmp_path / "store")
+    result = _ingest_with_memo(images, xmls, tmp_path / "store", chunks=chunks)
     assert result.samples == [] and reasons(result) == {"a.xml": "path_outside_source"}

@@ -7,7 +7,8 @@ nightly line runs. Each command is a new process, timed on the wall clock, as a 
 Per size: the cold run (an empty home), the unchanged rerun, the run after 1% new images, the
 peak RSS of the command's process tree (the server excluded), the content store's bytes per
 image and the task runs Prefect recorded for a night. Writes `scale_per_image_100k_vs_1k`,
-`incremental_100k`, `rss_100k_vs_1k`, `unchanged_rerun_seconds_1k` to bench/results.json and the
+`incremental_100k`, `rss_100k_vs_1k`, `unchanged_rerun_seconds_1k` and Prefect's own cost of a
+task run (`prefect_cached_task_run_ms`, from `bench.prefect_tasks`) to bench/results.json and the
 "Scale" section of bench/RESULTS.md.
 """
 
@@ -141,7 +142,15 @@ def last_prepare_task_runs(api_url: str) -> tuple[int, dict[str, float]]:
     return len(runs), {name: (last - first).total_seconds() for name, (first, last) in in_order}
 
 
-def measure(work: Path, size: int) -> dict:
+def prefect_task_cost(env: dict, api_url: str) -> dict:
+    """`bench.prefect_tasks` against this home's server: ms per task run, computed and Cached."""
+    done = subprocess.run([sys.executable, "-m", "bench.prefect_tasks"], cwd=REPO,
+                          env={**env, "PREFECT_API_URL": api_url, "PREFECT_LOGGING_LEVEL": "WARNING"},
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(work: Path, size: int, task_cost: bool = False) -> dict:
     source = small_images(work / f"source-{size}", size)
     home = work / f"home-{size}"
     shutil.rmtree(home, ignore_errors=True)
@@ -172,6 +181,7 @@ def measure(work: Path, size: int) -> dict:
             task_runs, steps = last_prepare_task_runs(api_url)
         finally:
             remove_images(source, size, extra)
+        per_task = prefect_task_cost(env, api_url) if task_cost else None
     finally:
         subprocess.run([*CLI, "server", "stop"], cwd=REPO, env=env, capture_output=True)
     row = {"images": size, "cold_s": cold, "cold_s_per_image": cold / size,
@@ -183,6 +193,8 @@ def measure(work: Path, size: int) -> dict:
            # after the command returned, until the server had recorded all its task runs
            "server_behind_unchanged_s": unchanged_server_s,
            "server_behind_plus_1_percent_s": grown_server_s}
+    if per_task is not None:
+        row["prefect_task_run_ms"] = per_task
     print(json.dumps(row), flush=True)
     return row
 
@@ -209,7 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started, commit = time.time(), measured_at()  # (before results.json is written)
-    rows = [measure(args.work, size) for size in sorted(args.sizes)]
+    rows = [measure(args.work, size, task_cost=n == 0) for n, size in enumerate(sorted(args.sizes))]
     by_size = {r["images"]: r for r in rows}
     first, last = rows[0], rows[-1]
     if len(rows) > 1:
@@ -241,6 +253,17 @@ def main() -> None:
              "images cost.\n\n| step | unchanged rerun | +1% |\n|---|---|---|\n"
              + "\n".join(f"| {name} | {same.get(name, 0.0):.2f} | {seconds:.2f} |"
                           for name, seconds in steps.items()))
+    per_task = first["prefect_task_run_ms"]
+    record("prefect_cached_task_run_ms", per_task["cached_ms"], 1.0,
+           measurement="ms per Cached task run of a flow of 400 trivial tasks with defectflow's "
+           "cache policy, home server up (reported, no goal: what each of a night's ~120 image "
+           "tasks costs whatever changed)", computed_ms=per_task["computed_ms"])
+    text += (f"\n\nPrefect's own cost per task run (`python -m bench.prefect_tasks`, 400 trivial "
+             f"tasks, this cache policy, the home's server): {per_task['computed_ms']:.1f} ms "
+             f"computed, {per_task['cached_ms']:.1f} ms Cached. A night of {last['images']} "
+             f"images has {last['task_runs_per_night']} task runs: about "
+             f"{last['task_runs_per_night'] * per_task['cached_ms'] / 1000:.1f} s of it is "
+             "Prefect's, whatever changed.")
     write_section(text, "## Scale")
     print(text)
 

@@ -129,9 +129,8 @@ def ingest_step(source: SourceConfig, rules: LabelRules, manifests_dir: str | Pa
             adopted, found = ingest_inbox(source.verified_inbox, rules, candidates.add_line, *memos)
             result.merge(adopted)
             inbox = {"xmls_read": len(found.listing.annotations), "waiting": found.waiting}
-        for memo in memos:
-            if memo is not None:  # (not `filter(None, ...)`: a memo's truth was its length)
-                memo.save()
+        for memo in filter(None, memos):
+            memo.save()
     return IngestOutput(
         fatal=fatal, several_passes=result.several_passes,
         candidates=candidates.manifest,

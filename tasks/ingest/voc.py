@@ -217,12 +217,13 @@ def ingest_voc(
         start = 0
         for chunk in content_chunks(lines):
             members, start = keyed[start:start + len(chunk)], start + len(chunk)
-            remembered = chunks.get(chunk) if all(key for *_, key in members) else None
+            keyed_chunk = all(key for *_, key in members)
+            remembered = chunks.get(chunk) if keyed_chunk else None
             if remembered is not None and take_chunk(*remembered, members, result, keep, index,
                                                       claimed, images_root, listing):
                 continue
             made = [make(item, files, key) for item, files, key in members]
-            if all(made) and all(key for *_, key in members):
+            if keyed_chunk and all(made):
                 chunks.put(chunk, *chunk_entry(made))
     reject_unclaimed_images(images_root, listing, set(claimed), result)
     return result

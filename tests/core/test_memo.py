@@ -122,3 +122,17 @@ def test_a_chunk_seen_before_is_answered_without_making_it_and_a_damaged_one_is_
     assert run() == first and len(made) == 1
     kept.unlink()  # a file its answer names is gone (a store cleaned by hand): made again
     assert run() == first and sum(made) == 500
+
+
+def test_a_memo_is_true_without_reading_its_file(tmp_path, monkeypatch):
+    # `filter(None, memos)` (the ingest saving its memos) asks each memo's truth: that must not
+    # index the whole file (~100 MB at 100,000 images), as `__len__` would.
+    memo = LineMemo(tmp_path, "step", "key")
+    memo.put("a line", ["an output"])
+    memo.save()
+    reopened = LineMemo(tmp_path, "step", "key")
+    opened = []
+    real = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    assert list(filter(None, [reopened])) == [reopened] and opened == []
+    assert len(reopened) == 1 and opened == [reopened.path]

@@ -65,7 +65,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
 ) -> None:
     """Each line's champion, last night, next scheduled run, images and disk use; exit code 1
-    when a line's last night failed (for cron or a monitoring check)."""
+    when a line's last night failed or its registry is unreachable (for cron or a monitoring
+    check)."""
     import json
 
     from tasks.nightly.status import home_lines, line_status
@@ -92,10 +93,12 @@ def status(
 
 def print_status(found: dict) -> None:
     from rich.filesize import decimal
+    from rich.markup import escape
 
     table = summary_table(f"status: {found['name']}")
     champion = found["champion"]
-    table.add_row("champion", "none yet" if champion is None else (
+    table.add_row("champion", "none yet" if champion is None else
+                  f"[red]{escape(champion['unreachable'])}[/red]" if "unreachable" in champion else (
         f"v{champion['version']}  {champion['metric']} "
         f"{'-' if champion['value'] is None else format(champion['value'], '.4f')}  "
         f"since {champion['since']}"))

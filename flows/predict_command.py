@@ -21,6 +21,7 @@ def model_folder_or_exit(model: str, out: Path, config, home: str | None) -> Pat
     """The model folder `--model` names (a champion is downloaded into OUT/model/), or its
     error in red and exit code 2."""
     from flows.predict import model_folder
+    from tasks.nightly.registry import RegistryUnreachable
     from tasks.predict.model import ModelNotFound
 
     try:
@@ -28,6 +29,9 @@ def model_folder_or_exit(model: str, out: Path, config, home: str | None) -> Pat
     except ModelNotFound as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    except RegistryUnreachable as exc:  # not "no champion": try again when it answers
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 def predict(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from tasks.core.config import NotifyConfig, load_config
+from tasks.nightly.registry import UNREACHABLE
 
 log = logging.getLogger("defectflow.alerts")
 
@@ -27,9 +28,13 @@ def send_alert(url: str, title: str, body: str) -> bool:
 
 
 def failure_message(flow_name: str, run_name: str, message: str) -> tuple[str, str]:
-    return (f"defectflow: {flow_name} run {run_name} failed",
+    unreachable = UNREACHABLE in message  # a RegistryUnreachable's own words
+    return (f"defectflow: {flow_name} run {run_name} failed"
+            + (": registry unreachable" if unreachable else ""),
             f"The nightly run {run_name!r} ended Failed: {message}\n"
-            "Open it in the Prefect UI to see which step failed; Retry reruns only that step and "
+            + ("The model registry could not be asked: nothing was promoted, skipped or deleted "
+               "on it; the next night runs again.\n" if unreachable else "")
+            + "Open it in the Prefect UI to see which step failed; Retry reruns only that step and "
             "what follows (the steps before it come back Cached).")
 
 

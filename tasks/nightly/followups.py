@@ -15,7 +15,6 @@ from tasks.core.logs import run_logger
 from tasks.nightly.alerts import send_alert
 from tasks.nightly.registry import (
     RegistryTarget,
-    champion_version,
     model_card,
     push_champion_to_hub,
     record_hub_revision,
@@ -43,11 +42,6 @@ def set_pending(work_dir: str | Path, name: str, needs: dict | None) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(pending, indent=1, sort_keys=True))
     tmp.replace(path)
-
-
-def still_champion(registry: RegistryTarget, version: int) -> bool:
-    champion = champion_version(registry.tracking_uri, registry.model_name)
-    return champion is not None and champion["version"] == version
 
 
 def followup_message(name: str, error: str) -> tuple[str, str]:

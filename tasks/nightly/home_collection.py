@@ -64,6 +64,20 @@ def _running(run, ours: Path | None, now: float) -> bool:
     return started is not None and now - started.timestamp() < BUSY_FOR_S
 
 
+def result_record_gone(state) -> bool:
+    """Whether a task run's persisted result is no longer on disk (the local result storage
+    said so: its folder is there, the file is not): a cache entry no run can hit, which names
+    nothing. A record that is there but cannot be read is not gone, nor is one whose folder
+    vanished (a storage that went away says nothing of its files)."""
+    from prefect._internal.result_records import ResultRecordMetadata
+
+    data = state.data
+    if not isinstance(data, ResultRecordMetadata) or data.storage_block_id is not None:
+        return False
+    record = Path(data.storage_key)
+    return record.parent.is_dir() and not record.exists()
+
+
 def prepared_references(ours: Path | None = None, now: float | None = None) -> References:
     """The manifests named by the task results of the newest prepare of each output folder,
     and of any later unfinished one (its Cached results are tomorrow's), from Prefect's API.
@@ -111,12 +125,14 @@ def prepared_references(ours: Path | None = None, now: float | None = None) -> R
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
                     limit=PAGE, offset=task_offset)
                 for task_run in tasks:
-                    if task_run.state is None or not task_run.state.is_completed():
+                    if task_run.state is None or not task_run.state.is_completed() or \
+                            result_record_gone(task_run.state):
                         continue
                     try:
                         result = task_run.state.result(raise_on_failure=False)
-                    except Exception:  # noqa: BLE001 - a record gone is a cache entry no run can hit
-                        continue
+                    except Exception as exc:  # noqa: BLE001 - unread is not "names nothing"
+                        return References(busy=f"the result of task run {task_run.name} could "
+                                               f"not be read ({type(exc).__name__}: {exc})")
                     names.update(str(Path(m.path).resolve()) for m in manifests_in(result))
                 task_offset += PAGE
                 if len(tasks) < PAGE:

@@ -20,6 +20,13 @@ from tasks.core.caching import folder_hash
 from tasks.core.config import DatasetConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+FILES_COLLECTED = "files_collected"  # retention's tag on a version whose model files are gone
+UNREACHABLE = "registry unreachable"  # how every RegistryUnreachable's message begins
+
+
+class RegistryUnreachable(RuntimeError):
+    """The registry could not be asked (a timeout, a 503, a locked database): never "there is
+    none". Whoever gets it retries, then fails; nothing is deleted, promoted or skipped on it."""
 
 
 class RegistryTarget(BaseModel, frozen=True):
@@ -46,6 +53,43 @@ def _client(tracking_uri: str):
 
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ask(what: str, question: Callable[[], object]):
+    """The registry's answer to `question`; RegistryUnreachable when it could not give one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return question()
+    except (MlflowException, OSError) as exc:  # requests' and SQLAlchemy's errors come as these
+        raise RegistryUnreachable(f"{UNREACHABLE} ({what}): {exc}") from exc
+
+
+def registered_aliases(client, model_name: str) -> dict[str, int]:
+    """Every alias of the model and the version it points to. {} only when the registry answers
+    that the model does not exist. (Not a lookup by alias: MLflow reports a missing alias as
+    INVALID_PARAMETER_VALUE, as it does a malformed name.)"""
+    from mlflow.exceptions import MlflowException
+
+    def model():
+        try:
+            return client.get_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    found = ask(f"model {model_name!r}", model)
+    return {} if found is None else {alias: int(version)
+                                     for alias, version in (found.aliases or {}).items()}
+
+
+def alias_version(client, model_name: str, alias: str):
+    """The version `alias` points to, or None when the registry answers it has no such alias."""
+    version = registered_aliases(client, model_name).get(alias)
+    if version is None:
+        return None
+    return ask(f"{model_name} v{version}", lambda: client.get_model_version(model_name, str(version)))
 
 
 def _experiment_id(client, name: str, artifact_root: Path) -> str:
@@ -95,8 +139,9 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
     client.set_terminated(run_id)
     try:
         client.create_registered_model(model_name, description="defectflow defect detector")
-    except MlflowException:
-        pass  # it exists
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     tags = {**{k: str(v) for k, v in lineage.items()},
             **{f"metric.{k}": f"{v:.6f}" for k, v in flat.items()}}
     version = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model",
@@ -108,10 +153,11 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
 
 
 def find_version(client, model_name: str, model_files: str, dataset_fingerprint: str):
-    """The version registered with these model files for this dataset, or None."""
+    """The version registered with these model files for this dataset, or None. A version whose
+    files retention collected is not one: it cannot be loaded, nor become champion."""
     for version in client.search_model_versions(f"name = '{model_name}'"):
         tags = version.tags or {}
-        if tags.get("model_files") == model_files and \
+        if tags.get("model_files") == model_files and FILES_COLLECTED not in tags and \
                 tags.get("dataset_fingerprint", "") == dataset_fingerprint:
             return version
     return None
@@ -138,13 +184,10 @@ def _wait_ready(client, name: str, version: str, timeout: float = 60) -> None:
 
 
 def champion_version(tracking_uri: str, model_name: str) -> dict | None:
-    """The current champion (version, tags, source), or None."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client(tracking_uri)
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+    """The current champion (version, tags, source), or None when the registry answers that
+    there is none (RegistryUnreachable when it cannot answer)."""
+    version = alias_version(_client(tracking_uri), model_name, CHAMPION)
+    if version is None:
         return None
     return {"version": int(version.version), "tags": dict(version.tags), "source": version.source,
             "run_id": version.run_id}

@@ -2,14 +2,16 @@
 rest goes, so months of nights do not fill the disk.
 
 - Run folders (`<work>/runs/<fingerprint12>-<identity8>/`): the newest `runs` (by last write, a
-  failed night's included: its checkpoints resume it) and every run of the champion's and the
-  challenger's dataset are kept whole; the others keep their record (their JSON files and
+  failed night's included: its checkpoints resume it) and every run of the dataset of a version
+  an alias points to are kept whole; the others keep their record (their JSON files and
   each evaluation's `metrics.json`) and lose the rest: checkpoints, pixel cache, model files,
   pictures and review folders (with tiny models those pictures outweigh the checkpoints).
 - Registered versions keep their record (tags, metrics, params, `evaluation/metrics.json`); the
-  model files and evaluation pictures of a version that is neither champion nor challenger nor
-  among the `runs` newest are deleted from the artifact store, and the version gets a
-  `files_collected` tag (when, bytes).
+  model files and evaluation pictures of a version that no alias points to (champion,
+  challenger, or one a person set) and that is not among the `runs` newest are deleted from the
+  artifact store, and the version gets a `files_collected` tag (when, bytes).
+- A registry that cannot answer which versions its aliases name fails the step: nothing of
+  the line is collected on a guess (RegistryUnreachable).
 - Champion copies (`<work>/champion/`) of versions that are no longer champion go.
 - Crash leftovers (staging folders, `*.tmp`, `.*.part`) written before the cutoff by a process
   that is gone; the home's manifests and content store: see home_collection.py.
@@ -36,9 +38,14 @@ from tasks.nightly.home_collection import (
     prepared_references,
     process_alive,
 )
-from tasks.nightly.registry import CHALLENGER, CHAMPION, RegistryTarget
+from tasks.nightly.registry import (
+    CHAMPION,
+    FILES_COLLECTED,
+    RegistryTarget,
+    ask,
+    registered_aliases,
+)
 
-FILES_COLLECTED = "files_collected"
 # Names only a killed write leaves: publish's staging and trash folders, champion downloads'
 # staging, atomic writes' temporary files, LabelImg XMLs half written.
 LEFTOVER = re.compile(r"\.tmp$|^\..+\.part$|^\.(.+\.)?partial-|^\..+\.old-[0-9a-f]{8}$")
@@ -113,18 +120,17 @@ def collect_run(folder: Path) -> int:
 
 
 def versions_in_use(registry: RegistryTarget) -> dict[str, dict]:
-    """The champion's and the challenger's version and dataset fingerprint, by alias."""
+    """Every alias's version and its dataset fingerprint, by alias (`champion`, `challenger`, and
+    any a person set: `production`, a rollback). RegistryUnreachable when the registry cannot
+    say: then nothing may be collected."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(registry.tracking_uri)
     found = {}
-    for alias in (CHAMPION, CHALLENGER):
-        try:
-            version = client.get_model_version_by_alias(registry.model_name, alias)
-        except MlflowException:
-            continue
-        found[alias] = {"version": int(version.version),
+    for alias, number in registered_aliases(client, registry.model_name).items():
+        version = ask(f"v{number}", lambda n=number: client.get_model_version(registry.model_name,
+                                                                               str(n)))
+        found[alias] = {"version": number,
                         "dataset_fingerprint": (version.tags or {}).get("dataset_fingerprint", "")}
     return found
 

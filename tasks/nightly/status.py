@@ -12,7 +12,12 @@ from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
 from tasks.core.processes import process_alive
 from tasks.nightly.home_collection import lock_holder
-from tasks.nightly.registry import CHAMPION, embedded_tracking_uri
+from tasks.nightly.registry import (
+    CHAMPION,
+    RegistryUnreachable,
+    alias_version,
+    embedded_tracking_uri,
+)
 from tasks.nightly.retention import disk_use
 
 FAILED_STATES = ("FAILED", "CRASHED")
@@ -35,15 +40,17 @@ def registry_uri(config: DatasetConfig, home: Home) -> str | None:
 
 def champion_status(tracking_uri: str | None, model_name: str, metric: str) -> dict | None:
     """The champion's version, its number on `metric` and when it was registered (a champion
-    is promoted the night it is registered)."""
+    is promoted the night it is registered); None when the registry says there is none, and
+    `{"unreachable": why}` when it could not be asked (never "none yet")."""
     if tracking_uri is None:
         return None
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     try:
-        version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
+        version = alias_version(MlflowClient(tracking_uri), model_name, CHAMPION)
+    except RegistryUnreachable as exc:
+        return {"unreachable": str(exc)}
+    if version is None:
         return None
     value = (version.tags or {}).get(f"metric.{metric}")
     return {"version": int(version.version), "metric": metric,
@@ -142,14 +149,16 @@ def deployment_name(config: DatasetConfig) -> str:
 
 
 def line_status(config: DatasetConfig, config_path: Path, home: Home, work: Path) -> dict:
-    """Everything `defectflow status` says of one line; `failed`: its last night failed."""
+    """Everything `defectflow status` says of one line; `failed`: its last night failed, or its
+    registry cannot be asked (a monitor must hear of both)."""
     found = nights(config_path, deployment_name(config))
+    champion = champion_status(registry_uri(config, home), config.model_name,
+                               config.promotion_metric)
     return {"name": config.name, "config": str(config_path.resolve()), "work": str(work),
-            "champion": champion_status(registry_uri(config, home), config.model_name,
-                                        config.promotion_metric),
-            **found, "images": prepared_images(work),
+            "champion": champion, **found, "images": prepared_images(work),
             "disk": {"home": disk_use(home.root), "work": disk_use(work)},
-            "failed": bool(found["last_night"] and found["last_night"]["failed"])}
+            "failed": bool(found["last_night"] and found["last_night"]["failed"])
+            or bool(champion and "unreachable" in champion)}
 
 
 def home_lines(home: Home) -> list[Path]:

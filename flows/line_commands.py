@@ -33,7 +33,7 @@ def gc(
     champion copies, unused manifests and content-store entries, crash leftovers."""
     from flows.summaries import retention_rows
     from tasks.nightly.promotion import work_dir_lock
-    from tasks.nightly.registry import RegistryTarget
+    from tasks.nightly.registry import RegistryTarget, RegistryUnreachable
     from tasks.nightly.retention import references_or_none, retention_step
     from tasks.nightly.status import registry_uri
 
@@ -51,7 +51,12 @@ def gc(
             if not ours:
                 console.print(f"[red]a retrain holds {line}: run gc again when it is done[/red]")
                 raise typer.Exit(1)
-            report = retention_step(loaded, line, home, registry, cutoff, references_or_none(line))
+            try:
+                report = retention_step(loaded, line, home, registry, cutoff,
+                                        references_or_none(line))
+            except RegistryUnreachable as exc:  # nothing was collected on a guess
+                console.print(f"[red]{exc}: nothing collected; run gc again later[/red]")
+                raise typer.Exit(1) from None
     table = summary_table(f"gc: {loaded.name if loaded else home.root}")
     retention_rows(table, report)
     console.print(table)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,12 +30,8 @@ from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
 from tasks.core.logs import run_logger
 from tasks.nightly.champion_copy import copy_key
-from tasks.nightly.home_collection import (
-    References,
-    collect_home,
-    prepared_references,
-    process_alive,
-)
+from tasks.nightly.home_collection import References, collect_home, prepared_references
+from tasks.nightly.leftovers import INBOX_LEFTOVER, removed, sweep_leftovers
 from tasks.nightly.registry import (
     CHAMPION,
     FILES_COLLECTED,
@@ -45,42 +39,6 @@ from tasks.nightly.registry import (
     ask,
     registered_aliases,
 )
-
-# Names only a killed write leaves: publish's staging and trash folders, champion downloads'
-# staging, atomic writes' temporary files, LabelImg XMLs half written.
-LEFTOVER = re.compile(r"\.tmp$|^\..+\.part$|^\.(.+\.)?partial-|^\..+\.old-[0-9a-f]{8}$")
-INBOX_LEFTOVER = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.part$")  # only labelimg_writer's
-
-
-def disk_use(path: str | Path) -> int:
-    """Bytes of the files under `path` (each file once, however many hard links; links to
-    elsewhere not followed). 0 when it is not there."""
-    seen: set[tuple[int, int]] = set()
-    total, pending = 0, [Path(path)]
-    while pending:
-        try:
-            entries = list(os.scandir(pending.pop()))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                stat = entry.stat(follow_symlinks=False)
-                if (stat.st_dev, stat.st_ino) not in seen:
-                    seen.add((stat.st_dev, stat.st_ino))
-                    total += stat.st_size
-    return total
-
-
-def _removed(path: Path) -> int:
-    """Remove a file or folder; the bytes it held."""
-    size = disk_use(path) if path.is_dir() else path.stat().st_size
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-    return size
 
 
 def last_active(folder: Path) -> float:
@@ -111,11 +69,11 @@ def collect_run(folder: Path) -> int:
     for child in folder.iterdir():
         if child.is_dir() and child.name.endswith("eval"):
             written = child.stat()
-            freed += sum(_removed(part) for part in child.iterdir() if part.name != RECORD)
+            freed += sum(removed(part) for part in child.iterdir() if part.name != RECORD)
             # its time stays when it was written: last_active() orders runs by it
             os.utime(child, ns=(written.st_atime_ns, written.st_mtime_ns))
         elif child.is_dir() or child.suffix != ".json":
-            freed += _removed(child)
+            freed += removed(child)
     return freed
 
 
@@ -186,34 +144,6 @@ def collect_versions(registry: RegistryTarget, newest: int, in_use: set[int]) ->
     return collected, freed
 
 
-def _written_by_a_live_process(name: str) -> bool:
-    """Temporary names carry the writer's pid (`.x.<pid>.<random>.tmp`): that one may be busy."""
-    return any(process_alive(int(token)) for token in re.split(r"[.\-]", name)
-               if token.isdigit() and int(token) > 0)
-
-
-def sweep_leftovers(root: Path, cutoff: float, pattern: re.Pattern = LEFTOVER,
-                    skip: tuple[Path, ...] = ()) -> tuple[list[str], int]:
-    """Remove what a killed write left under `root`: names matching `pattern`, last written
-    before `cutoff`, by no live process. (paths removed, bytes)."""
-    removed, freed = [], 0
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        found = [name for name in dirs + files if pattern.search(name) and here / name not in skip]
-        # a leftover folder is judged whole, not entered; a skipped one is not ours
-        dirs[:] = [name for name in dirs if name not in found and here / name not in skip]
-        for name in found:
-            path = here / name
-            try:
-                if path.lstat().st_mtime >= cutoff or _written_by_a_live_process(name):
-                    continue
-                freed += _removed(path)
-            except FileNotFoundError:
-                continue
-            removed.append(str(path))
-    return removed, freed
-
-
 def line_retention(config: DatasetConfig, work: Path, registry: RegistryTarget | None,
                    cutoff: float) -> dict:
     """One line's part: run folders, registered model files, champion copies, leftovers."""
@@ -229,7 +159,7 @@ def line_retention(config: DatasetConfig, work: Path, registry: RegistryTarget |
         keep = copy_key(registry, champion["version"]) if champion else None
         for copy in sorted((work / "champion").iterdir()):
             if copy.is_dir() and not copy.name.startswith(".") and copy.name != keep:
-                copies_freed += _removed(copy)
+                copies_freed += removed(copy)
                 copies.append(copy.name)
     left, left_freed = sweep_leftovers(work, cutoff)
     if config.prelabel is not None and Path(config.prelabel.inbox).is_dir():
@@ -292,7 +222,7 @@ def references_or_none(ours: Path | None) -> References | None:
         return None
 
 
-@task(name="retention")
+@task(name="retention", retries=2, retry_delay_seconds=[10, 60])  # a registry away a moment
 def retention_task(config: DatasetConfig, work_dir: str, home: str, registry: RegistryTarget,
                    cutoff: float) -> dict:
     report = retention_step(config, Path(work_dir), Home(Path(home)), registry, cutoff,

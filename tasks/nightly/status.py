@@ -12,13 +12,13 @@ from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
 from tasks.core.processes import process_alive
 from tasks.nightly.home_collection import lock_holder
+from tasks.nightly.leftovers import disk_use
 from tasks.nightly.registry import (
     CHAMPION,
     RegistryUnreachable,
     alias_version,
     embedded_tracking_uri,
 )
-from tasks.nightly.retention import disk_use
 
 FAILED_STATES = ("FAILED", "CRASHED")
 WAITING_STATES = ("SCHEDULED", "PENDING")  # nights that have not started (or are late)

@@ -16,6 +16,7 @@ from tasks.images.shard import ShardOutput
 from tasks.images.store import store_version
 from tasks.nightly.champion_copy import copy_key
 from tasks.nightly.home_collection import References
+from tasks.nightly.leftovers import disk_use
 from tasks.nightly.registry import (
     RegistryTarget,
     embedded_tracking_uri,
@@ -24,7 +25,6 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.retention import (
     FILES_COLLECTED,
-    disk_use,
     freed_bytes,
     retention_line,
     retention_step,

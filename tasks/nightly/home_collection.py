@@ -64,14 +64,16 @@ def _running(run, ours: Path | None, now: float) -> bool:
     return started is not None and now - started.timestamp() < BUSY_FOR_S
 
 
-def result_record_gone(state) -> bool:
-    """Whether a task run's persisted result is no longer on disk (the local result storage
-    said so: its folder is there, the file is not): a cache entry no run can hit, which names
-    nothing. A record that is there but cannot be read is not gone, nor is one whose folder
-    vanished (a storage that went away says nothing of its files)."""
+def no_result_kept(state) -> bool:
+    """Whether a task run keeps no result a later run could be handed: it was never persisted
+    (a step that keeps none, like the report), or the local result storage says its record is
+    gone (its folder is there, the file is not). A record that is there but cannot be read is
+    not gone, nor is one whose folder vanished (a storage that went away says nothing)."""
     from prefect._internal.result_records import ResultRecordMetadata
 
     data = state.data
+    if data is None:
+        return True
     if not isinstance(data, ResultRecordMetadata) or data.storage_block_id is not None:
         return False
     record = Path(data.storage_key)
@@ -126,7 +128,7 @@ def prepared_references(ours: Path | None = None, now: float | None = None) -> R
                     limit=PAGE, offset=task_offset)
                 for task_run in tasks:
                     if task_run.state is None or not task_run.state.is_completed() or \
-                            result_record_gone(task_run.state):
+                            no_result_kept(task_run.state):
                         continue
                     try:
                         result = task_run.state.result(raise_on_failure=False)

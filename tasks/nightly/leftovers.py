@@ -37,7 +37,7 @@ def disk_use(path: str | Path) -> int:
     return total
 
 
-def removed(path: Path) -> int:
+def removed_bytes(path: Path) -> int:
     """Remove a file or folder; the bytes it held."""
     size = disk_use(path) if path.is_dir() else path.stat().st_size
     if path.is_dir():
@@ -68,7 +68,7 @@ def sweep_leftovers(root: Path, cutoff: float, pattern: re.Pattern = LEFTOVER,
             try:
                 if path.lstat().st_mtime >= cutoff or _written_by_a_live_process(name):
                     continue
-                freed += removed(path)
+                freed += removed_bytes(path)
             except FileNotFoundError:
                 continue
             removed.append(str(path))

@@ -31,7 +31,7 @@ from tasks.core.home import Home
 from tasks.core.logs import run_logger
 from tasks.nightly.champion_copy import copy_key
 from tasks.nightly.home_collection import References, collect_home, prepared_references
-from tasks.nightly.leftovers import INBOX_LEFTOVER, removed, sweep_leftovers
+from tasks.nightly.leftovers import INBOX_LEFTOVER, removed_bytes, sweep_leftovers
 from tasks.nightly.registry import (
     CHAMPION,
     FILES_COLLECTED,
@@ -69,11 +69,11 @@ def collect_run(folder: Path) -> int:
     for child in folder.iterdir():
         if child.is_dir() and child.name.endswith("eval"):
             written = child.stat()
-            freed += sum(removed(part) for part in child.iterdir() if part.name != RECORD)
+            freed += sum(removed_bytes(part) for part in child.iterdir() if part.name != RECORD)
             # its time stays when it was written: last_active() orders runs by it
             os.utime(child, ns=(written.st_atime_ns, written.st_mtime_ns))
         elif child.is_dir() or child.suffix != ".json":
-            freed += removed(child)
+            freed += removed_bytes(child)
     return freed
 
 
@@ -159,7 +159,7 @@ def line_retention(config: DatasetConfig, work: Path, registry: RegistryTarget |
         keep = copy_key(registry, champion["version"]) if champion else None
         for copy in sorted((work / "champion").iterdir()):
             if copy.is_dir() and not copy.name.startswith(".") and copy.name != keep:
-                copies_freed += removed(copy)
+                copies_freed += removed_bytes(copy)
                 copies.append(copy.name)
     left, left_freed = sweep_leftovers(work, cutoff)
     if config.prelabel is not None and Path(config.prelabel.inbox).is_dir():

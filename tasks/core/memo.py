@@ -9,7 +9,8 @@ outputs name, which must still be there for the entry to count). It lives in the
 as one append-only file: a run indexes it once and appends what it learned in whole blocks, so
 two runs at once can only add whole entries. A run killed mid-append leaves a torn last entry:
 the next append starts on a line of its own, and every entry ends with a checksum of itself, so
-a torn or glued entry is never taken for a hit (it is done again).
+a torn or glued entry is never taken for a hit (it is done again). A memo file's last write is
+when a run last used it (`reached`): what no kept run reached is swept (home_collection.py).
 
 In front of it, a step that streams records (budget, flips, targets) keeps a `ChunkMemo`: what
 it wrote for a whole chunk of consecutive records, cut where the records' own hashes say, so that
@@ -38,6 +39,16 @@ def line_digest(line: str) -> str:
 def entry_check(body: str) -> str:
     """The checksum that closes an entry: a torn one (or one glued to a torn one) fails it."""
     return hashlib.blake2b(body.encode(), digest_size=4).hexdigest()
+
+
+def reached(path: Path) -> None:
+    """A memo file a run used (a chunk read back, a per-record memo a step had open) carries the
+    time of that use as its last write: home collection sweeps the memo files no kept run reached
+    (home_collection.py). One utime per file and step; a file gone meanwhile is no matter."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 FLUSH_EVERY = 256  # new entries held before they are appended: memory stays flat
@@ -129,8 +140,10 @@ class LineMemo:
         self._new = {}
 
     def save(self) -> None:
-        """Append the entries not yet written; the memo is done with."""
+        """Append the entries not yet written, and mark the file reached (see `reached`); the
+        memo is done with."""
         self._append()
+        reached(self.path)
         if self._reader is not None:
             os.close(self._reader)
             self._reader = None
@@ -211,6 +224,7 @@ class ChunkMemo:
             return None  # damaged (a write is whole: a disk's fault, or an edit by hand)
         if not all(os.path.isfile(p) for p in extras.get("paths", ())):
             return None
+        reached(path)
         return outputs, extras
 
     def put(self, chunk: list[str], outputs: list[str], extras: dict | None = None) -> None:

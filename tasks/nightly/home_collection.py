@@ -5,8 +5,11 @@ line's `prepared/`, each `defectflow prepare --out`): the manifests its task res
 next night's Cached steps hand those on), and the images and verdicts those manifests name. The
 rest is collected: a step whose Cached result names a collected manifest runs again
 (core/intermediates.py), a memo naming a collected store file is a miss (core/memo.py), a
-derived image is made again from its source (images/store.py). Memo files (`store/memos/`) stay:
-their entries are small and a missing file they name is a miss already.
+derived image is made again from its source (images/store.py). Memo files (`store/memos/`)
+carry the time a run last used them (core/memo.py `reached`): those no kept run reached (last
+used before the oldest of each folder's newest computing prepare started: chunks replaced since,
+memos of an earlier code version or setting) are collected; a memo collected is a miss, the work
+is done again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from tasks.images.store import store_version
 BUSY_FOR_S = 24 * 3600  # a `prepare` command "running" for longer than this was killed
 PAGE = 200
 LOCK_FILE = ".retrain.lock"  # promotion.work_dir_lock writes its holder's pid into it
+RAN = ["Completed", "Failed", "Crashed", "TimedOut", "Running", "Retrying"]  # not "Cached"
+MEMO_STEPS = {"ingest", "process-images", "target-budget", "augment", "loc-targets"}  # use memos
 
 
 def lock_holder(work: Path) -> tuple[int, float] | None:
@@ -45,6 +50,9 @@ class References:
 
     manifests: set[str] = field(default_factory=set)
     busy: str | None = None  # e.g. a prepare running now: its files are not all named yet
+    # Memo files last reached before this were reached by no kept run: the start of the oldest
+    # of each folder's newest prepare that computed something (None: unknown, memos stay).
+    memos_since: float | None = None
 
 
 def _running(run, ours: Path | None, now: float) -> bool:
@@ -118,6 +126,7 @@ def prepared_references(ours: Path | None = None, now: float | None = None) -> R
             chosen.append(run.id)
             if run.state is not None and run.state.is_completed():
                 done.add(folder)
+        memos_since = _memos_reached_since(client, runs)
         names: set[str] = set()
         for start in range(0, len(chosen), PAGE):
             ids = chosen[start:start + PAGE]
@@ -139,7 +148,40 @@ def prepared_references(ours: Path | None = None, now: float | None = None) -> R
                 task_offset += PAGE
                 if len(tasks) < PAGE:
                     break
-    return References(manifests=names)
+    return References(manifests=names, memos_since=memos_since)
+
+
+def _memos_reached_since(client, runs: list) -> float | None:
+    """The start of the oldest of each output folder's newest prepare that ran a step that uses
+    memos (Completed, Failed..., not Cached: it reached every memo it used; a prepare whose
+    steps all came Cached reached none; a task run Prefect has not recorded yet is not known to
+    have run, which only moves this earlier). None when a folder has no such run Prefect still knows
+    of (its runs vacuumed but for Cached ones): then no memo is collected."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateName,
+    )
+
+    since: dict[str, float | None] = {}
+    for run in runs:  # newest first
+        folder = run.parameters.get("out_dir")
+        if since.get(folder) is not None:
+            continue
+        since.setdefault(folder, None)
+        if run.start_time is None:
+            continue
+        ran = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+            task_run_filter=TaskRunFilter(state=TaskRunFilterState(
+                name=TaskRunFilterStateName(any_=RAN))))
+        if any(task_run.name.rsplit("-", 1)[0] in MEMO_STEPS for task_run in ran):
+            since[folder] = run.start_time.timestamp()
+    if None in since.values():
+        return None
+    return min(since.values(), default=None)
 
 
 def images_named(manifests: set[str]) -> tuple[set[str], set[str]]:
@@ -202,7 +244,8 @@ def collect_home(home: Home, references: References | None, cutoff: float) -> di
     collects nothing."""
     if references is None or references.busy:
         reason = references.busy if references else "Prefect's run history could not be read"
-        return {"skipped": reason, "manifests": vars(Collected()), "store": vars(Collected())}
+        return {"skipped": reason, "manifests": vars(Collected()), "store": vars(Collected()),
+                "memos": vars(Collected())}
     manifests, store = Collected(), Collected()
     for entry in _files(home.manifests):
         if entry.name.endswith(".jsonl") and str(Path(entry.path).resolve()) not in references.manifests:
@@ -219,7 +262,12 @@ def collect_home(home: Home, references: References | None, cutoff: float) -> di
     for entry in _files(home.store / "shards"):
         if not _names_only_existing_manifests(Path(entry.path)):
             store.add(_remove(entry, cutoff))
-    return {"skipped": None, "manifests": vars(manifests), "store": vars(store)}
+    memos = Collected()
+    if references.memos_since is not None:  # what no kept run reached (memo.reached)
+        for entry in _files(home.store / "memos"):
+            memos.add(_remove(entry, min(cutoff, references.memos_since)))
+    return {"skipped": None, "manifests": vars(manifests), "store": vars(store),
+            "memos": vars(memos)}
 
 
 def _names_only_existing_manifests(memo: Path) -> bool:

@@ -24,6 +24,13 @@ from tasks.core.home import Home, home_server_url, serves_home
 from tasks.core.processes import process_alive
 
 DEFAULT_PORT = 4200  # the port the Prefect UI is usually opened on
+# Prefect's own vacuum keeps the home's database flat (a night adds ~3 MB of runs, states, logs
+# and events): events go after Prefect's 7 days, flow runs (their task runs, states, logs and
+# artifacts) 30 days after they ended. Status reads a line's last night and home collection
+# each folder's newest prepare from there: a line idle for longer shows no last night, and its
+# intermediates are made again at its next prepare. An exported value wins.
+VACUUM = {"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+          "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(30 * 24 * 3600)}
 
 
 class ServerUnavailable(RuntimeError):
@@ -111,7 +118,7 @@ def _start(home: Home, port: int, detached: bool) -> tuple[subprocess.Popen, str
              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
             # detached: a session of its own, no parent-death signal (it outlives the command)
             start_new_session=detached, preexec_fn=None if detached else _dies_with_its_parent,
-            env={**os.environ, "PREFECT_HOME": str(home.prefect),
+            env={**VACUUM, **os.environ, "PREFECT_HOME": str(home.prefect),
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  # the UI's pages call the API at this address (by default port 4200's)
                  "PREFECT_UI_API_URL": api_url})

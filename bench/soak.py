@@ -9,9 +9,10 @@ night is `defectflow --home H run CONFIG` in a new process group against the one
 `--kills` nights (chosen with the seed, over both lines) the whole group is SIGKILLed at a random
 moment and the night is run again. At the end it checks and writes to bench/RESULTS.md (a table
 and bench/soak.png): registry versions = successful nights per line, every champion change
-allowed by the gate, bytes outside the content store's images at the last night at most 1.5x
-those at night 4, store bytes per image flat, nothing left behind by the kills. Exits 1 when a
-check fails.
+allowed by the gate, bytes outside the content store's images (memos and Prefect's database
+included: the soak ages Prefect's records a day a night, and Prefect's own vacuum deletes those
+past a 3-day retention) at the last night at most 1.5x those at night 4, store bytes per image
+flat, nothing left behind by the kills. Exits 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -96,15 +97,54 @@ def night(home: Path, config: Path, kill_after: float | None, log: Path) -> tupl
 
 
 def disk(home: Path) -> dict:
-    """Bytes of the home: the content store's images, Prefect's own database and logs (run
-    history, which Prefect keeps), and everything else (run folders, checkpoints, MLflow files,
-    manifests, datasets), the part retention must keep flat."""
+    """Bytes of the home: the content store's images (they grow with the images), and everything
+    else, the part retention must keep flat: run folders, checkpoints, MLflow files, manifests,
+    datasets, the memos (shown apart too) and Prefect's own database and logs (apart too)."""
     store_images = home / "store" / "images"
     images = sum(1 for p in store_images.rglob("*") if p.is_file()) if store_images.is_dir() else 0
     image_bytes = folder_bytes(store_images) if store_images.is_dir() else 0
-    prefect_bytes = folder_bytes(home / "prefect")
-    return {"outside_store_images": folder_bytes(home) - image_bytes - prefect_bytes,
-            "store_image_bytes": image_bytes, "store_images": images, "prefect_bytes": prefect_bytes}
+    return {"outside_store_images": folder_bytes(home) - image_bytes,
+            "store_image_bytes": image_bytes, "store_images": images,
+            "memo_bytes": folder_bytes(home / "store" / "memos"),
+            "prefect_bytes": folder_bytes(home / "prefect")}
+
+
+# A night is a day: after each night of both lines, the soak ages what Prefect's vacuum judges by
+# (finished runs' end times, events' times) by one day, so its own vacuum, with a retention of
+# RETENTION_DAYS, deletes what a real calendar would have it delete. Start times (what status and
+# home collection read) are left as they are.
+RETENTION_DAYS = 3
+PREFECT_VACUUM = {
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(RETENTION_DAYS * 86400),
+    "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": str(RETENTION_DAYS * 86400),
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": "5",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": "30",
+}
+AGED = (("flow_run", "end_time"), ("events", "occurred"), ("event_resources", "occurred"))
+
+
+def a_day_passes(home: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(home / "prefect" / "prefect.db", timeout=60) as database:
+        for table, column in AGED:
+            database.execute(f"UPDATE {table} SET {column} = strftime('%Y-%m-%d %H:%M:%f000', "
+                             f"{column}, '-1 day') WHERE {column} IS NOT NULL")
+
+
+def vacuumed(home: Path, timeout_s: float = 60) -> None:
+    """Wait (untimed) until Prefect's vacuum has deleted the runs past the retention."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sqlite3.connect(home / "prefect" / "prefect.db", timeout=60) as database:
+            due = database.execute(
+                "SELECT count(*) FROM flow_run WHERE parent_task_run_id IS NULL AND end_time < "
+                f"strftime('%Y-%m-%d %H:%M:%f000', 'now', '-{RETENTION_DAYS} days')").fetchone()[0]
+        if not due:
+            return
+        time.sleep(2)
 
 
 def leftovers(home: Path) -> list[str]:
@@ -159,6 +199,7 @@ def main() -> None:
     # The home's lasting server, as `defectflow server start` starts it: every night's process
     # finds it through the home, both lines use it, and no kill of a night takes it down.
     os.environ.pop("PREFECT_API_URL", None)
+    os.environ.update(PREFECT_VACUUM)
     server = start_home_server(Home(home), free_port())
     print(f"soak in {work}; the home's Prefect server: {server['url']}", flush=True)
     try:
@@ -179,6 +220,9 @@ def main() -> None:
                       flush=True)
             seconds_seen.append(seconds)
             successful[name] += 1  # night() raises on a failed night
+            if name == LINES[-1]:  # the night is over for both lines: a day passes
+                a_day_passes(home)
+                vacuumed(home)
             rows.append({"night": number, "line": name, "outcome": outcome, "killed_before": kills,
                          "seconds": round(seconds, 1), **landed, **disk(home)})
             print(json.dumps(rows[-1]), flush=True)
@@ -241,24 +285,28 @@ def plot(rows: list[dict], path: Path) -> None:
 def section(rows: list[dict], result: dict, args) -> str:
     table = "\n".join(
         f"| {r['night']} | {r['line']} | {r['outcome']} | {r['killed_before']} | {r['seconds']:.0f} "
-        f"| {r['outside_store_images'] / 2**20:.1f} | {r['store_image_bytes'] / 2**20:.2f} "
-        f"| {r['prefect_bytes'] / 2**20:.1f} |"
+        f"| {r['outside_store_images'] / 2**20:.1f} | {r['memo_bytes'] / 2**20:.2f} "
+        f"| {r['prefect_bytes'] / 2**20:.1f} | {r['store_image_bytes'] / 2**20:.2f} |"
         for r in rows)
     verdicts = "\n".join(f"- {name}: {'met' if ok else '**missed**'}"
                          for name, ok in result["checks"].items())
     commit = measured_at()
     return (
-        f"## Soak (issue 27): `make soak` (`python -m bench.soak`) at {commit}, "
+        f"## Soak (issues 27, 40): `make soak` (`python -m bench.soak`) at {commit}, "
         f"{time.strftime('%Y-%m-%d')}\n\n"
         f"Two lines, {args.nights} nights each, one home and one Prefect server, a new process "
         f"every night; {args.kills} nights killed (SIGKILL of the process group) at a random "
-        "moment and run again. Tiny Florence-2 with LoRA, a few steps a night.\n\n"
+        "moment and run again. Tiny Florence-2 with LoRA, a few steps a night. A night is a "
+        "day: after each, Prefect's records age a day and its own vacuum deletes those past "
+        f"{RETENTION_DAYS} days; memos and Prefect's database count as outside the store's "
+        "images.\n\n"
         f"{verdicts}\n\nOutside the store's images, last night / night 4: "
         f"{result['outside_growth_last_vs_4']}; store bytes per image (night 4, last): "
         f"{result['store_bytes_per_image']}; registry: {json.dumps(result['registry'])}; "
         f"left behind: {result['leftovers'] or 'nothing'}.\n\n"
         "| night | line | outcome | killed before | seconds | MiB outside store images | "
-        "MiB store images | MiB Prefect database and logs |\n|---|---|---|---|---|---|---|---|\n" + table
+        "of which memos | of which Prefect's database and logs | MiB store images |\n"
+        "|---|---|---|---|---|---|---|---|---|\n" + table
         + "\n\n![disk and seconds per night](soak.png)\n")
 
 

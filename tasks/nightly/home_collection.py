@@ -237,13 +237,24 @@ class Collected:
             self.files, self.bytes = self.files + 1, self.bytes + freed
 
 
+def _cannot_collect(references: References | None) -> str | None:
+    """Why nothing shared may be collected now (None: it may)."""
+    if references is None:
+        return "Prefect's run history could not be read"
+    if references.busy:
+        return references.busy
+    vanished = sorted({str(Path(name).parent) for name in references.manifests
+                       if not Path(name).parent.is_dir()})
+    return f"the folder of kept manifests {vanished[0]} is not there" if vanished else None
+
+
 def collect_home(home: Home, references: References | None, cutoff: float) -> dict:
     """Remove the manifests `references` does not name, the store's verdicts and images of
     images no kept manifest names, and the shard memos naming a manifest that is gone; only
-    files last written before `cutoff`. None (Prefect's history unreadable) or a busy home
+    files last written before `cutoff`. None (Prefect's history unreadable), a busy home, or a
+    folder of kept manifests that vanished (unmounted, moved: what they name is unknown)
     collects nothing."""
-    if references is None or references.busy:
-        reason = references.busy if references else "Prefect's run history could not be read"
+    if reason := _cannot_collect(references):
         return {"skipped": reason, "manifests": vars(Collected()), "store": vars(Collected()),
                 "memos": vars(Collected())}
     manifests, store = Collected(), Collected()

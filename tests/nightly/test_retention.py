@@ -201,8 +201,11 @@ def test_manifests_and_store_entries_no_kept_dataset_names_are_collected(tmp_pat
     generation = write(home.store / ".generation", b"0123")
     references = References(manifests={named.path})
 
-    # Prefect's history unknown, or a prepare running: nothing shared is touched.
-    for unknown in (None, References(busy="a prepare is running")):
+    # Prefect's history unknown, a prepare running, or the folder of a kept manifest vanished
+    # (unmounted, moved: what it names is unknown): nothing shared is touched.
+    elsewhere = str(home.root.parent / "gone" / Path(named.path).name)
+    for unknown in (None, References(busy="a prepare is running"),
+                    References(manifests={named.path, elsewhere})):
         report = retention_step(None, None, home, None, NOW, unknown)
         assert report["skipped"] and freed_bytes(report) == 0
         assert Path(unnamed.path).exists() and unused_image.exists()

@@ -62,7 +62,9 @@ def missed_and_spurious(truth: list[Box], predicted: list[Box], scores: list[flo
 def best_f1_threshold(truths: list[list[Box]],
                       predictions: list[tuple[list[Box], list[float]]]) -> dict | None:
     """The confidence threshold with the highest F1 over these images (ties: the lower one),
-    with its precision and recall; None without true boxes or predictions."""
+    with its precision and recall; None without true boxes or predictions, or when no
+    prediction is ever right (F1 0 at every threshold: the tie would go to the lowest score,
+    a threshold that keeps every box)."""
     total = sum(len(truth) for truth in truths)
     outcomes = sorted((pair for truth, (boxes, scores) in zip(truths, predictions, strict=True)
                        for pair in matched(truth, boxes, scores)), key=lambda pair: -pair[0])
@@ -78,7 +80,7 @@ def best_f1_threshold(truths: list[list[Box]],
         f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
         if best is None or f1 >= best["f1"]:
             best = {"threshold": score, "f1": f1, "precision": precision, "recall": recall}
-    return best
+    return best if best is not None and best["f1"] > 0 else None
 
 
 # A class gets a threshold of its own only from this many of its boxes on the selection images;
@@ -91,7 +93,7 @@ def best_f1_thresholds_per_class(truths: list[list[Box]],
                                  min_boxes: int | None = None) -> dict[str, dict]:
     """Per class with at least `min_boxes` (default MIN_CLASS_BOXES) true boxes:
     `best_f1_threshold` on its boxes and predictions alone (matching is within a class, so the
-    outcomes are the same ones)."""
+    outcomes are the same ones). A class none of whose predictions is right gets none."""
     min_boxes = MIN_CLASS_BOXES if min_boxes is None else min_boxes
     counts: dict[str, int] = {}
     for truth in truths:
@@ -108,3 +110,24 @@ def best_f1_thresholds_per_class(truths: list[list[Box]],
         if best is not None:
             chosen[label] = best
     return chosen
+
+
+def selection_thresholds(truths: list[list[Box]],
+                         predictions: list[tuple[list[Box], list[float]]],
+                         default: float) -> dict:
+    """What a model keeps as its thresholds (its `defectflow.json`): the global best-F1 one and
+    each class's own, and where each came from: `source` is "best_f1", or "default" (`default`)
+    when no prediction on these images was right; `fell_back` names the classes with enough
+    boxes whose own F1 was 0 at every threshold (they take the global one)."""
+    best = best_f1_threshold(truths, predictions)
+    per_class = best_f1_thresholds_per_class(truths, predictions)
+    counts: dict[str, int] = {}
+    for truth in truths:
+        for box in truth:
+            counts[box.label] = counts.get(box.label, 0) + 1
+    fell_back = sorted(label for label, count in counts.items()
+                       if count >= MIN_CLASS_BOXES and label not in per_class)
+    chosen = best or {"threshold": default, "f1": 0.0, "precision": None, "recall": None}
+    return {**chosen, "source": "best_f1" if best else "default",
+            "per_class": {label: value["threshold"] for label, value in per_class.items()},
+            "fell_back": fell_back}

@@ -16,9 +16,9 @@ from transformers import TrainerCallback
 
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
 from tasks.dataset.loc_tokens import OD_PROMPT
-from tasks.scoring.generation import new_token_budget
+from tasks.scoring.generation import DEFAULT_THRESHOLD, new_token_budget
 from tasks.scoring.score import interleaved, original_rows, predicted_rows, score_detector
-from tasks.scoring.threshold import best_f1_threshold, best_f1_thresholds_per_class
+from tasks.scoring.threshold import selection_thresholds
 from tasks.training.models import load_detector, write_model_facts
 from tasks.training.pixels import PixelCache
 from tasks.training.trainer import run_trainer, start_run, training_arguments
@@ -141,14 +141,11 @@ def selection_threshold(model, processor, selection, selected_on: str, labels: l
     model.eval()
     scores = score_detector(model, processor, capped(selection, train_config.select_images), labels,
                             train_config.batch_size)
-    truths = [truth[3] for truth in scores.truths]
-    best = best_f1_threshold(truths, scores.predictions)
     # Each class's own too, where the images hold enough of its boxes: a model is often surer
     # of one defect than another, and one threshold for all trades the sure class away.
-    per_class = {label: chosen["threshold"] for label, chosen
-                 in best_f1_thresholds_per_class(truths, scores.predictions).items()}
-    return None if best is None else {**best, "per_class": per_class, "chosen_on": selected_on,
-                                      "images": len(scores.truths)}
+    chosen = selection_thresholds([truth[3] for truth in scores.truths], scores.predictions,
+                                  DEFAULT_THRESHOLD)
+    return {**chosen, "chosen_on": selected_on, "images": len(scores.truths)}
 
 
 def finetune_detector(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,

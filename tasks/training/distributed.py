@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tasks.core.config import ModelConfig, TilingConfig, TrainConfig
+from tasks.core.deadline import StepTimedOut
 from tasks.core.logs import run_logger
 from tasks.core.model_config import DistributedConfig
 from tasks.core.processes import process_alive
@@ -113,7 +114,8 @@ def run_ranks(command: list[str], env: dict[str, str],
               log: Callable[[int, str], None]) -> None:
     """Run torchrun, logging rank 0's lines with `log(level, message)` as they come and passing
     the console output (steps bar, warnings) through; RanksFailed with the root cause when it
-    exits non-zero. The ranks are stopped when this is interrupted (a step timeout)."""
+    exits non-zero (StepTimedOut when a rank ran out of time: like one process, not retried).
+    The ranks are stopped when this is interrupted (a step timeout)."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail: deque[bytes] = deque(maxlen=64)  # the last ~256 KB of stderr, for the error
 
@@ -140,8 +142,10 @@ def run_ranks(command: list[str], env: dict[str, str],
                 process.kill()
     passing.join(10)
     if code != 0:
-        raise RanksFailed(f"training failed on a rank (torchrun exit {code}):\n"
-                          f"{root_cause(b''.join(tail).decode(errors='replace'))}")
+        cause = root_cause(b"".join(tail).decode(errors="replace"))
+        if re.search(r"\bStepTimedOut\b", cause):  # a rank ran past train.timeout_minutes:
+            raise StepTimedOut(f"training timed out on a rank:\n{cause}")  # not retried, as alone
+        raise RanksFailed(f"training failed on a rank (torchrun exit {code}):\n{cause}")
 
 
 def train_distributed(dataset_dir: str | Path, out_dir: str | Path, model_config: ModelConfig,

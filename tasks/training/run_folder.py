@@ -92,3 +92,17 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
                                  "resumed", path)
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def resume_checkpoint(output_dir: str | Path) -> str | None:
+    """`last_checkpoint`, decided once for a whole training: under DDP rank 0 looks (and alone
+    removes incomplete checkpoints) and tells the other ranks, which never look themselves: on
+    shared storage with attribute caching each rank could see another newest checkpoint, and
+    resume from another step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return last_checkpoint(output_dir)
+    chosen = [last_checkpoint(output_dir) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(chosen, src=0)
+    return chosen[0]

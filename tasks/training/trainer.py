@@ -14,7 +14,7 @@ from tasks.core.forks import forget_prefect_exit_hooks_in_forks
 from tasks.core.logs import run_logger
 from tasks.dataset.publish import dataset_fingerprint_of
 from tasks.training.curves import curves, evaluation_line, plot_training_curves
-from tasks.training.run_folder import claim_output, last_checkpoint, run_identity
+from tasks.training.run_folder import claim_output, resume_checkpoint, run_identity
 from tasks.training.selection import Splits, load_splits, selection_splits
 
 # Fault hooks for the tests only: kill the process, or raise, right after a checkpoint is saved.
@@ -225,7 +225,8 @@ def run_trainer(model, args, train_set, eval_set, collator, train: TrainConfig, 
             pass  # the curves and log_history.json keep every number
 
     forget_prefect_exit_hooks_in_forks()  # its DataLoader workers fork a process running Prefect
-    resume = last_checkpoint(args.output_dir)
+    args.device  # noqa: B018 - sets the devices up (under torchrun: the process group)
+    resume = resume_checkpoint(args.output_dir)
     trainer = NormalisingTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                       data_collator=collator, compute_metrics=compute_metrics,
                       callbacks=[*callbacks,

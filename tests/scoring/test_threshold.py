@@ -81,3 +81,24 @@ def test_predict_takes_the_class_thresholds_too_and_a_given_threshold_replaces_t
     told = settings_for(tmp_path, 0.25)
     assert told.class_thresholds == {} and kept_boxes(found, told)[0] == [box(0), box(100, "spot")]
     assert kept_boxes(found, settings_for(tmp_path, 0.05))[0] == found.boxes
+
+
+def test_no_threshold_comes_from_a_class_the_model_never_gets_right():
+    from tasks.scoring.threshold import best_f1_thresholds_per_class, selection_thresholds
+
+    # Dents right at 0.9; every scratch box lands where no scratch is (0.6 down to 0.01): with
+    # F1 0 at every threshold, a tie to the lower one would set 0.01 and keep every scratch box.
+    truths = [[box(0), box(200, "scratch")] for _ in range(6)]
+    predictions = [([box(0), box(100, "scratch"), box(150, "scratch")], [0.9, 0.6, 0.01])
+                   for _ in range(6)]
+    assert set(best_f1_thresholds_per_class(truths, predictions)) == {"dent"}
+    chosen = selection_thresholds(truths, predictions, DEFAULT_THRESHOLD)
+    assert chosen["per_class"] == {"dent": 0.9} and chosen["fell_back"] == ["scratch"]
+    assert chosen["source"] == "best_f1" and chosen["threshold"] == 0.9
+
+    # Nothing ever right: no global threshold either; the documented default, said so.
+    wrong = [([box(100), box(150)], [0.6, 0.01]) for _ in range(6)]
+    assert best_f1_threshold([[box(0)]] * 6, wrong) is None
+    fallback = selection_thresholds([[box(0)]] * 6, wrong, DEFAULT_THRESHOLD)
+    assert (fallback["threshold"], fallback["source"]) == (DEFAULT_THRESHOLD, "default")
+    assert fallback["per_class"] == {} and fallback["fell_back"] == ["dent"]

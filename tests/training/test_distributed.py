@@ -162,6 +162,30 @@ def test_a_failed_rank_fails_the_step_with_its_error_and_the_ddp_checkpoint_resu
 
 
 @pytest.mark.slow
+def test_a_distributed_training_that_runs_out_of_time_is_timed_out_not_retried(
+        synthetic_dataset, tmp_path):
+    """A rank past train.timeout_minutes fails the step as StepTimedOut, as one process does:
+    the train task's retry condition then does not run it again for as long once more."""
+    from types import SimpleNamespace
+
+    from tasks.core.deadline import StepTimedOut
+    from tasks.training.train import _worth_retrying, train_step
+
+    train = _train(DistributedConfig(nproc_per_node=2, timeout_minutes=2), timeout_minutes=0.001)
+    with pytest.raises(StepTimedOut) as timed_out:
+        train_step(synthetic_dataset, tmp_path, ModelConfig(checkpoint="tiny"), train)
+    assert "train.timeout_minutes" in str(timed_out.value)
+
+    def raised(error: Exception):
+        def result():
+            raise error
+        return SimpleNamespace(result=result)
+
+    assert not _worth_retrying(None, None, raised(timed_out.value))
+    assert _worth_retrying(None, None, raised(RanksFailed("a rank crashed")))
+
+
+@pytest.mark.slow
 def test_two_nodes_on_one_machine_meet_and_finish_one_training(synthetic_dataset, tmp_path):
     from tasks.training.train import train_step
 

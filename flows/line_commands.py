@@ -86,7 +86,7 @@ def status(
     statuses = []
     for path in paths:
         config = config_or_exit(path)
-        statuses.append(line_status(config, path, home, (work or home.line(config.name)).resolve()))
+        statuses.append(line_status(config, path, home, work.resolve() if work else None))
     if as_json:
         typer.echo(json.dumps(statuses, indent=1))
     else:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -18,6 +18,27 @@ class Strict(BaseModel):
 class ScheduleConfig(Strict):
     cron: str = Field("0 2 * * *", description="when `defectflow serve` runs the retrain")
     timezone: str = Field("UTC", description="IANA name, e.g. Europe/Berlin")
+
+    @field_validator("cron")
+    @classmethod
+    def _a_cron_prefect_runs(cls, cron: str) -> str:
+        # Prefect's own check of a Cron schedule: a cron `serve` cannot run fails here, with the
+        # file and the key, not as a traceback when serve starts.
+        from prefect._internal.schemas.validators import validate_cron_string
+
+        return validate_cron_string(cron)
+
+    @field_validator("timezone")
+    @classmethod
+    def _a_known_timezone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {name!r}: an IANA name such as Europe/Berlin "
+                             "or UTC") from None
+        return name
 
 
 class TriggerConfig(Strict):

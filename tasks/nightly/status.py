@@ -61,6 +61,7 @@ def champion_status(tracking_uri: str | None, model_name: str, metric: str) -> d
 def _run(run) -> dict:
     return {"state": run.state.name if run.state else "?", "at": when(run.start_time or
                                                                        run.expected_start_time),
+            "work_dir": run.parameters.get("work_dir"),
             "message": (run.state.message if run.state else None) or "", "flow_run": run.name,
             "failed": bool(run.state and run.state.type.value in FAILED_STATES)}
 
@@ -148,10 +149,15 @@ def deployment_name(config: DatasetConfig) -> str:
     return f"retrain-{config.name}"
 
 
-def line_status(config: DatasetConfig, config_path: Path, home: Home, work: Path) -> dict:
+def line_status(config: DatasetConfig, config_path: Path, home: Home,
+                work: Path | None = None) -> dict:
     """Everything `defectflow status` says of one line; `failed`: its last night failed, or its
-    registry cannot be asked (a monitor must hear of both)."""
+    registry cannot be asked (a monitor must hear of both). `work`: its work dir; by default
+    where its newest night ran (`run --work`, the demo's), else `<home>/lines/<name>`."""
     found = nights(config_path, deployment_name(config))
+    if work is None:
+        ran_in = (found["running"] or found["last_night"] or {}).get("work_dir")
+        work = Path(ran_in) if ran_in else home.line(config.name).resolve()
     champion = champion_status(registry_uri(config, home), config.model_name,
                                config.promotion_metric)
     return {"name": config.name, "config": str(config_path.resolve()), "work": str(work),

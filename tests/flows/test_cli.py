@@ -60,6 +60,20 @@ def test_a_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
     assert "grayscale" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(("schedule", "named"), [
+    ("{cron: 'every night at 2'}", "schedule.cron"),
+    ("{cron: '0 2 * * *', timezone: Europe/Berln}", "schedule.timezone"),
+])
+def test_check_refuses_a_schedule_serve_cannot_run(tmp_path, schedule, named):
+    config = tmp_path / "line.yaml"
+    config.write_text("name: x\nsource: {format: voc, images: a, annotations: b}\n"
+                      f"schedule: {schedule}\n")
+    result = runner.invoke(app, ["check", str(config)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert named.split(".")[1] in said and "schedule" in said, said
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_train_command_leaves_a_loadable_model_and_a_loss_curve(synthetic_dataset, tmp_path):

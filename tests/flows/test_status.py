@@ -70,6 +70,10 @@ def test_status_exits_1_after_a_failed_night_and_0_after_a_completed_one(tmp_pat
     assert "champion none yet" in said and "not served" in said
     found = json.loads(status(home, config, work, "--json").output)
     assert found[0]["failed"] and found[0]["last_night"]["state"] == "Failed"
+    # Without --work: the work dir its nights ran in (`run --work`, the demo's), not
+    # <home>/lines/<name> where no night of it ran.
+    where = runner.invoke(app, ["--home", str(home), "status", str(config), "--json"])
+    assert json.loads(where.output)[0]["work"] == str(work.resolve()), where.output
 
     # A served line: its next scheduled night is named.
     from prefect.client.orchestration import get_client

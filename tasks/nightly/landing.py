@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,14 @@ from tasks.core.config import SourceConfig
 from tasks.core.operations_config import TriggerConfig
 from tasks.ingest.inbox import adoptable
 from tasks.ingest.ingest import list_configured_source
-from tasks.ingest.sources import SourceListing, stat_line
+from tasks.ingest.sources import (
+    SourceListing,
+    find_image,
+    index_images,
+    relative_posix,
+    stat_line,
+    stem_of,
+)
 
 LANDED_EVENT = "defectflow.images.landed"
 
@@ -33,17 +41,20 @@ def line_resource_id(config_name: str) -> str:
 
 def labelled_images(source: SourceConfig) -> dict[str, str]:
     """Every image of the source that has its annotation, by path, with the state of both (their
-    stat lines: any rewrite changes it). VOC and YOLO: the annotation file of the image's name;
+    stat lines: any rewrite changes it). VOC and YOLO: paired as ingest pairs them by name;
     COCO: the images the JSON names (a relabel inside the JSON is not seen as a landing). With an
     adopted inbox, its images whose XML a person verified too (a pre-label does not land)."""
     coco = source if source.format == "coco" else None
-    found = _with_annotations(list_configured_source(source), coco)
+    roots = [path for path in source.annotation_paths if path.is_dir()]
+    found = _with_annotations(list_configured_source(source), source.images, roots, coco)
     if source.verified_inbox is not None:
-        found |= _with_annotations(adoptable(source.verified_inbox).listing)
+        inbox = source.verified_inbox
+        found |= _with_annotations(adoptable(inbox).listing, inbox, [inbox])
     return found
 
 
-def _with_annotations(listing: SourceListing, coco: SourceConfig | None = None) -> dict[str, str]:
+def _with_annotations(listing: SourceListing, images_root: Path, annotation_roots: list[Path],
+                      coco: SourceConfig | None = None) -> dict[str, str]:
     def state(path: Path) -> str:
         found = listing.listed.get(os.fspath(path))
         return stat_line(path, found[1] if found else os.lstat(path))
@@ -56,11 +67,22 @@ def _with_annotations(listing: SourceListing, coco: SourceConfig | None = None) 
             return {}  # half written, or not COCO: the next quiet moment reads it again
         return {os.fspath(p): state(p) for p in listing.images
                 if p.relative_to(coco.images).as_posix() in named or p.name in named}
-    annotations: dict[str, Path] = {}
-    for path in listing.annotations:
-        annotations.setdefault(path.stem, path)
-    return {os.fspath(p): state(p) + state(annotations[p.stem])
-            for p in listing.images if p.stem in annotations}
+    # Each annotation's image as ingest finds it without reading the file: the image of its
+    # stem in the same relative folder, else the one image of that stem anywhere (an image of
+    # the same stem in another folder is not labelled by it).
+    index = index_images(images_root, listing.image_paths)
+    labelled: dict[str, str] = {}
+    for path in listing.annotation_paths:
+        root = next((r for r in annotation_roots
+                     if path.startswith(os.fspath(r).rstrip(os.sep) + os.sep)), None)
+        if root is None:
+            continue
+        relative = relative_posix(path, root)
+        image = find_image(None, posixpath.dirname(relative), stem_of(relative), index)
+        if image is not None:
+            key = os.fspath(image)
+            labelled[key] = labelled.get(key, state(Path(key))) + state(Path(path))
+    return labelled
 
 
 def landed_since(before: dict[str, str], now: dict[str, str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 from tasks.core.config import SourceConfig
 from tasks.core.operations_config import TriggerConfig
@@ -55,6 +56,31 @@ def test_an_image_counts_once_its_annotation_is_there_and_a_relabel_counts_again
     (source / "annotations" / f"{first}.xml").write_text(
         (source / "annotations" / f"{first}.xml").read_text().replace("<pose>", "<pose> "))
     assert len(landed_since(before, labelled_images(config))) == 2  # one new, one relabelled
+
+
+def test_images_and_annotations_pair_by_folder_as_ingest_pairs_them(tmp_path):
+    """`day2/IMG_0001.jpg` is not labelled by `day1/IMG_0001.xml`; it lands with its own XML."""
+    made, source, config = voc_source(tmp_path, count=2)
+    first, second = stems(made, 2)
+    image = next((made / "images").glob(f"{first}.*"))
+    for day in ("day1", "day2"):
+        (source / "images" / day).mkdir()
+        shutil.copy(image, source / "images" / day / f"IMG_0001{image.suffix}")
+    (source / "annotations" / "day1").mkdir()
+    shutil.copy(made / "annotations" / f"{first}.xml", source / "annotations" / "day1" / "IMG_0001.xml")
+    before = labelled_images(config)
+    assert sorted(Path(p).relative_to(source / "images").as_posix() for p in before) == [
+        f"day1/IMG_0001{image.suffix}"]
+    (source / "annotations" / "day2").mkdir()
+    shutil.copy(made / "annotations" / f"{first}.xml", source / "annotations" / "day2" / "IMG_0001.xml")
+    assert [Path(p).relative_to(source / "images").as_posix()
+            for p in landed_since(before, labelled_images(config))] == [f"day2/IMG_0001{image.suffix}"]
+    # A flat annotations folder still labels the one image of its stem anywhere (as ingest does).
+    other = next((made / "images").glob(f"{second}.*"))
+    (source / "images" / "day3").mkdir()
+    shutil.copy(other, source / "images" / "day3" / other.name)
+    shutil.copy(made / "annotations" / f"{second}.xml", source / "annotations")
+    assert str(source / "images" / "day3" / other.name) in labelled_images(config)
 
 
 def test_a_batch_is_complete_after_quiet_seconds_with_enough_images(tmp_path):

@@ -184,3 +184,19 @@ def test_a_killed_night_prefect_still_calls_running_holds_nothing_back(tmp_path)
     (work / ".retrain.lock").unlink()  # killed before it took the lock, long ago
     assert not night_alive(str(work), started, started + 3600)
     assert night_alive(str(work), started, started + 5)
+
+
+def test_the_source_is_not_listed_while_a_night_runs(tmp_path, monkeypatch):
+    import tasks.nightly.landing as landing
+
+    made, source, config = voc_source(tmp_path, count=4)
+    watch = LandingWatch.starting_now(config, TRIGGER)
+    listed = []
+    real = landing.labelled_images
+    monkeypatch.setattr(landing, "labelled_images", lambda src: listed.append(1) or real(src))
+    land(made, source, stems(made, 4))
+    watch.changed(now=100)
+    for second in range(111, 171):  # a minute of ticks during a night
+        assert watch.batch(second, lambda: True) is None
+    assert listed == []
+    assert len(watch.batch(171, never_running).images) == 4 and listed == [1]

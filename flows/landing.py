@@ -16,6 +16,7 @@ from flows.summaries import console
 from tasks.core.config import DatasetConfig
 from tasks.nightly.landing import (
     LANDED_EVENT,
+    STARTING_S,
     Landing,
     LandingWatch,
     line_resource_id,
@@ -81,16 +82,22 @@ def night_running(deployment: str) -> bool:
         _, runs = deployment_runs(client, deployment, [
             StateType.RUNNING, StateType.PENDING, StateType.CANCELLING, StateType.SCHEDULED])
     now = datetime.now(timezone.utc)
+    return any(holds_batches(run, now) for run in runs)
 
-    def counts(run) -> bool:
-        if run.state_type == StateType.SCHEDULED:
-            return run.expected_start_time is not None \
-                and run.expected_start_time <= now + timedelta(seconds=30)
-        if run.state_type == StateType.PENDING:
-            return True
-        return run_alive(run, now.timestamp())
 
-    return any(counts(run) for run in runs)
+def holds_batches(run, now: datetime) -> bool:
+    """Whether a run of the deployment keeps the watch's batches back: one due within 30 s, one
+    starting (Pending for less than STARTING_S: a run stuck Pending, its worker dead, holds
+    nothing back for good), or one running whose process lives."""
+    from prefect.client.schemas.objects import StateType
+
+    if run.state_type == StateType.SCHEDULED:
+        return run.expected_start_time is not None \
+            and run.expected_start_time <= now + timedelta(seconds=30)
+    if run.state_type == StateType.PENDING:
+        since = run.state.timestamp if run.state is not None else None
+        return since is None or (now - since).total_seconds() < STARTING_S
+    return run_alive(run, now.timestamp())
 
 
 def announce(config: DatasetConfig, landing: Landing) -> None:

@@ -103,3 +103,27 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
             serve.kill()
             output = serve.communicate()[0]
     assert output.count("defectflow.images.landed sent") == 2, output[-3000:]
+
+
+def test_a_run_stuck_pending_holds_batches_back_only_while_it_may_be_starting():
+    """A run Pending for longer than a night takes to start (its worker died) holds nothing
+    back: else every batch would wait for it for good."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from prefect.client.schemas.objects import StateType
+
+    from flows.landing import holds_batches
+    from tasks.nightly.landing import STARTING_S
+
+    now = datetime.now(timezone.utc)
+
+    def pending(for_s: float):
+        return SimpleNamespace(state_type=StateType.PENDING,
+                               state=SimpleNamespace(timestamp=now - timedelta(seconds=for_s)))
+
+    assert holds_batches(pending(30), now)
+    assert not holds_batches(pending(STARTING_S + 1), now)
+    due = SimpleNamespace(state_type=StateType.SCHEDULED, expected_start_time=now + timedelta(seconds=10))
+    later = SimpleNamespace(state_type=StateType.SCHEDULED, expected_start_time=now + timedelta(hours=5))
+    assert holds_batches(due, now) and not holds_batches(later, now)

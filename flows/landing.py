@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from flows.summaries import console
 from tasks.core.config import DatasetConfig
@@ -111,35 +112,63 @@ def announce(config: DatasetConfig, landing: Landing) -> None:
                   f"({', '.join(payload['examples'])}...): {LANDED_EVENT} sent")
 
 
+def source_folders(config: DatasetConfig) -> dict[Path, tuple[int, int] | None]:
+    """The folders a line's landings arrive in, each with its identity (device, inode), None
+    while it is not there: a folder made after the watch started, or deleted and made again (a
+    sync tool, `rm -rf && cp`), is another folder to watch."""
+    coco = config.source.format == "coco"  # its annotations are a file: its folder is watched
+    folders = {config.source.images} | {p.parent if coco else p
+                                        for p in config.source.annotation_paths}
+    if config.source.verified_inbox is not None:
+        folders.add(config.source.verified_inbox)  # a person verifying there lands an image
+    found = {}
+    for folder in sorted(folders):
+        try:
+            stat = folder.stat()
+            found[folder] = (stat.st_dev, stat.st_ino) if folder.is_dir() else None
+        except OSError:
+            found[folder] = None
+    return found
+
+
 def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event,
                    tick_s: float = 1.0) -> None:
-    """Until `stop` is set: follow the config's source folders and announce each batch."""
+    """Until `stop` is set: follow the config's source folders and announce each batch. When a
+    folder appears, vanishes or is replaced, the watch starts again on the folders there now
+    (and what they hold is looked at once quiet); with none there yet, it waits for one."""
     from watchfiles import watch
 
     assert config.trigger is not None
     landing = LandingWatch.starting_now(config.source, config.trigger)
-    folders = {config.source.images} | {p if p.is_dir() else p.parent
-                                        for p in config.source.annotation_paths}
-    if config.source.verified_inbox is not None:
-        folders.add(config.source.verified_inbox)  # a person verifying there lands an image
-    folders = {folder for folder in folders if folder.is_dir()}  # watchfiles needs them there
-    if not folders:
-        console.print(f"[yellow]landing watch: no source folder of {config.name} exists: nothing "
-                      "to watch (the cron still runs)[/yellow]")
-        return
-    for changes in watch(*sorted(folders), stop_event=stop, yield_on_timeout=True,
-                         rust_timeout=int(tick_s * 1000), debounce=int(tick_s * 1000),
-                         raise_interrupt=False):
-        now = time.monotonic()
-        if changes:
-            landing.changed(now)
-        try:
-            batch = landing.batch(now, lambda: night_running(deployment))
-        except Exception as error:  # noqa: BLE001 - the server away a moment: try next tick
-            console.print(f"[yellow]landing watch: {error!r}; trying again[/yellow]")
+    said_none = False
+    while not stop.is_set():
+        folders = source_folders(config)
+        there = [folder for folder, identity in folders.items() if identity is not None]
+        if not there:
+            if not said_none:
+                console.print(f"[yellow]landing watch: no source folder of {config.name} exists "
+                              "yet: waiting for one (the cron still runs)[/yellow]")
+                said_none = True
+            stop.wait(tick_s)
             continue
-        if batch is not None:
-            announce(config, batch)
+        said_none = False
+        landing.changed(time.monotonic())  # what the folders hold now is looked at once quiet
+        for changes in watch(*there, stop_event=stop, yield_on_timeout=True,
+                             rust_timeout=int(tick_s * 1000), debounce=int(tick_s * 1000),
+                             raise_interrupt=False):
+            now = time.monotonic()
+            replaced = source_folders(config) != folders
+            if changes or replaced:
+                landing.changed(now)
+            if replaced:
+                break  # watch the folders there now
+            try:
+                batch = landing.batch(now, lambda: night_running(deployment))
+            except Exception as error:  # noqa: BLE001 - the server away a moment: try next tick
+                console.print(f"[yellow]landing watch: {error!r}; trying again[/yellow]")
+                continue
+            if batch is not None:
+                announce(config, batch)
 
 
 def in_background(config: DatasetConfig, deployment: str) -> threading.Event | None:

@@ -127,3 +127,56 @@ def test_a_run_stuck_pending_holds_batches_back_only_while_it_may_be_starting():
     due = SimpleNamespace(state_type=StateType.SCHEDULED, expected_start_time=now + timedelta(seconds=10))
     later = SimpleNamespace(state_type=StateType.SCHEDULED, expected_start_time=now + timedelta(hours=5))
     assert holds_batches(due, now) and not holds_batches(later, now)
+
+
+def test_a_source_folder_made_later_or_made_again_is_watched(tmp_path, monkeypatch):
+    """No source folder when the watch starts: it waits for one. The folders made, then
+    deleted and made again with new labelled images (a sync tool, `rm -rf && cp`): each batch is
+    announced (before, the watch returned at once, or kept watching the deleted folder)."""
+    import threading
+
+    import flows.landing as landing
+    from tasks.core.config import load_config
+
+    made = tmp_path / "made"
+    generate(made, count=6, size=48, seed=2, troubles=False)
+    source = tmp_path / "source"
+    config_path = tmp_path / "line.yaml"
+    config_path.write_text(
+        f"name: later\nsource: {{format: voc, images: {source / 'images'}, "
+        f"annotations: {source / 'annotations'}}}\ntrigger: {{quiet_seconds: 1, min_new_images: 2}}\n")
+    config = load_config(config_path)
+    announced = []
+    monkeypatch.setattr(landing, "night_running", lambda deployment: False)
+    monkeypatch.setattr(landing, "announce", lambda config, batch: announced.append(batch.images))
+    stop = threading.Event()
+    watcher = threading.Thread(target=landing.watch_landings, args=(config, "retrain/x", stop, 0.2))
+    watcher.start()
+
+    def land(stems: list[str]) -> None:
+        (source / "images").mkdir(parents=True, exist_ok=True)
+        (source / "annotations").mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            image = next((made / "images").glob(f"{stem}.*"))
+            shutil.copy(image, source / "images" / image.name)
+            shutil.copy(made / "annotations" / f"{stem}.xml", source / "annotations")
+
+    def announced_within(count: int, seconds: float = 30) -> bool:
+        deadline = time.monotonic() + seconds
+        while len(announced) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return len(announced) >= count
+
+    try:
+        stems = sorted(p.stem for p in (made / "annotations").glob("*.xml"))
+        time.sleep(1)  # the watch has started, with no folder there
+        land(stems[:3])
+        assert announced_within(1), "the folders made after the watch started were not watched"
+        assert len(announced[0]) == 3
+        shutil.rmtree(source)  # deleted and made again, with new labelled images
+        land(stems[3:6])
+        assert announced_within(2), "the folders made again were not watched"
+        assert sorted(Path(p).stem for p in announced[1]) == stems[3:6]
+    finally:
+        stop.set()
+        watcher.join(30)

@@ -12,12 +12,14 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from uuid import UUID
 
 from flows.summaries import console
 from tasks.core.config import DatasetConfig
 from tasks.nightly.landing import (
     LANDED_EVENT,
     STARTING_S,
+    WATCH_STATE,
     Landing,
     LandingWatch,
     line_resource_id,
@@ -102,14 +104,68 @@ def holds_batches(run, now: datetime) -> bool:
 
 
 def announce(config: DatasetConfig, landing: Landing) -> None:
+    """Say that a batch is complete (its event is pending: `send_pending` sends it)."""
+    payload = landing.payload(config.name)
+    console.print(f"{payload['images']} labelled images landed in {config.name} "
+                  f"({', '.join(payload['examples'])}...)")
+
+
+RESEND_S = 15  # an event Prefect has not confirmed is sent again after this long, same id
+
+
+def send_pending(config: DatasetConfig, deployment: str, landing: LandingWatch,
+                 sent: dict[str, float], now: float) -> None:
+    """Each pending batch: confirmed once Prefect has its event (read back) or a night it
+    started; else sent, again every RESEND_S under the same id (Prefect's trigger takes an
+    event id once). `emit_event` does not raise when the server is away: only the read back
+    tells that Prefect has it."""
     from prefect.events import emit_event
 
-    payload = landing.payload(config.name)
-    emit_event(event=LANDED_EVENT, payload=payload,
-               resource={"prefect.resource.id": line_resource_id(config.name),
-                         "prefect.resource.name": config.name})
-    console.print(f"{payload['images']} labelled images landed in {config.name} "
-                  f"({', '.join(payload['examples'])}...): {LANDED_EVENT} sent")
+    for event in list(landing.pending):
+        if prefect_has(event["id"], deployment):
+            landing.confirmed(event["id"])
+            console.print(f"{LANDED_EVENT} {event['id'][:8]} received by Prefect")
+            continue
+        if now - sent.get(event["id"], float("-inf")) < RESEND_S:
+            continue
+        again = event["id"] in sent
+        emit_event(event=LANDED_EVENT, id=UUID(event["id"]), payload=event["payload"],
+                   resource={"prefect.resource.id": line_resource_id(config.name),
+                             "prefect.resource.name": config.name})
+        sent[event["id"]] = now
+        console.print(f"{LANDED_EVENT} {event['id'][:8]} not received yet: sending it again"
+                      if again else f"{event['payload']['images']} labelled images: "
+                      f"{LANDED_EVENT} sent ({event['id'][:8]})")
+
+
+def prefect_has(event_id: str, deployment: str) -> bool:
+    """Whether Prefect has the event: among its events, or named by a night of the deployment
+    (the trigger's run carries the event id in its `landed` parameter)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.events.filters import EventFilter, EventIDFilter, EventNameFilter
+    from prefect.exceptions import ObjectNotFound
+
+    wanted = EventFilter(id=EventIDFilter(id=[UUID(event_id)]),
+                         event=EventNameFilter(name=[LANDED_EVENT]))
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/events/filter",
+                                  json={"filter": wanted.model_dump(mode="json"), "limit": 1})
+        response.raise_for_status()
+        if response.json().get("events"):
+            return True
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return False
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=20)
+    return any(((run.parameters.get("landed") or {}).get("event_id")) == event_id for run in runs)
 
 
 def source_folders(config: DatasetConfig) -> dict[Path, tuple[int, int] | None]:
@@ -132,14 +188,17 @@ def source_folders(config: DatasetConfig) -> dict[Path, tuple[int, int] | None]:
 
 
 def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event,
-                   tick_s: float = 1.0) -> None:
+                   tick_s: float = 1.0, work: Path | None = None) -> None:
     """Until `stop` is set: follow the config's source folders and announce each batch. When a
     folder appears, vanishes or is replaced, the watch starts again on the folders there now
-    (and what they hold is looked at once quiet); with none there yet, it waits for one."""
+    (and what they hold is looked at once quiet); with none there yet, it waits for one. With
+    the line's `work` dir, what it saw and the batches Prefect has not confirmed outlive it."""
     from watchfiles import watch
 
     assert config.trigger is not None
-    landing = LandingWatch.starting_now(config.source, config.trigger)
+    landing = LandingWatch.starting_now(config.source, config.trigger,
+                                        work / WATCH_STATE if work else None, config.name)
+    sent: dict[str, float] = {}
     said_none = False
     while not stop.is_set():
         folders = source_folders(config)
@@ -164,20 +223,21 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
                 break  # watch the folders there now
             try:
                 batch = landing.batch(now, lambda: night_running(deployment))
+                if batch is not None:
+                    announce(config, batch)
+                send_pending(config, deployment, landing, sent, now)
             except Exception as error:  # noqa: BLE001 - the server away a moment: try next tick
                 console.print(f"[yellow]landing watch: {error!r}; trying again[/yellow]")
-                continue
-            if batch is not None:
-                announce(config, batch)
 
 
-def in_background(config: DatasetConfig, deployment: str) -> threading.Event | None:
+def in_background(config: DatasetConfig, deployment: str,
+                  work: Path | None = None) -> threading.Event | None:
     """Start `watch_landings` on a daemon thread; set the returned event to stop it. None (and
     no thread) when the config's trigger is off."""
     if config.trigger is None:
         return None
     stop = threading.Event()
-    threading.Thread(target=watch_landings, args=(config, deployment, stop),
+    threading.Thread(target=watch_landings, args=(config, deployment, stop, 1.0, work),
                      name="landing-watch", daemon=True).start()
     return stop
 

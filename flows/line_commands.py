@@ -149,10 +149,11 @@ def watch(
         console.print(f"[red]{config}: trigger is null: nothing to watch for[/red]")
         raise typer.Exit(2)
     deployment = f"{retrain.name}/{deployment_name(dataset)}"
-    with prefect_server(resolve_home(ctx.obj).prefect, port=port) as api_url:
+    home = resolve_home(ctx.obj)
+    with prefect_server(home.prefect, port=port) as api_url:
         console.print(f"{landing_line(dataset)}; events to {api_url}, for the deployment "
                       f"{deployment}'s trigger. Ctrl-C stops.")
-        watch_landings(dataset, deployment, threading.Event())
+        watch_landings(dataset, deployment, threading.Event(), work=home.line(dataset.name))
 
 
 def train_node(

@@ -47,7 +47,7 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
         if killed := release_killed_nights(deployment):
             console.print(f"{killed} run(s) of {deployment} were killed (Prefect still had them "
                           "Running): marked Crashed, their concurrency slot freed")
-        stop_watching = watch_in_background(config, deployment)
+        stop_watching = watch_in_background(config, deployment, work.resolve())
         try:
             retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1,
                           limit=1, print_starting_message=announce,

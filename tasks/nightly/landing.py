@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import posixpath
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,25 +107,42 @@ class Landing:
 class LandingWatch:
     """Adds up labelled images landing in `source` and says when a batch is complete: the source
     quiet for `quiet_seconds`, at least `min_new_images` landed since the last batch, and no night
-    of the line running (landings during a night make one batch after it, however many)."""
+    of the line running (landings during a night make one batch after it, however many).
+
+    With a `state_file` (in the line's work dir) what it has seen and the batches Prefect has not
+    confirmed yet (`pending`, each with its event id) outlive the process: a serve restarted
+    after a kill starts from there, so a batch held back during a night, or announced while the
+    server was away, is announced again, under the same event id."""
 
     source: SourceConfig
     trigger: TriggerConfig
     seen: dict[str, str] = field(default_factory=dict)  # labelled images at the last batch
     last_change: float | None = None  # set while a change waits to be looked at
+    pending: list[dict] = field(default_factory=list)  # {"id", "payload"}: not confirmed yet
+    state_file: Path | None = None
+    line: str = ""  # the line's (config's) name, in the events' payload
 
     @classmethod
-    def starting_now(cls, source: SourceConfig, trigger: TriggerConfig) -> LandingWatch:
-        """What is there already is not new: the night's own check (and the cron) covers it."""
-        return cls(source, trigger, labelled_images(source))
+    def starting_now(cls, source: SourceConfig, trigger: TriggerConfig,
+                     state_file: Path | None = None, line: str = "") -> LandingWatch:
+        """What it saw when it last stopped (`state_file`); without one, what is there already
+        is not new (the night's own check, and the cron, cover it)."""
+        saved = _read_state(state_file)
+        if saved is not None:
+            return cls(source, trigger, saved["seen"], pending=saved["pending"],
+                       state_file=state_file, line=line)
+        watch = cls(source, trigger, labelled_images(source), state_file=state_file, line=line)
+        watch._save()
+        return watch
 
     def changed(self, now: float) -> None:
         self.last_change = now
 
     def batch(self, now: float, night_running: Callable[[], bool]) -> Landing | None:
-        """The batch to announce now, if one is complete; it becomes the new starting point.
-        `night_running` is asked once the source has been quiet, before the source is listed:
-        while a night runs nothing is listed (a listing of 20,000 images takes over a second)."""
+        """The batch to announce now, if one is complete; it becomes the new starting point and
+        a pending event (saved before it is sent). `night_running` is asked once the source has
+        been quiet, before the source is listed: while a night runs nothing is listed (a
+        listing of 20,000 images takes over a second)."""
         if self.last_change is None or now - self.last_change < self.trigger.quiet_seconds:
             return None
         if night_running():
@@ -134,8 +152,36 @@ class LandingWatch:
         if len(new) < self.trigger.min_new_images:
             self.last_change = None  # the sum waits for the next change (or the cron)
             return None
+        landing = Landing(new)
         self.seen, self.last_change = current, None
-        return Landing(new)
+        self.pending.append({"id": str(uuid.uuid4()), "payload": landing.payload(self.line)})
+        self._save()
+        return landing
+
+    def confirmed(self, event_id: str) -> None:
+        """Prefect has the event (or the night it started): it is no longer pending."""
+        self.pending = [event for event in self.pending if event["id"] != event_id]
+        self._save()
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        staged = self.state_file.with_name(f".{self.state_file.name}.{os.getpid()}.tmp")
+        staged.write_text(json.dumps({"seen": self.seen, "pending": self.pending}))
+        staged.replace(self.state_file)
+
+
+WATCH_STATE = "landing_watch.json"  # in the line's work dir
+
+
+def _read_state(path: Path | None) -> dict | None:
+    """The saved watch state; None when there is none. One that cannot be read is an error:
+    starting from "now" instead would forget a held batch."""
+    if path is None or not path.exists():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return {"seen": dict(saved["seen"]), "pending": list(saved["pending"])}
 
 
 def what_started(landed: dict | None, auto_scheduled: bool) -> dict:

@@ -180,3 +180,50 @@ def test_a_source_folder_made_later_or_made_again_is_watched(tmp_path, monkeypat
     finally:
         stop.set()
         watcher.join(30)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_batch_whose_event_was_lost_is_sent_again_until_prefect_has_it(tmp_path, monkeypatch):
+    """`emit_event` does not raise when its event is lost (the server away): the batch stays
+    pending in the work dir, a restarted watch finds it, and it is sent again, under the same
+    id, until Prefect's own events have it."""
+    import flows.landing as landing
+    from tasks.core.config import load_config
+    from tasks.nightly.landing import WATCH_STATE, LandingWatch
+
+    made = tmp_path / "made"
+    generate(made, count=3, size=48, seed=4, troubles=False)
+    source, work = tmp_path / "source", tmp_path / "work"
+    config_path = tmp_path / "line.yaml"
+    config_path.write_text(
+        f"name: lost\nsource: {{format: voc, images: {source / 'images'}, "
+        f"annotations: {source / 'annotations'}}}\ntrigger: {{quiet_seconds: 1, min_new_images: 2}}\n")
+    config = load_config(config_path)
+    (source / "images").mkdir(parents=True)
+    (source / "annotations").mkdir()
+    watch = LandingWatch.starting_now(config.source, config.trigger, work / WATCH_STATE, config.name)
+    for image in (made / "images").iterdir():
+        shutil.copy(image, source / "images")
+    for xml in (made / "annotations").iterdir():
+        shutil.copy(xml, source / "annotations")
+    watch.changed(0)
+    assert len(watch.batch(5, lambda: False).images) == 3
+    [event] = watch.pending
+
+    lost = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **event: lost.append(event["id"]))
+    landing.send_pending(config, "retrain/retrain-lost", watch, {}, now=10)
+    assert [str(i) for i in lost] == [event["id"]]  # "sent", and lost on the way
+    monkeypatch.undo()
+
+    restarted = LandingWatch.starting_now(config.source, config.trigger, work / WATCH_STATE,
+                                          config.name)  # serve killed and started again
+    assert restarted.pending == [event] and restarted.seen == watch.seen
+    sent: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    while restarted.pending:
+        assert time.monotonic() < deadline, "Prefect never had the event"
+        landing.send_pending(config, "retrain/retrain-lost", restarted, sent, time.monotonic())
+        time.sleep(1)
+    assert landing.prefect_has(event["id"], "retrain/retrain-lost")
+    assert LandingWatch.starting_now(config.source, config.trigger, work / WATCH_STATE).pending == []

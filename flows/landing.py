@@ -23,7 +23,6 @@ from tasks.nightly.landing import (
     Landing,
     LandingWatch,
     line_resource_id,
-    night_alive,
 )
 
 # The flow run's `landed` parameter, filled from the event by Prefect's trigger (Jinja).
@@ -69,12 +68,6 @@ def deployment_runs(client, deployment: str, states: list) -> tuple[object | Non
             type=FlowRunFilterStateType(any_=states))))
 
 
-def run_alive(run, now: float) -> bool:
-    """`night_alive` for a flow run Prefect calls Running (a killed night stays Running)."""
-    return night_alive(run.parameters.get("work_dir"),
-                       run.start_time.timestamp() if run.start_time else None, now)
-
-
 def night_running(deployment: str) -> bool:
     """Whether a run of the deployment (`flow/name`) is running, or due to start now; False
     when it is not deployed (yet)."""
@@ -91,7 +84,7 @@ def night_running(deployment: str) -> bool:
 def holds_batches(run, now: datetime) -> bool:
     """Whether a run of the deployment keeps the watch's batches back: one due within 30 s, one
     starting (Pending for less than STARTING_S: a run stuck Pending, its worker dead, holds
-    nothing back for good), or one running whose process lives."""
+    nothing back for good), or one running."""
     from prefect.client.schemas.objects import StateType
 
     if run.state_type == StateType.SCHEDULED:
@@ -100,7 +93,8 @@ def holds_batches(run, now: datetime) -> bool:
     if run.state_type == StateType.PENDING:
         since = run.state.timestamp if run.state is not None else None
         return since is None or (now - since).total_seconds() < STARTING_S
-    return run_alive(run, now.timestamp())
+    return True  # Running or Cancelling: Prefect's word (a killed night is Crashed by its
+    # zombie automation once its heartbeats stop: liveness.py)
 
 
 def announce(config: DatasetConfig, landing: Landing) -> None:
@@ -240,29 +234,3 @@ def in_background(config: DatasetConfig, deployment: str,
     threading.Thread(target=watch_landings, args=(config, deployment, stop, 1.0, work),
                      name="landing-watch", daemon=True).start()
     return stop
-
-
-def release_killed_nights(deployment: str) -> int:
-    """Before serving: the deployment's runs Prefect calls Running or Pending whose process is
-    gone (`night_alive`: a killed night stays Running, a server restart forgets its slot lease)
-    become Crashed, and with no night left alive the deployment's concurrency slot is freed;
-    else that killed night would hold the one slot, and every later night would wait for good.
-    Returns how many runs were marked."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
-
-    with get_client(sync_client=True) as client:
-        found, runs = deployment_runs(client, deployment, [
-            StateType.RUNNING, StateType.PENDING, StateType.CANCELLING])
-        now = time.time()
-        killed = [run for run in runs if not run_alive(run, now)]
-        for run in killed:
-            client.set_flow_run_state(run.id, Crashed(
-                message="its process is gone (killed): marked by the next serve"), force=True)
-        limit = found.global_concurrency_limit if found is not None else None
-        if killed and len(killed) == len(runs) and limit is not None and limit.active_slots:
-            client.update_global_concurrency_limit(
-                limit.name, GlobalConcurrencyLimitUpdate(active_slots=0))
-    return len(killed)

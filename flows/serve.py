@@ -8,11 +8,12 @@ import signal
 from pathlib import Path
 
 from flows.landing import in_background as watch_in_background
-from flows.landing import landing_trigger, release_killed_nights
+from flows.landing import landing_trigger
 from flows.retrain import retrain
 from flows.summaries import console
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
+from tasks.nightly.liveness import ensure_zombie_automation, heartbeat_seconds
 from tasks.nightly.server import prefect_server
 from tasks.nightly.status import deployment_name
 
@@ -44,9 +45,12 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
                           f"work dir {work.resolve()}. One run at a time; Ctrl-C stops.")
             console.print(landing_line(config))
         deployment = f"{retrain.name}/{deployment_name(config)}"
-        if killed := release_killed_nights(deployment):
-            console.print(f"{killed} run(s) of {deployment} were killed (Prefect still had them "
-                          "Running): marked Crashed, their concurrency slot freed")
+        if heartbeat := heartbeat_seconds():  # a killed night is Crashed by Prefect, slot freed
+            ensure_zombie_automation(heartbeat)
+        else:
+            console.print("[yellow]flow-run heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY):"
+                          " a night killed with its process stays Running and holds the "
+                          "deployment's one slot until marked by hand[/yellow]")
         stop_watching = watch_in_background(config, deployment, work.resolve())
         try:
             retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1,

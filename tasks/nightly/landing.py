@@ -203,21 +203,4 @@ def started_by_line(started: dict) -> str:
     return "started by hand (defectflow run, the demo, or a Run in Prefect)"
 
 
-STARTING_S = 600  # a night that has not taken its work dir's lock after this long is not starting
-
-
-def night_alive(work_dir: str | None, started: float | None, now: float) -> bool:
-    """Whether a night Prefect calls Running still runs. Prefect never hears of a killed night
-    (it stays Running): its work dir's lock names the pid that took it last, dead now. A night
-    that has not taken the lock yet (its first moments) counts as running for STARTING_S."""
-    from tasks.core.processes import process_alive
-    from tasks.nightly.home_collection import lock_holder
-
-    holder = lock_holder(Path(work_dir)) if work_dir else None
-    if holder is not None and process_alive(holder[0]):
-        return True
-    if holder is None and not (work_dir and Path(work_dir).parent.is_dir()):
-        return True  # the line's work dir is on another machine: Prefect's word stands
-    # The lock names a dead process, or there is none: did this night take it and die?
-    took_it = holder is not None and (started is None or holder[1] >= started - 1)
-    return not took_it and started is not None and now - started < STARTING_S
+STARTING_S = 600  # a night Pending longer than this is not starting (its worker is gone)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tasks.demo.sample_data import generate
+from tasks.nightly.landing import LANDED_EVENT
+from tasks.nightly.liveness import ZOMBIE_AUTOMATION
 from tasks.nightly.server import free_port
 from tests.flows.test_serve import api, wait_for
 from tests.support import REPO, tiny_nightly_config
@@ -64,7 +66,8 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
         assert deployment, "no deployment on the home's server"
         automations = wait_for(lambda: api(port, "/automations/filter", {}), 30)
-        assert [a["trigger"]["expect"] for a in automations] == [["defectflow.images.landed"]]
+        assert sorted(a["name"] for a in automations) == sorted([ZOMBIE_AUTOMATION, next(
+            a["name"] for a in automations if a["trigger"]["expect"] == [LANDED_EVENT])])
         time.sleep(3)  # the watch lists the source once started
 
         land(stems[30:35])
@@ -103,6 +106,71 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
             serve.kill()
             output = serve.communicate()[0]
     assert output.count("defectflow.images.landed sent") == 2, output[-3000:]
+
+
+def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_its_slot(tmp_path):
+    """A night SIGKILLed: its heartbeats stop, Prefect's zombie-flow automation (which serve
+    keeps on the home's server) marks it Crashed, its concurrency slot goes back by Prefect's
+    rules, and the next landing starts a night. Heartbeats every 30 s (Prefect's shortest)."""
+    made = tmp_path / "made"
+    generate(made, count=12, seed=3, troubles=False)
+    stems = sorted(p.stem for p in (made / "annotations").glob("*.xml"))
+    source, work = tmp_path / "source", tmp_path / "w"
+    (source / "images").mkdir(parents=True)
+    (source / "annotations").mkdir()
+
+    def land(batch):
+        for stem in batch:
+            image = next((made / "images").glob(f"{stem}.*"))
+            shutil.copy(image, source / "images")
+            shutil.copy(made / "annotations" / f"{stem}.xml", source / "annotations")
+
+    config = tmp_path / "plant.yaml"
+    config.write_text(tiny_nightly_config("plant", source, max_steps=400, eval_steps=400)
+                      + "schedule: {cron: '0 0 1 1 *'}\n"
+                      "trigger: {quiet_seconds: 2, min_new_images: 3}\n")
+    port, home = free_port(), tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="1",
+               PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
+         str(config), "--work", str(work), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
+        assert deployment and wait_for(lambda: [a for a in api(port, "/automations/filter", {})
+                                                if a["name"] == ZOMBIE_AUTOMATION], 30)
+        time.sleep(3)
+        land(stems[:4])
+        first = wait_for(lambda: night_runs(port, deployment["id"]), 60)
+        assert first, "the landing started no night"
+
+        def night_pid():  # the night's process, as its work dir's lock names it
+            try:
+                pid = int((work / ".retrain.lock").read_text().strip())
+            except (OSError, ValueError):  # not taken yet
+                return None
+            return pid if pid != serve.pid else None
+
+        pid = wait_for(night_pid, 120)
+        assert pid, "night 1 never took its work dir's lock"
+        os.kill(pid, signal.SIGKILL)
+        crashed = wait_for(lambda: api(port, f"/flow_runs/{first[0]['id']}")["state_type"]
+                           == "CRASHED", 240)
+        assert crashed, "the killed night was never marked Crashed"
+        land(stems[4:8])
+        second = wait_for(lambda: night_runs(port, deployment["id"])[1:], 60)
+        assert second, "the landing after the crash started no night"
+        assert wait_for(lambda: api(port, f"/flow_runs/{second[0]['id']}")["state_type"]
+                        in ("RUNNING", "COMPLETED"), 120), "night 2 never got the slot"
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.communicate()
 
 
 def test_a_run_stuck_pending_holds_batches_back_only_while_it_may_be_starting():

@@ -158,34 +158,6 @@ def test_a_night_says_what_started_it():
     assert what_started(None, auto_scheduled=False) == {"by": "hand"}
 
 
-def test_a_killed_night_prefect_still_calls_running_holds_nothing_back(tmp_path):
-    import os
-    import subprocess
-    import time
-
-    from tasks.nightly.landing import night_alive
-
-    work = tmp_path / "w"
-    work.mkdir()
-    started = time.time() - 5
-    (work / ".retrain.lock").write_text(str(os.getpid()))  # the night's process, alive
-    assert night_alive(str(work), started, time.time())
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    (work / ".retrain.lock").write_text(str(dead.pid))  # took the lock, then was killed
-    assert not night_alive(str(work), started, time.time())
-    # A lock taken by an older night, dead since: this one has not taken it yet (starting)...
-    os.utime(work / ".retrain.lock", (started - 3600, started - 3600))
-    assert night_alive(str(work), started, time.time())
-    # ...unless it has been "starting" for longer than a night ever takes to take it.
-    assert not night_alive(str(work), started, started + 3600)
-    assert night_alive(None, started, time.time())  # nothing to tell by: Prefect's word
-    assert night_alive(str(tmp_path / "elsewhere" / "w"), started, started + 3600)  # not here
-    (work / ".retrain.lock").unlink()  # killed before it took the lock, long ago
-    assert not night_alive(str(work), started, started + 3600)
-    assert night_alive(str(work), started, started + 5)
-
-
 def test_the_source_is_not_listed_while_a_night_runs(tmp_path, monkeypatch):
     import tasks.nightly.landing as landing
 

@@ -172,3 +172,25 @@ def test_the_source_is_not_listed_while_a_night_runs(tmp_path, monkeypatch):
         assert watch.batch(second, lambda: True) is None
     assert listed == []
     assert len(watch.batch(171, never_running).images) == 4 and listed == [1]
+
+
+def test_a_batch_held_during_a_night_outlives_a_restart_of_the_watch(tmp_path):
+    """serve killed while it holds a batch (a night runs) and started again: what it had seen
+    is read back from the work dir, so the held images are still new and make one batch."""
+    from tasks.nightly.landing import WATCH_STATE
+
+    made, source, config = voc_source(tmp_path, count=6)
+    state = tmp_path / "work" / WATCH_STATE
+    watch = LandingWatch.starting_now(config, TRIGGER, state, "plant")
+    land(made, source, stems(made, 4))
+    watch.changed(now=100)
+    assert watch.batch(111, lambda: True) is None  # held: a night runs
+    restarted = LandingWatch.starting_now(config, TRIGGER, state, "plant")  # killed, started again
+    restarted.changed(now=0)  # the watch looks at its folders when it starts
+    batch = restarted.batch(11, never_running)
+    assert batch is not None and len(batch.images) == 4
+    [pending] = restarted.pending
+    assert pending["payload"]["images"] == 4 and pending["payload"]["line"] == "plant"
+    again = LandingWatch.starting_now(config, TRIGGER, state, "plant")  # and once more
+    again.changed(now=0)
+    assert again.batch(11, never_running) is None and again.pending == [pending]

@@ -43,7 +43,7 @@ def gc(
     if line is None or not line.is_dir():
         if loaded is not None:
             console.print(f"[yellow]{line} does not exist: only the home is collected[/yellow]")
-        report = retention_step(None, None, home, None, cutoff, references_or_none(None))
+        report = retention_step(None, None, home, None, cutoff, references_or_none(None, home))
     else:
         uri = registry_uri(loaded, home)
         registry = RegistryTarget(tracking_uri=uri, model_name=loaded.model_name) if uri else None
@@ -53,7 +53,7 @@ def gc(
                 raise typer.Exit(1)
             try:
                 report = retention_step(loaded, line, home, registry, cutoff,
-                                        references_or_none(line))
+                                        references_or_none(line, home))
             except RegistryUnreachable as exc:  # nothing was collected on a guess
                 console.print(f"[red]{exc}: nothing collected; run gc again later[/red]")
                 raise typer.Exit(1) from None

@@ -83,7 +83,8 @@ def run_prepare(config_path: Path, out_dir: Path, home: str | None) -> tuple[dic
     """Run the flow; its report and the final state of every task run, as the flow saw them
     (the report's `prefect_steps`, and the report task, Completed since the flow returned its
     result). Raises SourceUnreadable when the flow stopped on its source."""
-    state = prepare(str(config_path), str(out_dir), home, return_state=True)
+    # the home by name: home collection tells this home's prepares from other homes' by it
+    state = prepare(str(config_path), str(out_dir), str(resolve_home(home).root), return_state=True)
     if state.is_failed() and (state.message or "").startswith(SOURCE_UNREADABLE):
         raise SourceUnreadable(state.message.removeprefix(SOURCE_UNREADABLE))
     report = state.result()

@@ -88,10 +88,12 @@ def no_result_kept(state) -> bool:
     return record.parent.is_dir() and not record.exists()
 
 
-def prepared_references(ours: Path | None = None, now: float | None = None) -> References:
+def prepared_references(ours: Path | None = None, now: float | None = None,
+                        home: Path | None = None) -> References:
     """The manifests named by the task results of the newest prepare of each output folder,
     and of any later unfinished one (its Cached results are tomorrow's), from Prefect's API.
-    `ours`: the work dir whose lock the caller holds."""
+    `ours`: the work dir whose lock the caller holds; `home`: only that home's prepares (a
+    prepare names its home; one that does not may be any home's, and counts)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -110,7 +112,7 @@ def prepared_references(ours: Path | None = None, now: float | None = None) -> R
             page = client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=["prepare"])),
                 sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=PAGE, offset=offset)
-            runs += page
+            runs += [run for run in page if _of_home(run, home)]
             offset += PAGE
             if len(page) < PAGE:
                 break
@@ -149,6 +151,11 @@ def prepared_references(ours: Path | None = None, now: float | None = None) -> R
                 if len(tasks) < PAGE:
                     break
     return References(manifests=names, memos_since=memos_since)
+
+
+def _of_home(run, home: Path | None) -> bool:
+    named = run.parameters.get("home")
+    return home is None or not named or Path(named).resolve() == home.resolve()
 
 
 def _memos_reached_since(client, runs: list) -> float | None:

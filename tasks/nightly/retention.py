@@ -211,11 +211,11 @@ def retention_step(config: DatasetConfig | None, work: Path | None, home: Home,
     return {**report, **home_retention(home, references, cutoff)}
 
 
-def references_or_none(ours: Path | None) -> References | None:
-    """What the newest prepares name, from Prefect (`ours`: the work dir whose lock the caller
-    holds); None (and a warning) when it cannot say."""
+def references_or_none(ours: Path | None, home: Home) -> References | None:
+    """What the newest prepares of `home` name, from Prefect (`ours`: the work dir whose lock
+    the caller holds); None (and a warning) when it cannot say."""
     try:
-        return prepared_references(ours)
+        return prepared_references(ours, home=home.root)
     except Exception as exc:  # noqa: BLE001 - without it nothing shared is collected, that is all
         run_logger().warning("retention: Prefect's run history unreadable (%s): the home's "
                              "manifests and content store stay", exc)
@@ -226,6 +226,6 @@ def references_or_none(ours: Path | None) -> References | None:
 def retention_task(config: DatasetConfig, work_dir: str, home: str, registry: RegistryTarget,
                    cutoff: float) -> dict:
     report = retention_step(config, Path(work_dir), Home(Path(home)), registry, cutoff,
-                            references_or_none(Path(work_dir).resolve()))
+                            references_or_none(Path(work_dir).resolve(), Home(Path(home))))
     run_logger().info("retention: %s", retention_line(report))
     return report

@@ -36,16 +36,17 @@ def test_a_task_result_that_cannot_be_read_keeps_every_manifest(tmp_path, home):
     (tmp_path / "demo.yaml").write_text(demo_config(source), encoding="utf-8")
     state = prepare(str(tmp_path / "demo.yaml"), str(tmp_path / "out"), str(home), return_state=True)
     assert state.is_completed()
+    task_run_states(state.state_details.flow_run_id)  # recorded by the server: read back
     records = persisted_records(state.state_details.flow_run_id)
     name, record = next((name, path) for name, path in sorted(records.items())
                         if name.startswith("ingest"))
     manifests = sorted(str(p.resolve()) for p in (home / "manifests").rglob("*.jsonl"))
-    assert manifests and set(manifests) <= prepared_references().manifests
+    assert manifests and set(manifests) <= prepared_references(home=home).manifests
 
     kept = record.read_bytes()
     record.write_bytes(b"not a result record")  # a disk's fault, a sync tool's half copy
     try:
-        unread = prepared_references()
+        unread = prepared_references(home=home)
         assert unread.busy and name in unread.busy and "could not be read" in unread.busy
         report = collect_home(Home(home), unread, time.time() + 60)
         assert report["skipped"] == unread.busy
@@ -54,7 +55,7 @@ def test_a_task_result_that_cannot_be_read_keeps_every_manifest(tmp_path, home):
         record.write_bytes(kept)
 
     record.unlink()  # gone: a cache entry no run can hit names nothing, and does not stop it
-    after = prepared_references()
+    after = prepared_references(home=home)
     assert after.busy is None or name not in after.busy
 
 

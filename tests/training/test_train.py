@@ -39,11 +39,15 @@ def test_lora_training_lowers_the_loss_and_saves_a_loadable_adapter(synthetic_da
     # What predict reads: the classes, the answer length, and the threshold validation chose.
     facts = json.loads((tmp_path / "model" / "defectflow.json").read_text())
     assert facts["labels"] == ["patch", "scratch", "spot"] and 16 < facts["max_new_tokens"] <= 1024
-    # The tiny random model gives no box on validation after 60 steps (mAP50 0 at every
-    # evaluation): no threshold can be chosen, and predict falls back to its default. The choice
-    # itself is tested with a scripted model (tests/training/test_selection.py).
+    # The tiny random model gives no right box on validation after 60 steps (mAP50 0 at every
+    # evaluation): no threshold can be chosen from F1 0, and the model keeps the documented
+    # default, saying so. The choice itself is tested with a scripted model
+    # (tests/training/test_selection.py).
+    from tasks.scoring.generation import DEFAULT_THRESHOLD
+
     assert summary["selected_on"] == "validation" and summary["best_metric"] == 0.0
-    assert facts["threshold"] is None
+    assert facts["threshold"]["source"] == "default"
+    assert facts["threshold"]["threshold"] == DEFAULT_THRESHOLD and facts["threshold"]["per_class"] == {}
     processor, loaded = load_finetuned_detector(tmp_path / "model")
     assert type(loaded).__name__ == "PeftModel"
     merged = load_finetuned_detector(tmp_path / "merged")[1]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,25 +32,30 @@ def night_runs(port: int, deployment_id: str) -> list[dict]:
     return [run for run in runs if not run["auto_scheduled"]]
 
 
+def landing_source(tmp_path: Path, count: int) -> tuple[list[str], Path, Callable[[list[str]], None]]:
+    """Labelled images made aside, an empty source, and `land(stems)` copying some in (each
+    image with its XML)."""
+    made, source = tmp_path / "made", tmp_path / "source"
+    generate(made, count=count, seed=3, troubles=False)
+    (source / "images").mkdir(parents=True)
+    (source / "annotations").mkdir()
+
+    def land(batch: list[str]) -> None:
+        for stem in batch:
+            image = next((made / "images").glob(f"{stem}.*"))
+            shutil.copy(image, source / "images")
+            shutil.copy(made / "annotations" / f"{stem}.xml", source / "annotations")
+
+    return sorted(p.stem for p in (made / "annotations").glob("*.xml")), source, land
+
+
 def run_log(port: int, flow_run_id: str) -> list[str]:
     return [log["message"] for log in api(port, "/logs/filter", {
         "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})]
 
 
 def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night(tmp_path):
-    made = tmp_path / "made"
-    generate(made, count=60, seed=3, troubles=False)
-    stems = sorted(p.stem for p in (made / "annotations").glob("*.xml"))
-    source = tmp_path / "source"
-    (source / "images").mkdir(parents=True)
-    (source / "annotations").mkdir()
-
-    def land(batch):
-        for stem in batch:
-            image = next((made / "images").glob(f"{stem}.*"))
-            shutil.copy(image, source / "images")
-            shutil.copy(made / "annotations" / f"{stem}.xml", source / "annotations")
-
+    stems, source, land = landing_source(tmp_path, 60)
     land(stems[:30])  # there before serve: the watch does not count them
     config = tmp_path / "plant.yaml"
     config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
@@ -112,19 +118,8 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
     """A night SIGKILLed: its heartbeats stop, Prefect's zombie-flow automation (which serve
     keeps on the home's server) marks it Crashed, its concurrency slot goes back by Prefect's
     rules, and the next landing starts a night. Heartbeats every 30 s (Prefect's shortest)."""
-    made = tmp_path / "made"
-    generate(made, count=12, seed=3, troubles=False)
-    stems = sorted(p.stem for p in (made / "annotations").glob("*.xml"))
-    source, work = tmp_path / "source", tmp_path / "w"
-    (source / "images").mkdir(parents=True)
-    (source / "annotations").mkdir()
-
-    def land(batch):
-        for stem in batch:
-            image = next((made / "images").glob(f"{stem}.*"))
-            shutil.copy(image, source / "images")
-            shutil.copy(made / "annotations" / f"{stem}.xml", source / "annotations")
-
+    stems, source, land = landing_source(tmp_path, 12)
+    work = tmp_path / "w"
     config = tmp_path / "plant.yaml"
     config.write_text(tiny_nightly_config("plant", source, max_steps=400, eval_steps=400)
                       + "schedule: {cron: '0 0 1 1 *'}\n"

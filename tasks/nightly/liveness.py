@@ -61,8 +61,10 @@ def ensure_zombie_automation(heartbeat_s: int) -> str:
     wanted = zombie_automation(heartbeat_s)
     with get_client(sync_client=True) as client:
         found = client.read_automations_by_name(name=ZOMBIE_AUTOMATION)
-        core = AutomationCore(**wanted.model_dump(exclude={"id"}))
         if not found:
+            core = AutomationCore(**wanted.model_dump(exclude={"id"}))
             return str(client.create_automation(automation=core))
+        # (an update takes no owner_resource: Prefect's own Automation.update leaves it out)
+        core = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
         client.update_automation(automation_id=found[0].id, automation=core)
         return str(found[0].id)

@@ -290,3 +290,62 @@ def test_a_batch_whose_event_was_lost_is_sent_again_until_prefect_has_it(tmp_pat
         time.sleep(1)
     assert landing.prefect_has(event["id"], "retrain/retrain-lost")
     assert LandingWatch.starting_now(config.source, config.trigger, work / WATCH_STATE).pending == []
+
+
+def test_a_served_line_loses_no_batch_to_a_folder_made_again_or_a_server_away(tmp_path):
+    """A real serve on the home's lasting server: the source folders deleted and made again
+    with new labelled images start a night; the server stopped while a batch lands, and
+    started again, and that batch starts exactly one night (its event kept in the work dir and
+    sent again until Prefect has it)."""
+    stems, source, land = landing_source(tmp_path, 16)
+    config = tmp_path / "plant.yaml"
+    config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
+                      + "schedule: {cron: '0 0 1 1 *'}\n"
+                      f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 3}}\n")
+    port, home = free_port(), tmp_path / "home"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    defectflow = str(Path(sys.executable).parent / "defectflow")
+
+    def server(command: str) -> None:
+        subprocess.run([defectflow, "--home", str(home), "server", command,
+                        *(["--port", str(port)] if command == "start" else [])],
+                       env=env, check=True, capture_output=True, timeout=180)
+
+    server("start")
+    serve = subprocess.Popen([defectflow, "--home", str(home), "serve", str(config), "--work",
+                              str(tmp_path / "w")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
+        assert deployment, "no deployment on the home's server"
+        time.sleep(3)
+        shutil.rmtree(source)  # a sync tool: rm -rf, then copy again
+        (source / "images").mkdir(parents=True)
+        (source / "annotations").mkdir()
+        land(stems[:4])
+        first = wait_for(lambda: night_runs(port, deployment["id"]), QUIET_S + 60)
+        assert first, "the folders made again started no night"
+        assert wait_for(lambda: api(port, f"/flow_runs/{first[0]['id']}")["state_type"]
+                        == "COMPLETED", 300)
+
+        server("stop")  # the server away while a batch lands
+        land(stems[4:8])
+        time.sleep(QUIET_S + 20)  # the watch has tried to send it, and could not
+        server("start")
+        second = wait_for(lambda: night_runs(port, deployment["id"])[1:], 120)
+        assert second, "the batch that landed while the server was away started no night"
+        assert second[0]["parameters"]["landed"]["images"] == 4
+        assert wait_for(lambda: api(port, f"/flow_runs/{second[0]['id']}")["state_type"]
+                        == "COMPLETED", 300)
+        time.sleep(QUIET_S + 20)
+        assert len(night_runs(port, deployment["id"])) == 2  # exactly one night for it
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            output = serve.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            output = serve.communicate()[0]
+        server("stop")
+    print(output[-3000:])

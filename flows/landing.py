@@ -104,7 +104,9 @@ def announce(config: DatasetConfig, landing: Landing) -> None:
                   f"({', '.join(payload['examples'])}...)")
 
 
-RESEND_S = 15  # an event Prefect has not confirmed is sent again after this long, same id
+RESEND_S = 60  # an event Prefect has not confirmed is sent again after this long, same id (its
+# trigger and its record may lag a loaded server by seconds: a resend it already took is a
+# second night once the server restarted and forgot the ids it saw)
 
 
 def send_pending(config: DatasetConfig, deployment: str, landing: LandingWatch,
@@ -193,7 +195,7 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
     landing = LandingWatch.starting_now(config.source, config.trigger,
                                         work / WATCH_STATE if work else None, config.name)
     sent: dict[str, float] = {}
-    said_none = False
+    said_none, failing = False, None
     while not stop.is_set():
         folders = source_folders(config)
         there = [folder for folder, identity in folders.items() if identity is not None]
@@ -221,7 +223,14 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
                     announce(config, batch)
                 send_pending(config, deployment, landing, sent, now)
             except Exception as error:  # noqa: BLE001 - the server away a moment: try next tick
-                console.print(f"[yellow]landing watch: {error!r}; trying again[/yellow]")
+                if failing != repr(error):  # said once, not every tick
+                    console.print(f"[yellow]landing watch: {error!r}; trying again every tick, "
+                                  "batches kept in the work dir[/yellow]")
+                failing = repr(error)
+                continue
+            if failing is not None:
+                console.print("landing watch: Prefect answers again")
+                failing = None
 
 
 def in_background(config: DatasetConfig, deployment: str,

@@ -5,6 +5,7 @@ with this call's config, work dir and home, one run at a time across the deploym
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 from flows.landing import in_background as watch_in_background
@@ -53,13 +54,36 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
                           "deployment's one slot until marked by hand[/yellow]")
         stop_watching = watch_in_background(config, deployment, work.resolve())
         try:
-            retrain.serve(name=deployment_name(config), schedule=schedule, global_limit=1,
-                          limit=1, print_starting_message=announce,
-                          triggers=[trigger] if trigger else None,
-                          parameters=deployment_parameters(config_path, work, home))
+            serve_through_outages(lambda: retrain.serve(
+                name=deployment_name(config), schedule=schedule, global_limit=1, limit=1,
+                print_starting_message=announce, triggers=[trigger] if trigger else None,
+                parameters=deployment_parameters(config_path, work, home)), api_url)
         finally:
             if stop_watching is not None:
                 stop_watching.set()
+
+
+def serve_through_outages(serve_once, api_url: str, wait_s: float = 2.0) -> None:
+    """Prefect's runner ends when its server stops answering (a restart, an upgrade): serve
+    again once it answers, so the schedule, the trigger and the landing watch (which keeps its
+    batches meanwhile) carry on. Ctrl-C still stops it."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from tasks.nightly.server import answers
+
+    while True:
+        try:
+            serve_once()
+            return
+        except (httpx.TransportError, PrefectHTTPStatusError) as error:
+            status = getattr(getattr(error, "response", None), "status_code", 503)
+            if status < 500:
+                raise
+            console.print(f"[yellow]the Prefect server at {api_url} stopped answering "
+                          f"({type(error).__name__}): serving again once it answers[/yellow]")
+        while not answers(api_url):
+            time.sleep(wait_s)
 
 
 def landing_line(config) -> str:

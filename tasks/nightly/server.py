@@ -45,6 +45,9 @@ def free_port() -> int:
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # as the server binds it: a port its last server left in TIME_WAIT is free (a restart
+        # on the same port, where every serve and night still looks for it)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
             return True
@@ -52,7 +55,8 @@ def port_is_free(port: int) -> bool:
             return False
 
 
-def _healthy(api_url: str) -> bool:
+def answers(api_url: str) -> bool:
+    """Whether the Prefect server at `api_url` answers its health check."""
     import httpx
 
     try:
@@ -147,7 +151,7 @@ def prefect_server(prefect_home: str | Path, port: int | None = None,
     server, api_url = _start(home, port if port and port_is_free(port) else free_port(),
                              detached=False)
     try:
-        wait_until(lambda: _healthy(api_url), server, timeout_s,
+        wait_until(lambda: answers(api_url), server, timeout_s,
                    f"the Prefect server did not start; see {home.prefect / 'server.log'}")
         with _pointing_at(api_url):
             yield api_url
@@ -162,7 +166,7 @@ def start_home_server(home: Home, port: int = DEFAULT_PORT, timeout_s: float = 1
         return {**json.loads(home.server_record.read_text()), "url": url, "started": False}
     server, api_url = _start(home, port if port_is_free(port) else free_port(), detached=True)
     try:
-        wait_until(lambda: _healthy(api_url), server, timeout_s,
+        wait_until(lambda: answers(api_url), server, timeout_s,
                    f"the Prefect server did not start; see {home.prefect / 'server.log'}")
     except ServerUnavailable:
         _end_group(server.pid)

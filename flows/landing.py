@@ -192,11 +192,20 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
     from watchfiles import watch
 
     assert config.trigger is not None
-    landing = LandingWatch.starting_now(config.source, config.trigger,
-                                        work / WATCH_STATE if work else None, config.name)
-    sent: dict[str, float] = {}
+    landing, sent = None, {}
     said_none, failing = False, None
     while not stop.is_set():
+        if landing is None:  # its state file unwritable (the work dir gone): said, tried again
+            try:
+                landing = LandingWatch.starting_now(config.source, config.trigger,
+                                                    work / WATCH_STATE if work else None,
+                                                    config.name)
+            except OSError as error:
+                if failing != repr(error):
+                    console.print(f"[yellow]landing watch: {error!r}; trying again[/yellow]")
+                failing = repr(error)
+                stop.wait(5 * tick_s)
+                continue
         folders = source_folders(config)
         there = [folder for folder, identity in folders.items() if identity is not None]
         if not there:

@@ -49,6 +49,23 @@ def landing_source(tmp_path: Path, count: int) -> tuple[list[str], Path, Callabl
     return sorted(p.stem for p in (made / "annotations").glob("*.xml")), source, land
 
 
+def serve_env(**more: str) -> dict[str, str]:
+    """A served line's environment: none of this session's Prefect settings (serve finds its
+    home's server itself), the repository importable, the runner polling every second."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    return {**env, "PYTHONPATH": str(REPO), "PREFECT_RUNNER_POLL_FREQUENCY": "1", **more}
+
+
+def stopped(serve: subprocess.Popen) -> str:
+    """Ctrl-C to a served line (killed after 2 minutes); what it printed."""
+    serve.send_signal(signal.SIGINT)
+    try:
+        return serve.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        return serve.communicate()[0]
+
+
 def run_log(port: int, flow_run_id: str) -> list[str]:
     return [log["message"] for log in api(port, "/logs/filter", {
         "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})]
@@ -62,8 +79,7 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
                       + "schedule: {cron: '0 0 1 1 *'}\n"
                       f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 5}}\n")
     port, home = free_port(), tmp_path / "home"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    env = serve_env()
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
          str(config), "--work", str(tmp_path / "w"), "--port", str(port)],
@@ -105,12 +121,7 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
         time.sleep(QUIET_S + 15)
         assert len(night_runs(port, deployment["id"])) == 2
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            output = serve.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            output = serve.communicate()[0]
+        output = stopped(serve)
     assert output.count("defectflow.images.landed sent") == 2, output[-3000:]
 
 
@@ -125,9 +136,7 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
                       + "schedule: {cron: '0 0 1 1 *'}\n"
                       "trigger: {quiet_seconds: 2, min_new_images: 3}\n")
     port, home = free_port(), tmp_path / "home"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="1",
-               PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+    env = serve_env(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
          str(config), "--work", str(work), "--port", str(port)],
@@ -160,12 +169,7 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
         assert wait_for(lambda: api(port, f"/flow_runs/{second[0]['id']}")["state_type"]
                         in ("RUNNING", "COMPLETED"), 120), "night 2 never got the slot"
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            serve.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.communicate()
+        stopped(serve)
 
 
 def test_a_run_stuck_pending_holds_batches_back_only_while_it_may_be_starting():
@@ -303,8 +307,7 @@ def test_a_served_line_watches_its_source_folders_deleted_and_made_again(tmp_pat
                       + "schedule: {cron: '0 0 1 1 *'}\n"
                       f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 3}}\n")
     port, home = free_port(), tmp_path / "home"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(PYTHONPATH=str(REPO), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    env = serve_env()
     defectflow = str(Path(sys.executable).parent / "defectflow")
 
     def server(command: str) -> None:
@@ -330,11 +333,6 @@ def test_a_served_line_watches_its_source_folders_deleted_and_made_again(tmp_pat
         assert wait_for(lambda: api(port, f"/flow_runs/{first[0]['id']}")["state_type"]
                         == "COMPLETED", 300)
     finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            output = serve.communicate(timeout=120)[0]
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            output = serve.communicate()[0]
+        output = stopped(serve)
         server("stop")
         print(output[-4000:])  # serve's console, shown when the test fails

@@ -112,11 +112,7 @@ RESEND_S = 60  # an event Prefect has not confirmed is sent again after this lon
 def send_pending(config: DatasetConfig, deployment: str, landing: LandingWatch,
                  sent: dict[str, float], now: float) -> None:
     """Each pending batch: confirmed once Prefect has its event (read back) or a night it
-    started; else sent, again every RESEND_S under the same id (Prefect's trigger takes an
-    event id once). `emit_event` does not raise when the server is away: only the read back
-    tells that Prefect has it."""
-    from prefect.events import emit_event
-
+    started; else sent, again every RESEND_S under the same id, until then."""
     for event in list(landing.pending):
         if prefect_has(event["id"], deployment):
             landing.confirmed(event["id"])
@@ -125,13 +121,27 @@ def send_pending(config: DatasetConfig, deployment: str, landing: LandingWatch,
         if now - sent.get(event["id"], float("-inf")) < RESEND_S:
             continue
         again = event["id"] in sent
-        emit_event(event=LANDED_EVENT, id=UUID(event["id"]), payload=event["payload"],
-                   resource={"prefect.resource.id": line_resource_id(config.name),
-                             "prefect.resource.name": config.name})
+        post_event(config, event)
         sent[event["id"]] = now
         console.print(f"{LANDED_EVENT} {event['id'][:8]} not received yet: sending it again"
                       if again else f"{event['payload']['images']} labelled images: "
                       f"{LANDED_EVENT} sent ({event['id'][:8]})")
+
+
+def post_event(config: DatasetConfig, event: dict) -> None:
+    """POST the landing event to the server's /events and raise unless it took it. Not
+    `emit_event`: that hands the event to a background client that says nothing when the
+    server is away and, reconnecting after a restart, replays every event it had not
+    checkpointed; the restarted server has forgotten the ids it saw, so a replay beside our
+    own resend was a second night."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import Event
+
+    landed = Event(event=LANDED_EVENT, id=UUID(event["id"]), payload=event["payload"],
+                   resource={"prefect.resource.id": line_resource_id(config.name),
+                             "prefect.resource.name": config.name})
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[landed.model_dump(mode="json")])
 
 
 def prefect_has(event_id: str, deployment: str) -> bool:

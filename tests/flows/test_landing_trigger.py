@@ -3,6 +3,7 @@ batch of labelled images becomes a `defectflow.images.landed` event, and the dep
 starts a night that names the event; batches landing during a night make one more night after
 it; a batch below `min_new_images` starts nothing."""
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tasks.demo.sample_data import generate
-from tasks.nightly.landing import LANDED_EVENT
+from tasks.nightly.landing import LANDED_EVENT, WATCH_STATE
 from tasks.nightly.liveness import ZOMBIE_AUTOMATION
 from tasks.nightly.server import free_port
 from tests.flows.test_serve import api, wait_for
@@ -250,10 +251,13 @@ def test_a_source_folder_made_later_or_made_again_is_watched(tmp_path, monkeypat
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_a_batch_whose_event_was_lost_is_sent_again_until_prefect_has_it(tmp_path, monkeypatch):
-    """`emit_event` does not raise when its event is lost (the server away): the batch stays
-    pending in the work dir, a restarted watch finds it, and it is sent again, under the same
-    id, until Prefect's own events have it."""
+def test_a_batch_whose_event_was_lost_is_sent_again_until_prefect_has_it(tmp_path):
+    """An event the server did not take (away): the batch stays pending in the work dir, a
+    restarted watch finds it, and it is sent again, under the same id, until Prefect's own
+    events have it."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     import flows.landing as landing
     from tasks.core.config import load_config
     from tasks.nightly.landing import WATCH_STATE, LandingWatch
@@ -277,11 +281,10 @@ def test_a_batch_whose_event_was_lost_is_sent_again_until_prefect_has_it(tmp_pat
     assert len(watch.batch(5, lambda: False).images) == 3
     [event] = watch.pending
 
-    lost = []
-    monkeypatch.setattr("prefect.events.emit_event", lambda **event: lost.append(event["id"]))
-    landing.send_pending(config, "retrain/retrain-lost", watch, {}, now=10)
-    assert [str(i) for i in lost] == [event["id"]]  # "sent", and lost on the way
-    monkeypatch.undo()
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}), \
+            pytest.raises(httpx.TransportError):  # no server there: said, not "sent"
+        landing.send_pending(config, "retrain/retrain-lost", watch, {}, now=10)
+    assert watch.pending == [event]
 
     restarted = LandingWatch.starting_now(config.source, config.trigger, work / WATCH_STATE,
                                           config.name)  # serve killed and started again
@@ -336,3 +339,69 @@ def test_a_served_line_watches_its_source_folders_deleted_and_made_again(tmp_pat
         output = stopped(serve)
         server("stop")
         print(output[-4000:])  # serve's console, shown when the test fails
+
+
+def test_a_batch_landing_while_the_server_is_away_or_serve_is_killed_starts_exactly_one_night(
+        tmp_path):
+    """A real serve on the home's lasting server. The server stopped while a batch lands and
+    started again: that batch starts exactly one night. Then serve killed while it holds a
+    batch (the server away, so it could not be sent) and both started again: exactly one
+    night for it too (what the watch saw is kept in the work dir: the batch is everything
+    since, looked at once the folders are quiet)."""
+    stems, source, land = landing_source(tmp_path, 12)
+    config, work = tmp_path / "plant.yaml", tmp_path / "w"
+    config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
+                      + "schedule: {cron: '0 0 1 1 *'}\n"
+                      f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 3}}\n")
+    port, home = free_port(), tmp_path / "home"
+    env = serve_env()
+    defectflow = str(Path(sys.executable).parent / "defectflow")
+
+    def server(command: str) -> None:
+        subprocess.run([defectflow, "--home", str(home), "server", command,
+                        *(["--port", str(port)] if command == "start" else [])],
+                       env=env, check=True, capture_output=True, timeout=180)
+
+    def serve_line() -> subprocess.Popen:
+        return subprocess.Popen([defectflow, "--home", str(home), "serve", str(config),
+                                 "--work", str(work)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def one_night_for(batch: list[str], nights_before: int, deployment_id: str) -> None:
+        started = wait_for(lambda: night_runs(port, deployment_id)[nights_before:], 150)
+        assert started, f"the batch {batch[0]}.. started no night"
+        assert started[0]["parameters"]["landed"]["images"] == len(batch)
+        assert wait_for(lambda: api(port, f"/flow_runs/{started[0]['id']}")["state_type"]
+                        == "COMPLETED", 300)
+        time.sleep(QUIET_S + 20)  # a second night for it would have started by now
+        assert len(night_runs(port, deployment_id)) == nights_before + 1
+
+    def watch_saw(stem: str) -> bool:  # what the watch kept in the work dir counts the image
+        return any(stem in path for path in json.loads((work / WATCH_STATE).read_text())["seen"])
+
+    server("start")
+    serve = serve_line()
+    try:
+        deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
+        assert deployment, "no deployment on the home's server"
+        time.sleep(3)
+
+        server("stop")  # away while a batch lands: the watch cannot ask whether a night runs
+        land(stems[:4])
+        time.sleep(QUIET_S + 10)
+        server("start")
+        one_night_for(stems[:4], 0, deployment["id"])
+
+        server("stop")
+        land(stems[4:8])
+        time.sleep(QUIET_S + 10)
+        assert not watch_saw(stems[4]), "the watch took a batch it could not announce"
+        os.killpg(serve.pid, signal.SIGKILL)  # serve killed while it holds the batch
+        serve.communicate()
+        server("start")
+        serve = serve_line()
+        one_night_for(stems[4:8], 1, deployment["id"])
+    finally:
+        output = stopped(serve)
+        server("stop")
+    assert "Traceback" not in output, output[-3000:]

@@ -24,6 +24,7 @@ from tasks.nightly.landing import (
     LandingWatch,
     line_resource_id,
 )
+from tasks.nightly.liveness import work_dir_held
 
 # The flow run's `landed` parameter, filled from the event by Prefect's trigger (Jinja).
 EVENT_PARAMETERS = {"event": "{{ event.event }}", "event_id": "{{ event.id | string }}",
@@ -68,12 +69,16 @@ def deployment_runs(client, deployment: str, states: list) -> tuple[object | Non
             type=FlowRunFilterStateType(any_=states))))
 
 
-def night_running(deployment: str) -> bool:
-    """Whether a run of the deployment (`flow/name`) is running, or due to start now; False
-    when it is not deployed (yet)."""
+def night_running(deployment: str, work: Path | None = None) -> bool:
+    """Whether a night of the line runs: a live process holds its `work` dir's lock (what
+    Prefect cannot know: a live night its zombie automation marked Crashed after the server was
+    away for longer than three heartbeats), or a run of the deployment (`flow/name`) is
+    running or due to start now; False when it is not deployed (yet)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
 
+    if work is not None and work_dir_held(work):
+        return True
     with get_client(sync_client=True) as client:
         _, runs = deployment_runs(client, deployment, [
             StateType.RUNNING, StateType.PENDING, StateType.CANCELLING, StateType.SCHEDULED])
@@ -237,7 +242,7 @@ def watch_landings(config: DatasetConfig, deployment: str, stop: threading.Event
             if replaced:
                 break  # watch the folders there now
             try:
-                batch = landing.batch(now, lambda: night_running(deployment))
+                batch = landing.batch(now, lambda: night_running(deployment, work))
                 if batch is not None:
                     announce(config, batch)
                 send_pending(config, deployment, landing, sent, now)

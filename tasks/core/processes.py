@@ -13,3 +13,16 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's, alive
     return True
+
+
+def running_since(pid: int, since: float) -> bool:
+    """Whether process `pid` runs and was already running at `since` (epoch seconds): a pid the
+    system has since given to a process started later is another process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() <= since + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return process_alive(pid)

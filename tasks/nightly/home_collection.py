@@ -26,22 +26,12 @@ from pydantic_core import from_json
 from tasks.core.home import Home
 from tasks.core.processes import process_alive
 from tasks.images.store import store_version
+from tasks.nightly.liveness import LOCK_FILE, lock_holder, names_no_holder
 
 BUSY_FOR_S = 24 * 3600  # a `prepare` command "running" for longer than this was killed
 PAGE = 200
-LOCK_FILE = ".retrain.lock"  # promotion.work_dir_lock writes its holder's pid into it
 RAN = ["Completed", "Failed", "Crashed", "TimedOut", "Running", "Retrying"]  # not "Cached"
 MEMO_STEPS = {"ingest", "process-images", "target-budget", "augment", "loc-targets"}  # use memos
-
-
-def lock_holder(work: Path) -> tuple[int, float] | None:
-    """The pid a work dir's lock names (its last holder; Prefect never hears of a killed run,
-    which stays Running) and when that one took it, or None."""
-    try:
-        path = work / LOCK_FILE
-        return int(path.read_text().strip()), path.stat().st_mtime
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass
@@ -68,6 +58,8 @@ def _running(run, ours: Path | None, now: float) -> bool:
     holder = lock_holder(work) if work is not None else None
     if holder is not None:
         return process_alive(holder[0])
+    if work is not None and names_no_holder(work / LOCK_FILE):
+        return False  # its lock was let go: nothing holds the line
     started = run.start_time or run.expected_start_time
     return started is not None and now - started.timestamp() < BUSY_FOR_S
 

@@ -6,17 +6,23 @@ own rules, and the server's repossessor reclaims a lease nobody renews.
 
 What Prefect cannot know stays by hand: the work dir's lock (promotion.work_dir_lock). With the
 server away for longer than the missed heartbeats while a night is alive, the automation marks
-that live night Crashed once the server is back, and the next landing starts another night: it
-finds the lock held and ends `Cancelled`, and the live night keeps its work dir and finishes.
+that live night Crashed once the server is back (its slot goes back; its tasks run on, and it
+ends Completed: Prefect lets a Crashed run finish). The landing watch holds its batches while a
+live process holds the lock, whatever Prefect says; a night the cron starts meanwhile finds the
+lock held and ends `Cancelled`. The live night keeps its work dir and its result.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
+
+from tasks.core.processes import running_since
 
 ZOMBIE_AUTOMATION = "defectflow: crash flow runs whose heartbeats stopped"
 MISSED_HEARTBEATS = 3
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+LOCK_FILE = ".retrain.lock"  # promotion.work_dir_lock writes its holder's pid into it
 FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed",
                 "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed")
 
@@ -68,3 +74,27 @@ def ensure_zombie_automation(heartbeat_s: int) -> str:
         core = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
         client.update_automation(automation_id=found[0].id, automation=core)
         return str(found[0].id)
+
+
+def lock_holder(work: Path) -> tuple[int, float] | None:
+    """The pid a work dir's lock names (its last holder; Prefect never hears of a killed run,
+    which stays Running) and when that one took it, or None."""
+    try:
+        path = work / LOCK_FILE
+        return int(path.read_text().strip()), path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+
+
+def names_no_holder(lock: Path) -> bool:
+    try:
+        return lock.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def work_dir_held(work: Path) -> bool:
+    """Whether a live process holds the work dir's lock (a night, whatever Prefect says of it:
+    one the zombie automation marked Crashed while its server was away is still at work)."""
+    holder = lock_holder(work)
+    return holder is not None and running_since(*holder)

@@ -48,6 +48,7 @@ def work_dir_lock(work_dir: str | Path) -> Iterator[bool]:
         handle.flush()
         yield True
     finally:
+        handle.truncate(0)  # names no holder once free (a process may run several nights)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from tasks.core.config import DatasetConfig
 from tasks.core.home import Home
 from tasks.core.processes import process_alive
-from tasks.nightly.home_collection import lock_holder
 from tasks.nightly.leftovers import disk_use
+from tasks.nightly.liveness import lock_holder
 from tasks.nightly.registry import (
     CHAMPION,
     RegistryUnreachable,

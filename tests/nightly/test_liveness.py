@@ -19,3 +19,42 @@ def test_the_zombie_automation_is_made_once_and_follows_the_heartbeat():
     assert trigger.within.total_seconds() == MISSED_HEARTBEATS * 30
     assert trigger.posture == "Proactive" and "prefect.flow-run.heartbeat" in trigger.after
     assert [action.type for action in found[0].actions] == ["change-flow-run-state"]
+
+
+def test_a_work_dir_is_held_only_by_the_live_process_that_took_its_lock(tmp_path):
+    """The lock says which process holds the line whatever Prefect says of it: held while its
+    holder runs; not once it let go, was killed, or when its pid now names a later process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flows.landing import night_running
+    from tasks.nightly.liveness import LOCK_FILE, work_dir_held
+    from tests.support import REPO
+
+    work = tmp_path / "line"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time\nfrom tasks.nightly.promotion import work_dir_lock\n"
+         f"with work_dir_lock({str(work)!r}) as ours:\n    print(ours, flush=True)\n"
+         "    time.sleep(600)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert work_dir_held(work)
+        # no Prefect server is asked: the live holder is enough to hold the watch's batches
+        assert night_running("retrain/nowhere", work)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not work_dir_held(work)  # killed: its pid stays in the file, its process is gone
+
+    (work / LOCK_FILE).write_text(str(os.getpid()))  # a pid now naming a later process
+    long_ago = time.time() - 3600
+    os.utime(work / LOCK_FILE, (long_ago, long_ago))
+    assert not work_dir_held(work)
+
+    subprocess.run([sys.executable, "-c", "from tasks.nightly.promotion import work_dir_lock\n"
+                    f"with work_dir_lock({str(work)!r}):\n    pass\n"], cwd=REPO, check=True)
+    assert (work / LOCK_FILE).read_text() == "" and not work_dir_held(work)  # let go

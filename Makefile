@@ -10,7 +10,7 @@ export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test ui ui-check serve lint bench bench-learning soak clean
+.PHONY: venv demo test ui ui-check serve lint bench bench-learning seeds soak clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ bench: venv
 # The demo's night 1 for 3 seeds in fresh processes: test mAP50 (min / median) and minutes.
 bench-learning: venv
 	$(BIN)/python -m bench.learning
+
+# Every test that trains a model, for 20 pytest-randomly seeds under ATEN_CPU_CAPABILITY=avx2
+# and default, each a fresh pytest; the table goes to bench/RESULTS.md.
+seeds: venv
+	$(BIN)/python -m bench.seeds
 
 # Two lines, 12 nights each, on one home and one Prefect server, 4 nights killed at random and
 # run again; checks the registry, the disk and what kills leave behind (~20 min on 2 cores).

@@ -11,7 +11,7 @@ from tasks.core.config import ModelConfig, TrainConfig
 from tasks.training.train import train_step
 from tests.support import artifacts_of
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.slow, pytest.mark.trains, pytest.mark.usefixtures("prefect_server")]
 runner = CliRunner()
 
 

@@ -95,6 +95,7 @@ def test_the_xml_has_the_layout_labelimg_itself_writes():
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 @pytest.mark.usefixtures("prefect_server")
 def test_a_trained_tiny_model_predicts_on_real_photos_it_never_saw(synthetic_dataset, tmp_path,
                                                                   home):

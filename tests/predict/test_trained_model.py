@@ -23,7 +23,7 @@ from tasks.training.models import load_finetuned_detector
 from tasks.training.train import train_step
 from tests.support import prepare_without_prefect
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trains]
 
 NAMES = ["patch", "scratch", "spot"]
 SPLIT = {"train": 0.75, "validation": 0.25, "test": 0.0}

@@ -74,6 +74,7 @@ def test_the_test_split_is_never_loaded_for_training(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 def test_training_without_validation_chooses_on_set_aside_train_images(tmp_path, caplog):
     from tasks.demo.sample_data import generate
     from tasks.training.train import train_step
@@ -100,6 +101,7 @@ def test_training_without_validation_chooses_on_set_aside_train_images(tmp_path,
 
 
 @pytest.mark.slow
+@pytest.mark.trains
 def test_with_nothing_to_set_aside_the_last_checkpoint_is_kept(tmp_path):
     from tasks.demo.sample_data import generate
     from tasks.training.train import train_step

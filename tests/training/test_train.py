@@ -15,7 +15,7 @@ from tasks.training.train import lr_warning, train_step
 from tasks.training.trainer import FAULT_ENV
 from tests.support import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trains]
 
 
 def test_lora_training_lowers_the_loss_and_saves_a_loadable_adapter(synthetic_dataset, tmp_path):

@@ -92,10 +92,14 @@ def alias_version(client, model_name: str, alias: str):
     return ask(f"{model_name} v{version}", lambda: client.get_model_version(model_name, str(version)))
 
 
-def _experiment_id(client, name: str, artifact_root: Path) -> str:
+def _experiment_id(client, name: str, artifact_root: Path | None) -> str:
+    """The model's experiment; made with its artifacts under `artifact_root`, or, with None
+    (a tracking server), where the server keeps them (`mlflow server --serve-artifacts`)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if artifact_root is None:
+        return client.create_experiment(name)
     artifact_root.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
 
@@ -120,7 +124,9 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
         client.set_registered_model_alias(model_name, CHALLENGER, existing.version)
         return {"model_name": model_name, "version": int(existing.version),
                 "run_id": existing.run_id, "source": existing.source, "existing": True}
-    experiment_id = _experiment_id(client, model_name, Path(artifact_root) / model_name)
+    served = tracking_uri.startswith(("http://", "https://"))  # its files live on its server
+    experiment_id = _experiment_id(client, model_name,
+                                   None if served else Path(artifact_root) / model_name)
     run = client.create_run(experiment_id, run_name=lineage.get("prefect_flow_run_id", "defectflow"),
                             tags={f"defectflow.{k}": str(v) for k, v in lineage.items()})
     run_id = run.info.run_id

@@ -111,8 +111,12 @@ def test_a_tracking_server_answers_none_only_for_itself_and_away_is_unreachable(
     model.mkdir()
     (model / "config.json").write_text("{}")
     assert champion_version(uri, "m") is None  # the server's own answer: no such model
-    register_version(uri, tmp_path / "unused", "m", model, {"coco": {"map50": 0.5}},
-                     {"dataset_fingerprint": "f" * 64})
+    registered = register_version(uri, tmp_path / "unused", "m", model, {"coco": {"map50": 0.5}},
+                                  {"dataset_fingerprint": "f" * 64})
+    # its files went to the server, which serves them (a registry on another machine reads
+    # no path of this one)
+    assert registered["source"].startswith("mlflow-artifacts:") and not (tmp_path / "unused").exists()
+    assert any((tmp_path / "served-artifacts").rglob("config.json"))
     assert champion_version(uri, "m") is None  # a model without the alias
     set_champion(uri, "m", 1, {"promoted": True})
     assert champion_version(uri, "m")["version"] == 1  # aliases come through the REST API

@@ -1,0 +1,108 @@
+"""What `make chaos` checks after every night, read from the servers directly (never through the
+fault proxy): each function returns the invariant breaks it found, one line each."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+LEFTOVERS = re.compile(r"(^\.dataset\.partial-|\.tmp$|\.part$|\.staging)")
+FAULT_WORDS = re.compile(r"registry unreachable|database is locked|503|Connection ?(refused|reset|"
+                         r"aborted)|RemoteDisconnected|ConnectError|Retrying", re.IGNORECASE)
+
+
+def api(port: int, path: str, body: dict | None = None):
+    url = f"http://127.0.0.1:{port}/api{path}"
+    answer = httpx.post(url, json=body, timeout=30) if body is not None else \
+        httpx.get(url, timeout=30)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def registry_breaks(tracking_uri: str, model_name: str, champion_before: int | None,
+                    versions_checked: set[int]) -> tuple[list[str], int | None]:
+    """The champion's files download and load; no version an alias points to lost its files;
+    every promotion decided since the last check compared the challenger with the champion
+    there was before the night (`champion_before`). Returns the breaks and the champion now."""
+    from mlflow import MlflowClient
+
+    from tasks.nightly.registry import download_version, registered_aliases
+    from tasks.training.models import load_finetuned_detector
+
+    client = MlflowClient(tracking_uri)
+    breaks = []
+    aliases = registered_aliases(client, model_name)
+    for alias, number in sorted(aliases.items()):
+        version = client.get_model_version(model_name, str(number))
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                model_dir = download_version(tracking_uri, version.run_id, folder)
+                if alias == "champion":
+                    load_finetuned_detector(model_dir)
+            except Exception as error:  # noqa: BLE001 - what broke is the finding
+                breaks.append(f"{model_name}: alias {alias} -> v{number}: {error!r:.200}")
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        number = int(version.version)
+        if number in versions_checked or "promotion" not in version.tags:
+            continue
+        versions_checked.add(number)
+        decision = json.loads(version.tags["promotion"])
+        if decision.get("champion_version") != champion_before:
+            breaks.append(f"{model_name} v{number}: compared with champion "
+                          f"v{decision.get('champion_version')}, the champion was "
+                          f"v{champion_before}")
+    return breaks, aliases.get("champion")
+
+
+def dataset_breaks(work: Path, labelled: set[str]) -> list[str]:
+    """Every labelled image there (its stem) is in the line's prepared dataset."""
+    import pyarrow.dataset as ds
+
+    folder = work / "prepared" / "dataset"
+    files = [str(p) for p in folder.rglob("*.parquet")] if folder.is_dir() else []
+    present = {Path(item).stem for item in
+               ds.dataset(files, format="parquet").to_table(columns=["source_id"])
+               .column("source_id").to_pylist()} if files else set()
+    missing = sorted(labelled - present)
+    return [f"{work.name}: {len(missing)} labelled images not in the night's dataset "
+            f"({', '.join(missing[:3])}...)"] if missing else []
+
+
+def event_breaks(runs: list[dict]) -> list[str]:
+    """One landing event starts at most one night."""
+    events = Counter((run["parameters"].get("landed") or {}).get("event_id") for run in runs)
+    return [f"event {event} started {count} nights" for event, count in events.items()
+            if event and count > 1]
+
+
+def faults_seen(port: int, run_id: str) -> int:
+    """Lines of a night's log that report a fault it met (a retry, an unreachable registry)."""
+    logs = api(port, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}},
+                                      "limit": 200})
+    return sum(1 for log in logs if FAULT_WORDS.search(log["message"]))
+
+
+def leftover_breaks(home: Path, works: list[Path], port: int) -> list[str]:
+    """Nothing left behind once every night ended and serve stopped: no staging files, no lock
+    held, no night process, no concurrency slot or lease taken."""
+    import psutil
+
+    from tasks.nightly.liveness import work_dir_held
+
+    breaks = [f"left behind: {p.relative_to(home.parent)}" for top in (home, *works)
+              for p in top.rglob("*") if LEFTOVERS.search(p.name)]
+    breaks += [f"{work.name}: its lock is still held" for work in works if work_dir_held(work)]
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "prefect.engine" in command or (" run " in command and "defectflow" in command):
+            breaks.append(f"a night's process is still there: {process.info['pid']} "
+                          f"{command[:120]}")
+    limits = api(port, "/v2/concurrency_limits/filter", {})
+    breaks += [f"concurrency limit {limit['name']}: {limit['active_slots']} slots still taken"
+               for limit in limits if limit.get("active_slots")]
+    return breaks

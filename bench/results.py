@@ -26,6 +26,10 @@ GOALS = {
     "notebook_vs_plus_1_percent": (">=", 20.0),
     "rss_100k_vs_1k": ("<=", 1.5),
     "unchanged_rerun_seconds_1k": ("<=", 5.0),
+    # bench/chaos.py: faults injected on real parts, night after night (issue 43)
+    "chaos_invariant_breaks": ("<=", 0.0),
+    "chaos_nights": (">=", 20.0),
+    "disk_growth_20_vs_5": ("<=", 1.2),
 }
 
 

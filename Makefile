@@ -10,7 +10,7 @@ export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test ui ui-check serve lint bench bench-learning seeds soak clean
+.PHONY: venv demo test ui ui-check serve lint bench bench-learning seeds chaos soak clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ bench-learning: venv
 # and default, each a fresh pytest; the table goes to bench/RESULTS.md.
 seeds: venv
 	$(BIN)/python -m bench.seeds
+
+# Two served lines on one home, 20 nights each, with faults injected on real parts (nights
+# killed, Prefect restarted, a real MLflow server behind a fault proxy, SQLite's write lock held,
+# source folders remade), the invariants checked after every night (~45 min on 2 cores).
+chaos: venv
+	$(BIN)/python -m bench.chaos
 
 # Two lines, 12 nights each, on one home and one Prefect server, 4 nights killed at random and
 # run again; checks the registry, the disk and what kills leave behind (~20 min on 2 cores).

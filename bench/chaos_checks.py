@@ -46,16 +46,27 @@ def registry_breaks(tracking_uri: str, model_name: str, champion_before: int | N
                     load_finetuned_detector(model_dir)
             except Exception as error:  # noqa: BLE001 - what broke is the finding
                 breaks.append(f"{model_name}: alias {alias} -> v{number}: {error!r:.200}")
-    for version in client.search_model_versions(f"name = '{model_name}'"):
+    # Versions decided since the last check, oldest first: each compared its challenger with
+    # the champion of its moment (the one before it, or the last one promoted since).
+    expected, untagged = champion_before, set()
+    for version in sorted(client.search_model_versions(f"name = '{model_name}'"),
+                          key=lambda v: int(v.version)):
         number = int(version.version)
-        if number in versions_checked or "promotion" not in version.tags:
+        if number in versions_checked:
+            continue
+        if "promotion" not in version.tags:
+            untagged.add(number)  # killed before its decision was recorded, or not decided yet
             continue
         versions_checked.add(number)
         decision = json.loads(version.tags["promotion"])
-        if decision.get("champion_version") != champion_before:
-            breaks.append(f"{model_name} v{number}: compared with champion "
-                          f"v{decision.get('champion_version')}, the champion was "
-                          f"v{champion_before}")
+        compared = decision.get("champion_version")
+        # (a night killed between moving the alias and tagging its decision left an untagged
+        # champion: the next night rightly compares with it)
+        if compared != expected and compared not in untagged:
+            breaks.append(f"{model_name} v{number}: compared with champion v{compared}, the "
+                          f"champion was v{expected}")
+        if decision.get("promoted"):
+            expected = number
     return breaks, aliases.get("champion")
 
 

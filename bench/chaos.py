@@ -230,7 +230,11 @@ def one_night(lines: Lines, number: int, rng: random.Random, champions: dict,
         time.sleep(rng.uniform(10, 30))
         lines.server(True)
     rows = []
-    nights = {name: night_of(lines, name, known[name]) for name in LINES}
+    if number == 1:  # what was there before serve is no landing: a person runs the first night
+        nights = {name: api(lines.port, f"/deployments/{lines.deployment(name)['id']}"
+                            "/create_flow_run", {}) for name in LINES}
+    else:
+        nights = {name: night_of(lines, name, known[name]) for name in LINES}
     injected = {name: int(faults[name] in ("server_away_landing", "folder_again")) for name in LINES}
     threads = [threading.Thread(target=lambda n=name: injected.__setitem__(
         n, injected[n] + inject_during(lines, n, faults[n], rng))) for name in LINES

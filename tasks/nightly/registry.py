@@ -18,6 +18,9 @@ from pydantic import BaseModel
 
 from tasks.core.caching import folder_hash
 from tasks.core.config import DatasetConfig
+from tasks.nightly.embedded_registry import embedded_tracking_uri, ui_command
+
+__all__ = ["embedded_tracking_uri", "ui_command"]  # re-exported: the registry's callers name them
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FILES_COLLECTED = "files_collected"  # retention's tag on a version whose model files are gone
@@ -34,17 +37,6 @@ class RegistryTarget(BaseModel, frozen=True):
 
     tracking_uri: str
     model_name: str
-
-
-def embedded_tracking_uri(mlflow_dir: str | Path) -> str:
-    folder = Path(mlflow_dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-def ui_command(tracking_uri: str, mlflow_dir: str | Path) -> str:
-    return (f"mlflow ui --backend-store-uri {tracking_uri} "
-            f"--default-artifact-root {Path(mlflow_dir).resolve() / 'artifacts'}")
 
 
 def _client(tracking_uri: str):

@@ -68,6 +68,27 @@ def stopped(serve: subprocess.Popen) -> str:
         return serve.communicate()[0]
 
 
+def served_config(tmp_path: Path, source: Path, steps: int, quiet_s: int, min_new: int) -> Path:
+    """A served line's config: the tiny model, a cron that never comes, the landing trigger."""
+    config = tmp_path / "plant.yaml"
+    config.write_text(tiny_nightly_config("plant", source, max_steps=steps, eval_steps=steps)
+                      + "schedule: {cron: '0 0 1 1 *'}\n"
+                      f"trigger: {{quiet_seconds: {quiet_s}, min_new_images: {min_new}}}\n")
+    return config
+
+
+def lasting_server(home: Path, port: int, env: dict[str, str]) -> Callable[[str], None]:
+    """`server("start")` / `server("stop")`: the home's lasting Prefect server, on `port`."""
+    defectflow = str(Path(sys.executable).parent / "defectflow")
+
+    def server(command: str) -> None:
+        subprocess.run([defectflow, "--home", str(home), "server", command,
+                        *(["--port", str(port)] if command == "start" else [])],
+                       env=env, check=True, capture_output=True, timeout=180)
+
+    return server
+
+
 def run_log(port: int, flow_run_id: str) -> list[str]:
     return [log["message"] for log in api(port, "/logs/filter", {
         "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})]
@@ -76,10 +97,7 @@ def run_log(port: int, flow_run_id: str) -> list[str]:
 def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night(tmp_path):
     stems, source, land = landing_source(tmp_path, 60)
     land(stems[:30])  # there before serve: the watch does not count them
-    config = tmp_path / "plant.yaml"
-    config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
-                      + "schedule: {cron: '0 0 1 1 *'}\n"
-                      f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 5}}\n")
+    config = served_config(tmp_path, source, 2, QUIET_S, 5)
     port, home = free_port(), tmp_path / "home"
     env = serve_env()
     serve = subprocess.Popen(
@@ -133,10 +151,7 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
     rules, and the next landing starts a night. Heartbeats every 30 s (Prefect's shortest)."""
     stems, source, land = landing_source(tmp_path, 12)
     work = tmp_path / "w"
-    config = tmp_path / "plant.yaml"
-    config.write_text(tiny_nightly_config("plant", source, max_steps=400, eval_steps=400)
-                      + "schedule: {cron: '0 0 1 1 *'}\n"
-                      "trigger: {quiet_seconds: 2, min_new_images: 3}\n")
+    config = served_config(tmp_path, source, 400, 2, 3)
     port, home = free_port(), tmp_path / "home"
     env = serve_env(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
     serve = subprocess.Popen(
@@ -302,22 +317,13 @@ def test_a_batch_whose_event_was_lost_is_sent_again_until_prefect_has_it(tmp_pat
 
 def test_a_served_line_watches_its_source_folders_deleted_and_made_again(tmp_path):
     """A real serve on the home's lasting server: the source folders deleted and made again
-    with new labelled images (a sync tool: rm -rf, then copy) start a night. (The server
-    stopped while a batch lands and started again is not here yet: it sometimes starts two
-    nights for the batch, see the notes of issue 41.)"""
+    with new labelled images (a sync tool: rm -rf, then copy) start a night."""
     stems, source, land = landing_source(tmp_path, 16)
-    config = tmp_path / "plant.yaml"
-    config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
-                      + "schedule: {cron: '0 0 1 1 *'}\n"
-                      f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 3}}\n")
+    config = served_config(tmp_path, source, 2, QUIET_S, 3)
     port, home = free_port(), tmp_path / "home"
     env = serve_env()
     defectflow = str(Path(sys.executable).parent / "defectflow")
-
-    def server(command: str) -> None:
-        subprocess.run([defectflow, "--home", str(home), "server", command,
-                        *(["--port", str(port)] if command == "start" else [])],
-                       env=env, check=True, capture_output=True, timeout=180)
+    server = lasting_server(home, port, env)
 
     server("start")
     serve = subprocess.Popen([defectflow, "--home", str(home), "serve", str(config), "--work",
@@ -350,18 +356,12 @@ def test_a_batch_landing_while_the_server_is_away_or_serve_is_killed_starts_exac
     night for it too (what the watch saw is kept in the work dir: the batch is everything
     since, looked at once the folders are quiet)."""
     stems, source, land = landing_source(tmp_path, 12)
-    config, work = tmp_path / "plant.yaml", tmp_path / "w"
-    config.write_text(tiny_nightly_config("plant", source, max_steps=2, eval_steps=2)
-                      + "schedule: {cron: '0 0 1 1 *'}\n"
-                      f"trigger: {{quiet_seconds: {QUIET_S}, min_new_images: 3}}\n")
+    config = served_config(tmp_path, source, 2, QUIET_S, 3)
+    work = tmp_path / "w"
     port, home = free_port(), tmp_path / "home"
     env = serve_env()
     defectflow = str(Path(sys.executable).parent / "defectflow")
-
-    def server(command: str) -> None:
-        subprocess.run([defectflow, "--home", str(home), "server", command,
-                        *(["--port", str(port)] if command == "start" else [])],
-                       env=env, check=True, capture_output=True, timeout=180)
+    server = lasting_server(home, port, env)
 
     def serve_line() -> subprocess.Popen:
         return subprocess.Popen([defectflow, "--home", str(home), "serve", str(config),
@@ -415,10 +415,8 @@ def test_a_live_night_marked_crashed_keeps_its_work_dir_and_result(tmp_path):
     night on the work dir while the first one's process holds it; the first night, let go
     on, ends Completed (its result kept), and then the batch starts one night."""
     stems, source, land = landing_source(tmp_path, 12)
-    config, work = tmp_path / "plant.yaml", tmp_path / "w"
-    config.write_text(tiny_nightly_config("plant", source, max_steps=600, eval_steps=600)
-                      + "schedule: {cron: '0 0 1 1 *'}\n"
-                      "trigger: {quiet_seconds: 2, min_new_images: 3}\n")
+    config = served_config(tmp_path, source, 600, 2, 3)
+    work = tmp_path / "w"
     port, home = free_port(), tmp_path / "home"
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",

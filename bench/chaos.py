@@ -41,7 +41,7 @@ from bench.chaos_checks import (
     registry_breaks,
 )
 from bench.fault_proxy import FaultProxy
-from bench.soak import CONFIG, PREFECT_VACUUM, a_day_passes, disk, land, vacuumed
+from bench.soak import CONFIG, PREFECT_VACUUM, a_day_passes, disk, folder_bytes, land, vacuumed
 
 HERE = Path(__file__).resolve().parent
 LINES = ("line-a", "line-b")
@@ -71,6 +71,7 @@ class Lines:
         self.direct = {"line-a": direct_a,
                        "line-b": embedded_tracking_uri(self.home / "mlflow")}
         self.configs, self.numbers, self.serves = {}, {}, {}
+        self.restarting = threading.Lock()
         for index, name in enumerate(LINES):
             generate(work / name, count=images, size=64, seed=index + 1, troubles=False)
             registry = ("registry: {tracking_uri: '" + self.proxy.url + "', promote: "
@@ -111,6 +112,15 @@ class Lines:
         return api(self.port, "/flow_runs/filter", {
             "deployments": {"id": {"any_": [self.deployment(name)["id"]]}},
             "sort": "EXPECTED_START_TIME_ASC"})
+
+    def disk(self) -> dict:
+        """The soak's disk figures, line-a's registry server (its database and artifacts)
+        counted outside the store's images too."""
+        found = disk(self.home)
+        served = folder_bytes(self.work / "mlflow-a-artifacts") + sum(
+            p.stat().st_size for p in self.work.glob("mlflow-a.db*"))
+        return {**found, "outside_store_images": found["outside_store_images"] + served,
+                "registry_server_bytes": served}
 
     def labelled(self, name: str) -> set[str]:
         return {p.stem for p in (self.work / name / "annotations").glob("*.xml")}
@@ -164,19 +174,25 @@ def remake_folders(source: Path) -> None:
 
 def inject_during(lines: Lines, name: str, fault: str | None, rng: random.Random) -> int:
     """The fault while the line's night runs; how many faults it injected."""
-    from tasks.nightly.liveness import lock_holder
+    from tasks.nightly.liveness import lock_holder, work_dir_held
 
     if fault == "kill":
-        holder = waited(lambda: lock_holder(lines.line_work(name)), 120, 0.5)
+        work = lines.line_work(name)  # (a pid a killed night left in the lock is no holder)
+        holder = waited(lambda: work_dir_held(work) and lock_holder(work), 120, 0.5)
         if holder:
             time.sleep(rng.uniform(1, 20))
             kill_tree(holder[0])
             return 1
     elif fault == "prefect_restart":
         time.sleep(rng.uniform(3, 20))
-        lines.server(False)
-        time.sleep(rng.uniform(10, 40))
-        lines.server(True)
+        if not lines.restarting.acquire(blocking=False):
+            return 0  # the other line's night restarts it already
+        try:
+            lines.server(False)
+            time.sleep(rng.uniform(10, 40))
+            lines.server(True)
+        finally:
+            lines.restarting.release()
         return 1
     elif fault == "registry" and name == "line-a":
         time.sleep(rng.uniform(0, 15))
@@ -264,7 +280,7 @@ def one_night(lines: Lines, number: int, rng: random.Random, champions: dict,
         rows.append({"night": number, "line": name, "fault": faults[name] or "none",
                      "outcomes": [state for _, state in tries], "injected": injected[name],
                      "seen": seen + sum(state != "COMPLETED" for _, state in tries),
-                     "breaks": breaks, **(landed.get(name) or {}), **disk(lines.home)})
+                     "breaks": breaks, **(landed.get(name) or {}), **lines.disk()})
         print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("bytes")}),
               flush=True)
     return rows

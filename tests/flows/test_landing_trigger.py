@@ -164,7 +164,7 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
                                                 if a["name"] == ZOMBIE_AUTOMATION], 30)
         time.sleep(3)
         land(stems[:4])
-        first = wait_for(lambda: night_runs(port, deployment["id"]), 60)
+        first = wait_for(lambda: night_runs(port, deployment["id"]), 120)
         assert first, "the landing started no night"
 
         def night_pid():  # the night's process, as its work dir's lock names it
@@ -181,7 +181,7 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
                            == "CRASHED", 240)
         assert crashed, "the killed night was never marked Crashed"
         land(stems[4:8])
-        second = wait_for(lambda: night_runs(port, deployment["id"])[1:], 60)
+        second = wait_for(lambda: night_runs(port, deployment["id"])[1:], 120)
         assert second, "the landing after the crash started no night"
         assert wait_for(lambda: api(port, f"/flow_runs/{second[0]['id']}")["state_type"]
                         in ("RUNNING", "COMPLETED"), 120), "night 2 never got the slot"
@@ -429,7 +429,9 @@ def test_a_live_night_marked_crashed_keeps_its_work_dir_and_result(tmp_path):
         assert deployment, "no deployment on the home's server"
         time.sleep(3)
         land(stems[:4])
-        [night1] = wait_for(lambda: night_runs(port, deployment["id"]), 60)
+        started = wait_for(lambda: night_runs(port, deployment["id"]), 120)
+        assert started, "the landing started no night"
+        night1 = started[0]
         training = wait_for(lambda: [run for run in api(port, "/task_runs/filter", {
             "flow_runs": {"id": {"any_": [night1["id"]]}}}) if run["name"].startswith("train-")
             and run["state_type"] == "RUNNING"], 300)
@@ -447,7 +449,7 @@ def test_a_live_night_marked_crashed_keeps_its_work_dir_and_result(tmp_path):
             time.sleep(2)
         assert wait_for(lambda: api(port, f"/flow_runs/{night1['id']}")["state_type"]
                         == "COMPLETED", 60), "the live night's result was lost"
-        after = wait_for(lambda: night_runs(port, deployment["id"])[1:], 60)
+        after = wait_for(lambda: night_runs(port, deployment["id"])[1:], 120)
         assert after and after[0]["parameters"]["landed"]["images"] == 4
         assert wait_for(lambda: api(port, f"/flow_runs/{after[0]['id']}")["state_type"]
                         in ("RUNNING", "COMPLETED"), 120), "night 2 never got the slot"

@@ -31,21 +31,26 @@ NEVER_STARTED = frozenset({"Pending", "NotReady", "Scheduled", "Late", "Awaiting
 
 def settled(read: Callable[[], list[StateRow]], limit_s: float, pause_s: float = 0.1,
             unfinished_reads: int = 10, clock: Callable[[], float] = time.monotonic,
-            sleep: Callable[[float], None] = time.sleep) -> list[StateRow]:
-    """Read until two reads in a row agree and every state is final (no runs at all may be runs
-    not recorded yet), or `unfinished_reads` reads in a row agree (a task that never ran, after
-    an upstream failure, stays Pending), or `limit_s` has passed: then the last read as it is."""
+            sleep: Callable[[float], None] = time.sleep, agree_s: float = 1.0) -> list[StateRow]:
+    """Read until every state is final and the reads have agreed for `agree_s` (no runs at all
+    may be runs not recorded yet), or `unfinished_reads` reads in a row agree (a task that
+    never ran, after an upstream failure, stays Pending), or `limit_s` has passed: then the last
+    read as it is. (The server records task runs one event at a time: under load it pauses
+    between two for longer than two quick reads apart, so agreeing once proves nothing.)"""
     give_up = clock() + limit_s
-    previous, agreeing = None, 0
+    previous, agreeing, since = None, 0, clock()
     while True:
         rows = read()
-        agreeing = agreeing + 1 if rows == previous else 0
+        if rows == previous:
+            agreeing += 1
+        else:
+            agreeing, since = 0, clock()
         finished = rows and all(final for _, _, final in rows)  # none yet: maybe not recorded
         # Only a run that never started may stay unfinished for good; a Running or Retrying one
         # is still to be recorded as it ends (late under load): that is waited for, to the limit.
         never_ran = all(final or state in NEVER_STARTED for _, state, final in rows)
-        if ((agreeing and finished) or (agreeing >= unfinished_reads and never_ran)
-                or clock() >= give_up):
+        if ((agreeing and finished and clock() - since >= agree_s)
+                or (agreeing >= unfinished_reads and never_ran) or clock() >= give_up):
             return rows
         previous = rows
         sleep(pause_s)

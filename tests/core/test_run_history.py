@@ -33,7 +33,19 @@ def test_waits_for_runs_not_yet_recorded_and_unfinished_ones():
                  [("ingest", "Cached", True), ("publish", "Completed", True)])
     rows = settled(read, limit_s=15, clock=clock, sleep=clock.sleep)
     assert rows == [("ingest", "Cached", True), ("publish", "Completed", True)]
-    assert clock.now < 1  # four reads to get there, then one to agree
+    assert clock.now < 2  # four reads to get there, then a second of reads that agree
+
+
+def test_a_recorder_that_pauses_between_two_task_runs_is_waited_for():
+    """Under load the server writes one task run, pauses half a second, writes the next: two
+    reads that agree within the pause are not the end."""
+    clock = Clock()
+
+    def read():
+        return [("shard", "Completed", True)] * (1 if clock.now < 0.5 else 2)
+
+    rows = settled(read, limit_s=15, clock=clock, sleep=clock.sleep)
+    assert len(rows) == 2
 
 
 def test_a_run_that_stays_unfinished_ends_the_wait_after_a_while_not_at_the_limit():

@@ -313,7 +313,6 @@ def main() -> None:
             rows += one_night(lines, number, rng, champions, checked)
             a_day_passes(lines.home)
             vacuumed(lines.home)
-    finally:
         for serve in lines.serves.values():
             serve.send_signal(2)
         for serve in lines.serves.values():
@@ -321,10 +320,13 @@ def main() -> None:
                 serve.wait(120)
             except subprocess.TimeoutExpired:
                 kill_tree(serve.pid)
-    left = leftover_breaks(lines.home, [lines.line_work(n) for n in LINES], lines.port)
-    lines.server(False)
-    lines.proxy.stop()
-    kill_tree(lines.mlflow.pid)
+        left = leftover_breaks(lines.home, [lines.line_work(n) for n in LINES], lines.port)
+    finally:  # a harness that failed leaves nothing running either
+        for serve in lines.serves.values():
+            kill_tree(serve.pid)
+        lines.server(False)
+        lines.proxy.stop()
+        kill_tree(lines.mlflow.pid)
     result = figures(rows, left, lines.proxy, (time.monotonic() - started) / 60)
     (HERE / "chaos.json").write_text(json.dumps({"rows": rows, **result}, indent=1))
     write_results(rows, result, args)

@@ -435,6 +435,7 @@ def test_a_live_night_marked_crashed_keeps_its_work_dir_and_result(tmp_path):
         # frozen as soon as it holds its work dir (it has all its work ahead: no race with its end)
         assert wait_for(lambda: work_dir_held(work), 120), "night 1 never took its work dir"
         pid = lock_holder(work)[0]
+        time.sleep(5)  # its first heartbeat (sent as it starts) has reached the server
         os.kill(pid, signal.SIGSTOP)  # alive, and silent
         land(stems[4:8])
         crashed = wait_for(lambda: api(port, f"/flow_runs/{night1['id']}")["state_type"]

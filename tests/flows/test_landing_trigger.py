@@ -59,12 +59,14 @@ def serve_env(**more: str) -> dict[str, str]:
 
 
 def stopped(serve: subprocess.Popen) -> str:
-    """Ctrl-C to a served line (killed after 2 minutes); what it printed."""
+    """Ctrl-C to a served line (started in its own session); after 2 minutes its whole process
+    group is killed (its own Prefect server and a night would hold the output pipe open and
+    outlive it); what it printed."""
     serve.send_signal(signal.SIGINT)
     try:
         return serve.communicate(timeout=120)[0]
     except subprocess.TimeoutExpired:
-        serve.kill()
+        os.killpg(serve.pid, signal.SIGKILL)
         return serve.communicate()[0]
 
 
@@ -103,7 +105,8 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
          str(config), "--work", str(tmp_path / "w"), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
     try:
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
         assert deployment, "no deployment on the home's server"
@@ -157,7 +160,8 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
     serve = subprocess.Popen(
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
          str(config), "--work", str(work), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
     try:
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
         assert deployment and wait_for(lambda: [a for a in api(port, "/automations/filter", {})
@@ -328,7 +332,8 @@ def test_a_served_line_watches_its_source_folders_deleted_and_made_again(tmp_pat
     server("start")
     serve = subprocess.Popen([defectflow, "--home", str(home), "serve", str(config), "--work",
                               str(tmp_path / "w")],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
     try:
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
         assert deployment, "no deployment on the home's server"
@@ -422,7 +427,7 @@ def test_a_live_night_marked_crashed_keeps_its_work_dir_and_result(tmp_path):
         [str(Path(sys.executable).parent / "defectflow"), "--home", str(home), "serve",
          str(config), "--work", str(work), "--port", str(port)],
         env=serve_env(PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30"), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
     pid = None
     try:
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
@@ -443,8 +448,10 @@ def test_a_live_night_marked_crashed_keeps_its_work_dir_and_result(tmp_path):
         assert crashed, "the automation never marked the silent night Crashed"
         time.sleep(10)  # the batch is complete, Prefect says no night runs
         os.kill(pid, signal.SIGCONT)
-        while work_dir_held(work):  # night 1 alive: no other night on its work dir
+        deadline = time.monotonic() + 600
+        while process_alive(pid):  # night 1 alive: no other night on its work dir
             assert len(night_runs(port, deployment["id"])) == 1, "a second night started"
+            assert time.monotonic() < deadline, "night 1 never ended"
             time.sleep(2)
         assert wait_for(lambda: api(port, f"/flow_runs/{night1['id']}")["state_type"]
                         == "COMPLETED", 60), "the live night's result was lost"

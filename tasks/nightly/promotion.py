@@ -16,6 +16,7 @@ from tasks.core.config import RegistryConfig
 from tasks.core.logs import run_logger
 from tasks.nightly.champion_copy import local_champion
 from tasks.nightly.gate import decision_markdown, gate
+from tasks.nightly.liveness import LOCK_FILE
 from tasks.nightly.registry import (
     RegistryTarget,
     champion_version,
@@ -34,7 +35,7 @@ def work_dir_lock(work_dir: str | Path) -> Iterator[bool]:
     never blocks the next one."""
     folder = Path(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".retrain.lock", "a+")  # noqa: SIM115 - held for the whole run
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole run
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

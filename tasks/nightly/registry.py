@@ -18,9 +18,10 @@ from pydantic import BaseModel
 
 from tasks.core.caching import folder_hash
 from tasks.core.config import DatasetConfig
-from tasks.nightly.embedded_registry import embedded_tracking_uri, ui_command
-
-__all__ = ["embedded_tracking_uri", "ui_command"]  # re-exported: the registry's callers name them
+from tasks.nightly.embedded_registry import (  # noqa: F401 - re-exported: callers name them here
+    embedded_tracking_uri,
+    ui_command,
+)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 FILES_COLLECTED = "files_collected"  # retention's tag on a version whose model files are gone

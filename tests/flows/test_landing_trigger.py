@@ -235,7 +235,7 @@ def test_a_source_folder_made_later_or_made_again_is_watched(tmp_path, monkeypat
         f"annotations: {source / 'annotations'}}}\ntrigger: {{quiet_seconds: 1, min_new_images: 2}}\n")
     config = load_config(config_path)
     announced = []
-    monkeypatch.setattr(landing, "night_running", lambda deployment: False)
+    monkeypatch.setattr(landing, "night_running", lambda deployment, work=None: False)
     monkeypatch.setattr(landing, "announce", lambda config, batch: announced.append(batch.images))
     stop = threading.Event()
     watcher = threading.Thread(target=landing.watch_landings, args=(config, "retrain/x", stop, 0.2))

@@ -10,7 +10,7 @@ export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test ui ui-check serve lint bench bench-learning seeds chaos soak clean
+.PHONY: venv demo test scenarios ui ui-check serve lint bench bench-learning seeds chaos soak clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,14 @@ venv: $(BIN)/defectflow
 demo: venv
 	$(BIN)/defectflow demo --work work/demo
 
+# The long served scenarios (marked `scenario`) are `make scenarios`: they take minutes each.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not scenario"
+
+# Served lines through bad moments, each a real `serve` and Prefect server: a night frozen past
+# its heartbeats, the server stopped and serve killed while a batch lands (~12 min on 2 cores).
+scenarios: venv
+	$(BIN)/python -m pytest -q -m scenario
 
 lint: venv
 	$(BIN)/ruff check flows tasks tests bench

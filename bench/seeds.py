@@ -3,7 +3,7 @@
 (test order, Python's and NumPy's random state) under each ATEN CPU capability (AVX2 machines
 round differently from AVX-512 ones).
 
-    python -m bench.seeds [--seeds 20] [--capabilities avx2 default]
+    python -m bench.seeds [--seeds 20] [--first-seed 1] [--capabilities avx2 default]
 
 Each run is a fresh pytest process; a failure names its seed and capability and keeps its
 output in the table's folder. Writes the RESULTS.md section with the commit and the minutes.
@@ -42,12 +42,14 @@ def run_once(seed: int, capability: str, logs: Path) -> tuple[bool, str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="seeds 1..N (default 20)")
+    parser.add_argument("--first-seed", type=int, default=1,
+                        help="start at this seed (to finish a run that was stopped)")
     parser.add_argument("--capabilities", nargs="+", default=["avx2", "default"])
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="defectflow-seeds-"))
     started, rows, failed = time.monotonic(), [], []
     for capability in args.capabilities:
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.seeds + 1):
             passed, summary, seconds = run_once(seed, capability, logs)
             rows.append(f"| {capability} | {seed} | {'pass' if passed else 'FAIL'} | {summary} "
                         f"| {seconds:.0f} |")
@@ -56,7 +58,8 @@ def main() -> int:
                 failed.append(f"{capability}/{seed}")
     minutes = (time.monotonic() - started) / 60
     write_section("\n".join([
-        f"## Tests over trained models, {args.seeds} seeds x {len(args.capabilities)} CPU "
+        f"## Tests over trained models, seeds {args.first_seed}-{args.seeds} x "
+        f"{len(args.capabilities)} CPU "
         f"capabilities (at {measured_at()})", "",
         f"`python -m bench.seeds`: every `trains` test in a fresh pytest per seed and "
         f"capability; {minutes:.0f} minutes on {os.cpu_count()} cores; "

@@ -4,6 +4,7 @@ inbox with the champion, retention: steps that cannot fail or undo the night).""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime
@@ -34,6 +35,7 @@ from tasks.nightly.followups import (
     set_pending,
 )
 from tasks.nightly.landing import started_by_line, what_started
+from tasks.nightly.liveness import holding_night_slot
 from tasks.nightly.promotion import (
     Candidate,
     current_champion_task,
@@ -50,6 +52,7 @@ from tasks.nightly.registry import (
 )
 from tasks.nightly.retention import retention_task
 from tasks.nightly.runners import prep_task_runner
+from tasks.nightly.status import deployment_name
 from tasks.predict.folder import line_settings
 from tasks.predict.prelabel import prelabel_task
 from tasks.predict.queue import class_counts_of, queue_task
@@ -77,7 +80,10 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
     registry = RegistryTarget(
         tracking_uri=config.registry.tracking_uri or embedded_tracking_uri(where.mlflow),
         model_name=config.model_name)
-    with work_dir_lock(work) as ours:
+    run = FlowRunContext.get().flow_run
+    one_at_a_time = (holding_night_slot(deployment_name(config)) if run.deployment_id
+                     else nullcontext())  # `defectflow run`: the work dir's lock alone
+    with one_at_a_time, work_dir_lock(work) as ours:
         if not ours:
             return Cancelled(message="another retrain holds this work dir: skipped, not waited")
         check_train_config_task(model_config=config.model, train_config=config.train)

@@ -1,6 +1,7 @@
 """serve = a Prefect server that lasts (the one PREFECT_API_URL names, the home's lasting one,
 or the home's own for as long as serve runs) -> the retrain deployment on the config's schedule,
-with this call's config, work dir and home, one run at a time across the deployment."""
+with this call's config, work dir and home, one run at a time across the deployment (a global
+concurrency limit each night takes: see liveness)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flows.retrain import retrain
 from flows.summaries import console
 from tasks.core.config import load_config
 from tasks.core.home import resolve_home
-from tasks.nightly.liveness import ensure_zombie_automation, heartbeat_seconds
+from tasks.nightly.liveness import ensure_night_slot, ensure_zombie_automation, heartbeat_seconds
 from tasks.nightly.server import prefect_server
 from tasks.nightly.status import deployment_name
 
@@ -46,6 +47,7 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
                           f"work dir {work.resolve()}. One run at a time; Ctrl-C stops.")
             console.print(landing_line(config))
         deployment = f"{retrain.name}/{deployment_name(config)}"
+        ensure_night_slot(deployment_name(config))  # one night at a time: see liveness
         if heartbeat := heartbeat_seconds():  # a killed night is Crashed by Prefect, slot freed
             ensure_zombie_automation(heartbeat)
         else:
@@ -55,7 +57,7 @@ def serve_retrain(config_path: Path, work: Path, home: str | None, cron: str | N
         stop_watching = watch_in_background(config, deployment, work.resolve())
         try:
             serve_through_outages(lambda: retrain.serve(
-                name=deployment_name(config), schedule=schedule, global_limit=1, limit=1,
+                name=deployment_name(config), schedule=schedule, limit=1,
                 print_starting_message=announce, triggers=[trigger] if trigger else None,
                 parameters=deployment_parameters(config_path, work, home)), api_url)
         finally:

@@ -1,19 +1,28 @@
 """Whether a night is alive is Prefect's answer. A flow run emits heartbeats
 (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY`, on by default in Prefect 3.9: every 180 s), and an
 automation on the home's server marks a run whose heartbeats stopped `Crashed` (Prefect's
-"detect zombie flows"); a Crashed run gives its deployment's concurrency slot back by Prefect's
-own rules, and the server's repossessor reclaims a lease nobody renews.
+"detect zombie flows"). One night at a time per line is a global concurrency limit of one slot
+(`night_slot`), taken inside the night under a lease as long as those missed heartbeats: the
+server's repossessor gives back the slot of a night nobody renews (its process killed).
 
-What Prefect cannot know stays by hand: the work dir's lock (promotion.work_dir_lock). With the
-server away for longer than the missed heartbeats while a night is alive, the automation marks
-that live night Crashed once the server is back (its slot goes back; its tasks run on, and it
-ends Completed: Prefect lets a Crashed run finish). The landing watch holds its batches while a
-live process holds the lock, whatever Prefect says; a night the cron starts meanwhile finds the
-lock held and ends `Cancelled`. The live night keeps its work dir and its result.
+Not the deployment's own concurrency limit: a run marked Crashed loses that lease, and Prefect's
+engine then stops the run "to prevent over-allocation" (seen as a spurious 12 h
+TaskRunTimeoutError in whatever task ran). A live night marked Crashed (its process frozen, its
+machine swapping, its server away for longer than the missed heartbeats) must run on: this slot
+is taken with `raise_on_lease_renewal_failure=False`, and ends Completed (Prefect lets a Crashed
+run finish).
+
+What Prefect cannot know stays by hand: the work dir's lock (promotion.work_dir_lock). The
+landing watch holds its batches while a live process holds the lock, whatever Prefect says; a
+night that gets the slot meanwhile finds the lock held and ends `Cancelled`. The live night
+keeps its work dir and its result.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +34,68 @@ HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 LOCK_FILE = ".retrain.lock"  # promotion.work_dir_lock writes its holder's pid into it
 FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed",
                 "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed")
+
+
+DEFAULT_LEASE_S = 300.0  # Prefect's own default lease, with heartbeats off
+
+
+def night_slot(deployment: str) -> str:
+    """The global concurrency limit a line's nights share: `deployment` is `retrain-<name>`."""
+    return f"defectflow-night-{deployment}"
+
+
+def slot_lease_seconds(heartbeat_s: int | None) -> float:
+    """A night's slot lease: as long as the silence that has it marked Crashed."""
+    return float(MISSED_HEARTBEATS * heartbeat_s) if heartbeat_s else DEFAULT_LEASE_S
+
+
+def ensure_night_slot(deployment: str) -> str:
+    """The line's one-slot global concurrency limit on the home's server, made when missing."""
+    from prefect.client.orchestration import get_client
+
+    name = night_slot(deployment)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return name
+
+
+@contextmanager
+def holding_night_slot(deployment: str) -> Iterator[None]:
+    """Wait for the line's slot and hold it for the block. The limit must exist (serve makes
+    it): a missing one is an error, never a night without a limit. A lease Prefect could not
+    renew (this night marked Crashed while alive) lets the night run on: its work dir lock
+    keeps any other night off its files."""
+    from prefect.concurrency.sync import concurrency
+
+    said_once = LostLeaseSaidOnce()
+    loggers = [logging.getLogger("prefect.concurrency"), logging.getLogger("prefect.flow_runs")]
+    for logger in loggers:
+        logger.addFilter(said_once)
+    try:
+        with concurrency(night_slot(deployment), occupy=1, strict=True,
+                         lease_duration=slot_lease_seconds(heartbeat_seconds()),
+                         raise_on_lease_renewal_failure=False):
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(said_once)
+
+
+class LostLeaseSaidOnce(logging.Filter):
+    """Prefect reports a lease it could not renew three times over, twice with a traceback (it
+    expects the run to be stopped); for a night that runs on, one line says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "concurrency lease renewal" in message:
+            return False  # its retries and its error: the warning below says it once
+        if message.startswith("Concurrency lease renewal failed"):
+            record.msg, record.args = (
+                "this night's slot lease is lost (Prefect marked it Crashed while it was alive, "
+                "or lost sight of it): it runs on; its work dir's lock keeps other nights off its "
+                "files"), ()
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def heartbeat_seconds() -> int | None:

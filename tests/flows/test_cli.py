@@ -156,6 +156,8 @@ def test_serve_deploys_the_retrain_flow_on_the_schedule_one_run_at_a_time(tmp_pa
 
     served = {}
     monkeypatch.setattr(type(retrain), "serve", lambda flow, **kwargs: served.update(kwargs))
+    slots = []
+    monkeypatch.setattr("flows.serve.ensure_night_slot", slots.append)
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a server of the user's
     config = tmp_path / "plant.yaml"
     config.write_text("name: plant\nsource: {format: voc, images: x, annotations: y}\n"
@@ -165,7 +167,9 @@ def test_serve_deploys_the_retrain_flow_on_the_schedule_one_run_at_a_time(tmp_pa
     assert result.exit_code == 0, result.output
     assert served["name"] == "retrain-plant" and served["schedule"].cron == "30 1 * * *"
     assert served["schedule"].timezone == "Europe/Berlin"
-    assert served["limit"] == 1 and served["global_limit"] == 1  # one run across the deployment
+    # One run at a time: the runner's, and the line's one-slot limit each night takes (not the
+    # deployment's own: Prefect stops a live run that lost it, see liveness).
+    assert served["limit"] == 1 and "global_limit" not in served and slots == ["retrain-plant"]
     assert served["parameters"] == {"config_path": str(config.resolve()),
                                     "work_dir": str((tmp_path / "w").resolve()),
                                     "home": str((tmp_path / "home").resolve())}

@@ -58,7 +58,9 @@ def test_serve_without_an_api_url_schedules_runs_on_the_homes_server(tmp_path):
         deployment = wait_for(lambda: api(port, "/deployments/name/retrain/retrain-plant"), 120)
         assert deployment, "no deployment on the home's server"
         assert deployment["schedules"][0]["schedule"]["cron"] == "*/5 * * * *"
-        assert deployment["global_concurrency_limit"]["limit"] == 1
+        assert deployment["global_concurrency_limit"] is None  # the night takes the line's slot:
+        assert [(limit["name"], limit["limit"]) for limit in api(
+            port, "/v2/concurrency_limits/filter", {})] == [("defectflow-night-retrain-plant", 1)]
         booked = wait_for(lambda: api(port, "/flow_runs/filter", {
             "deployments": {"id": {"any_": [deployment["id"]]}},
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}), 60)

@@ -58,3 +58,34 @@ def test_a_work_dir_is_held_only_by_the_live_process_that_took_its_lock(tmp_path
     subprocess.run([sys.executable, "-c", "from tasks.nightly.promotion import work_dir_lock\n"
                     f"with work_dir_lock({str(work)!r}):\n    pass\n"], cwd=REPO, check=True)
     assert (work / LOCK_FILE).read_text() == "" and not work_dir_held(work)  # let go
+
+
+def test_a_lost_slot_lease_is_said_once_without_a_traceback(caplog):
+    """Prefect logs a lease it could not renew as three retries, an error and a warning, two
+    with a traceback; a night that runs on says it in one line."""
+    import logging
+
+    from tasks.nightly.liveness import LostLeaseSaidOnce
+
+    said_once = LostLeaseSaidOnce()
+    concurrency, flow_runs = logging.getLogger("prefect.concurrency"), logging.getLogger("prefect.flow_runs")
+    for logger in (concurrency, flow_runs):
+        logger.addFilter(said_once)
+    try:
+        error = RuntimeError("Client error '410 Gone': Lease not found")
+        with caplog.at_level(logging.INFO):
+            concurrency.warning("Attempt %s of function 'concurrency lease renewal' failed", 1)
+            try:
+                raise error
+            except RuntimeError:
+                concurrency.exception("Function 'concurrency lease renewal' failed after 3 attempts")
+                flow_runs.warning("Concurrency lease renewal failed - slots are no longer reserved. "
+                                  "Lease ID: %s, exception: %s", "x", error, exc_info=True)
+            flow_runs.info("training 40/1500")
+    finally:
+        for logger in (concurrency, flow_runs):
+            logger.removeFilter(said_once)
+    assert [(record.levelname, record.exc_info) for record in caplog.records] == [
+        ("WARNING", None), ("INFO", None)]
+    assert "lease is lost" in caplog.records[0].getMessage()
+    assert "Traceback" not in caplog.text

@@ -52,21 +52,27 @@ def slot_lease_seconds(heartbeat_s: int | None) -> float:
 def ensure_night_slot(deployment: str) -> str:
     """The line's one-slot global concurrency limit on the home's server, made when missing."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
 
     name = night_slot(deployment)
     with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        except ObjectAlreadyExists:  # made at the same moment by another night: once is enough
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
     return name
 
 
 @contextmanager
 def holding_night_slot(deployment: str) -> Iterator[None]:
-    """Wait for the line's slot and hold it for the block. The limit must exist (serve makes
-    it): a missing one is an error, never a night without a limit. A lease Prefect could not
+    """Wait for the line's slot and hold it for the block; the limit is made when missing (a
+    deployment of prefect.yaml on a worker), and then must exist: a limit deleted meanwhile is
+    an error, never a night without a limit. A lease Prefect could not
     renew (this night marked Crashed while alive) lets the night run on: its work dir lock
     keeps any other night off its files."""
     from prefect.concurrency.sync import concurrency
 
+    ensure_night_slot(deployment)
     said_once = LostLeaseSaidOnce()
     loggers = [logging.getLogger("prefect.concurrency"), logging.getLogger("prefect.flow_runs")]
     for logger in loggers:

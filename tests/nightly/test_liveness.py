@@ -60,6 +60,7 @@ def test_a_work_dir_is_held_only_by_the_live_process_that_took_its_lock(tmp_path
     assert (work / LOCK_FILE).read_text() == "" and not work_dir_held(work)  # let go
 
 
+@pytest.mark.filterwarnings("ignore:Logger 'prefect.flow_runs' attempted")  # no flow run here
 def test_a_lost_slot_lease_is_said_once_without_a_traceback(caplog):
     """Prefect logs a lease it could not renew as three retries, an error and a warning, two
     with a traceback; a night that runs on says it in one line."""

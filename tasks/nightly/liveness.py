@@ -67,9 +67,8 @@ def ensure_night_slot(deployment: str) -> str:
 def holding_night_slot(deployment: str) -> Iterator[None]:
     """Wait for the line's slot and hold it for the block; the limit is made when missing (a
     deployment of prefect.yaml on a worker), and then must exist: a limit deleted meanwhile is
-    an error, never a night without a limit. A lease Prefect could not
-    renew (this night marked Crashed while alive) lets the night run on: its work dir lock
-    keeps any other night off its files."""
+    an error, never a night without a limit. A lease Prefect could not renew (this night marked
+    Crashed while alive) lets the night run on: its work dir's lock keeps other nights off."""
     from prefect.concurrency.sync import concurrency
 
     ensure_night_slot(deployment)

@@ -173,11 +173,8 @@ def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_it
         assert first, "the landing started no night"
 
         def night_pid():  # the night's process, as its work dir's lock names it
-            try:
-                pid = int((work / ".retrain.lock").read_text().strip())
-            except (OSError, ValueError):  # not taken yet
-                return None
-            return pid if pid != serve.pid else None
+            holder = lock_holder(work)  # None: not taken yet
+            return holder[0] if holder and holder[0] != serve.pid else None
 
         pid = wait_for(night_pid, 120)
         assert pid, "night 1 never took its work dir's lock"

@@ -3,16 +3,15 @@ imported inside the commands, after `--home` has pointed PREFECT_HOME at the wor
 
 from __future__ import annotations
 
-import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from flows.line_commands import gc, status, train_node, watch
-from flows.predict_command import predict, queue, suspects
+from flows.predict_command import coco_eval, predict, queue, suspects
 from flows.server_command import server_app
+from flows.serving_command import rollback, serve_model
 from flows.summaries import config_or_exit, console, line_or_exit, print_server
 from tasks.core.home import configure_environment, prefect_server_in_use, resolve_home
 from tasks.images.workers import allow as allow_image_workers
@@ -21,10 +20,10 @@ app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-for command in (predict, queue, suspects, gc, status, watch, train_node):
-    app.command()(command)
+for command in (predict, queue, suspects, gc, status, watch, train_node, serve_model, rollback):
+    app.command()(command)  # typer names serve_model `serve-model`
+app.command("coco-eval")(coco_eval)
 app.add_typer(server_app, name="server")
-IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
 WorkOption = Annotated[Path | None, typer.Option(help="work dir (default <home>/lines/<config name>)")]
 
@@ -109,22 +108,6 @@ def evaluate(
     print_evaluate_summary(evaluate_flow(str(config), str(dataset.resolve()), str(model.resolve()),
                                          str(out.resolve()), split, num_beams), split, out)
     print_server(ctx.obj)
-
-
-@app.command("coco-eval")
-def coco_eval(
-    gt: Annotated[Path, typer.Argument(help="COCO ground truth JSON")],
-    dt: Annotated[Path, typer.Argument(help="COCO detections JSON (a list of results)")],
-    iou_type: Annotated[IouType, typer.Option(help="what the detections are")] = IouType.bbox,
-) -> None:
-    """Print COCOeval's 12 stats as JSON: {"stats": [...]} in COCOeval.stats order."""
-    from tasks.scoring.coco import CocoInputError, coco_eval_files
-    try:
-        stats = coco_eval_files(gt, dt, iou_type.value)
-    except CocoInputError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps({"stats": stats}))
 
 
 @app.command("run")

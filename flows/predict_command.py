@@ -1,8 +1,10 @@
-"""`defectflow predict`, `queue` and `suspects`: their own module, so the CLI's file stays a table of
-contents."""
+"""`defectflow predict`, `queue`, `suspects` and `coco-eval`: their own module, so the CLI's
+file stays a table of contents."""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -126,3 +128,21 @@ def suspects(
                       + ", ".join(f"{label} {n}" for label, n in per_class.items()))
     console.print(f"{result['images_listed']} train/validation images with their two XMLs in "
                   f"{out} (the test split is only counted)")
+
+
+IouType = Enum("IouType", {"bbox": "bbox", "segm": "segm"}, type=str)
+
+
+def coco_eval(
+    gt: Annotated[Path, typer.Argument(help="COCO ground truth JSON")],
+    dt: Annotated[Path, typer.Argument(help="COCO detections JSON (a list of results)")],
+    iou_type: Annotated[IouType, typer.Option(help="what the detections are")] = IouType.bbox,
+) -> None:
+    """Print COCOeval's 12 stats as JSON: {"stats": [...]} in COCOeval.stats order."""
+    from tasks.scoring.coco import CocoInputError, coco_eval_files
+    try:
+        stats = coco_eval_files(gt, dt, iou_type.value)
+    except CocoInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"stats": stats}))

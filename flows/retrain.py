@@ -153,7 +153,7 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
                                  model_dir=trained["model_dir"]),
             champion=None if champion is None else Candidate(
                 version=champion["version"], metrics=champion_metrics,
-                model_dir=champion["model_dir"]))
+                model_dir=champion["model_dir"]), work_dir=str(work))
         save_index_task(work_dir=str(work), index=index)  # tomorrow's "since last night"
         record_success_task(work_dir=str(work), info={
             "source_fingerprint": source, "dataset_fingerprint": fingerprint,

@@ -11,7 +11,7 @@ import pytest
 from tests.support import REPO
 
 # Which stages each stage may import (besides itself): core <- ingest, images <- dataset <-
-# scoring <- training <- evaluation <- nightly <- predict; demo needs only core. `flows` may
+# scoring <- training <- evaluation <- nightly <- predict <- serving; demo needs only core. `flows` may
 # import anything.
 ALLOWED = {
     "core": set(),
@@ -25,6 +25,8 @@ ALLOWED = {
     "nightly": {"core", "ingest", "images", "dataset", "scoring", "training", "evaluation"},
     "predict": {"core", "ingest", "images", "dataset", "scoring", "training", "evaluation",
                 "nightly"},
+    "serving": {"core", "ingest", "images", "dataset", "scoring", "training", "evaluation",
+                "nightly", "predict"},
 }
 
 

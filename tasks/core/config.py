@@ -18,6 +18,7 @@ from tasks.core.operations_config import (
     PrepConfig,
     RetentionConfig,
     ScheduleConfig,
+    ServingConfig,
     Strict,
     TriggerConfig,
 )
@@ -171,6 +172,7 @@ class DatasetConfig(_Strict):
     prelabel: PrelabelConfig | None = Field(None, description="after each night, the champion "
                                             "pre-labels new images for LabelImg")
     retention: RetentionConfig = RetentionConfig()
+    serving: ServingConfig = ServingConfig()
 
     @property
     def model_name(self) -> str:

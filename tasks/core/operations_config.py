@@ -50,7 +50,9 @@ class TriggerConfig(Strict):
 
 
 class NotifyConfig(Strict):
-    on: list[Literal["failure", "promotion"]] = ["failure", "promotion"]
+    on: list[Literal["failure", "promotion", "serving"]] = Field(
+        ["failure", "promotion", "serving"], description="serving: a model server refused a "
+        "version (it would not download, load or warm) or saw its images drift")
     url: str | None = Field(None, description="Apprise URL(s), comma separated (slack://..., "
                             "mailto://..., json://host/path); default: $DEFECTFLOW_NOTIFY_URL, "
                             "so a webhook's secret need not sit in the YAML")
@@ -82,3 +84,41 @@ class RetentionConfig(Strict):
     runs: int = Field(3, ge=1, description="nights whose run folders (checkpoints, pixel cache, "
                       "model files) and registered model files are kept, besides the champion's "
                       "and the challenger's; older ones keep their records only")
+
+
+class FeedbackConfig(Strict):
+    """Production images back to labelling, in the spirit of Roboflow Inference's active learning
+    strategies; each strategy's `daily_limit` holds across a line's replicas."""
+
+    close_to_threshold: float = Field(0.1, ge=0, le=1, description="epsilon: an image with a box "
+                                      "whose score is within this of its class threshold")
+    close_to_threshold_daily_limit: int = Field(50, ge=0)
+    no_detections_share: float = Field(0.05, ge=0, le=1, description="share of the images with no "
+                                       "box kept that are sampled")
+    no_detections_daily_limit: int = Field(20, ge=0)
+    random_share: float = Field(0.01, ge=0, le=1, description="share of all images sampled")
+    random_daily_limit: int = Field(20, ge=0)
+
+
+class DriftConfig(Strict):
+    no_box_share_ratio: float = Field(2.0, gt=1, description="alert when the share of images "
+                                      "with no box is this many times the test set's")
+    brightness_sigmas: float = Field(3.0, gt=0, description="alert when the mean brightness "
+                                     "moves more than this many of the test set's standard "
+                                     "deviations")
+    min_images: int = Field(50, gt=0, description="fewer images in 24 h raise no alert")
+
+
+class ServingConfig(Strict):
+    """`defectflow serve-model`: the line's champion over HTTP."""
+
+    max_bytes: int = Field(20_000_000, gt=0, description="largest request body (413 above)")
+    max_batch: int = Field(8, gt=0, description="images run together across requests")
+    max_wait_ms: float = Field(10, ge=0, description="how long the first image of a batch waits "
+                               "for others")
+    poll_seconds: float = Field(30, gt=0, description="how often the champion alias is read")
+    pin: int | None = Field(None, gt=0, description="serve this version instead of following "
+                            "the champion alias")
+    feedback: FeedbackConfig | None = Field(FeedbackConfig(), description="sample served images "
+                                            "into `prelabel.inbox` (needs prelabel); null: none")
+    drift: DriftConfig = DriftConfig()

@@ -6,7 +6,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect import task
@@ -14,6 +14,12 @@ from pydantic import BaseModel
 
 from tasks.core.config import RegistryConfig
 from tasks.core.logs import run_logger
+from tasks.nightly.champion_alias import (
+    ChampionMoved,
+    alias_lock,
+    move_champion,
+    send_champion_changed,
+)
 from tasks.nightly.champion_copy import local_champion
 from tasks.nightly.gate import decision_markdown, gate
 from tasks.nightly.liveness import LOCK_FILE
@@ -21,7 +27,6 @@ from tasks.nightly.registry import (
     RegistryTarget,
     champion_version,
     record_decision,
-    set_champion,
 )
 
 STATE_FILE = "last_success.json"
@@ -95,29 +100,38 @@ class Candidate(BaseModel, frozen=True):
 
 
 def promote_step(registry: RegistryTarget, config: RegistryConfig, metric: str,
-                 challenger: Candidate, champion: Candidate | None) -> dict:
+                 challenger: Candidate, champion: Candidate | None,
+                 work_dir: str | Path | None = None) -> dict:
     """Compare on the same split by `metric` through the gate; move `champion` only when it
-    passes; the decision (every number, per-class deltas) is a tag on the version and a log line.
-    Nothing else: what follows a promotion (the Hub push) cannot fail it (see followups.py)."""
+    passes, and only from the champion it was compared with (under the line's alias lock in
+    `work_dir`: a rollback at the same moment wins, and the night does not promote over it); the
+    decision (every number, per-class deltas) is a tag on the version and a log line. Nothing
+    else: what follows a promotion (the Hub push) cannot fail it (see followups.py)."""
     decision = {**gate(challenger.metrics, champion.metrics if champion else None, metric,
                        config.promote),
                 "challenger_version": challenger.version,
                 "champion_version": champion.version if champion else None}
-    run_logger().info("promotion: %s", decision["reason"])
     if decision["promoted"]:
-        set_champion(registry.tracking_uri, registry.model_name, challenger.version, decision)
-    else:
-        record_decision(registry.tracking_uri, registry.model_name, challenger.version, decision)
+        try:
+            with alias_lock(work_dir) if work_dir else nullcontext():
+                move_champion(registry, decision["champion_version"], challenger.version)
+        except ChampionMoved as exc:
+            decision.update(promoted=False, reason=f"not promoted: {exc} (a rollback while "
+                            "the night ran); the next night compares with the new champion")
+    run_logger().info("promotion: %s", decision["reason"])
+    record_decision(registry.tracking_uri, registry.model_name, challenger.version, decision)
+    if decision["promoted"]:
+        send_champion_changed(registry, challenger.version, "promotion")
     return decision
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[5, 30])
 def promote_task(registry: RegistryTarget, config: RegistryConfig, metric: str, challenger: Candidate,
-                 champion: Candidate | None) -> dict:
+                 champion: Candidate | None, work_dir: str | None = None) -> dict:
     """The promotion step, its decision shown in the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact
 
-    decision = promote_step(registry, config, metric, challenger, champion)
+    decision = promote_step(registry, config, metric, challenger, champion, work_dir)
     create_markdown_artifact(key="promotion", markdown=decision_markdown(decision),
                              description="champion vs challenger")
     return decision

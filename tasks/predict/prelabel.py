@@ -31,13 +31,14 @@ def sidecar_beside(path: Path) -> Path:
 
 
 def write_sidecar(image: Path, model_version: str | None, settings: PredictSettings,
-                  boxes: list, scores: list[float]) -> None:
+                  boxes: list, scores: list[float], extra: dict | None = None) -> None:
     """What wrote a pre-label: the model version, its thresholds and each box's score (in the
     XML's order), written whole (a temporary file renamed)."""
     record = {"image": image.name, "xml": xml_beside(image).name, "model_version": model_version,
               "threshold": settings.threshold, "class_thresholds": settings.class_thresholds,
               "boxes": [{"label": box.label, "box": [box.x1, box.y1, box.x2, box.y2],
-                         "score": round(score, 6)} for box, score in zip(boxes, scores, strict=True)]}
+                         "score": round(score, 6)} for box, score in zip(boxes, scores, strict=True)],
+              **(extra or {})}
     path = sidecar_beside(image)
     partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     partial.write_text(json.dumps(record, indent=1))

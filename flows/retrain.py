@@ -57,6 +57,7 @@ from tasks.predict.folder import line_settings
 from tasks.predict.prelabel import prelabel_task
 from tasks.predict.queue import class_counts_of, queue_task
 from tasks.predict.suspects import suspects_task
+from tasks.serving.night_monitor import serving_monitor_task
 from tasks.training.run_folder import run_identity
 from tasks.training.train import (
     check_train_config_task,
@@ -87,6 +88,9 @@ def retrain(config_path: str, work_dir: str, home: str | None = None,
         if not ours:
             return Cancelled(message="another retrain holds this work dir: skipped, not waited")
         check_train_config_task(model_config=config.model, train_config=config.train)
+        if (work / "monitoring").is_dir():  # a model server of the line answered: what it saw
+            serving_monitor_task(work_dir=str(work), registry=registry, config=config,
+                                 return_state=True)  # never fails the night
         source = source_fingerprint_task(source=config.source)
         if not what_is_new_task(work_dir=str(work), source_fingerprint=source):
             left = pending_followups(work)

@@ -14,10 +14,11 @@ from tasks.core.deadline import Deadline
 from tasks.core.logs import run_logger
 from tasks.dataset.loading import load_published
 from tasks.evaluation.plots import confusion_png, pr_curves_png, predictions_grid_png
+from tasks.evaluation.profile import Figures
 from tasks.evaluation.review import REVIEW_GALLERY, write_review
 from tasks.scoring.coco import CONFUSION_CONFIDENCE, classification_metrics, detection_confusion
 from tasks.scoring.score import original_rows, score_detector, truth_boxes
-from tasks.scoring.threshold import best_f1_threshold
+from tasks.scoring.threshold import at_or_above, best_f1_threshold
 from tasks.training.classifier import eval_transform, image_label
 from tasks.training.models import (
     answer_budget,
@@ -100,6 +101,8 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
                    "worst": [{k: item[k] for k in ("image_id", "missed", "spurious")}
                              for item in review[:3]]},
     }
+    metrics["serving_profile"] = test_set_profile(rows, scores.predictions, threshold,
+                                                  model_class_thresholds(facts))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     confusion_png(confusion, out / "confusion_matrix.png",
                   f"detection confusion (IoU>={confusion['iou_threshold']}, "
@@ -108,6 +111,18 @@ def evaluate_detector(dataset_dir: str | Path, model_dir: str | Path, out_dir: s
         pr_curves_png(coco["pr_curves"], out / "pr_curves.png")
     predictions_grid_png(grid, out / "predictions.png")
     return metrics
+
+
+def test_set_profile(rows, predictions: list, threshold: float,
+                     per_class: dict[str, float]) -> dict:
+    """What the model sees on this split, as a model server sums what it sees (profile.py): the
+    reference its served images are compared with."""
+    figures = Figures()
+    for row, (boxes, scores) in zip(rows, predictions, strict=True):
+        kept, kept_scores = at_or_above(boxes, scores, threshold, per_class)
+        figures.add_image(row["image"], [box.label for box in kept], kept_scores)
+    return {key: value for key, value in figures.summary().items()
+            if key not in ("requests", "latency_ms")}
 
 
 def evaluate_classifier(dataset_dir: str | Path, model_dir: str | Path, out_dir: str | Path,

@@ -26,6 +26,7 @@ from tasks.nightly.embedded_registry import (  # noqa: F401 - re-exported: calle
 CHAMPION, CHALLENGER = "champion", "challenger"
 FILES_COLLECTED = "files_collected"  # retention's tag on a version whose model files are gone
 UNREACHABLE = "registry unreachable"  # how every RegistryUnreachable's message begins
+SERVING_PROFILE = "serving_profile"  # a version's test-set profile (evaluation/profile.py)
 
 
 class RegistryUnreachable(RuntimeError):
@@ -143,6 +144,8 @@ def register_version(tracking_uri: str, artifact_root: str | Path, model_name: s
             raise
     tags = {**{k: str(v) for k, v in lineage.items()},
             **{f"metric.{k}": f"{v:.6f}" for k, v in flat.items()}}
+    if metrics.get("serving_profile"):  # what model servers compare their images with
+        tags[SERVING_PROFILE] = json.dumps(metrics["serving_profile"])
     version = client.create_model_version(model_name, source=f"{run.info.artifact_uri}/model",
                                           run_id=run_id, tags=tags)
     _wait_ready(client, model_name, version.version)

@@ -106,6 +106,10 @@ def test_nightly_retrain_end_to_end(tmp_path, monkeypatch):
 
     night1_test = image_names(scored(Path(summary["train"]["model_dir"]).parent / "eval"))
     assert len(night1_test) == summary["metrics"]["n_images"] > 0
+    # what the model servers' images are compared with: the version's test-set profile
+    profile = json.loads(client.get_model_version(summary["version"]["model_name"], str(
+        summary["version"]["version"])).tags["serving_profile"])
+    assert profile["images"] == len(night1_test) and profile["brightness"]["mean"] > 0
 
     # Night 2, nothing new: completes quickly, says so, trains nothing.
     second = retrain(str(config), str(work), str(home), return_state=True)

@@ -35,22 +35,23 @@ class ServedLine:
     def work(self) -> Path:
         return self.home / "lines" / "plant"
 
-    def register(self, model_dir: Path, night: str) -> int:
+    def register(self, model_dir: Path, night: str, metrics: dict | None = None) -> int:
         return register_version(self.target.tracking_uri, self.home / "mlflow" / "artifacts",
-                                self.target.model_name, model_dir, {"coco": {"map50": 0.5}},
+                                self.target.model_name, model_dir,
+                                {"coco": {"map50": 0.5}, **(metrics or {})},
                                 {"dataset_fingerprint": night})["version"]
 
-    def defectflow(self, *args: str) -> subprocess.CompletedProcess:
+    def defectflow(self, *args: str, prefect: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "defectflow"), "--home", str(self.home), *args],
-                              capture_output=True, text=True, timeout=300, env=quiet_env())
+                              capture_output=True, text=True, timeout=300, env=quiet_env(prefect))
 
-    def start(self, port: int, *args: str) -> None:
+    def start(self, port: int, *args: str, prefect: str | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = self.root / f"serve-model-{port}.log"
         self.process = subprocess.Popen(
             [str(BIN / "defectflow"), "--home", str(self.home), "serve-model", str(self.config),
              "--port", str(port), *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-            env=quiet_env(), start_new_session=True)
+            env=quiet_env(prefect), start_new_session=True)
 
     def wait_healthy(self, seconds: float = 120) -> dict:
         deadline = time.monotonic() + seconds
@@ -75,9 +76,13 @@ class ServedLine:
         return self.log.read_text() if self.process else ""
 
 
-def quiet_env() -> dict:
+def quiet_env(prefect: str | None = None) -> dict:
+    """The tests' environment; without `prefect` no Prefect server: the server follows by
+    polling."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)  # no Prefect server: the server follows by polling
+    env.pop("PREFECT_API_URL", None)
+    if prefect:
+        env["PREFECT_API_URL"] = prefect
     return env
 
 

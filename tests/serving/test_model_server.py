@@ -20,6 +20,7 @@ from tasks.nightly.champion_alias import move_champion
 from tasks.nightly.registry import FILES_COLLECTED, _client
 from tasks.nightly.server import free_port
 from tasks.training.tiny import build_tiny_florence
+from tests.nightly.test_gate import detector
 from tests.serving.served import broken_copy, make_line, png
 
 LABELS = ["scratch", "spot", "patch"]
@@ -247,3 +248,46 @@ def test_feedback_writes_exactly_its_limit_into_the_inbox_and_never_an_image_twi
         assert sidecar["strategy"] == "random" and sidecar["model_version"] == "plant-florence2 v1"
     assert len({image.read_bytes() for image in images}) == 3
     assert not list(line.inbox.glob(".*"))  # nothing half-written left
+
+
+def test_a_promotion_and_a_rollback_are_followed_at_once_through_prefects_event(
+        tmp_path, tiny, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.core.config import RegistryConfig
+    from tasks.nightly.promotion import Candidate, promote_step
+
+    line = make_line(tmp_path, "{poll_seconds: 600}")  # the poll would take ten minutes
+    v1 = line.register(tiny, "night-1")
+    move_champion(line.target, None, v1)
+    line.start(free_port(), prefect=PREFECT_API_URL.value())
+    line.wait_healthy()
+    v2 = line.register(tiny, "night-2")
+    decision = promote_step(line.target, RegistryConfig(), "map50",
+                            Candidate(version=v2, metrics=detector(0.9)),
+                            Candidate(version=v1, metrics=detector(0.5)), line.work)
+    assert decision["promoted"], decision
+    assert waited_for(line, lambda m: m["version"] == v2, 30)["version"] == v2
+    rolled = line.defectflow("rollback", str(line.config), prefect=PREFECT_API_URL.value())
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert waited_for(line, lambda m: m["version"] == v1, 30)["version"] == v1
+    assert "Traceback" not in line.stop()
+
+
+def test_a_promotion_does_not_move_the_champion_a_rollback_moved_meanwhile(tmp_path, tiny):
+    from tasks.core.config import RegistryConfig
+    from tasks.nightly.champion_alias import rollback
+    from tasks.nightly.promotion import Candidate, promote_step
+    from tasks.nightly.registry import champion_version
+
+    line = make_line(tmp_path)
+    v1, v2 = line.register(tiny, "night-1"), line.register(tiny, "night-2")
+    move_champion(line.target, None, v1)
+    move_champion(line.target, v1, v2)
+    v3 = line.register(tiny, "night-3")  # tonight's challenger, compared with v2...
+    rollback(line.target, line.work)  # ...while a person rolls back to v1
+    decision = promote_step(line.target, RegistryConfig(), "map50",
+                            Candidate(version=v3, metrics=detector(0.9)),
+                            Candidate(version=v2, metrics=detector(0.5)), line.work)
+    assert not decision["promoted"] and "rollback" in decision["reason"]
+    assert champion_version(line.target.tracking_uri, line.target.model_name)["version"] == v1

@@ -10,7 +10,7 @@ export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test scenarios ui ui-check serve lint bench bench-learning seeds chaos soak clean
+.PHONY: venv demo test scenarios ui ui-check serve serve-model lint bench bench-learning seeds chaos soak clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ ui-check: venv
 serve: venv
 	$(BIN)/defectflow serve $(CONFIG)
 
+# The line's champion over HTTP, following the registry (make serve-model CONFIG=... PORT=8000)
+PORT ?= 8000
+serve-model: venv
+	$(BIN)/defectflow serve-model $(CONFIG) --port $(PORT)
+
 # Run after `make demo`: the evaluation throughput is measured on the demo's champion.
 bench: venv
 	$(BIN)/python -m bench
@@ -64,6 +69,7 @@ bench: venv
 	$(BIN)/python -m bench.distributed
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.step_floors
+	$(BIN)/python -m bench.serving
 
 # The demo's night 1 for 3 seeds in fresh processes: test mAP50 (min / median) and minutes.
 bench-learning: venv

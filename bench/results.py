@@ -30,6 +30,9 @@ GOALS = {
     "chaos_invariant_breaks": ("<=", 0.0),
     "chaos_nights": (">=", 20.0),
     "disk_growth_20_vs_5": ("<=", 1.2),
+    # bench/serving.py: the model server (issue 44)
+    "serving_batching_speedup": (">=", 2.0),
+    "serving_failed_requests_during_swap": ("<=", 0.0),
 }
 
 

@@ -8,12 +8,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
 import typer
 
+from flows.demo_server import followed, model_server, production_photos, send, served_line
 from flows.deployment import landing_night, run_night, served
 from flows.summaries import console, demo_summary, line_or_exit, print_retrain_summary
 from tasks.core.home import prefect_server_in_use, resolve_home
@@ -66,6 +68,18 @@ def in_background(work: Callable[[], T]) -> Callable[[], T]:
     return result
 
 
+def after_night_2(url: str, night: dict, photos: list[Path]) -> dict[str, list[dict]]:
+    """The photos again once the server follows night 2's promotion (or at once, when the
+    champion was kept)."""
+    decision = (night["summary"] or {}).get("decision") or {}
+    if decision.get("promoted"):
+        seconds = followed(url, decision["challenger_version"])
+        console.print(f"model server: serving v{decision['challenger_version']} "
+                      + (f"{seconds} s after the promotion" if seconds is not None else
+                         "[yellow]not yet after 120 s[/yellow]"))
+    return {"after night 2": send(url, photos)}
+
+
 def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int = 2) -> list[dict]:
     """Nightly retrains on generated data, fully offline: a LoRA adapter on the base. Exits 1
     (after writing its summary) when a night did not train: the demo is about what it learnt."""
@@ -88,18 +102,28 @@ def run_demo(work: Path, home: str | None, seed: int = DEFAULT_SEED, nights: int
         console.rule(f"night 1: a run of the {deployment} deployment")
         results = [run_night(deployment)]
         print_retrain_summary(results[0], server)
-        if nights == 2:
-            landed_from = datetime.now(timezone.utc)
-            console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH,
-                                    troubles=False, seed=seed))
-            console.print(verify_in_labelimg(work))
-            console.rule("night 2: started by the landing trigger (serve saw the new images)")
-            results.append(landing_night(deployment, landed_from))
-            print_retrain_summary(results[1], server)
+        champion = ((results[0]["summary"] or {}).get("decision") or {}).get("promoted")
+        with model_server(config, str(where.root), work) if champion else nullcontext() as url:
+            photos, answered = production_photos(work, seed), {}
+            if url:
+                answered["before night 2"] = send(url, photos)
+                console.print(served_line("before night 2", answered["before night 2"]))
+            if nights == 2:
+                landed_from = datetime.now(timezone.utc)
+                console.print(add_batch(source, DEMO_SECOND_BATCH, start=DEMO_FIRST_BATCH,
+                                        troubles=False, seed=seed))
+                console.print(verify_in_labelimg(work))
+                console.rule("night 2: started by the landing trigger (serve saw the new images)")
+                results.append(landing_night(deployment, landed_from))
+                print_retrain_summary(results[1], server)
+                if url:
+                    answered.update(after_night_2(url, results[1], photos))
     console.rule("summary")
     console.print(demo_summary(results, home, server))
+    for when, answers in answered.items():
+        console.print(served_line(when, answers))
     record = {"seed": seed, "nights": [demo_record(result) for result in results],
-              "seconds": round(time.monotonic() - started, 1)}
+              "served": answered, "seconds": round(time.monotonic() - started, 1)}
     record["night1_expected"] = night1_expectation(record["nights"][0])
     colour = "green" if record["night1_expected"]["reached"] else "yellow"
     console.print(f"[{colour}]{expectation_line(record['night1_expected'])}[/{colour}]")

@@ -38,6 +38,7 @@ from bench.chaos_checks import (
     event_breaks,
     faults_seen,
     leftover_breaks,
+    lock_holder_pid,
     registry_breaks,
 )
 from bench.fault_proxy import FaultProxy
@@ -174,14 +175,11 @@ def remake_folders(source: Path) -> None:
 
 def inject_during(lines: Lines, name: str, fault: str | None, rng: random.Random) -> int:
     """The fault while the line's night runs; how many faults it injected."""
-    from tasks.nightly.liveness import lock_holder, work_dir_held
-
     if fault == "kill":
-        work = lines.line_work(name)  # (a pid a killed night left in the lock is no holder)
-        holder = waited(lambda: work_dir_held(work) and lock_holder(work), 120, 0.5)
+        holder = waited(lambda: lock_holder_pid(lines.line_work(name)), 120, 0.5)
         if holder:
             time.sleep(rng.uniform(1, 20))
-            kill_tree(holder[0])
+            kill_tree(holder)
             return 1
     elif fault == "prefect_restart":
         time.sleep(rng.uniform(3, 20))

@@ -30,13 +30,19 @@ def registry_breaks(tracking_uri: str, model_name: str, champion_before: int | N
     every promotion decided since the last check compared the challenger with the champion
     there was before the night (`champion_before`). Returns the breaks and the champion now."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    from tasks.nightly.registry import download_version, registered_aliases
+    from tasks.nightly.registry import download_version
     from tasks.training.models import load_finetuned_detector
 
     client = MlflowClient(tracking_uri)
     breaks = []
-    aliases = registered_aliases(client, model_name)
+    try:
+        aliases = {a: int(v) for a, v in client.get_registered_model(model_name).aliases.items()}
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        aliases = {}
     for alias, number in sorted(aliases.items()):
         version = client.get_model_version(model_name, str(number))
         with tempfile.TemporaryDirectory() as folder:
@@ -98,16 +104,33 @@ def faults_seen(port: int, run_id: str) -> int:
     return sum(1 for log in logs if FAULT_WORDS.search(log["message"]))
 
 
+LOCK_NAME = ".retrain.lock"  # the work dir's lock, by that name in every version of the code
+
+
+def lock_holder_pid(work: Path) -> int | None:
+    """The live process that has the work dir's lock open (a night holds it for its whole run),
+    read from the processes themselves: the harness asks no module of the code it tests, so it
+    runs as it is on an older commit."""
+    import psutil
+
+    lock = str(work / LOCK_NAME)
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if any(handle.path == lock for handle in process.open_files()):
+                return process.info["pid"]
+        except (psutil.Error, OSError):
+            continue
+    return None
+
+
 def leftover_breaks(home: Path, works: list[Path], port: int) -> list[str]:
     """Nothing left behind once every night ended and serve stopped: no staging files, no lock
     held, no night process, no concurrency slot or lease taken."""
     import psutil
 
-    from tasks.nightly.liveness import work_dir_held
-
     breaks = [f"left behind: {p.relative_to(home.parent)}" for top in (home, *works)
               for p in top.rglob("*") if LEFTOVERS.search(p.name)]
-    breaks += [f"{work.name}: its lock is still held" for work in works if work_dir_held(work)]
+    breaks += [f"{work.name}: its lock is still held" for work in works if lock_holder_pid(work)]
     for process in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
         if "prefect.engine" in command or (" run " in command and "defectflow" in command):

@@ -31,6 +31,11 @@ DEFAULT_PORT = 4200  # the port the Prefect UI is usually opened on
 # intermediates are made again at its next prepare. An exported value wins.
 VACUUM = {"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
           "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(30 * 24 * 3600)}
+# Leases of concurrency slots on disk (Prefect's own filesystem storage, in the server's home),
+# not in the server's memory: a server restarted while a night held its line's slot forgot the
+# lease but not the slot, and every later night of the line waited for it forever (make chaos).
+LEASES = {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE":
+          "prefect.server.concurrency.lease_storage.filesystem"}
 
 
 class ServerUnavailable(RuntimeError):
@@ -122,7 +127,7 @@ def _start(home: Home, port: int, detached: bool) -> tuple[subprocess.Popen, str
              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
             # detached: a session of its own, no parent-death signal (it outlives the command)
             start_new_session=detached, preexec_fn=None if detached else _dies_with_its_parent,
-            env={**VACUUM, **os.environ, "PREFECT_HOME": str(home.prefect),
+            env={**VACUUM, **os.environ, **LEASES, "PREFECT_HOME": str(home.prefect),
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  # the UI's pages call the API at this address (by default port 4200's)
                  "PREFECT_UI_API_URL": api_url})

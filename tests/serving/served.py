@@ -19,6 +19,7 @@ from tasks.nightly.registry import RegistryTarget, embedded_tracking_uri, regist
 from tests.support import demo_config
 
 BIN = Path(sys.executable).parent
+STARTED: list[subprocess.Popen] = []  # every server a test started: conftest stops what is left
 
 
 @dataclass
@@ -45,13 +46,17 @@ class ServedLine:
         return subprocess.run([str(BIN / "defectflow"), "--home", str(self.home), *args],
                               capture_output=True, text=True, timeout=300, env=quiet_env(prefect))
 
-    def start(self, port: int, *args: str, prefect: str | None = None) -> None:
+    def start(self, port: int, *args: str, prefect: str | None = None,
+              module_wide: bool = False) -> None:
+        """`serve-model` on `port`; stopped after the test (after the module: `module_wide`)."""
         self.url = f"http://127.0.0.1:{port}"
         self.log = self.root / f"serve-model-{port}.log"
         self.process = subprocess.Popen(
             [str(BIN / "defectflow"), "--home", str(self.home), "serve-model", str(self.config),
              "--port", str(port), *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
             env=quiet_env(prefect), start_new_session=True)
+        if not module_wide:
+            STARTED.append(self.process)
 
     def wait_healthy(self, seconds: float = 120) -> dict:
         deadline = time.monotonic() + seconds

@@ -36,7 +36,7 @@ def served(tmp_path_factory, tiny):
     """One server on a line whose champion is v1 (its tests leave the alias where it is)."""
     line = make_line(tmp_path_factory.mktemp("served"), "{poll_seconds: 1, max_bytes: 2000000}")
     move_champion(line.target, None, line.register(tiny, "night-1"))
-    line.start(free_port())
+    line.start(free_port(), module_wide=True)
     line.wait_healthy()
     yield line
     assert "Traceback" not in line.stop()
@@ -134,7 +134,7 @@ def test_every_answer_is_logged_and_the_hour_is_summed(served):
     assert figures["images"] >= 1 and figures["requests"] >= 1
     assert figures["latency_ms"]["p95"] >= figures["latency_ms"]["p50"] > 0
     assert 0 <= figures["no_box_share"] <= 1 and figures["brightness"]["mean"] > 0
-    served.start(free_port())  # the module's other tests still have their server
+    served.start(free_port(), module_wide=True)  # the module's other tests still have theirs
     served.wait_healthy()
 
 

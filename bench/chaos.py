@@ -213,9 +213,12 @@ def night_of(lines: Lines, name: str, known: set[str], seconds: float = 240) -> 
     return waited(new, seconds)
 
 
-def ended(lines: Lines, run_id: str, seconds: float = 900) -> str:
+NIGHT_TIMEOUT = {"seconds": 900.0}  # --night-timeout: a night not ended by then is NOT_ENDED
+
+
+def ended(lines: Lines, run_id: str) -> str:
     state = waited(lambda: (s := api(lines.port, f"/flow_runs/{run_id}")["state_type"])
-                   in TERMINAL and s, seconds)
+                   in TERMINAL and s, NIGHT_TIMEOUT["seconds"])
     return state or "NOT_ENDED"
 
 
@@ -289,7 +292,10 @@ def main() -> None:
     parser.add_argument("--nights", type=int, default=20)
     parser.add_argument("--images", type=int, default=120, help="images per line on night 1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--night-timeout", type=float, default=900,
+                        help="seconds a night may take before it counts as never ended")
     args = parser.parse_args()
+    NIGHT_TIMEOUT["seconds"] = args.night_timeout
     from tasks.nightly.server import free_port
 
     rng = random.Random(args.seed)

@@ -16,16 +16,16 @@ from flows.summaries import config_or_exit, console, line_or_exit, print_server
 from tasks.core.home import configure_environment, prefect_server_in_use, resolve_home
 from tasks.images.workers import allow as allow_image_workers
 
+# The help's panels, in the order of the tour: prepare and train, the nights, labelling, serving.
+PIPELINE, NIGHTLY, LABELLING, SERVING, TOOLS = (
+    "Pipeline", "Every night", "Labelling", "Serving the champion", "Tools")
 app = typer.Typer(
     help="defectflow: labelled defect images in, a better Florence-2 defect detector out.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # a docstring's lines are one paragraph: the help wraps it
 )
-for command in (predict, queue, suspects, gc, status, watch, train_node, serve_model, rollback):
-    app.command()(command)  # typer names serve_model `serve-model`
-app.command("coco-eval")(coco_eval)
-app.add_typer(server_app, name="server")
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
-WorkOption = Annotated[Path | None, typer.Option(help="work dir (default <home>/lines/<config name>)")]
+WorkOption = Annotated[Path | None, typer.Option(help="work dir (default `<home>/lines/<config name>`)")]
 
 
 @app.callback()
@@ -40,19 +40,19 @@ def main(
     allow_image_workers()  # this entry point keeps its work under `if __name__ == "__main__"`
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def check(config: ConfigArg) -> None:
     """Validate a dataset config and print it with every default filled in."""
     console.print_json(config_or_exit(config).model_dump_json())
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def prepare(
     ctx: typer.Context,
     config: ConfigArg,
     out: Annotated[Path, typer.Option("--out", help="writes OUT/dataset/ and OUT/prepare_report.json")],
 ) -> None:
-    """Ingest, check, split, flip and publish a Florence-2 <OD> dataset."""
+    """Ingest, check, split, flip and publish a Florence-2 `<OD>` dataset."""
     from flows.prepare import SourceUnreadable, run_prepare
     from flows.summaries import print_prepare_summary
 
@@ -66,7 +66,7 @@ def prepare(
     print_server(ctx.obj)
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def train(
     ctx: typer.Context,
     config: ConfigArg,
@@ -90,7 +90,7 @@ def train(
     print_server(ctx.obj)
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def evaluate(
     ctx: typer.Context,
     config: ConfigArg,
@@ -110,7 +110,7 @@ def evaluate(
     print_server(ctx.obj)
 
 
-@app.command("run")
+@app.command("run", rich_help_panel=NIGHTLY)
 def run_once(
     ctx: typer.Context,
     config: ConfigArg,
@@ -129,7 +129,7 @@ def run_once(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel=NIGHTLY)
 def serve(
     ctx: typer.Context,
     config: ConfigArg,
@@ -146,7 +146,7 @@ def serve(
     serve_retrain(config, work, ctx.obj, cron, port, announce=not quiet)
 
 
-@app.command()
+@app.command(rich_help_panel=PIPELINE)
 def demo(
     ctx: typer.Context,
     work: Annotated[Path, typer.Option(help="folder for the generated data, the runs")] = Path("work/demo"),
@@ -160,7 +160,6 @@ def demo(
     run_demo(work, ctx.obj, seed, nights)
 
 
-@app.command("build-base")
 def build_base(
     ctx: typer.Context,
     seed: Annotated[int, typer.Option(help="random weights and shapes (a built base is kept)")] = 0,
@@ -170,3 +169,12 @@ def build_base(
 
     console.print(f"base checkpoint: {build(ctx.obj, seed)}")
 
+
+for panel, commands in ((NIGHTLY, (status, gc, watch, train_node)),
+                        (LABELLING, (predict, queue, suspects)),
+                        (SERVING, (serve_model, rollback))):
+    for command in commands:
+        app.command(rich_help_panel=panel)(command)  # typer names serve_model `serve-model`
+app.add_typer(server_app, name="server", rich_help_panel=NIGHTLY)
+app.command("build-base", rich_help_panel=TOOLS)(build_base)
+app.command("coco-eval", rich_help_panel=TOOLS)(coco_eval)

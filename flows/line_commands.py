@@ -19,7 +19,7 @@ from flows.summaries import config_or_exit, console, summary_table
 from tasks.core.home import resolve_home
 
 WorkOption = Annotated[Path | None, typer.Option(
-    help="work dir (default <home>/lines/<config name>)")]
+    help="work dir (default `<home>/lines/<config name>`)")]
 
 
 def gc(

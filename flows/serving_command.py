@@ -17,7 +17,7 @@ from flows.summaries import config_or_exit, console, line_or_exit
 
 ConfigArg = Annotated[Path, typer.Argument(help="dataset config, e.g. datasets_cfg/neu_det.yaml")]
 WorkOption = Annotated[Path | None, typer.Option(
-    help="work dir (default <home>/lines/<config name>)")]
+    help="work dir (default `<home>/lines/<config name>`)")]
 
 
 def registry_of(config, home: str):
@@ -38,7 +38,7 @@ def serve_model(
         "champion alias (default: the config's serving.pin)")] = None,
     replica: Annotated[str | None, typer.Option(
         help="this server's name among the line's replicas (its monitoring and feedback files); "
-        "default <host name>-<port>")] = None,
+        "default `<host name>-<port>`")] = None,
     work: WorkOption = None,
 ) -> None:
     """Serve the line's champion over HTTP (POST /predict, GET /health /model /metrics),

@@ -13,11 +13,15 @@ from flows.cli import app
 runner = CliRunner()
 
 
-def test_help_lists_the_commands():
+def test_help_lists_the_commands_in_the_order_of_the_tour():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("prepare", "train", "check", "demo"):
-        assert command in result.output
+    panels = [result.output.index(f"─ {panel} ") for panel in (
+        "Pipeline", "Every night", "Labelling", "Serving the champion", "Tools")]
+    assert panels == sorted(panels)
+    places = [result.output.index(f"│ {command} ") for command in (
+        "prepare", "train", "run", "serve", "predict", "serve-model", "coco-eval")]
+    assert places == sorted(places)
 
 
 def registered_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...],
@@ -49,7 +53,8 @@ def test_every_command_explains_itself(command):
     # Its own sentence, not just typer's frame: the docstring's first line, in the help.
     summary = (COMMANDS[command].help or "").strip().split("\n\n")[0]
     assert summary, f"`{' '.join(command)}` has no docstring to explain it"
-    assert " ".join(summary.split()) in " ".join(result.output.replace("│", " ").split())
+    shown = " ".join(result.output.replace("│", " ").split())
+    assert " ".join(summary.replace("`", "").split()) in shown  # markdown: `code` is shown bare
 
 
 def test_a_bad_config_is_a_clear_error_not_a_traceback(tmp_path):

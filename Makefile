@@ -10,7 +10,7 @@ export PREFECT_HOME := $(DEFECTFLOW_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test scenarios ui ui-check serve serve-model lint bench bench-learning seeds chaos soak clean
+.PHONY: venv demo test docs scenarios ui ui-check serve serve-model lint bench bench-learning seeds chaos soak clean
 
 $(BIN)/defectflow: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ chaos: venv
 # run again; checks the registry, the disk and what kills leave behind (~20 min on 2 cores).
 soak: venv
 	$(BIN)/python -m bench.soak
+
+# The docs as a site (docs/, mkdocs.yml) in site/
+docs: venv
+	$(BIN)/pip install -q -e '.[docs]'
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf work .defectflow

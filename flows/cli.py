@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flows.init_command import init
 from flows.line_commands import gc, status, train_node, watch
 from flows.predict_command import coco_eval, predict, queue, suspects
 from flows.server_command import server_app
@@ -170,7 +171,7 @@ def build_base(
     console.print(f"base checkpoint: {build(ctx.obj, seed)}")
 
 
-for panel, commands in ((NIGHTLY, (status, gc, watch, train_node)),
+for panel, commands in ((PIPELINE, (init,)), (NIGHTLY, (status, gc, watch, train_node)),
                         (LABELLING, (predict, queue, suspects)),
                         (SERVING, (serve_model, rollback))):
     for command in commands:

@@ -32,7 +32,10 @@ _Strict = Strict  # every section refuses unknown keys
 
 
 class SourceConfig(_Strict):
-    format: Literal["voc", "coco", "yolo"]
+    """Where the labelled images are (relative paths: from the config file's folder)."""
+
+    format: Literal["voc", "coco", "yolo"] = Field(description="Pascal VOC XML (LabelImg), a "
+                                                   "COCO JSON, or YOLO .txt with classes.txt")
     images: Path = Field(description="folder with the images (searched recursively)")
     annotations: Path | list[Path] = Field(
         description="VOC: a folder of XML files, or a list of folders (one per annotation pass: "
@@ -57,8 +60,10 @@ class SourceConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    hflip: bool = True
-    vflip: bool = False
+    """Flipped copies of the training images (their boxes flipped with them)."""
+
+    hflip: bool = Field(True, description="add a left-right mirrored copy")
+    vflip: bool = Field(False, description="add an upside-down copy")
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -67,9 +72,12 @@ class AugmentConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    train: float = Field(0.8, ge=0, le=1)
-    validation: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
+    """Shares of the images per split, by content hash: an image stays in its split forever."""
+
+    train: float = Field(0.8, ge=0, le=1, description="share trained on")
+    validation: float = Field(0.1, ge=0, le=1, description="share that chooses the checkpoint "
+                              "and the threshold")
+    test: float = Field(0.1, ge=0, le=1, description="share that only scores (the gate's)")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -80,9 +88,12 @@ class SplitConfig(_Strict):
 
 
 class PublishConfig(_Strict):
-    target: Literal["local", "hub"] = "local"
-    repo_id: str | None = None
-    private: bool = True
+    """Where the prepared dataset goes."""
+
+    target: Literal["local", "hub"] = Field("local", description="local: parquet in the output "
+                                            "folder; hub: also pushed to the Hugging Face Hub")
+    repo_id: str | None = Field(None, description="hub: the dataset repo, e.g. my-org/defects")
+    private: bool = Field(True, description="hub: a private dataset repo")
 
     @model_validator(mode="after")
     def _hub_needs_repo(self) -> PublishConfig:
@@ -92,10 +103,14 @@ class PublishConfig(_Strict):
 
 
 class ImageLimits(_Strict):
+    """What an image may be before it is quarantined."""
+
     # Pillow's own bomb guard is ~179 MP; factory images are big but never this big.
-    max_pixels: int = Field(100_000_000, gt=0)
+    max_pixels: int = Field(100_000_000, gt=0, description="larger images (decompression bombs "
+                            "included) are image_too_large")
     # JPEG rounding can leave R, G, B a unit or two apart in a gray picture.
-    gray_tolerance: int = Field(2, ge=0, le=255)
+    gray_tolerance: int = Field(2, ge=0, le=255, description="R, G and B this close count as "
+                                "gray")
     min_box_size: float = Field(1.0, ge=0, description="boxes narrower or lower (px) are dropped")
 
 
@@ -104,6 +119,8 @@ CLASSIFIER_METRICS = ("macro_f1", "accuracy")
 
 
 class PromoteConfig(_Strict):
+    """The gate a challenger passes to become champion."""
+
     metric: Literal["map", "map50", "map75", "accuracy", "macro_f1"] | None = Field(
         None, description="default per model kind: map (florence2), macro_f1 (vit)")
     min_gain: float = Field(0.0, ge=0, description="the challenger must beat the champion by more")
@@ -115,20 +132,26 @@ class PromoteConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
+    """The MLflow registry: every trained model a version, the champion an alias."""
+
     tracking_uri: str | None = Field(None, description="default: sqlite file in the work dir")
     model_name: str | None = Field(None, description="default: <name>-<model kind>")
     promote: PromoteConfig = PromoteConfig()
     hub_repo: str | None = Field(None, description="push each new champion to this Hub model repo")
-    hub_private: bool = True
+    hub_private: bool = Field(True, description="hub_repo is private")
 
 
 class TargetsConfig(_Strict):
+    """The `<loc_*>` target strings Florence-2 learns."""
+
     # Florence-2's BART decoder has 1024 positions: a longer target cannot be learnt whole.
     max_tokens: int = Field(1024, gt=8, description="longest target (model tokens, with <s> and "
                             "</s>); an image whose target is longer is quarantined (target_too_long)")
 
 
 class TilingConfig(_Strict):
+    """Dense images cut into overlapping tiles."""
+
     size: int = Field(gt=16, description="tile side (px of the image as stored)")
     overlap: float = Field(0.2, ge=0, lt=0.9, description="share of a side neighbours overlap")
     all_images: bool = Field(False, description="tile every image larger than a tile, not only "
@@ -138,9 +161,14 @@ class TilingConfig(_Strict):
 
 
 class DatasetConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    source: SourceConfig
-    grayscale: Literal["drop", "convert", "keep"] = "drop"
+    """A line: its data, its model, and how its nights run (`datasets_cfg/<name>.yaml`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the line's name: "
+                      "its work dir, registry model and deployment go by it")
+    source: SourceConfig = Field(description="where the images and annotations are")
+    grayscale: Literal["drop", "convert", "keep"] = Field(
+        "drop", description="grayscale images: drop them (Florence-2 training needs RGB), "
+        "convert them to 3-channel RGB, or keep them as they are")
     augment: AugmentConfig = AugmentConfig()
     split: SplitConfig = SplitConfig()
     publish: PublishConfig = PublishConfig()

@@ -11,27 +11,35 @@ from tasks.core.operations_config import Strict
 
 
 class LoraConfig(Strict):
-    r: int = Field(8, gt=0)
-    alpha: int = Field(8, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    """LoRA adapters (peft) on the model's projections; the base weights stay frozen."""
+
+    r: int = Field(8, gt=0, description="the adapters' rank")
+    alpha: int = Field(8, gt=0, description="LoRA's scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
     # Every attention projection and MLP of Florence-2, by transformers' module names: BART's
     # q_proj/k_proj/v_proj/out_proj and fc1/fc2, DaViT's fused qkv, its output proj, fc1/fc2.
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj",
-                                 "fc1", "fc2"]
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj", "fc1", "fc2"],
+        description="module names that get adapters")
 
 
 class ModelConfig(Strict):
-    kind: Literal["florence2", "vit"] = "florence2"
+    """What is trained: Florence-2 detecting boxes, or a ViT classifying whole images."""
+
+    kind: Literal["florence2", "vit"] = Field("florence2", description="florence2: a detector "
+                                               "(boxes); vit: an image classifier")
     checkpoint: str = Field("florence-community/Florence-2-base",
                             description="Hub id, local folder, or `tiny` (offline, random weights)")
     lora: LoraConfig | None = Field(LoraConfig(), description="null = full fine-tuning")
-    freeze_vision: bool = False
+    freeze_vision: bool = Field(False, description="keep the vision encoder's weights as they are")
     adapter: str | None = Field(None, description="start from this LoRA adapter folder and keep "
                                 "training it (the nightly warm start from a champion adapter)")
     merge: bool = Field(False, description="also save the LoRA-merged model (merge_and_unload)")
     # ViT: what an image's label is. `majority`: its most frequent box class, `passed` if none.
-    image_label: Literal["majority", "first"] = "majority"
-    negative_label: str = "passed"
+    image_label: Literal["majority", "first"] = Field(
+        "majority", description="vit: an image's label is its most frequent box class, or its "
+        "first box's")
+    negative_label: str = Field("passed", description="vit: the label of an image with no box")
 
 
 class DistributedConfig(Strict):
@@ -62,16 +70,19 @@ class DistributedConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: float = Field(10, gt=0)
+    """How the model is trained (the transformers Trainer's arguments, and what stops it)."""
+
+    epochs: float = Field(10, gt=0, description="passes over the training images")
     max_steps: int = Field(-1, description="> 0 overrides epochs")
-    lr: float = Field(5e-6, gt=0)  # Florence-2 LoRA recipes use 1e-5 .. 5e-6
-    batch_size: int = Field(4, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr: float = Field(5e-6, gt=0, description="peak learning rate")  # Florence-2 LoRA: 1e-5..5e-6
+    batch_size: int = Field(4, gt=0, description="images per step and process")
+    grad_accum: int = Field(1, gt=0, description="steps whose gradients add up before an update")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps the learning "
+                                "rate rises over")
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
         "linear", description="how the learning rate falls after warmup (to 0: linear, cosine)")
-    seed: int = 42
+    seed: int = Field(42, description="the training's random seed")
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
     select: Literal["map50", "map", "loss", "accuracy"] | None = Field(
         None, description="what chooses the best checkpoint and stops early; default map50 "
@@ -83,8 +94,9 @@ class TrainConfig(Strict):
                            "scores")
     min_steps: int = Field(0, ge=0, description="no early stop before this many steps")
     eval_steps: int = Field(50, gt=0, description="evaluate and checkpoint every N steps")
-    save_total_limit: int = Field(2, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept on disk (the best stays)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32")
     warm_start: bool = Field(False, description="nightly: start from the champion (its full model, "
                              "or its LoRA adapter trained further)")
     warm_start_steps: int | None = Field(None, gt=0, description="max_steps of a warm-started "
@@ -103,6 +115,8 @@ class TrainConfig(Strict):
 
 
 class EvaluateConfig(Strict):
+    """How the test split is scored."""
+
     num_beams: int = Field(1, ge=1, description="beams for `<OD>` generation")
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="images per generation")
     timeout_minutes: float = Field(120, gt=0, description="a longer evaluation fails as TimedOut")

@@ -16,6 +16,8 @@ class Strict(BaseModel):
 
 
 class ScheduleConfig(Strict):
+    """When `serve` runs a night even if no images landed."""
+
     cron: str = Field("0 2 * * *", description="when `defectflow serve` runs the retrain")
     timezone: str = Field("UTC", description="IANA name, e.g. Europe/Berlin")
 
@@ -42,6 +44,8 @@ class ScheduleConfig(Strict):
 
 
 class TriggerConfig(Strict):
+    """Labelled images landing start a night."""
+
     quiet_seconds: float = Field(60, gt=0, description="a batch has landed once the source "
                                  "folders have been quiet this long")
     min_new_images: int = Field(5, gt=0, description="labelled images (an image with its "
@@ -50,6 +54,8 @@ class TriggerConfig(Strict):
 
 
 class NotifyConfig(Strict):
+    """Alerts (Apprise): a failed night, a promotion, a model server's trouble."""
+
     on: list[Literal["failure", "promotion", "serving"]] = Field(
         ["failure", "promotion", "serving"], description="serving: a model server refused a "
         "version (it would not download, load or warm) or saw its images drift")
@@ -63,12 +69,17 @@ class NotifyConfig(Strict):
 
 
 class PrepConfig(Strict):
-    runner: Literal["threads", "dask"] = "threads"
+    """Where prepare's image work runs."""
+
+    runner: Literal["threads", "dask"] = Field("threads", description="threads in this process, "
+                                               "or a Dask cluster through prefect-dask")
     dask_address: str | None = Field(None, description="a Dask scheduler; default: a local cluster")
-    dask_workers: int = Field(2, gt=0)
+    dask_workers: int = Field(2, gt=0, description="workers of the local Dask cluster")
 
 
 class PrelabelConfig(Strict):
+    """After each night the champion pre-labels new images for LabelImg."""
+
     inbox: Path = Field(description="folder of new, unlabelled images (not the annotations "
                         "folder): the champion writes a LabelImg XML beside each image without one")
     threshold: float | None = Field(None, ge=0, le=1, description="boxes at or above this "
@@ -81,6 +92,8 @@ class PrelabelConfig(Strict):
 
 
 class RetentionConfig(Strict):
+    """What a line keeps on disk and in the registry."""
+
     runs: int = Field(3, ge=1, description="nights whose run folders (checkpoints, pixel cache, "
                       "model files) and registered model files are kept, besides the champion's "
                       "and the challenger's; older ones keep their records only")
@@ -92,15 +105,18 @@ class FeedbackConfig(Strict):
 
     close_to_threshold: float = Field(0.1, ge=0, le=1, description="epsilon: an image with a box "
                                       "whose score is within this of its class threshold")
-    close_to_threshold_daily_limit: int = Field(50, ge=0)
+    close_to_threshold_daily_limit: int = Field(50, ge=0, description="images a day, the line's "
+                                                "replicas together")
     no_detections_share: float = Field(0.05, ge=0, le=1, description="share of the images with no "
                                        "box kept that are sampled")
-    no_detections_daily_limit: int = Field(20, ge=0)
+    no_detections_daily_limit: int = Field(20, ge=0, description="images a day")
     random_share: float = Field(0.01, ge=0, le=1, description="share of all images sampled")
-    random_daily_limit: int = Field(20, ge=0)
+    random_daily_limit: int = Field(20, ge=0, description="images a day")
 
 
 class DriftConfig(Strict):
+    """When the night's serving-monitor alerts: served images against the test set's."""
+
     no_box_share_ratio: float = Field(2.0, gt=1, description="alert when the share of images "
                                       "with no box is this many times the test set's")
     brightness_sigmas: float = Field(3.0, gt=0, description="alert when the mean brightness "

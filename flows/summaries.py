@@ -35,10 +35,21 @@ def line_or_exit(home: str, config_path: Path, work: Path | None) -> Path:
     return (work or line).resolve()
 
 
+def started_from(train: dict) -> str:
+    """What a training started from, in words that are true: the base, the champion's adapter
+    trained further, and a checkpoint a killed run left (resumed at its step)."""
+    base = Path(str(train.get("checkpoint") or "?")).name or str(train.get("checkpoint"))
+    words = (f"the champion's LoRA adapter ({Path(train['adapter']).parent.name}) on {base}"
+             if train.get("adapter") else f"{base}")
+    if train.get("resumed_from_step"):
+        words += f", resumed at step {train['resumed_from_step']} from a killed run's checkpoint"
+    return words
+
+
 def summary_table(title: str) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # a long path wraps whole, never cut in its middle
     return table
 
 
@@ -163,8 +174,7 @@ def print_retrain_summary(result: dict, server: str | None = None) -> None:
             f"{changes['images_relabelled']} relabelled, {changes['images_replaced']} replaced; "
             f"test split {changes['test_images']['before']} -> {changes['test_images']['after']}"))
     table.add_row("trained", f"{summary['train']['global_step']} steps from "
-                  f"{summary['train']['checkpoint']} (resumed from step "
-                  f"{summary['train']['resumed_from_step']}); checkpoint chosen on "
+                  f"{started_from(summary['train'])}; checkpoint chosen on "
                   f"{summary['train'].get('selected_on')}")
     metric = decision["metric"]
     table.add_row(f"test {metric}", f"challenger v{version['version']}: "

@@ -189,3 +189,15 @@ def test_the_cli_reads_home_before_prefect_is_imported():
     code = "import sys, flows.cli; print('prefect' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_nights_summary_says_what_its_training_started_from_in_true_words():
+    from flows.summaries import started_from
+
+    assert started_from({"checkpoint": "/h/bases/tiny-florence2-shapes", "adapter": None,
+                         "resumed_from_step": 0}) == "tiny-florence2-shapes"
+    warm = started_from({"checkpoint": "/h/bases/tiny-florence2-shapes",
+                         "adapter": "/h/lines/demo/champion/v1-0123abcd/model",
+                         "resumed_from_step": 0})
+    assert warm == "the champion's LoRA adapter (v1-0123abcd) on tiny-florence2-shapes"
+    assert "resumed at step 120" in started_from({"checkpoint": "x", "resumed_from_step": 120})

@@ -5,6 +5,7 @@ a table of contents."""
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 import threading
@@ -38,7 +39,7 @@ def serve_model(
         "champion alias (default: the config's serving.pin)")] = None,
     replica: Annotated[str | None, typer.Option(
         help="this server's name among the line's replicas (its monitoring and feedback files); "
-        "default `<host name>-<port>`")] = None,
+        "default: the host name (two servers on one machine need a name each)")] = None,
     work: WorkOption = None,
 ) -> None:
     """Serve the line's champion over HTTP (POST /predict, GET /health /model /metrics),
@@ -57,7 +58,9 @@ def serve_model(
     loaded = config_or_exit(config)
     line = line_or_exit(ctx.obj, config, work)
     registry = registry_of(loaded, ctx.obj)
-    replica = replica or f"{socket.gethostname()}-{port}"
+    replica = replica or socket.gethostname()
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # a locked registry
+    # is said once by the follower, not as MLflow's traceback at every poll
     monitor = Monitor(line / "monitoring", replica)
 
     def alert(title: str, body: str) -> None:

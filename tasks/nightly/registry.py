@@ -42,20 +42,24 @@ class RegistryTarget(BaseModel, frozen=True):
 
 
 def _client(tracking_uri: str):
+    """A client of the registry (its store is opened on first use, inside `ask`)."""
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
+    return ask("open the registry", lambda: MlflowClient(tracking_uri=tracking_uri))
 
 
 def ask(what: str, question: Callable[[], object]):
     """The registry's answer to `question`; RegistryUnreachable when it could not give one."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         return question()
-    except (MlflowException, OSError) as exc:  # requests' and SQLAlchemy's errors come as these
+    # requests' errors come as MlflowException or OSError; SQLAlchemy's mostly as MlflowException,
+    # but not while MLflow opens a locked SQLite file
+    except (MlflowException, OSError, SQLAlchemyError) as exc:
         raise RegistryUnreachable(f"{UNREACHABLE} ({what}): {exc}") from exc
 
 

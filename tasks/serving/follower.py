@@ -169,15 +169,15 @@ class ModelFollower:
         said = self.check()
         if self.current is not None:
             return said
-        record_path = self.folder / SERVED_RECORD
-        if self.registry_state["reachable"] is False and record_path.is_file():
-            record = json.loads(record_path.read_text())
-            model_dir = Path(record["model_dir"])
-            if is_intact(model_dir, record["model_files"]):
-                self.current = load_served(model_dir, self.config, self.registry.model_name,
-                                           record["version"], record.get("metrics", {}),
-                                           "local copy (registry unreachable)")
-                return f"registry unreachable: serving the local copy of v{record['version']}"
+        if self.registry_state["reachable"] is False:
+            for record in self._served_records():
+                model_dir = Path(record["model_dir"])
+                if is_intact(model_dir, record["model_files"]):
+                    self.current = load_served(model_dir, self.config, self.registry.model_name,
+                                               record["version"], record.get("metrics", {}),
+                                               "local copy (registry unreachable)")
+                    return ("registry unreachable: serving the local copy of "
+                            f"v{record['version']}")
         raise RuntimeError(f"nothing to serve: {said}")
 
     def run(self, poll_seconds: float, say: Callable[[str], None] = print) -> None:
@@ -189,6 +189,20 @@ class ModelFollower:
             say(str(exc))
         self.follow(poll_seconds, say)
 
+    def _served_records(self) -> list[dict]:
+        """What this replica served last, then what the line's other replicas did (newest
+        first): a copy is trusted only when its files' hash is the registered one."""
+        own = self.folder / SERVED_RECORD
+        others = sorted(self.folder.parent.glob(f"*/{SERVED_RECORD}"),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        records = []
+        for path in [own, *(p for p in others if p != own)]:
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return records
+
     def follow(self, poll_seconds: float, say: Callable[[str], None] = print) -> None:
         """Check every `poll_seconds`, or at once when woken (a champion.changed event)."""
         last = None
@@ -197,7 +211,11 @@ class ModelFollower:
             self.wake.clear()
             if self.stopped.is_set():
                 return
-            said = self.check()
+            try:
+                said = self.check()
+            except Exception as exc:  # noqa: BLE001 - the follower never stops following
+                self._reachable(False, f"{type(exc).__name__}: {exc}")
+                said = f"could not check the registry ({type(exc).__name__}: {exc})"[:300]
             if said != last:
                 say(said)
                 last = said

@@ -291,3 +291,38 @@ def test_a_promotion_does_not_move_the_champion_a_rollback_moved_meanwhile(tmp_p
                             Candidate(version=v2, metrics=detector(0.5)), line.work)
     assert not decision["promoted"] and "rollback" in decision["reason"]
     assert champion_version(line.target.tracking_uri, line.target.model_name)["version"] == v1
+
+
+def test_started_while_the_registry_cannot_answer_it_serves_its_verified_local_copy(tmp_path, tiny):
+    import sqlite3
+
+    line = make_line(tmp_path)
+    move_champion(line.target, None, line.register(tiny, "night-1"))
+    line.start(free_port())
+    line.wait_healthy()
+    assert "Traceback" not in line.stop()
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_registry() -> None:  # another process's write lock: "database is locked"
+        with sqlite3.connect(line.home / "mlflow" / "mlflow.db", timeout=60) as connection:
+            connection.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(120)
+            connection.rollback()
+
+    holder = threading.Thread(target=hold_the_registry)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        line.start(free_port(), "--replica", "another-machine")  # the line's copy, verified
+        health = line.wait_healthy(100)
+        assert health["model_version"] == 1 and health["registry"]["reachable"] is False
+        assert httpx.get(f"{line.url}/model").json()["source"].startswith("local copy")
+        assert httpx.post(f"{line.url}/predict", content=png(), timeout=60).status_code == 200
+    finally:
+        release.set()
+        holder.join()
+    answered = waited_for(line, lambda m: m["registry"]["reachable"] is True, 120)
+    assert answered["version"] == 1
+    assert "Traceback" not in line.stop()

@@ -33,7 +33,17 @@ class Monitor:
     def __init__(self, folder: Path, replica: str, flush_s: float = 30):
         self.folder, self.replica, self.flush_s = folder, replica, flush_s
         self.lock = threading.Lock()
-        self.hour, self.figures, self.flushed = self._hour(), Figures(), 0.0
+        self.hour, self.flushed = self._hour(), 0.0
+        self.figures = self._hour_so_far()
+
+    def _hour_so_far(self) -> Figures:
+        """The hour's figures this replica wrote before it restarted: added to, not replaced."""
+        try:
+            found = json.loads((self.folder / "hourly" / f"{self.replica}-{self.hour}.json")
+                               .read_text())
+            return Figures(**found["sums"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return Figures()
 
     @staticmethod
     def _hour() -> str:

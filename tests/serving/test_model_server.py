@@ -326,3 +326,18 @@ def test_started_while_the_registry_cannot_answer_it_serves_its_verified_local_c
     answered = waited_for(line, lambda m: m["registry"]["reachable"] is True, 120)
     assert answered["version"] == 1
     assert "Traceback" not in line.stop()
+
+
+def test_a_pinned_version_is_served_whatever_the_champion(tmp_path, tiny):
+    line = make_line(tmp_path)
+    v1 = line.register(tiny, "night-1")
+    move_champion(line.target, None, v1)
+    v2 = line.register(tiny, "night-2")
+    move_champion(line.target, v1, v2)
+    line.start(free_port(), "--version", str(v1))
+    assert line.wait_healthy()["model_version"] == v1
+    model = httpx.get(f"{line.url}/model").json()
+    assert (model["version"], model["follows"], model["source"]) == (v1, f"v{v1} (pinned)", "pinned")
+    time.sleep(3)  # polls go by: still the pinned one
+    assert httpx.post(f"{line.url}/predict", content=png(), timeout=60).json()["model_version"] == v1
+    assert "Traceback" not in line.stop()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,15 @@ def threshold_of(request: Request) -> float | None:
     return value
 
 
+def said_if_failed(done) -> None:
+    """The monitoring line or the feedback sample of an image could not be written: said in the
+    server's log (the answer went out; what is missing is said, not lost silently)."""
+    if done.exception() is not None:
+        logging.getLogger("defectflow.serving").error(
+            "monitoring or feedback failed: %s: %s", type(done.exception()).__name__,
+            done.exception())
+
+
 class ModelServer:
     def __init__(self, config: DatasetConfig, follower: ModelFollower, monitor: Monitor,
                  feedback: FeedbackSampler | None):
@@ -141,7 +151,7 @@ class ModelServer:
         width, height = image.image.size
         boxes = [[round(b.x1, 1), round(b.y1, 1), round(b.x2, 1), round(b.y2, 1)] for b in kept]
         self.side.submit(self.after, request_id, upload, image, image_format, served, prediction,
-                         kept, scores, boxes)
+                         kept, scores, boxes).add_done_callback(said_if_failed)
         return {"name": upload.name, "width": width, "height": height,
                 "boxes": [{"box": box, "label": b.label, "score": round(s, 4)}
                           for box, b, s in zip(boxes, kept, scores, strict=True)],

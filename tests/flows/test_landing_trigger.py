@@ -148,6 +148,7 @@ def test_labelled_images_landing_start_one_night_per_batch_and_one_after_a_night
     assert output.count("defectflow.images.landed sent") == 2, output[-3000:]
 
 
+@pytest.mark.scenario  # 3 minutes: make scenarios
 def test_a_killed_night_is_crashed_by_prefects_heartbeat_automation_and_frees_its_slot(tmp_path):
     """A night SIGKILLed: its heartbeats stop, Prefect's zombie-flow automation (which serve
     keeps on the home's server) marks it Crashed, the server's repossessor takes back the slot

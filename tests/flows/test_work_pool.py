@@ -23,6 +23,7 @@ def prefect(*args: str, env: dict, timeout: int = 300) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.scenario  # a worker: make scenarios
 def test_a_process_worker_runs_a_night_of_the_prefect_yaml_deployment(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL

@@ -225,11 +225,11 @@ def test_each_box_keeps_its_own_label_through_prediction(tiny_florence):
     assert prediction.scores == [pytest.approx(math.exp(-0.1))] * 2
 
 
-def test_the_readme_states_the_confusion_threshold_the_code_uses():
+def test_the_docs_state_the_confusion_threshold_the_code_uses():
     import re
 
     from tasks.scoring.coco import CONFUSION_CONFIDENCE
     from tests.support import REPO
 
-    stated = re.findall(r"confidence >= ([0-9.]+)", (REPO / "README.md").read_text())
+    stated = re.findall(r"confidence >= ([0-9.]+)", (REPO / "docs" / "evaluation.md").read_text())
     assert stated and {float(value) for value in stated} == {CONFUSION_CONFIDENCE}

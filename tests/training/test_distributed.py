@@ -186,6 +186,7 @@ def test_a_distributed_training_that_runs_out_of_time_is_timed_out_not_retried(
 
 
 @pytest.mark.slow
+@pytest.mark.scenario  # two-node training: make scenarios
 def test_two_nodes_on_one_machine_meet_and_finish_one_training(synthetic_dataset, tmp_path):
     from tasks.training.train import train_step
 

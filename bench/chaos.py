@@ -213,7 +213,7 @@ def night_of(lines: Lines, name: str, known: set[str], seconds: float = 240) -> 
     return waited(new, seconds)
 
 
-NIGHT_TIMEOUT = {"seconds": 900.0}  # --night-timeout: a night not ended by then is NOT_ENDED
+NIGHT_TIMEOUT = {"seconds": 900.0, "tries": 4}  # --night-timeout, --tries
 
 
 def ended(lines: Lines, run_id: str) -> str:
@@ -266,7 +266,7 @@ def one_night(lines: Lines, number: int, rng: random.Random, champions: dict,
             breaks.append(f"{name} night {number}: the landing started no night")
         else:
             tries.append((nights[name]["id"], ended(lines, nights[name]["id"])))
-            while tries[-1][1] != "COMPLETED" and len(tries) < 4:
+            while tries[-1][1] != "COMPLETED" and len(tries) < NIGHT_TIMEOUT["tries"]:
                 tries.append(run_again(lines, name))
             if tries[-1][1] != "COMPLETED":
                 breaks.append(f"{name} night {number}: failed and never ran again to success "
@@ -294,8 +294,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--night-timeout", type=float, default=900,
                         help="seconds a night may take before it counts as never ended")
+    parser.add_argument("--tries", type=int, default=4, help="runs of a night before it counts "
+                        "as never run again to success")
     args = parser.parse_args()
-    NIGHT_TIMEOUT["seconds"] = args.night_timeout
+    NIGHT_TIMEOUT.update(seconds=args.night_timeout, tries=args.tries)
     from tasks.nightly.server import free_port
 
     rng = random.Random(args.seed)

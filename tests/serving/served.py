@@ -42,6 +42,16 @@ class ServedLine:
                                 {"coco": {"map50": 0.5}, **(metrics or {})},
                                 {"dataset_fingerprint": night})["version"]
 
+    def promoted_nights(self, model_dir: Path, nights: int) -> list[int]:
+        """`nights` versions of the model, each made champion in turn (`previous` follows)."""
+        from tasks.nightly.champion_alias import move_champion
+
+        versions: list[int] = []
+        for night in range(1, nights + 1):
+            versions.append(self.register(model_dir, f"night-{night}"))
+            move_champion(self.target, versions[-2] if len(versions) > 1 else None, versions[-1])
+        return versions
+
     def defectflow(self, *args: str, prefect: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "defectflow"), "--home", str(self.home), *args],
                               capture_output=True, text=True, timeout=300, env=quiet_env(prefect))

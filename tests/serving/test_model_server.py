@@ -183,10 +183,7 @@ def test_the_champion_moved_under_load_is_served_with_no_failed_request(tmp_path
 
 def test_a_broken_version_is_refused_the_old_one_serves_and_a_rollback_is_followed(tmp_path, tiny):
     line = make_line(tmp_path)
-    v1 = line.register(tiny, "night-1")
-    move_champion(line.target, None, v1)
-    v2 = line.register(tiny, "night-2")
-    move_champion(line.target, v1, v2)
+    v1, v2 = line.promoted_nights(tiny, 2)
     line.start(free_port())
     assert line.wait_healthy()["model_version"] == v2
 
@@ -281,9 +278,7 @@ def test_a_promotion_does_not_move_the_champion_a_rollback_moved_meanwhile(tmp_p
     from tasks.nightly.registry import champion_version
 
     line = make_line(tmp_path)
-    v1, v2 = line.register(tiny, "night-1"), line.register(tiny, "night-2")
-    move_champion(line.target, None, v1)
-    move_champion(line.target, v1, v2)
+    v1, v2 = line.promoted_nights(tiny, 2)
     v3 = line.register(tiny, "night-3")  # tonight's challenger, compared with v2...
     rollback(line.target, line.work)  # ...while a person rolls back to v1
     decision = promote_step(line.target, RegistryConfig(), "map50",
@@ -330,10 +325,7 @@ def test_started_while_the_registry_cannot_answer_it_serves_its_verified_local_c
 
 def test_a_pinned_version_is_served_whatever_the_champion(tmp_path, tiny):
     line = make_line(tmp_path)
-    v1 = line.register(tiny, "night-1")
-    move_champion(line.target, None, v1)
-    v2 = line.register(tiny, "night-2")
-    move_champion(line.target, v1, v2)
+    v1, _ = line.promoted_nights(tiny, 2)
     line.start(free_port(), "--version", str(v1))
     assert line.wait_healthy()["model_version"] == v1
     model = httpx.get(f"{line.url}/model").json()

@@ -148,7 +148,18 @@ class ModelFollower:
         self.current = served  # the swap: batches read `current` once, when they start
         self.refused.pop(version, None)
         self._remember(served, wanted["tags"].get("model_files"))
+        self._prune({served.model_dir.parent, *([old.model_dir.parent] if old else [])})
         return f"now serving v{version}" + (f" (was v{old.version})" if old else "")
+
+    def _prune(self, keep: set[Path]) -> None:
+        """This replica's copies of versions it no longer serves go (the one it served before
+        stays, for a rollback without a download): nothing under serving/ grows forever. A
+        batch still running on the old model has its weights in memory, not on disk."""
+        import shutil
+
+        for folder in (self.folder / "models").iterdir():
+            if folder.is_dir() and folder not in keep and not folder.name.startswith("."):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _metrics(self, run_id: str) -> dict:
         client = _client(self.registry.tracking_uri)

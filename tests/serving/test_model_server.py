@@ -201,6 +201,9 @@ def test_a_broken_version_is_refused_the_old_one_serves_and_a_rollback_is_follow
     again = line.defectflow("rollback", str(line.config), "--to", str(v1))
     assert again.returncode == 0, again.stdout + again.stderr
     assert waited_for(line, lambda m: m["version"] == v1)["version"] == v1
+    # the copies it keeps: the version it serves and the one before (v3's went with the swap)
+    copies = sorted(p.name.split("-")[0] for p in (line.work / "serving").glob("*/models/v*"))
+    assert copies == [f"v{v1}", f"v{v2}"]
     client = _client(line.target.tracking_uri)
     record = json.loads(client.get_model_version(line.target.model_name, str(v1)).tags["rollback"])
     assert (record["from_version"], record["to_version"]) == (v2, v1)

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.core.config import DatasetConfig
 from tasks.core.logs import run_logger
@@ -50,9 +51,10 @@ def monitor_markdown(found: dict) -> str:
     return "\n".join(lines)
 
 
-@task(name="serving-monitor", retries=2, retry_delay_seconds=[5, 30])
+@task(name="serving-monitor", retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def serving_monitor_task(work_dir: str, registry: RegistryTarget, config: DatasetConfig) -> dict:
-    """The night's look at what the line's servers saw (the `serving-monitor` artifact)."""
+    """The night's look at what the line's servers saw (the `serving-monitor` artifact); never
+    cached: the same inputs read other hours tomorrow."""
     from prefect.artifacts import create_markdown_artifact
 
     found = serving_monitor_step(Path(work_dir), registry, config)

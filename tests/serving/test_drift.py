@@ -20,6 +20,17 @@ from tests.serving.served import make_line
 from tests.support import artifacts_of
 
 
+def monitor_artifact(flow_run_id) -> str:
+    """The night's `serving-monitor` artifact, once the server lists it."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while "serving-monitor" not in (found := artifacts_of(flow_run_id)):
+        assert time.monotonic() < deadline, f"no serving-monitor artifact: {sorted(found)}"
+        time.sleep(1)
+    return found["serving-monitor"].data
+
+
 def photo(seed: int, level: int) -> Image.Image:
     """A textured grey picture around `level` (the line's camera, or the camera gone dark)."""
     rng = random.Random(seed)
@@ -79,14 +90,14 @@ def test_darkened_images_sent_for_a_while_raise_the_nights_drift_alert(tmp_path,
     state = a_night(return_state=True)
     found = state.result()
     assert found["recent"]["images"] == 30 and found["drift"] == []
-    artifact = artifacts_of(state.state_details.flow_run_id)["serving-monitor"]
-    assert "**Drift:** none" in artifact.data and "| images | 30 |" in artifact.data
+    artifact = monitor_artifact(state.state_details.flow_run_id)
+    assert "**Drift:** none" in artifact and "| images | 30 |" in artifact
 
     served([photo(seed, 25) for seed in range(300, 340)])  # the lamp failed
     state = a_night(return_state=True)
     found = state.result()
     assert found["recent"]["images"] == 70 and found["drift"], found
-    assert "brightness" in artifacts_of(state.state_details.flow_run_id)["serving-monitor"].data
+    assert "brightness" in monitor_artifact(state.state_details.flow_run_id)
     (alert,) = [json.loads(a) for a in (line.work / "monitoring" / "alerts-night.jsonl")
                 .read_text().splitlines()]
     assert "drifted" in alert["title"] and "brightness" in alert["body"]

@@ -15,6 +15,7 @@ The same figures of the champion's test set are its profile; `drift` compares 24
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -33,16 +34,20 @@ class Monitor:
     def __init__(self, folder: Path, replica: str, flush_s: float = 30):
         self.folder, self.replica, self.flush_s = folder, replica, flush_s
         self.lock = threading.Lock()
-        self.hour, self.flushed = self._hour(), 0.0
+        self.hour, self.flushed, self.hour_name = self._hour(), 0.0, replica
         self.figures = self._hour_so_far()
 
     def _hour_so_far(self) -> Figures:
-        """The hour's figures this replica wrote before it restarted: added to, not replaced."""
+        """The hour's figures this replica wrote before it restarted: added to, not replaced.
+        A file that is there but cannot be read is left as it is: this process writes its
+        figures beside it (`<replica>.<pid>-<hour>.json`), and the night sums both."""
+        path = self.folder / "hourly" / f"{self.hour_name}-{self.hour}.json"
         try:
-            found = json.loads((self.folder / "hourly" / f"{self.replica}-{self.hour}.json")
-                               .read_text())
-            return Figures(**found["sums"])
+            return Figures(**json.loads(path.read_text())["sums"])
+        except FileNotFoundError:
+            return Figures()
         except (OSError, ValueError, KeyError, TypeError):
+            self.hour_name = f"{self.replica}.{os.getpid()}"
             return Figures()
 
     @staticmethod
@@ -81,7 +86,7 @@ class Monitor:
                 self._write()
 
     def _write(self) -> None:
-        path = self.folder / "hourly" / f"{self.replica}-{self.hour}.json"
+        path = self.folder / "hourly" / f"{self.hour_name}-{self.hour}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.part")
         partial.write_text(json.dumps({"hour": self.hour, "replica": self.replica,

@@ -57,12 +57,22 @@ def first_night(work: Path, bases: Path, base_seed: int, seed: int) -> dict:
     run = next((work / name / "nightly" / "runs").glob("*/train_summary.json")).parent
     trained = json.loads((run / "train_summary.json").read_text())
     per_class = json.loads((run / "eval" / "metrics.json").read_text())["per_class"]
+    curve = [(step, round(value, 3)) for step, value in trained["curves"].get("val_map50", [])]
     return {"base_seed": base_seed, "seed": seed, "test_map50": night["challenger_map50"],
             "test_ap50_per_class": {label: round(c["ap50"], 3) for label, c in per_class.items()},
-            "validation_map50": [(step, round(value, 3))
-                                 for step, value in trained["curves"].get("val_map50", [])],
+            "validation_map50": curve,
+            # Steps to the goal: the first evaluation at or past it on validation; on test, the
+            # step of the checkpoint the test figure is of (the only one tested), if it passed.
+            "steps_to_goal": {"validation": next((step for step, value in curve if value >= GOAL), None),
+                              "test": chosen_step(trained["best_checkpoint"])
+                              if (night["challenger_map50"] or 0) >= GOAL else None},
             "best_checkpoint": trained["best_checkpoint"], "global_step": night["train"]["global_step"],
             "minutes": round((time.monotonic() - started) / 60, 2)}
+
+
+def chosen_step(checkpoint: str | None) -> int | None:
+    """The step of a Trainer checkpoint folder (`checkpoint-750` -> 750)."""
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else None
 
 
 def main() -> None:
@@ -127,7 +137,8 @@ def section(result: dict) -> str:
     rows = "\n".join(
         f"| {n['base_seed']} | {n['seed']} | {n['test_map50']:.3f} | "
         + ", ".join(f"{label} {ap:.2f}" for label, ap in n["test_ap50_per_class"].items())
-        + f" | {' '.join(f'{v:.2f}' for _, v in n['validation_map50'])} | {n['global_step']} | "
+        + f" | {' '.join(f'{v:.2f}' for _, v in n['validation_map50'])} | "
+        f"{n['steps_to_goal']['validation']} / {n['steps_to_goal']['test']} | {n['global_step']} | "
         f"{n['minutes']:.1f} |" for n in result["nights"])
     verdict = "met" if result["met"] else "**missed**"
     bases = ", ".join(f"seed {seed}: {minutes:.1f} min" for seed, minutes in result["base_minutes"].items())
@@ -139,8 +150,9 @@ def section(result: dict) -> str:
         f"{result['cores']} cores; base 0 is the demo's, the other base was pretrained from other "
         "random weights. Figures in `bench/learning.json`, the validation curves in "
         "`bench/learning.png`.\n\n"
-        "| base | seed | test mAP50 | test AP50 per class | validation mAP50 every eval_steps | steps "
-        "| minutes |\n|---|---|---|---|---|---|---|\n" + rows + "\n\n"
+        "| base | seed | test mAP50 | test AP50 per class | validation mAP50 every eval_steps "
+        f"| steps to {GOAL}: validation / test | steps | minutes |\n"
+        "|---|---|---|---|---|---|---|---|\n" + rows + "\n\n"
         f"min {result['min_test_map50']:.3f}, median {result['median_test_map50']:.3f} (goal: "
         f"{result['goal']}: {verdict}); building a base: {bases}.\n")
 

@@ -23,7 +23,13 @@ labels: [patch, scratch, spot]
 model:
   kind: florence2
   checkpoint: {base}
-  lora: {{r: {rank}, alpha: {alpha}, dropout: 0.0}}
+  # Adapters on the vision tower's patch-embedding convolutions too: the defects do not look
+  # like the base's shapes, and without them the adapter needed twice the steps (issue 46).
+  lora:
+    r: {rank}
+    alpha: {alpha}
+    dropout: 0.0
+    target_modules: [{modules}]
 train:
   max_steps: {steps}
   lr: {lr}              # a toy model's adapter; a real Florence-2 LoRA uses 1e-5 .. 1e-4
@@ -44,12 +50,15 @@ prelabel: {{inbox: {inbox}, adopt: verified}}
 registry:
   promote: {{metric: map50, min_gain: 0.0, min_metric: 0.3, max_class_drop: 0.25}}
 """
-# Night 1 stops early once validation mAP50 stops rising, never before half of this. At 1500,
-# some seeds stopped with an adapter that drew every `patch` at the average box (test mAP50 0.67):
-# the adapter leaves that plateau between steps 1250 and 2500 (issue 28, bench/RESULTS.md).
-DEMO_STEPS = 3000
+# Night 1 stops early once validation mAP50 stops rising, never before half of this. With rank
+# 16 on the attention and MLP projections only, some seeds drew every `patch` at the average box
+# until step 1250 to 2500 (issue 28) and night 1 needed 3000 steps; with rank 32 and the vision
+# tower's patch-embedding convolutions adapted too, validation mAP50 passed 0.9 by step 750 on
+# the seeds measured (issue 46, bench/RESULTS.md). At lr 6e-3 the adapter diverged.
+DEMO_STEPS = 1500
 DEMO_WARM_STEPS = 250
-DEMO_LORA_RANK = 16
+DEMO_LORA_RANK = 32
+DEMO_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj", "fc1", "fc2", "conv")
 DEMO_LR = 3.0e-3
 
 
@@ -61,7 +70,7 @@ def write_demo_config(work: Path, base: Path, seed: int, steps: int = DEMO_STEPS
         images=source / "images", annotations=source / "annotations", inbox=work / "inbox",
         base=base, steps=steps,
         min_steps=steps // 2, warm_steps=DEMO_WARM_STEPS, rank=DEMO_LORA_RANK,
-        alpha=2 * DEMO_LORA_RANK, lr=DEMO_LR,
+        alpha=2 * DEMO_LORA_RANK, modules=", ".join(DEMO_LORA_MODULES), lr=DEMO_LR,
         seed=seed), encoding="utf-8")
     return path
 

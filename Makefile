@@ -72,7 +72,7 @@ bench: venv
 	$(BIN)/python -m bench.serving
 
 # The demo's night 1 in fresh processes for 5 seeds on the demo's base and 2 on a second base:
-# test mAP50 per seed (min / median) and minutes (~50 min on 2 cores).
+# test mAP50 per seed (min / median) and minutes (~35 min on 2 cores).
 bench-learning: venv
 	$(BIN)/python -m bench.learning
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,12 +17,24 @@ FAULT_WORDS = re.compile(r"registry unreachable|database is locked|503|Connectio
                          r"aborted)|RemoteDisconnected|ConnectError|Retrying", re.IGNORECASE)
 
 
-def api(port: int, path: str, body: dict | None = None):
+def api(port: int, path: str, body: dict | None = None, tries: int = 6):
+    """Prefect's API, asked as its own client asks it: a 502/503/504 (Prefect's answer while its
+    SQLite database is locked by the nights) or a refused connection is asked again with backoff
+    (1 + 2 + 4 + 8 + 16 s), then raised. Those answers mean the request was not done, so a POST
+    is safe to repeat; a GET is also repeated after a dropped connection."""
     url = f"http://127.0.0.1:{port}/api{path}"
-    answer = httpx.post(url, json=body, timeout=30) if body is not None else \
-        httpx.get(url, timeout=30)
-    answer.raise_for_status()
-    return answer.json()
+    for attempt in range(tries):
+        try:
+            answer = httpx.post(url, json=body, timeout=30) if body is not None else \
+                httpx.get(url, timeout=30)
+            if answer.status_code not in (502, 503, 504) or attempt == tries - 1:
+                answer.raise_for_status()
+                return answer.json()
+        except httpx.TransportError as error:
+            if attempt == tries - 1 or (body is not None and not isinstance(error, httpx.ConnectError)):
+                raise
+        time.sleep(2 ** attempt)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def registry_breaks(tracking_uri: str, model_name: str, champion_before: int | None,

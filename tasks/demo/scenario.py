@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tasks.core.model_config import LoraConfig
 from tasks.demo.sample_data import generate
 
 DEMO_FIRST_BATCH = 800
@@ -59,7 +60,7 @@ registry:
 DEMO_STEPS = 1500
 DEMO_WARM_STEPS = 250
 DEMO_LORA_RANK = 32
-DEMO_LORA_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj", "fc1", "fc2", "conv")
+DEMO_LORA_MODULES = (*LoraConfig().target_modules, "conv")  # the default projections, and the convs
 DEMO_LR = 2.0e-3
 
 

@@ -6,35 +6,38 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
+
+from tasks.core.retry import with_backoff
 
 LEFTOVERS = re.compile(r"(^\.dataset\.partial-|\.tmp$|\.part$|\.staging)")
 FAULT_WORDS = re.compile(r"registry unreachable|database is locked|503|Connection ?(refused|reset|"
                          r"aborted)|RemoteDisconnected|ConnectError|Retrying", re.IGNORECASE)
 
 
-def api(port: int, path: str, body: dict | None = None, tries: int = 6):
-    """Prefect's API, asked as its own client asks it: a 502/503/504 (Prefect's answer while its
-    SQLite database is locked by the nights) or a refused connection is asked again with backoff
-    (1 + 2 + 4 + 8 + 16 s), then raised. Those answers mean the request was not done, so a POST
-    is safe to repeat; a GET is also repeated after a dropped connection."""
+def api(port: int, path: str, body: dict | None = None, attempts: int = 6):
+    """Prefect's API, asked as its own client asks it: a 5xx (Prefect's answer while its SQLite
+    database is locked by the nights) or a lost connection is asked again with the project's
+    backoff (`with_backoff`: 1 + 2 + 4 + 8 + 16 s), then raised. A POST is repeated only after
+    answers that mean it was not done (a 5xx, a refused connection), never after one dropped
+    midway, which may have created what it asked for."""
     url = f"http://127.0.0.1:{port}/api{path}"
-    for attempt in range(tries):
+
+    def ask():
         try:
             answer = httpx.post(url, json=body, timeout=30) if body is not None else \
                 httpx.get(url, timeout=30)
-            if answer.status_code not in (502, 503, 504) or attempt == tries - 1:
-                answer.raise_for_status()
-                return answer.json()
         except httpx.TransportError as error:
-            if attempt == tries - 1 or (body is not None and not isinstance(error, httpx.ConnectError)):
-                raise
-        time.sleep(2 ** attempt)
-    raise AssertionError("unreachable: the last try returns or raises")
+            if body is not None and not isinstance(error, httpx.ConnectError):
+                raise RuntimeError(f"POST {path}: the connection dropped midway") from error
+            raise
+        answer.raise_for_status()
+        return answer.json()
+
+    return with_backoff(ask, attempts=attempts, first_delay=1.0, log=lambda _: None)
 
 
 def registry_breaks(tracking_uri: str, model_name: str, champion_before: int | None,
